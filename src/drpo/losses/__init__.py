@@ -1,0 +1,21 @@
+"""Policy losses of the divergence-aware trust-region family, registered by name.
+
+    from drpo.losses import get_loss, aggregate
+    loss = get_loss("drpo", delta=0.15)
+    out = loss(log_prob=..., rollout_log_prob=..., advantages=..., response_mask=...)
+    aggregate(out.per_token, response_mask, mode="token-mean").backward()
+
+One module per family: ratio.py (pg_is, ppo_clip/grpo, cispo), quadratic.py (spo, drpo),
+dppo.py (Binary-TV/KL and Top-K masks); aggregate.py reduces, base.py holds the contract.
+"""
+
+from drpo.losses import dppo, quadratic, ratio  # noqa: F401  (importing registers the losses)
+from drpo.losses.aggregate import AGGREGATIONS, aggregate
+from drpo.losses.base import ALIASES, LOSSES, Loss, LossInputs, LossOutput, LossSpec, get_loss, register_loss
+from drpo.losses.presets import PRESETS
+from drpo.losses.weights import weight_curve
+
+__all__ = [
+    "AGGREGATIONS", "ALIASES", "LOSSES", "PRESETS", "Loss", "LossInputs", "LossOutput", "LossSpec",
+    "aggregate", "get_loss", "register_loss", "weight_curve",
+]

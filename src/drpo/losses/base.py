@@ -1,0 +1,323 @@
+"""The loss contract: registry, validated hyper-parameters, input checks, metrics.
+
+Every policy loss in this package is a pure function ``fn(x: LossInputs, hyper) -> (objective, weight)``:
+
+- ``objective`` [B, T]: the per-token objective J_t to *maximise*, differentiable in ``x.log_prob``;
+- ``weight``    [B, T]: the analytic gradient weight w_t of PAPER.md, detached, such that
+  ``d(-J_t)/d log_prob_t = -w_t * r_t * A_t`` with r_t = pi_t / anchor_t (the untruncated ratio).
+
+The wrapper (:class:`Loss`) checks the inputs, builds :class:`LossInputs` once, masks, and computes
+the metrics every loss reports, so each family module holds only its formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import pydantic
+import torch
+
+from drpo.validation import describe_fields, format_validation_error
+
+LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 4.9e8: past that the ratio carries no information, only overflow risk
+
+
+class Hyper(pydantic.BaseModel):
+    """Hyper-parameters shared by every ratio- or mask-based loss."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    anchor: Literal["rollout", "recompute"] = pydantic.Field(
+        "rollout",
+        description="reference of the ratio and trust region: rollout = mu (behavior policy), "
+        "recompute = pi_old (trainer's recomputed log-probs; the MiniRL variants)",
+    )
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    per_token: torch.Tensor  # [B, T] loss to minimise (-J_t), 0 where masked
+    weight: torch.Tensor  # [B, T] analytic gradient weight w_t, detached, 0 where masked
+    ratio: torch.Tensor  # [B, T] r_t = pi_t / anchor_t (clamped log-ratio), detached
+    metrics: dict[str, float]
+
+
+class LossInputs:
+    """Checked tensors of one loss call, plus the derived quantities several losses share.
+
+    Derived tensors are cached so a loss and the metrics never compute the same thing twice.
+    All are computed in float32 (float64 when the inputs are float64) even for half inputs.
+    """
+
+    def __init__(
+        self,
+        log_prob: torch.Tensor,
+        anchor_log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        response_mask: torch.Tensor,
+        rollout_topk_ids: torch.Tensor | None,
+        rollout_topk_log_probs: torch.Tensor | None,
+        logits: torch.Tensor | None,
+        rollout_log_prob: torch.Tensor,
+    ):
+        dtype = torch.float64 if log_prob.dtype == torch.float64 else torch.float32
+        self.log_prob = log_prob.to(dtype)  # [B, T] differentiable
+        self.anchor_log_prob = anchor_log_prob.detach().to(dtype)  # [B, T]
+        self.rollout_log_prob = rollout_log_prob.detach().to(dtype)  # [B, T]
+        self.advantages = advantages.detach().to(dtype)  # [B, T]
+        self.mask = response_mask != 0  # [B, T] bool
+        self.mask_f = self.mask.to(dtype)  # [B, T]
+        self.rollout_topk_ids = rollout_topk_ids
+        self.rollout_topk_log_probs = rollout_topk_log_probs
+        self.logits = logits
+
+    @cached_property
+    def log_ratio(self) -> torch.Tensor:  # [B, T] differentiable
+        return (self.log_prob - self.anchor_log_prob).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+    @cached_property
+    def ratio(self) -> torch.Tensor:  # [B, T] differentiable
+        return self.log_ratio.exp()
+
+    @cached_property
+    def ratio_detached(self) -> torch.Tensor:
+        return self.ratio.detach()
+
+    @cached_property
+    def anchor_prob(self) -> torch.Tensor:  # [B, T]
+        return self.anchor_log_prob.exp()
+
+    @cached_property
+    def shift(self) -> torch.Tensor:
+        """pi - anchor, detached; as anchor * expm1(log r) to keep precision when pi ~ anchor."""
+        return self.anchor_prob * torch.expm1(self.log_ratio.detach())
+
+    @cached_property
+    def binary_kl(self) -> torch.Tensor:
+        """KL(Bernoulli(anchor) || Bernoulli(pi)) of the sampled token, detached. [B, T]"""
+        log_pi = self.anchor_log_prob + self.log_ratio.detach()
+        mu = self.anchor_prob
+        return mu * (self.anchor_log_prob - log_pi) + (1 - mu) * (_log1m_exp(self.anchor_log_prob) - _log1m_exp(log_pi))
+
+    @cached_property
+    def adv_sign(self) -> torch.Tensor:
+        return torch.sign(self.advantages)
+
+
+def _log1m_exp(log_p: torch.Tensor) -> torch.Tensor:
+    """log(1 - p) from log p, finite even at p = 1 (clamped at the dtype's tiny)."""
+    return torch.log(torch.clamp(-torch.expm1(log_p), min=torch.finfo(log_p.dtype).tiny))
+
+
+LossFn = Callable[[LossInputs, Hyper], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    fn: LossFn
+    hyper: type[Hyper]
+    summary: str
+    needs_topk: bool = False
+
+
+LOSSES: dict[str, LossSpec] = {}
+ALIASES: dict[str, str] = {}
+
+
+def register_loss(name: str, hyper: type[Hyper], summary: str, aliases: tuple[str, ...] = (), needs_topk: bool = False):
+    """Register a loss family function under ``name`` (and ``aliases``)."""
+
+    def decorator(fn: LossFn) -> LossFn:
+        if name in LOSSES or name in ALIASES:
+            raise ValueError(f"loss '{name}' is registered twice")
+        LOSSES[name] = LossSpec(name, fn, hyper, summary, needs_topk)
+        for alias in aliases:
+            ALIASES[alias] = name
+        return fn
+
+    return decorator
+
+
+class Loss:
+    """A registered loss bound to validated hyper-parameters; call it with the tensors of DESIGN.md."""
+
+    def __init__(self, spec: LossSpec, hyper: Hyper):
+        self.spec = spec
+        self.hyper = hyper
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.model_dump().items())
+        return f"get_loss({self.name!r}, {args})"
+
+    def __call__(
+        self,
+        *,
+        log_prob: torch.Tensor,
+        rollout_log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        response_mask: torch.Tensor,
+        old_log_prob: torch.Tensor | None = None,
+        rollout_topk_ids: torch.Tensor | None = None,
+        rollout_topk_log_probs: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+    ) -> LossOutput:
+        x = self._check(log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
+                        rollout_topk_ids, rollout_topk_log_probs, logits)
+        objective, weight = self.spec.fn(x, self.hyper)
+        per_token = -(objective * x.mask_f)  # [B, T]
+        weight = weight * x.mask_f  # [B, T]
+        return LossOutput(per_token, weight, x.ratio_detached, loss_metrics(x, weight))
+
+    def _check(self, log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
+               rollout_topk_ids, rollout_topk_log_probs, logits) -> LossInputs:
+        name = self.name
+        _require_float(name, "log_prob", log_prob)
+        if log_prob.dim() != 2:
+            raise ValueError(f"{name}: log_prob must be [B, T], got shape {tuple(log_prob.shape)}")
+        shape = log_prob.shape
+        _same(name, "rollout_log_prob", rollout_log_prob, shape, log_prob.dtype)
+        _same(name, "response_mask", response_mask, shape, None)
+        _same(name, "advantages", advantages, shape[:1] if advantages.dim() == 1 else shape, log_prob.dtype)
+        _check_finite(name, "advantages", advantages.detach())
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(-1).expand(shape)
+        anchor = getattr(self.hyper, "anchor", "rollout")
+        if anchor == "recompute":
+            if old_log_prob is None:
+                raise ValueError(f"{name}: anchor='recompute' needs old_log_prob (pi_old recomputed by the "
+                                 "trainer before the update); pass it, or use anchor='rollout'")
+            _same(name, "old_log_prob", old_log_prob, shape, log_prob.dtype)
+        for label, tensor in (("log_prob", log_prob), ("rollout_log_prob", rollout_log_prob),
+                              ("old_log_prob", old_log_prob)):
+            if tensor is not None:
+                _check_log_probs(name, label, tensor.detach())
+        if self.spec.needs_topk:
+            _check_topk(name, shape, rollout_topk_ids, rollout_topk_log_probs, logits)
+        return LossInputs(
+            log_prob=log_prob,
+            anchor_log_prob=old_log_prob if anchor == "recompute" else rollout_log_prob,
+            advantages=advantages,
+            response_mask=response_mask,
+            rollout_topk_ids=rollout_topk_ids,
+            rollout_topk_log_probs=rollout_topk_log_probs,
+            logits=logits,
+            rollout_log_prob=rollout_log_prob,
+        )
+
+
+def _require_float(loss: str, label: str, tensor) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{loss}: {label} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"{loss}: {label} must be a floating tensor, got {tensor.dtype}")
+
+
+def _same(loss: str, label: str, tensor, shape, dtype) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{loss}: {label} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.shape != shape:
+        raise ValueError(f"{loss}: shape mismatch: {label} has shape {tuple(tensor.shape)} but log_prob has "
+                         f"{tuple(shape)}" + (" (advantages may also be [B])" if label == "advantages" else ""))
+    if dtype is not None and tensor.dtype != dtype:
+        raise TypeError(f"{loss}: dtype mismatch: {label} is {tensor.dtype} but log_prob is {dtype}; "
+                        f"cast both to one dtype")
+
+
+def _check_finite(loss: str, label: str, tensor: torch.Tensor) -> None:
+    # one reduction instead of an isfinite() pass: NaN and inf both survive a sum
+    if not torch.isfinite(tensor.sum()):
+        bad = (~torch.isfinite(tensor)).nonzero()
+        if len(bad):
+            raise ValueError(f"{loss}: {label} has {len(bad)} non-finite values (first at index "
+                             f"{tuple(bad[0].tolist())}); fill padding with 0, not -inf or NaN")
+
+
+def _check_log_probs(loss: str, label: str, tensor: torch.Tensor) -> None:
+    if tensor.numel() == 0:
+        return
+    low, high = torch.aminmax(tensor)
+    if not (torch.isfinite(low) and torch.isfinite(high)):
+        _check_finite(loss, label, tensor)
+    if high > 1e-4:
+        raise ValueError(f"{loss}: {label} must be log-probabilities (<= 0), but its maximum is {high.item():.4g}")
+
+
+def _check_topk(loss: str, shape, ids, log_probs, logits) -> None:
+    if ids is None or log_probs is None or logits is None:
+        missing = [n for n, t in (("rollout_topk_ids", ids), ("rollout_topk_log_probs", log_probs),
+                                  ("logits", logits)) if t is None]
+        raise ValueError(f"{loss}: a top-k loss needs {', '.join(missing)}: the rollout must record its top-k "
+                         "token ids and log-probs (rollout top_k_logprobs > 0) and the trainer must pass logits")
+    if ids.dim() != 3 or ids.shape[:2] != shape:
+        raise ValueError(f"{loss}: shape mismatch: rollout_topk_ids has shape {tuple(ids.shape)}, "
+                         f"expected [B, T, K] with [B, T] = {tuple(shape)}")
+    if log_probs.shape != ids.shape:
+        raise ValueError(f"{loss}: shape mismatch: rollout_topk_log_probs has shape {tuple(log_probs.shape)} "
+                         f"but rollout_topk_ids has {tuple(ids.shape)}")
+    if logits.dim() != 3 or logits.shape[:2] != shape:
+        raise ValueError(f"{loss}: shape mismatch: logits has shape {tuple(logits.shape)}, expected [B, T, V] "
+                         f"with [B, T] = {tuple(shape)}")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{loss}: rollout_topk_ids must be an integer tensor, got {ids.dtype}")
+    _check_log_probs(loss, "rollout_topk_log_probs", log_probs)
+
+
+@torch.no_grad()
+def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
+    """Statistics over valid tokens that every loss reports (keys as in DESIGN.md)."""
+    n = x.mask_f.sum()
+    if n == 0:
+        return {}
+    valid = x.mask
+    w = weight[valid]  # [N]
+    ratio = x.ratio_detached[valid]
+    abs_shift = x.shift[valid].abs()
+    sums = torch.stack([(w == 0).sum(), (w < 0).sum()]).to(w.dtype)
+    w_min, w_max = torch.aminmax(w)
+    return {
+        "loss/masked_frac": (sums[0] / n).item(),
+        "loss/corrective_frac": (sums[1] / n).item(),
+        "loss/weight_mean": w.mean().item(),
+        "loss/weight_min": w_min.item(),
+        "loss/weight_max": w_max.item(),
+        "ratio/mean": ratio.mean().item(),
+        "ratio/max": ratio.max().item(),
+        "shift/abs_mean": abs_shift.mean().item(),
+        "shift/abs_max": abs_shift.max().item(),
+        "shift/binary_kl": x.binary_kl[valid].mean().item(),
+    }
+
+
+def get_loss(name: str, **hyper) -> Loss:
+    """Look up a loss (or a preset, see ``PRESETS``) by name and bind validated hyper-parameters.
+
+    >>> get_loss("drpo", delta=0.2)
+    get_loss('drpo', anchor='rollout', delta=0.2)
+    """
+    from drpo.losses.presets import PRESETS  # presets name registry entries, so import late
+
+    if name in PRESETS:
+        base, preset_hyper = PRESETS[name]
+        return get_loss(base, **{**preset_hyper, **hyper})
+    canonical = ALIASES.get(name, name)
+    if canonical not in LOSSES:
+        valid = sorted(LOSSES) + sorted(ALIASES) + sorted(PRESETS)
+        raise ValueError(f"unknown loss '{name}'. Valid names: {', '.join(valid)}")
+    spec = LOSSES[canonical]
+    try:
+        bound = spec.hyper(**hyper)
+    except pydantic.ValidationError as error:
+        raise ValueError(format_validation_error(f"loss '{canonical}'", error, spec.hyper)) from None
+    return Loss(spec, bound)
+
+
+def hyper_summary(spec: LossSpec) -> str:
+    return describe_fields(spec.hyper)

@@ -1,0 +1,47 @@
+"""Quadratic trust-region regularizers: SPO (ratio width eps) and DRPO (per-token width delta / mu).
+
+DRPO is SPO with eps replaced by the token-adaptive width delta / mu that the Binary-TV bound
+abs(pi - mu) <= delta implies, which keeps its gradient weight bounded for every token (PAPER.md).
+r stays differentiable here (no detach, no truncation), so autograd yields exactly the weights below.
+"""
+
+from __future__ import annotations
+
+import pydantic
+
+from drpo.losses.base import Hyper, LossInputs, register_loss
+
+
+class SpoHyper(Hyper):
+    eps: float = pydantic.Field(0.2, gt=0.0, description="ratio width: w reaches 0 at abs(r - 1) = eps")
+
+
+@register_loss("spo", SpoHyper, "SPO: quadratic penalty on (r-1), zero-crossing of w at abs(r-1) = eps")
+def spo(x: LossInputs, h: SpoHyper):
+    """J = r*A - abs(A)/(2*eps) * (r-1)^2.  w = 1 - sign(A*(r-1)) * abs(r-1)/eps (unbounded for rare tokens)."""
+    r_minus_1 = x.ratio - 1  # [B, T]
+    objective = x.ratio * x.advantages - x.advantages.abs() / (2 * h.eps) * r_minus_1.square()
+    weight = 1 - x.adv_sign * r_minus_1.detach() / h.eps
+    return objective, weight
+
+
+class DrpoHyper(Hyper):
+    delta: float = pydantic.Field(
+        0.15, gt=0.0,
+        description="probability-shift width: w reaches 0 at abs(pi - mu) = delta, the Binary-TV boundary "
+        "(0.15 matches dppo_binary_tv; the public reference uses 12.5, a very weak regularizer)",
+    )
+
+
+@register_loss("drpo", DrpoHyper, "DRPO: advantage-weighted quadratic pull-back past the TV boundary abs(pi-mu) = delta")
+def drpo(x: LossInputs, h: DrpoHyper):
+    """J = r*A - abs(A) * mu/(2*delta) * (r-1)^2   (paper Eq. 8; mu*(r-1)^2 = (pi-mu)^2/mu).
+
+    w = 1 - sign(A*(r-1)) * abs(pi-mu)/delta = 1 - sign(A)*(pi-mu)/delta, within [1 - 1/delta, 1 + 1/delta]:
+    1 at pi = mu, 0 on the Binary-TV boundary in the direction A pushes, negative (corrective) past it.
+    """
+    r_minus_1 = x.log_ratio.expm1()  # [B, T], exact near r = 1
+    penalty = x.anchor_prob * r_minus_1.square()  # [B, T] = (pi - mu)^2 / mu
+    objective = x.ratio * x.advantages - x.advantages.abs() / (2 * h.delta) * penalty
+    weight = 1 - x.adv_sign * x.shift / h.delta
+    return objective, weight

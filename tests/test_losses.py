@@ -1,0 +1,356 @@
+"""The loss contract checked against independent truth: PAPER.md's formulas written out here by hand.
+
+For every loss and random inputs, autograd's d(per_token)/d(log_prob) must equal -w * r * A, and w
+must equal the formula of PAPER.md computed below from pi, mu, A alone (never from drpo's internals).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drpo.losses import AGGREGATIONS, ALIASES, LOSSES, PRESETS, aggregate, get_loss
+from drpo.losses import dppo as dppo_module
+
+torch.set_default_dtype(torch.float64)
+
+
+def make_batch(seed: int, batch: int, length: int, max_log_ratio: float = 2.0, rare: bool = False):
+    """Random rollout: mu in (0, 1), pi = mu * exp(log-ratio) kept < 1, advantages, ragged mask."""
+    g = torch.Generator().manual_seed(seed)
+    low = -18.0 if rare else -6.0
+    log_mu = torch.empty(batch, length).uniform_(low, -0.05, generator=g)  # [B, T]
+    log_ratio = torch.empty(batch, length).uniform_(-max_log_ratio, max_log_ratio, generator=g)
+    log_pi = torch.minimum(log_mu + log_ratio, torch.full_like(log_mu, -1e-3))
+    advantages = torch.randn(batch, generator=g)
+    lengths = torch.randint(1, length + 1, (batch,), generator=g)
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).double()
+    return log_pi, log_mu, advantages, mask
+
+
+def expected_weight(name: str, hyper, pi, mu, adv, old=None):
+    """PAPER.md's gradient-weight column, computed from probabilities. Returns (w, ratio)."""
+    ref = mu if old is None else old
+    r = pi / ref
+    s = torch.sign(adv * (r - 1))
+    if name == "pg_is":
+        return (torch.ones_like(r) if hyper.trunc is None else torch.clamp(r, max=hyper.trunc) / r), r
+    if name == "ppo_clip":
+        zero = ((adv > 0) & (r > 1 + hyper.eps_high)) | ((adv < 0) & (r < 1 - hyper.eps_low))
+        if hyper.dual_clip is not None:
+            zero |= (adv < 0) & (r > hyper.dual_clip)
+        return (~zero).double(), r
+    if name == "cispo":
+        return torch.clamp(r, 1 - hyper.eps_low, 1 + hyper.eps_high) / r, r
+    if name == "spo":
+        return 1 - s * (r - 1).abs() / hyper.eps, r
+    if name == "drpo":
+        return 1 - s * (pi - ref).abs() / hyper.delta, r
+    trunc = 1.0 if hyper.trunc is None else torch.clamp(r, max=hyper.trunc) / r
+    if name == "dppo_binary_tv":
+        drop = ((adv > 0) & (pi - ref > hyper.delta_high)) | ((adv < 0) & (pi - ref < -hyper.delta_low))
+        return (~drop).double() * trunc, r
+    if name == "dppo_binary_kl":
+        kl = ref * torch.log(ref / pi) + (1 - ref) * torch.log((1 - ref) / (1 - pi))
+        harmful = ((adv > 0) & (pi > ref)) | ((adv < 0) & (pi < ref))
+        return (~((kl > hyper.delta) & harmful)).double() * trunc, r
+    raise AssertionError(name)
+
+
+DENSE = sorted(name for name, spec in LOSSES.items() if not spec.needs_topk)
+
+
+@pytest.mark.parametrize("name", DENSE)
+@pytest.mark.parametrize("anchor", ["rollout", "recompute"])
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 5), length=st.integers(1, 9), rare=st.booleans())
+def test_gradient_equals_weight_times_ratio_times_advantage(name, anchor, seed, batch, length, rare):
+    log_pi, log_mu, adv, mask = make_batch(seed, batch, length, rare=rare)
+    old = log_mu + 0.1 * torch.randn(log_mu.shape, generator=torch.Generator().manual_seed(seed + 1))
+    old = torch.minimum(old, torch.full_like(old, -1e-3))
+    loss = get_loss(name, anchor=anchor)
+    log_prob = log_pi.clone().requires_grad_()
+    out = loss(log_prob=log_prob, rollout_log_prob=log_mu, advantages=adv, response_mask=mask,
+               old_log_prob=old)
+    (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
+
+    adv_bt = adv[:, None].expand_as(log_pi)
+    weight, ratio = expected_weight(name, loss.hyper, log_pi.exp(), log_mu.exp(), adv_bt,
+                                    old.exp() if anchor == "recompute" else None)
+    valid = mask.bool()
+    torch.testing.assert_close(out.weight[valid], weight[valid], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out.ratio[valid], ratio[valid], rtol=1e-9, atol=0)
+    torch.testing.assert_close(grad[valid], (-weight * ratio * adv_bt)[valid], rtol=1e-9, atol=1e-9)
+    assert (grad[~valid] == 0).all() and (out.per_token[~valid] == 0).all() and (out.weight[~valid] == 0).all()
+
+
+def expected_objective(name, hyper, pi, mu, adv, log_pi):
+    """PAPER.md's objective column (the loss is its negative)."""
+    r = pi / mu
+    if name == "drpo":
+        return r * adv - adv.abs() * (pi - mu) ** 2 / (2 * hyper.delta * mu)
+    if name == "spo":
+        return r * adv - adv.abs() / (2 * hyper.eps) * (r - 1) ** 2
+    if name == "ppo_clip":
+        return torch.minimum(r * adv, torch.clamp(r, 1 - hyper.eps_low, 1 + hyper.eps_high) * adv)
+    if name == "cispo":
+        return torch.clamp(r, 1 - hyper.eps_low, 1 + hyper.eps_high) * adv * log_pi
+    if name == "pg_is":
+        return r * adv * log_pi
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["drpo", "spo", "ppo_clip", "cispo", "pg_is"])
+def test_objective_values_match_paper(name):
+    log_pi, log_mu, adv, mask = make_batch(7, 4, 6)
+    loss = get_loss(name)
+    out = loss(log_prob=log_pi, rollout_log_prob=log_mu, advantages=adv, response_mask=mask)
+    adv_bt = adv[:, None].expand_as(log_pi)
+    objective = expected_objective(name, loss.hyper, log_pi.exp(), log_mu.exp(), adv_bt, log_pi)
+    torch.testing.assert_close(out.per_token, -objective * mask)
+
+
+# --- Top-K -------------------------------------------------------------------------------------------
+
+def topk_case(seed: int, batch=3, length=5, vocab=13, k=3, spread=1.5):
+    g = torch.Generator().manual_seed(seed)
+    mu_logits = torch.randn(batch, length, vocab, generator=g) * 2
+    logits = mu_logits + spread * torch.randn(batch, length, vocab, generator=g)
+    log_mu_all = mu_logits.log_softmax(-1)
+    sampled = torch.multinomial(log_mu_all.exp().view(-1, vocab), 1, generator=g).view(batch, length)
+    topk_log_probs, topk_ids = log_mu_all.topk(k, dim=-1)
+    log_pi_all = logits.log_softmax(-1)
+    log_pi = log_pi_all.gather(-1, sampled[..., None])[..., 0]
+    log_mu = log_mu_all.gather(-1, sampled[..., None])[..., 0]
+    adv = torch.randn(batch, generator=g)
+    return logits, log_pi_all, log_mu_all, sampled, topk_ids, topk_log_probs, log_pi, log_mu, adv
+
+
+def naive_topk_divergence(log_pi_all, log_mu_all, sampled, topk_ids):
+    """Set S = top-k(mu) plus the sampled token; TV and KL over S and one 'rest' bucket, by loops."""
+    batch, length, _ = log_pi_all.shape
+    tv, kl = torch.zeros(batch, length), torch.zeros(batch, length)
+    for b in range(batch):
+        for t in range(length):
+            members = set(topk_ids[b, t].tolist()) | {int(sampled[b, t])}
+            pi = [log_pi_all[b, t, i].exp().item() for i in members]
+            mu = [log_mu_all[b, t, i].exp().item() for i in members]
+            pi_rest, mu_rest = max(0.0, 1 - sum(pi)), max(0.0, 1 - sum(mu))
+            tv[b, t] = 0.5 * (sum(abs(m - p) for m, p in zip(mu, pi, strict=True)) + abs(mu_rest - pi_rest))
+            kl[b, t] = sum(m * math.log(m / p) for m, p in zip(mu, pi, strict=True) if m > 0)
+            kl[b, t] += mu_rest * math.log(mu_rest / pi_rest) if mu_rest > 0 else 0.0
+    return tv, kl
+
+
+@pytest.mark.parametrize("name", ["dppo_topk_tv", "dppo_topk_kl"])
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), spread=st.floats(0.0, 3.0))
+def test_topk_mask_and_gradient(name, seed, spread):
+    logits, log_pi_all, log_mu_all, sampled, ids, topk_lp, log_pi, log_mu, adv = topk_case(seed, spread=spread)
+    tv, kl = naive_topk_divergence(log_pi_all, log_mu_all, sampled, ids)
+    loss = get_loss(name)
+    divergence = tv if name.endswith("tv") else kl
+    pi, mu, adv_bt = log_pi.exp(), log_mu.exp(), adv[:, None].expand_as(log_pi)
+    harmful = ((adv_bt > 0) & (pi > mu)) | ((adv_bt < 0) & (pi < mu))
+    r = pi / mu
+    weight = (~((divergence > loss.hyper.delta) & harmful)).double() * torch.clamp(r, max=loss.hyper.trunc) / r
+
+    log_prob = log_pi.clone().requires_grad_()
+    out = loss(log_prob=log_prob, rollout_log_prob=log_mu, advantages=adv, response_mask=torch.ones_like(log_pi),
+               rollout_topk_ids=ids, rollout_topk_log_probs=topk_lp, logits=logits)
+    (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
+    torch.testing.assert_close(out.weight, weight)
+    torch.testing.assert_close(grad, -weight * r * adv_bt)
+
+
+def test_topk_divergence_is_exact_and_chunk_independent(monkeypatch):
+    logits, log_pi_all, log_mu_all, sampled, ids, topk_lp, log_pi, log_mu, adv = topk_case(3, batch=4, length=6)
+    tv_ref, kl_ref = naive_topk_divergence(log_pi_all, log_mu_all, sampled, ids)
+    loss = get_loss("dppo_topk_tv")
+    x = loss._check(log_pi, log_mu, adv, torch.ones_like(log_pi), None, ids, topk_lp, logits)
+    for chunk_elements in (dppo_module.TOPK_CHUNK_ELEMENTS, 13, 1):
+        monkeypatch.setattr(dppo_module, "TOPK_CHUNK_ELEMENTS", chunk_elements)
+        tv, kl = dppo_module.topk_divergences(x)
+        torch.testing.assert_close(tv, tv_ref)
+        torch.testing.assert_close(kl, kl_ref)
+    outside = ~(ids == sampled[..., None]).any(-1)
+    assert outside.any() and (~outside).any(), "the case must exercise both branches of the sampled token"
+
+
+# --- hand-computed boundary cases --------------------------------------------------------------------
+
+def one_token(loss, pi: float, mu: float, adv: float):
+    log_prob = torch.tensor([[math.log(pi)]], requires_grad=True)
+    out = loss(log_prob=log_prob, rollout_log_prob=torch.tensor([[math.log(mu)]]),
+               advantages=torch.tensor([adv]), response_mask=torch.ones(1, 1))
+    (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
+    return out.weight.item(), out.per_token.item(), grad.item()
+
+
+def test_drpo_weight_crosses_zero_on_the_tv_boundary():
+    loss = get_loss("drpo", delta=0.15)
+    assert one_token(loss, 0.65, 0.5, +1.0)[0] == pytest.approx(0.0, abs=1e-12)  # diverging, A>0, at boundary
+    assert one_token(loss, 0.35, 0.5, -1.0)[0] == pytest.approx(0.0, abs=1e-12)  # diverging, A<0, at boundary
+    w_beyond, _, grad_beyond = one_token(loss, 0.8, 0.5, +1.0)
+    assert w_beyond == pytest.approx(1 - 0.3 / 0.15) and w_beyond < 0
+    assert grad_beyond > 0, "past the boundary the loss gradient pulls log pi back down"
+    assert one_token(loss, 0.2, 0.5, -1.0)[0] == pytest.approx(-1.0)
+    assert one_token(loss, 0.4, 0.5, +1.0)[0] == pytest.approx(1 + 0.1 / 0.15)  # converging: above 1
+    assert one_token(loss, 0.6, 0.5, -1.0)[0] == pytest.approx(1 + 0.1 / 0.15)
+    assert one_token(loss, 0.5, 0.5, 2.0)[0] == pytest.approx(1.0)
+
+
+def test_drpo_weight_is_bounded_for_rare_tokens_where_spo_is_not():
+    # mu = 1e-6 and a shift of 1e-4: ratio ~ 101; SPO's weight explodes, DRPO's hardly moves.
+    w_drpo = one_token(get_loss("drpo", delta=0.15), 1.01e-4, 1e-6, 1.0)[0]
+    w_spo = one_token(get_loss("spo", eps=0.2), 1.01e-4, 1e-6, 1.0)[0]
+    assert w_drpo == pytest.approx(1 - 1e-4 / 0.15)
+    assert w_spo == pytest.approx(1 - 100 / 0.2)
+
+
+def test_dppo_masks_only_the_harmful_direction():
+    for name, hyper in (("dppo_binary_tv", {}), ("dppo_binary_kl", {})):
+        loss = get_loss(name, **hyper)
+        assert one_token(loss, 0.8, 0.5, +1.0)[0] == 0  # pushed up past the boundary: dropped
+        assert one_token(loss, 0.2, 0.5, -1.0)[0] == 0  # pushed down past the boundary: dropped
+        assert one_token(loss, 0.2, 0.5, +1.0)[0] == 1  # far, but moving back: kept
+        assert one_token(loss, 0.8, 0.5, -1.0)[0] == 1
+        assert one_token(loss, 0.55, 0.5, +1.0)[0] == 1  # inside the boundary
+
+
+def test_dppo_truncates_the_ratio():
+    w, per_token, grad = one_token(get_loss("dppo_binary_tv", trunc=2.0), 0.05, 0.01, 1.0)  # r = 5, shift 0.04
+    assert w == pytest.approx(2 / 5) and grad == pytest.approx(-2.0)
+
+
+def test_ppo_clip_both_sides_and_dual_clip():
+    loss = get_loss("ppo_clip", eps_low=0.2, eps_high=0.28)
+    assert one_token(loss, 0.65, 0.5, +1.0)[0] == 0  # r = 1.3 > 1.28
+    assert one_token(loss, 0.63, 0.5, +1.0)[0] == 1  # r = 1.26
+    assert one_token(loss, 0.25, 0.5, +1.0)[0] == 1  # r = 0.5, A>0: still pushed up
+    assert one_token(loss, 0.35, 0.5, -1.0)[0] == 0  # r = 0.7 < 0.8
+    assert one_token(loss, 0.9, 0.5, -1.0)[0] == 1  # r = 1.8, A<0: still pushed down
+    dual = get_loss("ppo_clip", dual_clip=3.0)
+    w, per_token, grad = one_token(dual, 0.8, 0.2, -1.0)  # r = 4 > c
+    assert w == 0 and grad == 0 and per_token == pytest.approx(3.0)  # loss = -c*A
+    assert one_token(dual, 0.5, 0.2, -1.0)[0] == 1  # r = 2.5 < c
+
+
+def test_cispo_never_drops_a_token():
+    loss = get_loss("cispo")
+    for pi, mu, adv in ((0.9, 0.01, 1.0), (0.001, 0.9, -1.0), (0.9, 0.01, -1.0), (0.5, 0.5, 1.0)):
+        w, _, grad = one_token(loss, pi, mu, adv)
+        assert w > 0 and grad != 0
+    assert one_token(loss, 0.9, 0.01, 1.0)[0] == pytest.approx(1.28 / 90)
+
+
+def test_presets_and_aliases():
+    assert get_loss("drpo_reference").hyper.delta == 12.5
+    assert get_loss("minirl").hyper.anchor == "recompute"
+    assert get_loss("grpo").name == "ppo_clip"
+    assert get_loss("drpo_reference", delta=1.0).hyper.delta == 1.0
+    assert set(PRESETS) | set(ALIASES) | set(LOSSES) >= {
+        "pg_is", "ppo_clip", "grpo", "cispo", "spo", "dppo_binary_tv", "dppo_binary_kl", "dppo_topk_tv",
+        "dppo_topk_kl", "drpo"}
+
+
+# --- aggregation ------------------------------------------------------------------------------------
+
+def test_aggregation_modes_by_hand():
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0], [9.0, 9.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    # valid tokens: seq0 = 1,2,3 (sum 6, mean 2), seq1 = 4; seq2 has none and is left out
+    assert aggregate(per_token, mask, "token-mean").item() == pytest.approx(10 / 4)
+    assert aggregate(per_token, mask, "seq-mean-token-sum").item() == pytest.approx((6 + 4) / 2)
+    assert aggregate(per_token, mask, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
+    assert aggregate(per_token, mask, "seq-mean-token-sum-norm", horizon=8).item() == pytest.approx((6 + 4) / 2 / 8)
+    assert set(AGGREGATIONS) == {"token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"}
+
+
+def test_aggregation_errors():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="token-mean, seq-mean-token-sum"):
+        aggregate(x, x, "mean")
+    with pytest.raises(ValueError, match="fixed horizon"):
+        aggregate(x, x, "seq-mean-token-sum-norm")
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3, 2\)"):
+        aggregate(x, torch.zeros(3, 2))
+
+
+# --- errors and extremes ----------------------------------------------------------------------------
+
+def call(loss, **overrides):
+    log_pi, log_mu, adv, mask = make_batch(0, 2, 4)
+    kwargs = dict(log_prob=log_pi, rollout_log_prob=log_mu, advantages=adv, response_mask=mask)
+    kwargs.update(overrides)
+    return loss(**kwargs)
+
+
+def test_errors_name_what_is_wrong():
+    with pytest.raises(ValueError, match="unknown loss 'drp'.*drpo"):
+        get_loss("drp")
+    with pytest.raises(ValueError, match="unknown key 'eps'.*delta"):
+        get_loss("drpo", eps=0.2)
+    with pytest.raises(ValueError, match="'delta' got -0.1.*greater than 0"):
+        get_loss("drpo", delta=-0.1)
+    with pytest.raises(ValueError, match="'anchor' got 'mu'"):
+        get_loss("ppo_clip", anchor="mu")
+    with pytest.raises(ValueError, match="'anchor' got 'recompute'"):
+        get_loss("dppo_topk_tv", anchor="recompute")
+    loss = get_loss("drpo")
+    with pytest.raises(ValueError, match=r"rollout_log_prob has shape \(2, 3\) but log_prob has \(2, 4\)"):
+        call(loss, rollout_log_prob=torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="rollout_log_prob is torch.float32 but log_prob is torch.float64"):
+        call(loss, rollout_log_prob=torch.zeros(2, 4, dtype=torch.float32))
+    with pytest.raises(ValueError, match="advantages has shape"):
+        call(loss, advantages=torch.zeros(3))
+    with pytest.raises(ValueError, match=r"log_prob has 1 non-finite"):
+        call(loss, log_prob=torch.tensor([[-1.0, float("nan"), -1.0, -1.0], [-1.0] * 4]))
+    with pytest.raises(ValueError, match=r"advantages has 1 non-finite"):
+        call(loss, advantages=torch.tensor([1.0, float("inf")]))
+    with pytest.raises(ValueError, match="must be log-probabilities"):
+        call(loss, log_prob=torch.full((2, 4), 0.5))
+    with pytest.raises(ValueError, match="needs old_log_prob"):
+        call(get_loss("drpo", anchor="recompute"))
+    with pytest.raises(ValueError, match="needs rollout_topk_ids, rollout_topk_log_probs, logits"):
+        call(get_loss("dppo_topk_kl"))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_extreme_inputs_stay_finite(name, dtype):
+    """float16 is left out on purpose: a true gradient of r * A ~ 1e8 does not fit in its range."""
+    # log pi - log mu of +50 and -50, mu = 1e-8, and an ordinary token
+    log_mu = torch.tensor([[-55.0, -1e-9, math.log(1e-8), -3.0]])
+    log_pi = torch.tensor([[-5.0, -50.0, math.log(0.5), -3.0]])
+    extra = {}
+    if LOSSES[name].needs_topk:
+        extra = dict(rollout_topk_ids=torch.zeros(1, 4, 2, dtype=torch.long),
+                     rollout_topk_log_probs=torch.full((1, 4, 2), -0.7, dtype=dtype),
+                     logits=torch.randn(1, 4, 5, dtype=dtype) * 40)
+    log_prob = log_pi.to(dtype).requires_grad_()
+    out = get_loss(name)(log_prob=log_prob, rollout_log_prob=log_mu.to(dtype),
+                         advantages=torch.tensor([5.0], dtype=dtype), response_mask=torch.ones(1, 4), **extra)
+    aggregate(out.per_token, torch.ones(1, 4)).backward()
+    assert torch.isfinite(out.per_token).all() and torch.isfinite(log_prob.grad.float()).all()
+    assert all(math.isfinite(v) for v in out.metrics.values())
+
+
+def test_metrics_count_masked_and_corrective_tokens():
+    loss = get_loss("drpo", delta=0.15)
+    log_mu = torch.log(torch.tensor([[0.5, 0.5, 0.5, 0.5]]))
+    log_pi = torch.log(torch.tensor([[0.9, 0.5, 0.6, 0.1]]))
+    out = loss(log_prob=log_pi, rollout_log_prob=log_mu, advantages=torch.tensor([1.0]),
+               response_mask=torch.tensor([[1, 1, 1, 0]]))
+    m = out.metrics
+    assert m["loss/corrective_frac"] == pytest.approx(1 / 3)  # only pi = 0.9 is past the boundary
+    assert m["loss/masked_frac"] == 0
+    assert m["shift/abs_max"] == pytest.approx(0.4) and m["shift/abs_mean"] == pytest.approx(0.5 / 3)
+    assert m["ratio/max"] == pytest.approx(1.8)
+    tv = get_loss("dppo_binary_tv")(log_prob=log_pi, rollout_log_prob=log_mu, advantages=torch.tensor([1.0]),
+                                    response_mask=torch.tensor([[1, 1, 1, 0]]))
+    assert tv.metrics["loss/masked_frac"] == pytest.approx(1 / 3)
