@@ -32,9 +32,8 @@ def make_batch(seed: int, batch: int, length: int, max_log_ratio: float = 2.0, r
     return log_pi, log_mu, advantages, mask
 
 
-def expected_weight(name: str, hyper, pi, mu, adv, old=None):
-    """PAPER.md's gradient-weight column, computed from probabilities. Returns (w, ratio)."""
-    ref = mu if old is None else old
+def expected_weight(name: str, hyper, pi, ref, adv):
+    """PAPER.md's gradient-weight column from probabilities (ref: mu, or pi_old). Returns (w, ratio)."""
     r = pi / ref
     s = torch.sign(adv * (r - 1))
     if name == "pg_is":
@@ -64,54 +63,63 @@ def expected_weight(name: str, hyper, pi, mu, adv, old=None):
 DENSE = sorted(name for name, spec in LOSSES.items() if not spec.needs_topk)
 
 
-@pytest.mark.parametrize("name", DENSE)
+def reference_objective(name: str, hyper, log_pi, log_ref, adv):
+    """PAPER.md's objective column in plain autograd-able torch; .detach() is the paper's sg()."""
+    pi, ref = log_pi.exp(), log_ref.exp()
+    r = pi / ref
+    r_sg = r.detach()
+    if name == "drpo":
+        return r * adv - adv.abs() * ref / (2 * hyper.delta) * (r - 1) ** 2
+    if name == "spo":
+        return r * adv - adv.abs() / (2 * hyper.eps) * (r - 1) ** 2
+    if name == "ppo_clip":
+        objective = torch.minimum(r * adv, torch.clamp(r, 1 - hyper.eps_low, 1 + hyper.eps_high) * adv)
+        if hyper.dual_clip is not None:
+            objective = torch.where(adv < 0, torch.maximum(objective, hyper.dual_clip * adv), objective)
+        return objective
+    if name == "cispo":
+        return torch.clamp(r_sg, 1 - hyper.eps_low, 1 + hyper.eps_high) * adv * log_pi
+    coef = r_sg if hyper.trunc is None else torch.clamp(r_sg, max=hyper.trunc)
+    if name == "pg_is":
+        return coef * adv * log_pi
+    mask, _ = expected_weight(name, hyper, pi.detach(), ref, adv)
+    return coef * adv * log_pi * (mask > 0)
+
+
+HYPERS = {"ppo_clip": [{}, {"eps_high": 0.28, "dual_clip": 3.0}], "pg_is": [{}, {"trunc": 2.0}],
+          "dppo_binary_tv": [{}, {"trunc": None, "delta_low": 0.05}], "dppo_binary_kl": [{}, {"trunc": 1.5}],
+          "drpo": [{}, {"delta": 12.5}]}
+CASES = [(name, hyper) for name in DENSE for hyper in HYPERS.get(name, [{}])]
+
+
+@pytest.mark.parametrize(("name", "hyper"), CASES)
 @pytest.mark.parametrize("anchor", ["rollout", "recompute"])
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 5), length=st.integers(1, 9), rare=st.booleans())
-def test_gradient_equals_weight_times_ratio_times_advantage(name, anchor, seed, batch, length, rare):
+def test_gradient_equals_weight_times_ratio_times_advantage(name, hyper, anchor, seed, batch, length, rare):
     log_pi, log_mu, adv, mask = make_batch(seed, batch, length, rare=rare)
     old = log_mu + 0.1 * torch.randn(log_mu.shape, generator=torch.Generator().manual_seed(seed + 1))
     old = torch.minimum(old, torch.full_like(old, -1e-3))
-    loss = get_loss(name, anchor=anchor)
+    loss = get_loss(name, anchor=anchor, **hyper)
     log_prob = log_pi.clone().requires_grad_()
     out = loss(log_prob=log_prob, rollout_log_prob=log_mu, advantages=adv, response_mask=mask,
                old_log_prob=old)
     (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
 
+    log_ref = old if anchor == "recompute" else log_mu
     adv_bt = adv[:, None].expand_as(log_pi)
-    weight, ratio = expected_weight(name, loss.hyper, log_pi.exp(), log_mu.exp(), adv_bt,
-                                    old.exp() if anchor == "recompute" else None)
+    weight, ratio = expected_weight(name, loss.hyper, log_pi.exp(), log_ref.exp(), adv_bt)
+    reference_log_pi = log_pi.clone().requires_grad_()
+    reference = reference_objective(name, loss.hyper, reference_log_pi, log_ref, adv_bt)
+    (reference_grad,) = torch.autograd.grad(-(reference * mask).sum(), reference_log_pi)
+
     valid = mask.bool()
     torch.testing.assert_close(out.weight[valid], weight[valid], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(out.ratio[valid], ratio[valid], rtol=1e-9, atol=0)
+    torch.testing.assert_close(out.per_token, -(reference * mask).detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(grad[valid], (-weight * ratio * adv_bt)[valid], rtol=1e-9, atol=1e-9)
     assert (grad[~valid] == 0).all() and (out.per_token[~valid] == 0).all() and (out.weight[~valid] == 0).all()
-
-
-def expected_objective(name, hyper, pi, mu, adv, log_pi):
-    """PAPER.md's objective column (the loss is its negative)."""
-    r = pi / mu
-    if name == "drpo":
-        return r * adv - adv.abs() * (pi - mu) ** 2 / (2 * hyper.delta * mu)
-    if name == "spo":
-        return r * adv - adv.abs() / (2 * hyper.eps) * (r - 1) ** 2
-    if name == "ppo_clip":
-        return torch.minimum(r * adv, torch.clamp(r, 1 - hyper.eps_low, 1 + hyper.eps_high) * adv)
-    if name == "cispo":
-        return torch.clamp(r, 1 - hyper.eps_low, 1 + hyper.eps_high) * adv * log_pi
-    if name == "pg_is":
-        return r * adv * log_pi
-    raise AssertionError(name)
-
-
-@pytest.mark.parametrize("name", ["drpo", "spo", "ppo_clip", "cispo", "pg_is"])
-def test_objective_values_match_paper(name):
-    log_pi, log_mu, adv, mask = make_batch(7, 4, 6)
-    loss = get_loss(name)
-    out = loss(log_prob=log_pi, rollout_log_prob=log_mu, advantages=adv, response_mask=mask)
-    adv_bt = adv[:, None].expand_as(log_pi)
-    objective = expected_objective(name, loss.hyper, log_pi.exp(), log_mu.exp(), adv_bt, log_pi)
-    torch.testing.assert_close(out.per_token, -objective * mask)
 
 
 # --- Top-K -------------------------------------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 Every policy loss in this package is a pure function ``fn(x: LossInputs, hyper) -> (objective, weight)``:
 
-- ``objective`` [B, T]: the per-token objective J_t to *maximise*, differentiable in ``x.log_prob``;
-- ``weight``    [B, T]: the analytic gradient weight w_t of PAPER.md, detached, such that
-  ``d(-J_t)/d log_prob_t = -w_t * r_t * A_t`` with r_t = pi_t / anchor_t (the untruncated ratio).
+- ``objective`` [B, T]: the value of the per-token objective J_t to *maximise*;
+- ``weight``    [B, T]: the analytic gradient weight w_t of PAPER.md, such that
+  ``d J_t / d log_prob_t = w_t * r_t * A_t`` with r_t = pi_t / anchor_t (the untruncated ratio).
 
-The wrapper (:class:`Loss`) checks the inputs, builds :class:`LossInputs` once, masks, and computes
-the metrics every loss reports, so each family module holds only its formula.
+The wrapper (:class:`Loss`) checks the inputs, builds :class:`LossInputs` once, masks, computes the
+metrics every loss reports, and attaches the gradient -w_t * r_t * A_t to ``per_token`` through a
+one-multiply backward (:class:`_AnalyticGradient`). The loss is memory-bound elementwise work, so this
+saves the whole autograd graph of the objective; tests/test_losses.py checks that the attached gradient
+equals autograd through PAPER.md's objectives written out independently.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class Hyper(pydantic.BaseModel):
 class LossOutput:
     per_token: torch.Tensor  # [B, T] loss to minimise (-J_t), 0 where masked
     weight: torch.Tensor  # [B, T] analytic gradient weight w_t, detached, 0 where masked
-    ratio: torch.Tensor  # [B, T] r_t = pi_t / anchor_t (clamped log-ratio), detached
+    ratio: torch.Tensor  # [B, T] r_t = pi_t / anchor_t (log-ratio clamped to +-20), detached
     metrics: dict[str, float]
 
 
@@ -49,7 +52,8 @@ class LossInputs:
     """Checked tensors of one loss call, plus the derived quantities several losses share.
 
     Derived tensors are cached so a loss and the metrics never compute the same thing twice.
-    All are computed in float32 (float64 when the inputs are float64) even for half inputs.
+    All are detached and computed in float32 (float64 when the inputs are float64), even for half inputs.
+    ``advantages`` keeps the shape it was given ([B, 1] or [B, T]) and broadcasts.
     """
 
     def __init__(
@@ -64,54 +68,66 @@ class LossInputs:
         rollout_log_prob: torch.Tensor,
     ):
         dtype = torch.float64 if log_prob.dtype == torch.float64 else torch.float32
-        self.log_prob = log_prob.to(dtype)  # [B, T] differentiable
+        self.log_prob = log_prob.detach().to(dtype)  # [B, T]
         self.anchor_log_prob = anchor_log_prob.detach().to(dtype)  # [B, T]
         self.rollout_log_prob = rollout_log_prob.detach().to(dtype)  # [B, T]
-        self.advantages = advantages.detach().to(dtype)  # [B, T]
-        self.mask = response_mask != 0  # [B, T] bool
-        self.mask_f = self.mask.to(dtype)  # [B, T]
+        self.advantages = advantages.detach().to(dtype)  # [B, 1] or [B, T]
+        # a float 0/1 mask is used as it is: converting it would cost a pass over [B, T]
+        self.mask_f = response_mask.to(dtype) if response_mask.is_floating_point() else (response_mask != 0).to(dtype)
         self.rollout_topk_ids = rollout_topk_ids
         self.rollout_topk_log_probs = rollout_topk_log_probs
         self.logits = logits
 
     @cached_property
-    def log_ratio(self) -> torch.Tensor:  # [B, T] differentiable
-        return (self.log_prob - self.anchor_log_prob).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    def mask(self) -> torch.Tensor:  # [B, T] bool
+        return self.mask_f != 0
 
     @cached_property
-    def ratio(self) -> torch.Tensor:  # [B, T] differentiable
+    def log_ratio(self) -> torch.Tensor:  # [B, T]
+        return (self.log_prob - self.anchor_log_prob).clamp_(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+    @cached_property
+    def ratio(self) -> torch.Tensor:  # [B, T]
         return self.log_ratio.exp()
-
-    @cached_property
-    def ratio_detached(self) -> torch.Tensor:
-        return self.ratio.detach()
 
     @cached_property
     def anchor_prob(self) -> torch.Tensor:  # [B, T]
         return self.anchor_log_prob.exp()
 
     @cached_property
+    def ratio_minus_1(self) -> torch.Tensor:
+        # r - 1 loses ~1e-7 absolute to cancellation near r = 1 (float32); expm1 would cost 4x the time
+        return self.ratio - 1
+
+    @cached_property
     def shift(self) -> torch.Tensor:
-        """pi - anchor, detached; as anchor * expm1(log r) to keep precision when pi ~ anchor."""
-        return self.anchor_prob * torch.expm1(self.log_ratio.detach())
+        """pi - anchor = anchor * (r - 1). [B, T]"""
+        return self.ratio_minus_1 * self.anchor_prob
 
     @cached_property
     def binary_kl(self) -> torch.Tensor:
-        """KL(Bernoulli(anchor) || Bernoulli(pi)) of the sampled token, detached. [B, T]"""
-        log_pi = self.anchor_log_prob + self.log_ratio.detach()
-        mu = self.anchor_prob
-        return mu * (self.anchor_log_prob - log_pi) + (1 - mu) * (_log1m_exp(self.anchor_log_prob) - _log1m_exp(log_pi))
+        """KL(Bernoulli(mu) || Bernoulli(pi)) = mu log(mu/pi) + (1-mu) log((1-mu)/(1-pi)), mu = anchor. [B, T]
+
+        One log instead of two: (1-pi) = (1-mu) - (pi-mu); both floored at the dtype's tiny so that
+        mu = 1 or pi = 1 stay finite.
+        """
+        tiny = torch.finfo(self.anchor_prob.dtype).tiny
+        one_minus_mu = (1 - self.anchor_prob).clamp_(min=tiny)
+        one_minus_pi = (one_minus_mu - self.shift).clamp_(min=tiny)
+        log_odds = one_minus_pi.reciprocal_().mul_(one_minus_mu).log_()  # log((1-mu)/(1-pi))
+        return log_odds.mul_(one_minus_mu).sub_(self.anchor_prob * self.log_ratio)
 
     @cached_property
-    def adv_sign(self) -> torch.Tensor:
-        return torch.sign(self.advantages)
+    def pushed_up(self) -> torch.Tensor:
+        """A > 0: the advantage pushes pi up. [B, 1] or [B, T] bool"""
+        return self.advantages > 0
+
+    @cached_property
+    def pushed_down(self) -> torch.Tensor:
+        return self.advantages < 0
 
 
-def _log1m_exp(log_p: torch.Tensor) -> torch.Tensor:
-    """log(1 - p) from log p, finite even at p = 1 (clamped at the dtype's tiny)."""
-    return torch.log(torch.clamp(-torch.expm1(log_p), min=torch.finfo(log_p.dtype).tiny))
-
-
+# Returns fresh (objective, weight) tensors: the wrapper masks them in place.
 LossFn = Callable[[LossInputs, Hyper], "tuple[torch.Tensor, torch.Tensor]"]
 
 
@@ -171,10 +187,15 @@ class Loss:
     ) -> LossOutput:
         x = self._check(log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
                         rollout_topk_ids, rollout_topk_log_probs, logits)
-        objective, weight = self.spec.fn(x, self.hyper)
-        per_token = -(objective * x.mask_f)  # [B, T]
-        weight = weight * x.mask_f  # [B, T]
-        return LossOutput(per_token, weight, x.ratio_detached, loss_metrics(x, weight))
+        with torch.no_grad():
+            objective, weight = self.spec.fn(x, self.hyper)
+            weight = weight.mul_(x.mask_f) if weight.shape == x.mask_f.shape else weight * x.mask_f  # [B, T]
+            per_token = objective.mul_(x.mask_f).neg_()  # [B, T]
+            grad = (weight * x.ratio).mul_(-x.advantages)  # [B, T] d per_token / d log_prob
+            metrics = loss_metrics(x, weight)
+        if log_prob.requires_grad:
+            per_token = _AnalyticGradient.apply(log_prob, per_token, grad)
+        return LossOutput(per_token, weight, x.ratio, metrics)
 
     def _check(self, log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
                rollout_topk_ids, rollout_topk_log_probs, logits) -> LossInputs:
@@ -188,7 +209,7 @@ class Loss:
         _same(name, "advantages", advantages, shape[:1] if advantages.dim() == 1 else shape, log_prob.dtype)
         _check_finite(name, "advantages", advantages.detach())
         if advantages.dim() == 1:
-            advantages = advantages.unsqueeze(-1).expand(shape)
+            advantages = advantages.unsqueeze(-1)  # [B, 1], broadcasts over T
         anchor = getattr(self.hyper, "anchor", "rollout")
         if anchor == "recompute":
             if old_log_prob is None:
@@ -211,6 +232,21 @@ class Loss:
             logits=logits,
             rollout_log_prob=rollout_log_prob,
         )
+
+
+class _AnalyticGradient(torch.autograd.Function):
+    """Identity on the per-token loss whose backward is d per_token / d log_prob = grad (one multiply)."""
+
+    @staticmethod
+    def forward(ctx, log_prob, per_token, grad):
+        ctx.save_for_backward(grad)
+        ctx.dtype = log_prob.dtype
+        return per_token
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return (grad_output * grad).to(ctx.dtype), None, None
 
 
 def _require_float(loss: str, label: str, tensor) -> None:
@@ -272,28 +308,34 @@ def _check_topk(loss: str, shape, ids, log_probs, logits) -> None:
 
 @torch.no_grad()
 def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
-    """Statistics over valid tokens that every loss reports (keys as in DESIGN.md)."""
-    n = x.mask_f.sum()
+    """Statistics over valid tokens that every loss reports (keys as in DESIGN.md).
+
+    ``weight`` is already 0 on padding. Masked sums are dot products with the mask (one pass, no
+    temporary); min and max fill padding with the valid mean, which cannot change either.
+    """
+    mask = x.mask_f.reshape(-1)
+    n = mask.sum()
     if n == 0:
         return {}
     valid = x.mask
-    w = weight[valid]  # [N]
-    ratio = x.ratio_detached[valid]
-    abs_shift = x.shift[valid].abs()
-    sums = torch.stack([(w == 0).sum(), (w < 0).sum()]).to(w.dtype)
-    w_min, w_max = torch.aminmax(w)
-    return {
-        "loss/masked_frac": (sums[0] / n).item(),
-        "loss/corrective_frac": (sums[1] / n).item(),
-        "loss/weight_mean": w.mean().item(),
-        "loss/weight_min": w_min.item(),
-        "loss/weight_max": w_max.item(),
-        "ratio/mean": ratio.mean().item(),
-        "ratio/max": ratio.max().item(),
-        "shift/abs_mean": abs_shift.mean().item(),
-        "shift/abs_max": abs_shift.max().item(),
-        "shift/binary_kl": x.binary_kl[valid].mean().item(),
-    }
+
+    def mean_min_max(t: torch.Tensor) -> list[torch.Tensor]:
+        mean = torch.dot(t.reshape(-1), mask) / n
+        return [mean, *torch.aminmax(torch.where(valid, t, mean))]
+
+    w = weight.reshape(-1)
+    padding = w.numel() - n
+    abs_shift = x.shift.abs()
+    w_mean, w_min, w_max = mean_min_max(weight)
+    r_mean, _, r_max = mean_min_max(x.ratio)
+    shift_mean, _, shift_max = mean_min_max(abs_shift)
+    stats = torch.stack([
+        (torch.count_nonzero(w == 0) - padding) / n, torch.count_nonzero(w < 0) / n, w_mean, w_min, w_max,
+        r_mean, r_max, shift_mean, shift_max, torch.dot(x.binary_kl.reshape(-1), mask) / n,
+    ]).tolist()
+    keys = ("loss/masked_frac", "loss/corrective_frac", "loss/weight_mean", "loss/weight_min", "loss/weight_max",
+            "ratio/mean", "ratio/max", "shift/abs_mean", "shift/abs_max", "shift/binary_kl")
+    return dict(zip(keys, stats, strict=True))
 
 
 def get_loss(name: str, **hyper) -> Loss:

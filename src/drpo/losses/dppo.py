@@ -21,14 +21,15 @@ class DppoHyper(Hyper):
 
 def _masked_pg(x: LossInputs, keep: torch.Tensor, trunc: float | None):
     """Truncated-IS policy gradient on the kept tokens: the part every DPPO variant shares."""
-    coef = x.ratio_detached if trunc is None else x.ratio_detached.clamp(max=trunc)  # [B, T]
-    weight = keep.to(coef.dtype) * (coef / x.ratio_detached)
-    return coef * x.advantages * x.log_prob * keep, weight
+    weight = keep.to(x.ratio.dtype)  # [B, T]
+    if trunc is not None:
+        weight.mul_(x.ratio.reciprocal().mul_(trunc).clamp_(max=1))  # min(r, C) / r
+    return (weight * x.ratio).mul_(x.log_prob).mul_(x.advantages), weight
 
 
 def _harmful(x: LossInputs) -> torch.Tensor:
     """Moved the way the advantage pushes: pi > mu for A > 0, pi < mu for A < 0. [B, T] bool"""
-    return ((x.advantages > 0) & (x.shift > 0)) | ((x.advantages < 0) & (x.shift < 0))
+    return ((x.shift > 0) & x.pushed_up) | ((x.shift < 0) & x.pushed_down)
 
 
 class BinaryTvHyper(DppoHyper):
@@ -39,8 +40,8 @@ class BinaryTvHyper(DppoHyper):
 @register_loss("dppo_binary_tv", BinaryTvHyper, "DPPO Binary-TV: drop tokens whose abs(pi-mu) crossed delta the harmful way")
 def dppo_binary_tv(x: LossInputs, h: BinaryTvHyper):
     """m = 0 if (A>0 and pi-mu > delta_high) or (A<0 and pi-mu < -delta_low).  w = m * min(r,C)/r."""
-    drop = ((x.advantages > 0) & (x.shift > h.delta_high)) | ((x.advantages < 0) & (x.shift < -h.delta_low))
-    return _masked_pg(x, ~drop, h.trunc)
+    drop = ((x.shift > h.delta_high) & x.pushed_up) | ((x.shift < -h.delta_low) & x.pushed_down)
+    return _masked_pg(x, drop.logical_not_(), h.trunc)
 
 
 class BinaryKlHyper(DppoHyper):
@@ -63,7 +64,7 @@ class TopkKlHyper(TopkTvHyper):
     delta: float = pydantic.Field(0.05, gt=0.0, description="drop tokens with top-k KL(mu || pi) > delta, harmful way")
 
 
-TOPK_CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 logits per chunk bounds the extra memory at any V
+TOPK_CHUNK_ELEMENTS = 1 << 21  # 8 MiB of float32 logits per chunk bounds the extra memory at any V
 
 
 @torch.no_grad()
@@ -77,14 +78,11 @@ def topk_divergences(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """
     logits, ids = x.logits, x.rollout_topk_ids.long()
     batch, length, vocab = logits.shape
-    flat_logits = logits.reshape(batch * length, vocab)  # [N, V] view
-    rows = max(1, TOPK_CHUNK_ELEMENTS // vocab)
-    log_z = torch.cat([torch.logsumexp(flat_logits[i:i + rows].to(x.log_prob.dtype), dim=-1)
-                       for i in range(0, batch * length, rows)]).view(batch, length)  # [B, T]
+    log_z = _chunked_log_z(logits.reshape(batch * length, vocab), x.log_prob.dtype).view(batch, length)  # [B, T]
     pi_topk = (logits.gather(-1, ids).to(log_z.dtype) - log_z.unsqueeze(-1)).exp()  # [B, T, K]
     mu_topk = x.rollout_topk_log_probs.to(log_z.dtype).exp()  # [B, T, K]
 
-    mu_y, pi_y = x.anchor_prob, x.anchor_prob * x.log_ratio.detach().exp()  # [B, T]
+    mu_y, pi_y = x.anchor_prob, x.anchor_prob * x.ratio  # [B, T]
     outside = (x.anchor_log_prob < x.rollout_topk_log_probs.min(dim=-1).values).to(mu_y.dtype)  # [B, T]
     mu_rest = (1 - mu_topk.sum(-1) - outside * mu_y).clamp(min=0)  # [B, T]
     pi_rest = (1 - pi_topk.sum(-1) - outside * pi_y).clamp(min=0)
@@ -92,6 +90,24 @@ def topk_divergences(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
     tv = 0.5 * ((mu_topk - pi_topk).abs().sum(-1) + outside * (mu_y - pi_y).abs() + (mu_rest - pi_rest).abs())
     kl = _kl_terms(mu_topk, pi_topk).sum(-1) + outside * _kl_terms(mu_y, pi_y) + _kl_terms(mu_rest, pi_rest)
     return tv, kl
+
+
+def _chunked_log_z(flat_logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """log-sum-exp over V of [N, V] logits, a chunk of rows at a time through one reused buffer.
+
+    torch.logsumexp allocates per call, and with several threads the allocator then keeps far more
+    than one chunk resident; a reused buffer keeps the extra memory at one chunk.
+    """
+    num_rows, vocab = flat_logits.shape
+    rows = max(1, TOPK_CHUNK_ELEMENTS // vocab)
+    buffer = torch.empty(min(rows, num_rows), vocab, dtype=dtype, device=flat_logits.device)
+    log_z = torch.empty(num_rows, dtype=dtype, device=flat_logits.device)  # [N]
+    for start in range(0, num_rows, rows):
+        chunk = flat_logits[start:start + rows]
+        work = buffer[: len(chunk)].copy_(chunk)  # [n, V], cast to the compute dtype
+        peak = work.amax(-1, keepdim=True)  # [n, 1]
+        log_z[start:start + rows] = work.sub_(peak).exp_().sum(-1).log_().add_(peak[:, 0])
+    return log_z
 
 
 def _kl_terms(mu: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 DRPO is SPO with eps replaced by the token-adaptive width delta / mu that the Binary-TV bound
 abs(pi - mu) <= delta implies, which keeps its gradient weight bounded for every token (PAPER.md).
-r stays differentiable here (no detach, no truncation), so autograd yields exactly the weights below.
+Nothing is truncated or stopped here: the gradient is that of the whole objective.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ class SpoHyper(Hyper):
 @register_loss("spo", SpoHyper, "SPO: quadratic penalty on (r-1), zero-crossing of w at abs(r-1) = eps")
 def spo(x: LossInputs, h: SpoHyper):
     """J = r*A - abs(A)/(2*eps) * (r-1)^2.  w = 1 - sign(A*(r-1)) * abs(r-1)/eps (unbounded for rare tokens)."""
-    r_minus_1 = x.ratio - 1  # [B, T]
-    objective = x.ratio * x.advantages - x.advantages.abs() / (2 * h.eps) * r_minus_1.square()
-    weight = 1 - x.adv_sign * r_minus_1.detach() / h.eps
+    adv = x.advantages
+    objective = (x.ratio * adv).sub_(x.ratio_minus_1.square().mul_(adv.abs() / (2 * h.eps)))
+    weight = (x.ratio_minus_1 * (adv.sign() / -h.eps)).add_(1)
     return objective, weight
 
 
@@ -40,8 +40,8 @@ def drpo(x: LossInputs, h: DrpoHyper):
     w = 1 - sign(A*(r-1)) * abs(pi-mu)/delta = 1 - sign(A)*(pi-mu)/delta, within [1 - 1/delta, 1 + 1/delta]:
     1 at pi = mu, 0 on the Binary-TV boundary in the direction A pushes, negative (corrective) past it.
     """
-    r_minus_1 = x.log_ratio.expm1()  # [B, T], exact near r = 1
-    penalty = x.anchor_prob * r_minus_1.square()  # [B, T] = (pi - mu)^2 / mu
-    objective = x.ratio * x.advantages - x.advantages.abs() / (2 * h.delta) * penalty
-    weight = 1 - x.adv_sign * x.shift / h.delta
+    adv = x.advantages
+    penalty = x.shift * x.ratio_minus_1  # [B, T] = mu * (r-1)^2
+    objective = (x.ratio * adv).sub_(penalty.mul_(adv.abs() / (2 * h.delta)))
+    weight = (x.shift * (adv.sign() / -h.delta)).add_(1)
     return objective, weight

@@ -1,6 +1,7 @@
 """Ratio-based trust regions: importance-sampled policy gradient, PPO/GRPO clipping, CISPO.
 
-Each loss returns (objective J_t, gradient weight w_t) with d J_t / d log pi_t = w_t * r_t * A_t.
+Each loss returns (objective J_t, gradient weight w_t) with d J_t / d log pi_t = w_t * r_t * A_t;
+sg(.) is stop-gradient.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ class PgIsHyper(Hyper):
 @register_loss("pg_is", PgIsHyper, "importance-sampled policy gradient, no trust region (optional ratio truncation)")
 def pg_is(x: LossInputs, h: PgIsHyper):
     """J = sg(min(r, C)) * A * log pi.  w = min(r, C) / r (1 without truncation)."""
-    coef = x.ratio_detached if h.trunc is None else x.ratio_detached.clamp(max=h.trunc)  # [B, T]
-    objective = coef * x.advantages * x.log_prob
-    weight = torch.ones_like(coef) if h.trunc is None else coef / x.ratio_detached
-    return objective, weight
+    if h.trunc is None:
+        return (x.ratio * x.log_prob).mul_(x.advantages), torch.ones_like(x.ratio)
+    coef = x.ratio.clamp(max=h.trunc)  # [B, T]
+    return (coef * x.log_prob).mul_(x.advantages), coef.div_(x.ratio)
 
 
 class PpoClipHyper(Hyper):
@@ -37,14 +38,15 @@ def ppo_clip(x: LossInputs, h: PpoClipHyper):
 
     w = 0 if (A>0 and r>1+eps_high) or (A<0 and r<1-eps_low) or (dual-clip, A<0 and r>c), else 1.
     """
-    r, adv = x.ratio, x.advantages
-    objective = torch.minimum(r * adv, r.clamp(1 - h.eps_low, 1 + h.eps_high) * adv)  # [B, T]
-    r_d = x.ratio_detached
-    clipped = ((adv > 0) & (r_d > 1 + h.eps_high)) | ((adv < 0) & (r_d < 1 - h.eps_low))
+    r = x.ratio  # [B, T]
+    clipped = ((r > 1 + h.eps_high) & x.pushed_up) | ((r < 1 - h.eps_low) & x.pushed_down)
+    # where not clipped, min(r*A, clip(r)*A) is r*A; where clipped, it is clip(r)*A
+    objective = torch.where(clipped, r.clamp(1 - h.eps_low, 1 + h.eps_high), r).mul_(x.advantages)
     if h.dual_clip is not None:
-        objective = torch.where(adv < 0, torch.maximum(objective, h.dual_clip * adv), objective)
-        clipped |= (adv < 0) & (r_d > h.dual_clip)
-    return objective, (~clipped).to(r_d.dtype)
+        floored = (r > h.dual_clip) & x.pushed_down
+        objective = torch.where(floored, h.dual_clip * x.advantages, objective)
+        clipped |= floored
+    return objective, clipped.logical_not_().to(r.dtype)
 
 
 class CispoHyper(Hyper):
@@ -55,5 +57,5 @@ class CispoHyper(Hyper):
 @register_loss("cispo", CispoHyper, "CISPO: clipped, stop-gradient IS weight on every token (never drops a token)")
 def cispo(x: LossInputs, h: CispoHyper):
     """J = sg(clip(r, 1-eps_low, 1+eps_high)) * A * log pi.  w = clip(r) / r, never 0."""
-    coef = x.ratio_detached.clamp(1 - h.eps_low, 1 + h.eps_high)  # [B, T]
-    return coef * x.advantages * x.log_prob, coef / x.ratio_detached
+    coef = x.ratio.clamp(1 - h.eps_low, 1 + h.eps_high)  # [B, T]
+    return (coef * x.log_prob).mul_(x.advantages), coef.div_(x.ratio)
