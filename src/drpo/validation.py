@@ -11,10 +11,10 @@ import typing
 import pydantic
 
 
-def describe_fields(model: type[pydantic.BaseModel]) -> str:
+def describe_fields(model: type[pydantic.BaseModel], last: tuple[str, ...] = ()) -> str:
     """'delta=0.15, anchor='rollout'|'recompute'' — the allowed keys with defaults or choices."""
     parts = []
-    for name, field in model.model_fields.items():
+    for name, field in sorted(model.model_fields.items(), key=lambda item: item[0] in last):
         choices = _choices(field.annotation)
         if choices:
             parts.append(f"{name}={'|'.join(repr(c) for c in choices)}")

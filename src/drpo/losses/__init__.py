@@ -9,7 +9,10 @@ One module per family: ratio.py (pg_is, ppo_clip/grpo, cispo), quadratic.py (spo
 dppo.py (Binary-TV/KL and Top-K masks); aggregate.py reduces, base.py holds the contract.
 """
 
-from drpo.losses import dppo, quadratic, ratio  # noqa: F401  (importing registers the losses)
+# isort: off
+# importing registers the losses, in the order `drpo losses` lists them
+from drpo.losses import ratio, quadratic, dppo  # noqa: F401
+# isort: on
 from drpo.losses.aggregate import AGGREGATIONS, aggregate
 from drpo.losses.base import ALIASES, LOSSES, Loss, LossInputs, LossOutput, LossSpec, get_loss, register_loss
 from drpo.losses.presets import PRESETS

@@ -362,4 +362,5 @@ def get_loss(name: str, **hyper) -> Loss:
 
 
 def hyper_summary(spec: LossSpec) -> str:
-    return describe_fields(spec.hyper)
+    """'delta=0.15, anchor=...': the family's own hyper-parameters first, the shared anchor last."""
+    return describe_fields(spec.hyper, last=("anchor",))

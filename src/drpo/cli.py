@@ -1,0 +1,66 @@
+"""The `drpo` command: train, compare, and look at the loss family.
+
+    drpo train [key=value ...]      RL on the embedded default (or a YAML config plus overrides)
+    drpo losses                     the registry: names, hyper-parameters, what each does
+    drpo weights --out FILE.png     gradient-weight curves of PPO, SPO, DPPO and DRPO
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+
+def cmd_losses(args) -> int:
+    from drpo.losses import ALIASES, LOSSES, PRESETS
+    from drpo.losses.base import hyper_summary
+
+    table = Table(title="drpo.losses registry", show_lines=False)
+    table.add_column("name", style="bold cyan")
+    table.add_column("hyper-parameters (defaults)")
+    table.add_column("what it does")
+    aliases = {target: alias for alias, target in ALIASES.items()}
+    for name, spec in LOSSES.items():
+        label = f"{name} ({aliases[name]})" if name in aliases else name
+        table.add_row(label, hyper_summary(spec), spec.summary)
+    for name, (base, hyper) in PRESETS.items():
+        table.add_row(f"{name} [preset]", ", ".join(f"{k}={v!r}" for k, v in hyper.items()), f"preset of {base}")
+    Console().print(table)
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from drpo.plots import plot_weight_curves
+
+    path = plot_weight_curves(args.out, losses=args.losses)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drpo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("losses", help="print the loss registry").set_defaults(func=cmd_losses)
+    weights = sub.add_parser("weights", help="plot gradient-weight curves w(pi - mu)")
+    weights.add_argument("--out", default="weights.png", help="PNG file to write")
+    weights.add_argument("--losses", nargs="+", default=["ppo_clip", "spo", "dppo_binary_tv", "drpo"],
+                         help="registry names or presets to draw")
+    weights.set_defaults(func=cmd_weights)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as error:
+        print(f"drpo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
