@@ -16,7 +16,9 @@ def describe_fields(model: type[pydantic.BaseModel], last: tuple[str, ...] = ())
     parts = []
     for name, field in sorted(model.model_fields.items(), key=lambda item: item[0] in last):
         choices = _choices(field.annotation)
-        if choices:
+        if isinstance(field.annotation, type) and issubclass(field.annotation, pydantic.BaseModel):
+            parts.append(f"{name}.*")
+        elif choices:
             parts.append(f"{name}={'|'.join(repr(c) for c in choices)}")
         elif field.is_required():
             parts.append(f"{name} (required)")

@@ -1,0 +1,226 @@
+"""Typed, validated run configuration: YAML files plus ``key=value`` overrides.
+
+    drpo train                                   # the embedded default below
+    drpo train loss=dppo_binary_tv loss.delta_high=0.2 rollout.precision=fp8 steps=300
+    drpo train --config my.yaml updates_per_batch=4
+
+Each section owns its defaults (no ``cfg.get(key, default)`` anywhere else). A key that names a
+section with a ``name`` field sets that name: ``loss=spo`` is ``loss.name=spo``, ``model=medium``
+is ``model.name=medium``. An unknown key or a bad value stops before any work, naming the key and
+the allowed values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from drpo.validation import describe_fields, format_validation_error
+
+
+class Section(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LossConfig(Section):
+    """The policy loss: a registry name or preset of drpo.losses, its hyper-parameters, the reduction."""
+
+    model_config = pydantic.ConfigDict(extra="allow", validate_assignment=True)  # extra keys: hyper-parameters
+
+    name: str = pydantic.Field("drpo", description="loss registry name or preset (see `drpo losses`)")
+    aggregation: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
+        pydantic.Field("token-mean", description="how per-token losses become one scalar"))
+    horizon: int | None = pydantic.Field(
+        None, gt=0, description="fixed horizon of seq-mean-token-sum-norm (default: the task's max response length)")
+
+    @property
+    def hyper(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @pydantic.model_validator(mode="after")
+    def _known_loss(self):
+        from drpo.losses import get_loss
+
+        get_loss(self.name, **self.hyper)  # raises ValueError naming the bad key and the allowed ones
+        return self
+
+    def build(self):
+        from drpo.losses import get_loss
+
+        return get_loss(self.name, **self.hyper)
+
+
+class ModelConfig(Section):
+    name: str = pydantic.Field("small", description="size of the built-in transformer (tiny|small|medium), or hf:PATH")
+    moe: bool = pydantic.Field(False, description="mixture-of-experts variant of the built-in transformer")
+
+
+class TaskConfig(Section):
+    name: str = pydantic.Field("arith", description="verifiable task: arith (addition) or sort")
+    digits: int | None = pydantic.Field(None, ge=1, le=12, description="operand digits (task default if unset)")
+
+
+class RolloutConfig(Section):
+    precision: Literal["fp32", "bf16", "fp16", "fp8", "int8"] = pydantic.Field(
+        "fp32", description="numerics of the behavior policy mu (training-inference mismatch)")
+    lag: int = pydantic.Field(0, ge=0, description="rollouts come from the weights of `lag` steps ago (async RL)")
+    prompts: int = pydantic.Field(32, ge=1, description="prompts per RL step")
+    group_size: int = pydantic.Field(8, ge=2, description="responses sampled per prompt (G)")
+    temperature: float = pydantic.Field(1.0, gt=0.0, description="sampling temperature (pi and mu use the same)")
+    top_p: float = pydantic.Field(1.0, gt=0.0, le=1.0, description="nucleus sampling; mu is the truncated distribution")
+    top_k_logprobs: int = pydantic.Field(
+        0, ge=0, description="record mu's top-k log-probs per token (set automatically for top-k losses)")
+
+
+class AdvantageConfig(Section):
+    estimator: Literal["grpo", "rloo"] = pydantic.Field("grpo", description="group-relative advantage")
+    std_normalize: bool = pydantic.Field(False, description="divide GRPO advantages by the group std")
+
+
+class OptimConfig(Section):
+    lr: float = pydantic.Field(3e-4, gt=0.0, description="AdamW learning rate of the RL phase")
+    weight_decay: float = pydantic.Field(0.0, ge=0.0)
+    grad_clip: float = pydantic.Field(1.0, gt=0.0, description="max global gradient norm")
+    warmup_steps: int = pydantic.Field(5, ge=0, description="linear learning-rate warm-up (optimizer steps)")
+    schedule: Literal["constant", "cosine"] = pydantic.Field("constant", description="after warm-up")
+
+
+class WarmupConfig(Section):
+    """Supervised warm-up that makes the base model: right sometimes, far from always."""
+
+    steps: int = pydantic.Field(300, ge=0, description="supervised steps (cached by config hash)")
+    lr: float = pydantic.Field(2e-3, gt=0.0)
+    batch_size: int = pydantic.Field(64, ge=1)
+
+
+class EvalConfig(Section):
+    every: int = pydantic.Field(20, ge=1, description="evaluate every N RL steps (and at the start and end)")
+    prompts: int = pydantic.Field(256, ge=1, description="held-out prompts per evaluation")
+    samples: int = pydantic.Field(4, ge=1, description="k samples per prompt for eval/sampled_accuracy")
+
+
+class RunConfig(Section):
+    out: str = pydantic.Field("runs/default", description="run directory (config, metrics, checkpoints, plots)")
+    steps: int = pydantic.Field(150, ge=0, description="RL steps (one rollout batch and its updates each)")
+    seed: int = pydantic.Field(0, ge=0)
+    resume: str | None = pydantic.Field(None, description="run directory to continue from its latest checkpoint")
+    updates_per_batch: int = pydantic.Field(
+        1, ge=1, description="optimizer steps per rollout batch (mini-batches, all anchored on mu): staleness")
+    recompute_old_log_prob: bool = pydantic.Field(
+        True, description="recompute pi_old before the updates (needed by anchor=recompute; gives mismatch/*)")
+    checkpoint_every: int = pydantic.Field(50, ge=1, description="checkpoint every N RL steps (and at the end)")
+    max_bad_steps: int = pydantic.Field(3, ge=1, description="stop after this many non-finite steps in a row")
+    tensorboard: bool = pydantic.Field(True, description="also log to TensorBoard under OUT/tb")
+    loss: LossConfig = pydantic.Field(default_factory=LossConfig)
+    model: ModelConfig = pydantic.Field(default_factory=ModelConfig)
+    task: TaskConfig = pydantic.Field(default_factory=TaskConfig)
+    rollout: RolloutConfig = pydantic.Field(default_factory=RolloutConfig)
+    advantage: AdvantageConfig = pydantic.Field(default_factory=AdvantageConfig)
+    optim: OptimConfig = pydantic.Field(default_factory=OptimConfig)
+    warmup: WarmupConfig = pydantic.Field(default_factory=WarmupConfig)
+    eval: EvalConfig = pydantic.Field(default_factory=EvalConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message names it and what is allowed."""
+
+
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '0.2' -> 0.2, 'true' -> True, 'null' -> None, anything else stays a string (YAML scalars)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, type(None), str)) else text
+
+
+NAMED_SECTIONS = ("loss", "model", "task")  # `loss=spo` means `loss.name=spo`
+
+
+def apply_override(tree: dict, key: str, value: Any) -> None:
+    """Set a dotted key in a nested dict; a bare section name sets that section's ``name``."""
+    parts = [key, "name"] if key in NAMED_SECTIONS else key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{part}' holds a value, not a section of keys")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """YAML file (optional) then ``key=value`` overrides, validated into a RunConfig."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(tree).__name__}")
+        for section in NAMED_SECTIONS:
+            if isinstance(tree.get(section), str):
+                tree[section] = {"name": tree[section]}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. steps=100, loss.delta=0.2)")
+        apply_override(tree, key.strip(), parse_value(text.strip()))
+    return validate(tree)
+
+
+def validate(tree: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except pydantic.ValidationError as error:
+        raise ConfigError(_explain(error)) from None
+
+
+def _explain(error: pydantic.ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        loc = [str(part) for part in problem["loc"]]
+        section = _section_model(loc[:-1])
+        if problem["type"] in ("value_error", "assertion_error"):
+            lines.append(f"config '{'.'.join(loc) or 'loss'}': {problem['msg'].removeprefix('Value error, ')}")
+            continue
+        single = pydantic.ValidationError.from_exception_data(error.title, [problem])
+        lines.append(format_validation_error("config", single, section))
+    return "\n".join(lines)
+
+
+def _section_model(loc: list[str]) -> type[pydantic.BaseModel]:
+    model: type[pydantic.BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, pydantic.BaseModel)):
+            break
+        model = field.annotation
+    return model
+
+
+def help_text() -> str:
+    """Every key with its default and meaning, for `drpo train --help`."""
+    lines = []
+
+    def walk(model: type[pydantic.BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, Section):
+                walk(annotation, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            choices = describe_fields(model).split(", ")
+            shown = next((c for c in choices if c.startswith(f"{name}=") and "|" in c), f"{name}={default!r}")
+            lines.append(f"  {prefix + shown:<44} {field.description or ''}".rstrip())
+            if prefix == "loss." and name == "name":
+                lines.append(f"  {'loss.<hyper>=VALUE':<44} a hyper-parameter of the chosen loss (e.g. loss.delta=0.2)")
+
+    walk(RunConfig, "")
+    return "\n".join(lines)

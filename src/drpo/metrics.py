@@ -1,0 +1,89 @@
+"""Metric keys (DESIGN.md) and where they go: metrics.jsonl, TensorBoard, the console line.
+
+Keys that reports and checks rely on:
+    step, reward/mean, eval/accuracy, eval/sampled_accuracy,
+    mismatch/abs_mean, mismatch/max, mismatch/min, mismatch/kl      (pi - mu at rollout time)
+    loss/weight_mean, loss/corrective_frac, loss/masked_frac, ratio/max, shift/*   (from drpo.losses)
+    entropy, response_length/mean, grad_norm, time/rollout_s, time/update_s, throughput/tokens_per_s
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+# timings differ between two runs of the same seed; everything else must not
+TIMING_PREFIXES = ("time/", "throughput/")
+
+
+@torch.no_grad()
+def mismatch_metrics(log_prob: torch.Tensor, rollout_log_prob: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Training-inference mismatch of the sampled tokens: pi (trainer) vs mu (rollout), same weights.
+
+    mismatch/kl is the sampled-token estimate of KL(mu || pi) = E_mu[log mu - log pi].
+    """
+    valid = mask.bool()
+    if not valid.any():
+        return {}
+    shift = (log_prob.exp() - rollout_log_prob.exp())[valid]  # [N] pi - mu
+    return {
+        "mismatch/abs_mean": shift.abs().mean().item(),
+        "mismatch/max": shift.max().item(),
+        "mismatch/min": shift.min().item(),
+        "mismatch/kl": (rollout_log_prob - log_prob)[valid].mean().item(),
+    }
+
+
+def mean_of(dicts: list[dict[str, float]]) -> dict[str, float]:
+    """Key-wise mean of metric dicts (e.g. over mini-batches); max/min keys keep their extreme."""
+    keys = {k for d in dicts for k in d}
+    out = {}
+    for key in keys:
+        values = [d[key] for d in dicts if key in d]
+        if key.endswith(("/max", "_max")):
+            out[key] = max(values)
+        elif key.endswith(("/min", "_min")):
+            out[key] = min(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+class MetricsLogger:
+    """Appends one JSON object per step to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            # steps logged after the checkpoint we resume from will be logged again
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+
+    def log(self, metrics: dict[str, float]) -> None:
+        record = {k: (v if isinstance(v, int) or math.isfinite(v) else str(v)) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, metrics["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """metrics.jsonl -> list of dicts (a run directory or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

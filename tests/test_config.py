@@ -1,0 +1,50 @@
+"""Config: defaults, YAML plus overrides, and errors that name the key and the allowed values."""
+
+import pytest
+
+from drpo.config import ConfigError, help_text, load_config
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load_config()
+    assert cfg.loss.name == "drpo" and cfg.task.name == "arith" and cfg.rollout.precision == "fp32"
+    path = tmp_path / "run.yaml"
+    path.write_text("loss: dppo_binary_tv\nsteps: 7\nrollout:\n  lag: 2\n")
+    cfg = load_config(path, ["loss.delta_high=0.2", "model=tiny", "rollout.precision=fp8", "updates_per_batch=4"])
+    assert cfg.loss.name == "dppo_binary_tv" and cfg.loss.hyper == {"delta_high": 0.2}
+    assert cfg.loss.build().hyper.delta_high == 0.2
+    assert (cfg.steps, cfg.rollout.lag, cfg.rollout.precision, cfg.model.name, cfg.updates_per_batch) == (
+        7, 2, "fp8", "tiny", 4)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["loss=spo", "loss.eps=0.3", "seed=3"])
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("stepz=3", "unknown key 'stepz'.*steps=150"),
+    ("rollout.precision=fp4", "'rollout.precision' got 'fp4'.*'bf16'.*'fp8'"),
+    ("rollout.bogus=1", "unknown key 'rollout.bogus'.*precision="),
+    ("loss=foo", "unknown loss 'foo'.*drpo"),
+    ("loss.eps=0.1", "loss 'drpo': unknown key 'eps'.*delta"),
+    ("loss.delta=-1", "'delta' got -1"),
+    ("steps=-1", "'steps' got -1.*greater than or equal to 0"),
+    ("steps=abc", "'steps' got 'abc'"),
+    ("advantage.estimator=ppo", "'grpo'.*'rloo'"),
+    ("no_equals_sign", "not key=value"),
+])
+def test_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_missing_file_and_help():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/run.yaml")
+    text = help_text()
+    for key in ("out=", "steps=", "seed=", "loss.name", "loss.<hyper>", "model.name", "task.name",
+                "rollout.precision=", "rollout.lag=", "updates_per_batch=", "resume="):
+        assert key in text
