@@ -14,6 +14,31 @@ from rich.console import Console
 from rich.table import Table
 
 
+def cmd_train(args) -> int:
+    from drpo.config import load_config
+    from drpo.trainer import NonFiniteError, Trainer
+
+    overrides = list(args.overrides)
+    config = load_config(args.config, overrides)
+    if config.resume:
+        # continue the run as it was configured; overrides given now still apply (e.g. a larger steps=)
+        config = load_config(f"{config.resume}/config.yaml", [*overrides, f"out={config.resume}"])
+    console = Console(stderr=True)
+    console.print(f"[bold]drpo train[/]: loss {config.loss.build()!r}, model {config.model.name}"
+                  f"{' (MoE)' if config.model.moe else ''}, task {config.task.name}, rollout {config.rollout.precision}"
+                  f" lag {config.rollout.lag}, {config.updates_per_batch} update(s)/batch -> {config.out}")
+    trainer = Trainer(config, console=console)
+    try:
+        summary = trainer.train(console=console)
+    except NonFiniteError as error:
+        console.print(f"[red]stopped[/]: {error}")
+        return 3
+    start, final, best = (summary[f"eval/accuracy_{k}"] for k in ("start", "final", "best"))
+    console.print(f"eval accuracy {start:.3f} -> {final:.3f} (best {best:.3f}) in {summary['steps']} steps, "
+                  f"{summary['wall_time_s']:.0f}s; summary: {config.out}/summary.json")
+    return 130 if summary["interrupted"] else 0
+
+
 def cmd_losses(args) -> int:
     from drpo.losses import ALIASES, LOSSES, PRESETS
     from drpo.losses.base import hyper_summary
@@ -44,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drpo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    from drpo.config import help_text
+
+    train = sub.add_parser("train", help="RL on a verifiable task (no arguments: the embedded default)",
+                           description="Train with RL. Keys (key=value overrides, dotted for sections):\n\n"
+                           + help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--config", help="YAML config file; key=value overrides apply on top")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. loss=drpo loss.delta=0.2 steps=100")
+    train.set_defaults(func=cmd_train)
     sub.add_parser("losses", help="print the loss registry").set_defaults(func=cmd_losses)
     weights = sub.add_parser("weights", help="plot gradient-weight curves w(pi - mu)")
     weights.add_argument("--out", default="weights.png", help="PNG file to write")
@@ -57,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"drpo {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -51,3 +51,39 @@ def plot_weight_curves(path: str | Path, losses: Sequence[str] = WEIGHT_FIGURE_L
 def _label(loss) -> str:
     hyper = {k: v for k, v in loss.hyper.model_dump().items() if k != "anchor" and v is not None}
     return f"{loss.name} ({', '.join(f'{k}={v}' for k, v in hyper.items())})"
+
+
+RUN_PANELS = (
+    ("reward", ["reward/mean"]),
+    ("eval accuracy", ["eval/accuracy", "eval/sampled_accuracy"]),
+    ("mismatch mean |pi - mu|", ["mismatch/abs_mean"]),
+    ("mismatch max / min of pi - mu", ["mismatch/max", "mismatch/min"]),
+    ("tokens past the trust region", ["loss/masked_frac", "loss/corrective_frac"]),
+    ("gradient weight mean", ["loss/weight_mean"]),
+    ("entropy", ["entropy"]),
+    ("response length", ["response_length/mean"]),
+    ("grad norm", ["grad_norm"]),
+)
+
+
+def plot_run(run_dir: str | Path, records: list[dict]) -> Path:
+    """plots/curves.png: the main curves of one run against step."""
+    run_dir = Path(run_dir)
+    fig, axes = plt.subplots(3, 3, figsize=(14, 10))
+    for ax, (title, keys) in zip(axes.flat, RUN_PANELS, strict=True):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, label=key, marker="o" if key.startswith("eval/") else None, ms=3)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    path = run_dir / "plots" / "curves.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
