@@ -1,0 +1,172 @@
+"""TRL adapter: a GRPOTrainer whose policy loss is any loss of drpo.losses.
+
+    from drpo.integrations.trl import DRPOConfig, DRPOTrainer
+    args = DRPOConfig(output_dir="out", drpo_loss="drpo", drpo_loss_kwargs={"delta": 0.15}, loss_type="dr_grpo")
+    DRPOTrainer(model=..., reward_funcs=..., args=args, train_dataset=...).train()
+
+What changes against GRPOTrainer: only the per-token policy loss. Sampling, rewards, advantages,
+the KL term (``beta``), the masks (``top_entropy_quantile``, ``off_policy_mask_threshold``) and the
+loss normalisation stay TRL's, and ``loss_type`` picks that normalisation alone:
+``grpo`` (per-sequence token mean), ``bnpo`` (local token mean), ``dr_grpo`` (token sum /
+max_completion_length), ``dapo`` (global token mean over the accumulated batch; TRL's default).
+
+Anchors: mu = TRL's sampling log-probs (``sampling_per_token_logps``, from vLLM or a rollout_func)
+when present, else its old log-probs pi_old (``old_per_token_logps``, computed when generation and
+optimisation are misaligned), else the current log-probs detached (on-policy: r = 1). pi_old, for
+``anchor="recompute"``, is the old log-probs, else the detached current ones. TRL's vLLM
+importance-sampling ratio pi_old / mu is *not* applied on top: our losses already measure r = pi / mu,
+so it would count the mismatch twice. Tokens whose sampling log-prob vLLM could not provide (NaN)
+fall back to pi_old.
+
+Not supported (rejected by DRPOConfig): the Top-K DPPO variants (TRL keeps only the sampled token's
+log-prob from vLLM and does not hand the loss its logits), ``importance_sampling_level="sequence"``
+(our losses are per token), and TRL's entropy bonus (``entropy_coef``, ``use_adaptive_entropy``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from drpo.losses import LossOutput, get_loss
+
+NORMALISATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+@dataclass
+class DRPOConfig(GRPOConfig):
+    """GRPOConfig plus our loss: ``drpo_loss`` (a drpo.losses name) and its ``drpo_loss_kwargs``."""
+
+    drpo_loss: str = field(
+        default="drpo",
+        metadata={"help": "policy loss from drpo.losses: drpo, spo, dppo_binary_tv, dppo_binary_kl, ppo_clip "
+                  "(grpo), cispo, pg_is, or a preset such as drpo_reference"},
+    )
+    drpo_loss_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "hyper-parameters of drpo_loss, a dict or a JSON string, e.g. '{\"delta\": 0.15}'"},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.drpo_loss_kwargs, str):  # from the command line
+            self.drpo_loss_kwargs = json.loads(self.drpo_loss_kwargs)
+        self.drpo_loss_kwargs = dict(self.drpo_loss_kwargs or {})
+        loss = get_loss(self.drpo_loss, **self.drpo_loss_kwargs)  # unknown names and bad values fail here
+        if loss.spec.needs_topk:
+            raise ValueError(f"drpo_loss='{self.drpo_loss}' needs the rollout's top-k log-probs and the current "
+                             "logits, which TRL does not provide; use dppo_binary_tv or dppo_binary_kl")
+        if self.loss_type not in NORMALISATIONS:
+            raise ValueError(f"with DRPOTrainer, loss_type picks only TRL's loss normalisation; got "
+                             f"'{self.loss_type}', expected one of {', '.join(NORMALISATIONS)} (for TRL's own "
+                             "cispo/sapo/vespo/luspo objectives use GRPOTrainer)")
+        if self.importance_sampling_level != "token":
+            raise ValueError("DRPOTrainer computes per-token losses; set importance_sampling_level='token'")
+        if self.entropy_coef != 0.0 or self.use_adaptive_entropy:
+            raise ValueError("DRPOTrainer does not support TRL's entropy bonus; set entropy_coef=0.0 and "
+                             "use_adaptive_entropy=False")
+
+
+class DRPOTrainer(GRPOTrainer):
+    """GRPOTrainer with the policy loss of ``args.drpo_loss`` (see the module docstring)."""
+
+    def __init__(self, *args_, args: DRPOConfig | None = None, **kwargs):
+        if not isinstance(args, DRPOConfig):
+            raise TypeError(f"DRPOTrainer needs args=DRPOConfig(...), got {type(args).__name__}")
+        super().__init__(*args_, args=args, **kwargs)
+        self.drpo_loss = get_loss(args.drpo_loss, **args.drpo_loss_kwargs)
+
+    def drpo_per_token(self, per_token_logps: torch.Tensor, inputs: dict[str, Any],
+                       mask: torch.Tensor) -> LossOutput:
+        """Our loss on TRL's tensors: the anchors chosen as the module docstring says. All [B, T]."""
+        dtype = torch.promote_types(per_token_logps.dtype, torch.float32)
+        log_prob = per_token_logps.to(dtype)
+        old = inputs.get("old_per_token_logps")
+        old = log_prob.detach() if old is None else old.to(dtype)  # pi_old
+        mu = inputs.get("sampling_per_token_logps")
+        mu = old if mu is None else torch.where(torch.isnan(mu), old, mu.to(dtype))  # behavior policy
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        advantages = advantages.to(dtype).expand_as(log_prob)
+        return self.drpo_loss(log_prob=log_prob, rollout_log_prob=mu, old_log_prob=old,
+                              advantages=advantages, response_mask=mask)
+
+    def _normalise(self, per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str,
+                   num_items_in_batch: torch.Tensor) -> torch.Tensor:
+        """TRL's reduction for args.loss_type, gradient-accumulation scaling included."""
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        masked = per_token_loss * mask  # [B, T]
+        if self.loss_type == "grpo":
+            return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accumulation
+        if self.loss_type == "bnpo":
+            return masked.sum() / mask.sum().clamp(min=1.0) / accumulation
+        if self.loss_type == "dr_grpo":
+            return masked.sum() / (masked.size(0) * self.max_completion_length) / accumulation
+        # dapo: num_items_in_batch spans the generation batch, rescaled to one accumulation window
+        normaliser = num_items_in_batch.clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            normaliser = normaliser * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        return masked.sum() / normaliser
+
+    def _compute_loss(self, model, inputs):
+        mode = "train" if self.model.training else "eval"
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]  # [B, T]
+        multimodal = {key: inputs.get(key) for key in (
+            "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
+            "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")}
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model, torch.cat([prompt_ids, completion_ids], dim=1), torch.cat([prompt_mask, completion_mask], dim=1),
+            completion_ids.size(1), compute_entropy=True, compute_aux_loss=self.aux_loss_enabled, **multimodal,
+        )  # [B, T] each
+
+        out = self.drpo_per_token(per_token_logps, inputs, mask)
+        per_token_loss = out.per_token  # [B, T]
+        if self.off_policy_mask_threshold is not None:
+            sampling = inputs.get("sampling_per_token_logps", inputs.get("old_per_token_logps", per_token_logps.detach()))
+            advantages = inputs["advantages"]
+            per_token_loss = per_token_loss * self.get_off_policy_mask(
+                advantages=advantages.unsqueeze(1) if advantages.dim() == 1 else advantages,
+                per_token_logps=per_token_logps,
+                sampling_per_token_logps=sampling, mask=mask, off_policy_threshold=self.off_policy_mask_threshold)
+        if self.top_entropy_quantile < 1.0:
+            per_token_loss = per_token_loss * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+        if self.beta != 0.0:  # TRL's k3 KL to the reference model, IS-corrected as TRL does
+            ref = inputs["ref_per_token_logps"]
+            per_token_kl = torch.exp(ref - per_token_logps) - (ref - per_token_logps) - 1  # [B, T]
+            if self.args.use_bias_correction_kl:
+                old = inputs.get("old_per_token_logps", per_token_logps.detach())
+                per_token_kl = per_token_kl * torch.exp(per_token_logps - old)
+            per_token_loss = per_token_loss + self.beta * per_token_kl
+            self._metrics[mode]["kl"].append(self._global_mean(per_token_kl, mask))
+
+        loss = self._normalise(per_token_loss, mask, mode, inputs["num_items_in_batch"])
+        if self.aux_loss_enabled:  # MoE router loss, scaled for accumulation as TRL does
+            loss = loss + self.router_aux_loss_coef * aux_loss / (
+                self.current_gradient_accumulation_steps if mode == "train" else 1.0)
+
+        self._metrics[mode]["entropy"].append(self._global_mean(entropies, mask))
+        self._log_loss_metrics(out.metrics, mode)
+        return loss
+
+    def _global_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
+        totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().to(x.dtype)]), reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+    def _log_loss_metrics(self, metrics: dict[str, float], mode: str) -> None:
+        """Our metrics (loss/*, ratio/*, shift/*) into TRL's; max / min keys reduce across processes by max / min."""
+        if not metrics:
+            return
+        keys = sorted(metrics)
+        local = torch.tensor([metrics[k] for k in keys], device=self.accelerator.device)  # [M]
+        gathered = self.accelerator.gather(local.unsqueeze(0))  # [P, M]
+        for i, key in enumerate(keys):
+            column = gathered[:, i]
+            value = column.max() if key.endswith("max") else column.min() if key.endswith("min") else column.mean()
+            self._metrics[mode][key].append(value.item())

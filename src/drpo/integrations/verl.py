@@ -1,0 +1,136 @@
+"""verl adapter: our losses as verl policy losses, registered when verl is imported.
+
+``pip install drpo[verl]`` declares the entry point ``[project.entry-points."verl.plugins"]
+drpo = "drpo.integrations.verl"``; ``import verl`` loads every ``verl.plugins`` entry point, and
+importing this module registers the names of ``VERL_HYPER_FIELDS`` into verl's policy-loss registry.
+After that ``actor_rollout_ref.actor.policy_loss.loss_mode=drpo`` works like any built-in loss.
+
+Each registered function has verl's signature and reduction: it computes ``drpo.losses`` on the
+tensors verl passes, multiplies by ``rollout_is_weights`` when verl passes them (as verl's own
+losses do), and reduces with verl's ``agg_loss`` and ``config.global_batch_info``, so the loss
+does not change with the data-parallel size or the micro-batch split.
+
+Anchor: verl hands a policy loss one reference log-prob, ``old_log_prob``. With
+``algorithm.rollout_correction.bypass_mode=true`` (v1 trainer) it *is* the rollout engine's log-prob
+mu, so the trust region is anchored on mu as in PAPER.md; without bypass it is pi_old, recomputed
+by the trainer (the MiniRL "recompute" anchor). The adapter passes it as ``rollout_log_prob``.
+
+Not registered: the Top-K DPPO variants (verl's policy-loss call carries no logits and its rollout
+records no top-k log-probs, so they cannot work honestly), and names verl already owns (``cispo``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import torch
+from verl.trainer.ppo import core_algos
+
+from drpo.losses import LOSSES, get_loss
+
+logger = logging.getLogger(__name__)
+
+# Our loss name -> {our hyper-parameter: the verl ActorConfig field that carries it}.
+# verl's config schema is closed (unknown keys are rejected), so the hyper-parameters ride on its
+# existing trust-region fields, with the meaning verl's own dppo_tv / dppo_kl give them:
+# clip_ratio* hold the trust-region width (a probability shift for the TV losses, a KL for
+# Binary-KL) and clip_ratio_c holds the importance-ratio truncation C.
+VERL_HYPER_FIELDS: dict[str, dict[str, str]] = {
+    "drpo": {"delta": "clip_ratio"},
+    "spo": {"eps": "clip_ratio"},
+    "dppo_binary_tv": {"delta_low": "clip_ratio_low", "delta_high": "clip_ratio_high", "trunc": "clip_ratio_c"},
+    "dppo_binary_kl": {"delta": "clip_ratio", "trunc": "clip_ratio_c"},
+}
+
+NOT_REGISTERED: dict[str, str] = {
+    "dppo_topk_tv": "needs the rollout's top-k log-probs and the current logits; verl's policy-loss call passes "
+    "neither (its vLLM/SGLang rollout records only the sampled token's log-prob)",
+    "dppo_topk_kl": "same as dppo_topk_tv",
+    "cispo": "verl ships its own 'cispo'; we do not shadow it",
+}
+
+
+def hyper_from_config(name: str, config: Any) -> dict[str, Any]:
+    """Read our hyper-parameters for loss ``name`` from a verl ActorConfig (or DictConfig)."""
+    hyper = {}
+    for ours, field in VERL_HYPER_FIELDS[name].items():
+        value = config.get(field, None)
+        if value is None:
+            raise ValueError(f"verl loss_mode '{name}': {ours} comes from actor config field '{field}', which is "
+                             "not set; set actor_rollout_ref.actor." + field)
+        hyper[ours] = value
+    return hyper
+
+
+@functools.lru_cache(maxsize=64)
+def _bound_loss(name: str, hyper_items: tuple):
+    return get_loss(name, **dict(hyper_items))
+
+
+def make_policy_loss(name: str):
+    """A verl PolicyLossFn computing our loss ``name`` (hyper-parameters from the actor config)."""
+
+    def policy_loss(
+        old_log_prob: torch.Tensor,  # [B, T] verl's anchor: mu in bypass mode, pi_old otherwise
+        log_prob: torch.Tensor,  # [B, T] current policy, requires grad
+        advantages: torch.Tensor,  # [B, T]
+        response_mask: torch.Tensor,  # [B, T] bool or 0/1
+        loss_agg_mode: str = "token-mean",
+        config=None,
+        rollout_is_weights: torch.Tensor | None = None,  # [B, T] decoupled-mode IS weights, or None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if config is None:
+            raise ValueError(f"verl loss_mode '{name}' needs the actor config (for its hyper-parameters)")
+        loss = _bound_loss(name, tuple(sorted(hyper_from_config(name, config).items())))
+        # float32 at least: a bf16 copy of mu would itself be a training-inference mismatch
+        dtype = torch.promote_types(log_prob.dtype, torch.float32)
+        anchor = old_log_prob.detach().to(dtype)  # [B, T]
+        out = loss(
+            log_prob=log_prob.to(dtype),
+            rollout_log_prob=anchor,
+            old_log_prob=anchor,
+            advantages=advantages.detach().to(dtype),
+            response_mask=response_mask,
+        )
+        per_token = out.per_token  # [B, T]
+        if rollout_is_weights is not None:
+            per_token = per_token * rollout_is_weights
+        # verl's ppo_loss fills global_batch_info (dp_size, global token / sequence counts, the norm
+        # horizon) before each call; called directly, the norm horizon still comes from the config
+        batch_info = {"loss_scale_factor": config.get("loss_scale_factor", None),
+                      **(config.get("global_batch_info", None) or {})}
+        pg_loss = core_algos.agg_loss(
+            loss_mat=per_token, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **batch_info
+        )
+        metrics = {f"actor/{key}": value for key, value in out.metrics.items()}
+        mask = response_mask.to(dtype)  # verl's ppo_kl: mean of log(anchor / pi) over valid tokens
+        metrics["actor/ppo_kl"] = (((anchor - log_prob.detach()) * mask).sum() / mask.sum().clamp(min=1)).item()
+        return pg_loss, metrics
+
+    policy_loss.__name__ = f"drpo_{name}_policy_loss"
+    policy_loss.__qualname__ = policy_loss.__name__
+    policy_loss.__doc__ = f"drpo.losses '{name}' as a verl policy loss ({LOSSES[name].summary})."
+    policy_loss._drpo_loss_name = name  # marks the function as ours (re-registration is then a no-op)
+    return policy_loss
+
+
+def register() -> list[str]:
+    """Register our losses into verl's policy-loss registry; returns the names now registered as ours.
+
+    A name verl (or another plugin) already owns is left alone, with a warning.
+    """
+    registered = []
+    for name in VERL_HYPER_FIELDS:
+        existing = core_algos.POLICY_LOSS_REGISTRY.get(name)
+        if existing is not None and getattr(existing, "_drpo_loss_name", None) != name:
+            logger.warning("drpo: verl already has a policy loss named '%s'; not replacing it", name)
+            continue
+        if existing is None:
+            core_algos.register_policy_loss(name)(make_policy_loss(name))
+        registered.append(name)
+    return registered
+
+
+REGISTERED = register()

@@ -1,0 +1,178 @@
+"""The TRL adapter against real TRL: a tiny random-initialised model and tokenizer built here, no downloads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("trl", reason="TRL is not installed (pip install -e '.[trl]' -c constraints.txt)")
+
+from datasets import Dataset  # noqa: E402  (datasets and transformers come with TRL)
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from drpo.integrations.trl import DRPOConfig, DRPOTrainer  # noqa: E402
+from drpo.losses import aggregate, get_loss  # noqa: E402
+
+WORDS = ["<pad>", "<eos>", "<unk>", *"abcdefghij"]
+OUR_METRICS = ["loss/weight_mean", "loss/corrective_frac", "loss/masked_frac", "ratio/max", "shift/abs_mean"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A word-level tokenizer over ten letters, built in memory."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False)
+    return Qwen2ForCausalLM(config)
+
+
+def count_a(completions, **kwargs) -> list[float]:
+    """Reward: how often the letter 'a' appears, so the group advantages are not all zero."""
+    return [completion.count("a") / 8 for completion in completions]
+
+
+def make_trainer(tokenizer, tmp_path, **overrides) -> DRPOTrainer:
+    settings = dict(
+        output_dir=str(tmp_path), drpo_loss="drpo", drpo_loss_kwargs={"delta": 0.15},
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
+        # one generation batch feeds two optimizer steps, so the second step is off-policy (pi != mu)
+        steps_per_generation=2, max_steps=2, learning_rate=1e-2,
+        use_cpu=True, report_to="none", logging_steps=1, save_strategy="no", seed=0,
+    )
+    args = DRPOConfig(**{**settings, **overrides})
+    dataset = Dataset.from_dict({"prompt": ["a b c", "d e f", "g h", "i j a"] * 2})
+    return DRPOTrainer(model=tiny_model(), reward_funcs=count_a, args=args, train_dataset=dataset,
+                       processing_class=tokenizer)
+
+
+@pytest.mark.parametrize("loss, kwargs", [
+    ("drpo", {"delta": 0.15}),
+    ("dppo_binary_tv", {}),
+    ("spo", {"eps": 0.2}),
+    ("ppo_clip", {"anchor": "recompute"}),
+])
+def test_trains_two_steps(tokenizer, tmp_path, loss, kwargs):
+    trainer = make_trainer(tokenizer, tmp_path, drpo_loss=loss, drpo_loss_kwargs=kwargs)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+
+    steps = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(steps) == 2 and all(math.isfinite(log["loss"]) for log in steps)
+    unchanged = [name for name, p in trainer.model.named_parameters() if torch.equal(before[name], p)]
+    assert not unchanged, f"parameters that did not change: {unchanged}"
+    assert all(key in log for key in OUR_METRICS for log in steps)  # our metrics, through TRL's logger
+    assert steps[0]["ratio/max"] == pytest.approx(1.0, abs=1e-5)  # first step on-policy
+    assert steps[1]["ratio/max"] > 1.0  # second step: mu = TRL's old log-probs, pi has moved
+
+
+def test_per_token_loss_equals_drpo_losses(tokenizer, tmp_path):
+    """mu = sampling log-probs when present (NaN -> pi_old), else old log-probs, else log_prob detached."""
+    trainer = make_trainer(tokenizer, tmp_path)
+    g = torch.Generator().manual_seed(0)
+    batch, length = 4, 6
+    log_prob = (torch.rand(batch, length, generator=g) * 0.98 + 0.01).log().requires_grad_()  # [B, T]
+    old = (torch.rand(batch, length, generator=g) * 0.98 + 0.01).log()
+    sampling = (torch.rand(batch, length, generator=g) * 0.98 + 0.01).log()
+    sampling[0, 2] = float("nan")  # a token vLLM could not score
+    advantages = torch.randn(batch, generator=g)  # [B], as TRL stores them
+    mask = torch.ones(batch, length)
+    mask[1, 4:] = 0
+    loss = get_loss("drpo", delta=0.15)
+
+    cases = [
+        ({"sampling_per_token_logps": sampling, "old_per_token_logps": old}, torch.where(sampling.isnan(), old, sampling)),
+        ({"old_per_token_logps": old}, old),
+        ({}, log_prob.detach()),
+    ]
+    for extra, mu in cases:
+        out = trainer.drpo_per_token(log_prob, {"advantages": advantages, **extra}, mask)
+        expected = loss(log_prob=log_prob, rollout_log_prob=mu, advantages=advantages[:, None].expand(-1, length),
+                        response_mask=mask)
+        assert (out.per_token - expected.per_token).abs().max().item() <= 1e-6
+        grads = [torch.autograd.grad(o.per_token.sum(), log_prob)[0] for o in (out, expected)]
+        assert (grads[0] - grads[1]).abs().max().item() <= 1e-6
+        assert out.metrics == pytest.approx(expected.metrics)
+
+
+@pytest.mark.parametrize("loss_type, mode", [
+    ("grpo", "seq-mean-token-mean"), ("bnpo", "token-mean"), ("dr_grpo", "seq-mean-token-sum-norm"), ("dapo", None),
+])
+def test_respects_trl_loss_normalisation(tokenizer, tmp_path, loss_type, mode):
+    """_compute_loss = our per-token loss reduced as TRL's loss_type reduces, accumulation scaling included."""
+    trainer = make_trainer(tokenizer, tmp_path, loss_type=loss_type, gradient_accumulation_steps=2,
+                           steps_per_generation=4)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 2  # set by the training loop in a real run
+    g = torch.Generator().manual_seed(1)
+    batch, prompt_len, length = 4, 3, 8
+    log_prob = (torch.rand(batch, length, generator=g) * 0.98 + 0.01).log().requires_grad_()
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, 5:] = 0
+    mask[2, 2:] = 0
+    inputs = {
+        "prompt_ids": torch.zeros(batch, prompt_len, dtype=torch.long), "prompt_mask": torch.ones(batch, prompt_len),
+        "completion_ids": torch.zeros(batch, length, dtype=torch.long), "completion_mask": mask,
+        "advantages": torch.randn(batch, generator=g),
+        "old_per_token_logps": (torch.rand(batch, length, generator=g) * 0.98 + 0.01).log(),
+        "num_items_in_batch": torch.tensor(40.0),  # tokens in the whole generation batch
+    }
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (log_prob, torch.zeros(batch, length), None)
+
+    loss = trainer._compute_loss(trainer.model, inputs)
+    per_token = get_loss("drpo", delta=0.15)(
+        log_prob=log_prob, rollout_log_prob=inputs["old_per_token_logps"],
+        advantages=inputs["advantages"][:, None].expand(-1, length), response_mask=mask).per_token
+    if mode is None:  # dapo: token sum / (generation-batch tokens / processes * accumulation / steps_per_generation)
+        expected = (per_token * mask).sum() / (40.0 * 2 / 4)
+    else:
+        expected = aggregate(per_token, mask, mode, horizon=length) / 2
+    assert abs(loss.item() - expected.item()) <= 1e-6
+    grads = [torch.autograd.grad(x, log_prob, retain_graph=True)[0] for x in (loss, expected)]
+    assert (grads[0] - grads[1]).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"drpo_loss": "dppo_topk_tv"}, "top-k"),
+    ({"drpo_loss": "nope"}, "unknown loss 'nope'"),
+    ({"drpo_loss_kwargs": {"delta": -1}}, "delta"),
+    ({"drpo_loss_kwargs": '{"eps": 0.2}'}, "unknown key 'eps'"),
+    ({"loss_type": "sapo"}, "normalisation"),
+    ({"entropy_coef": 0.01}, "entropy"),
+])
+def test_config_rejects_what_cannot_work(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **overrides)
+
+
+def test_config_takes_json_kwargs(tmp_path):
+    args = DRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", drpo_loss="dppo_binary_kl",
+                      drpo_loss_kwargs='{"delta": 0.1, "trunc": 5}')
+    assert args.drpo_loss_kwargs == {"delta": 0.1, "trunc": 5}
+
+
+def test_example_script_parses_its_command_line(tmp_path):
+    """examples/trl/train_drpo.py: every GRPOConfig flag plus ours, from the command line."""
+    import importlib.util
+    from pathlib import Path
+
+    from transformers import HfArgumentParser
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "trl" / "train_drpo.py"
+    spec = importlib.util.spec_from_file_location("train_drpo", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _, args = HfArgumentParser((script.ScriptArguments, DRPOConfig)).parse_args_into_dataclasses([
+        "--output_dir", str(tmp_path), "--use_cpu", "--report_to", "none", "--drpo_loss", "dppo_binary_tv",
+        "--drpo_loss_kwargs", '{"delta_low": 0.1, "delta_high": 0.2}', "--loss_type", "dr_grpo"])
+    assert args.drpo_loss == "dppo_binary_tv" and args.drpo_loss_kwargs == {"delta_low": 0.1, "delta_high": 0.2}
+    assert args.loss_type == "dr_grpo"
