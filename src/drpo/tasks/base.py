@@ -1,0 +1,68 @@
+"""The task contract: fixed train/eval splits from a seed, and a verifier that never raises.
+
+A task is a finite universe of problems numbered 0..universe_size-1. ``random.Random(seed).sample`` picks
+``n_eval + n_train`` distinct numbers, the first ``n_eval`` form the eval split and the rest the train split:
+the splits are disjoint by construction and depend only on (seed, options).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str  # e.g. "347+85="
+    answer: str  # e.g. "432": the reference completion, without EOS
+
+
+class Task:
+    """Base of the verifiable tasks. Subclasses set ``name`` and implement ``universe_size`` and ``example``.
+
+    ``max_prompt_len`` and ``max_response_len`` count tokens of the character tokenizer: the prompt with
+    its BOS, the response with its EOS. A trainer can size the model's block as their sum.
+    """
+
+    name: str = ""
+
+    def __init__(self, seed: int = 0, n_train: int = 20000, n_eval: int = 500) -> None:
+        if n_train < 1 or n_eval < 1:
+            raise ValueError(f"{self.name}: n_train and n_eval must be >= 1, got {n_train} and {n_eval}")
+        if n_train + n_eval > self.universe_size:
+            raise ValueError(f"{self.name}: n_train + n_eval = {n_train + n_eval} exceeds the "
+                             f"{self.universe_size} distinct problems of these options")
+        self.seed = seed
+        indices = random.Random(seed).sample(range(self.universe_size), n_eval + n_train)
+        self.eval: list[Example] = [self.example(i) for i in indices[:n_eval]]
+        self.train: list[Example] = [self.example(i) for i in indices[n_eval:]]
+
+    @property
+    def universe_size(self) -> int:
+        raise NotImplementedError
+
+    def example(self, index: int) -> Example:
+        """Problem number ``index`` of the universe; distinct indices give distinct prompts."""
+        raise NotImplementedError
+
+    @property
+    def max_prompt_len(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def max_response_len(self) -> int:
+        raise NotImplementedError
+
+    def reward(self, completion: str, example: Example) -> float:
+        """1.0 if the completion (decoded, EOS and after removed) is exactly the answer, else 0.0. Never raises.
+
+        >>> from drpo.tasks import get_task
+        >>> task, example = get_task("arith", n_train=10, n_eval=10), Example("347+85=", "432")
+        >>> task.reward("432", example), task.reward(" 432", example), task.reward("4321", example)
+        (1.0, 0.0, 0.0)
+        """
+        return 1.0 if isinstance(completion, str) and completion == example.answer else 0.0
+
+    def target(self, example: Example) -> str:
+        """The completion to imitate in supervised warm-up (the trainer appends EOS)."""
+        return example.answer
