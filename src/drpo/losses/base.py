@@ -115,7 +115,8 @@ class LossInputs:
         one_minus_mu = (1 - self.anchor_prob).clamp_(min=tiny)
         one_minus_pi = (one_minus_mu - self.shift).clamp_(min=tiny)
         log_odds = one_minus_pi.reciprocal_().mul_(one_minus_mu).log_()  # log((1-mu)/(1-pi))
-        return log_odds.mul_(one_minus_mu).sub_(self.anchor_prob * self.log_ratio)
+        # a KL is >= 0; float32 rounding can leave -1e-8 where pi ~ mu
+        return log_odds.mul_(one_minus_mu).sub_(self.anchor_prob * self.log_ratio).clamp_(min=0)
 
     @cached_property
     def pushed_up(self) -> torch.Tensor:
