@@ -1,0 +1,279 @@
+"""Where mu comes from: the behavior policy (precision, lag) and the KV-cache sampler.
+
+    behavior = BehaviorPolicy(policy, precision="bf16", lag=1)
+    batch = behavior.generate(prompts, group_size=8, max_new_tokens=6, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    ...                                     # rewards, advantages
+    out = sequence_log_probs(policy, batch)  # log pi of the response tokens, with gradients
+    loss(log_prob=out.log_prob, rollout_log_prob=batch.rollout_log_prob, ...)
+    optimizer.step(); behavior.sync(policy)
+
+The behavior policy is a copy of the policy run the way an inference engine would run it: in another
+precision (the training-inference mismatch) and/or with weights some optimizer steps old (asynchronous
+RL). The mismatch is real arithmetic, not injected noise: bf16/fp16 run the copy in that dtype; fp8 and
+int8 round every Linear's weights and inputs through the 8-bit grid and compute in fp32 (simulated
+low-precision inference, since CPUs have no fp8/int8 matmul worth timing).
+
+The sampler's mu log-prob of a token is that of the distribution it actually sampled from: softmax of
+logits / temperature, renormalised over the nucleus when top_p < 1. :func:`sequence_log_probs` computes
+pi with the same temperature but without the nucleus, as trainers do, so top_p < 1 is itself a source of
+mismatch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from drpo.models.transformer import KVCache
+
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8")
+FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
+INT8_MAX = 127
+# top-k entries outside the top-p nucleus have probability 0; the losses require finite log-probs, and
+# exp(-1e4) is exactly 0 in float32 while differences of such numbers stay finite
+TOPK_LOG_PROB_FLOOR = -1e4
+
+
+def round_fp8(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """x rounded through float8_e4m3fn, scaled so its max |value| (per tensor, or along ``dim``) maps to 448."""
+    amax = x.abs().amax() if dim is None else x.abs().amax(dim, keepdim=True)
+    scale = amax.float().clamp(min=1e-12) / FP8_MAX
+    scaled = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX)  # exact division can land a hair above 448
+    return (scaled.to(torch.float8_e4m3fn).float() * scale).to(x.dtype)
+
+
+def round_int8(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x rounded to symmetric int8 with one scale per slice along ``dim`` (max |value| -> 127), dequantized."""
+    scale = x.abs().amax(dim, keepdim=True).float().clamp(min=1e-12) / INT8_MAX
+    return ((x.float() / scale).round().clamp(-INT8_MAX, INT8_MAX) * scale).to(x.dtype)
+
+
+# (weights, inputs) of every Linear. Weights: fp8 per tensor, int8 per output channel. Inputs: one scale
+# per token, so a row's logits never depend on the other rows of the batch (padding, cache vs no cache).
+QUANTIZERS = {
+    "fp8": (round_fp8, lambda x: round_fp8(x, dim=-1)),
+    "int8": (lambda w: round_int8(w, dim=1), lambda x: round_int8(x, dim=-1)),
+}
+
+
+@dataclass
+class RolloutBatch:
+    """N = n_prompts * group_size sampled responses; rows of a group are consecutive."""
+
+    prompt_ids: torch.Tensor  # [N, P] long, left-padded with pad_id
+    prompt_mask: torch.Tensor  # [N, P] long, 1 real, 0 padding
+    response_ids: torch.Tensor  # [N, T] long, right-padded with pad_id after EOS
+    response_mask: torch.Tensor  # [N, T] float32, 1 for response tokens including EOS
+    rollout_log_prob: torch.Tensor  # [N, T] float32 log mu of the sampled tokens, 0 on padding
+    group_index: torch.Tensor  # [N] long, the prompt each row answers
+    rollout_topk_ids: torch.Tensor | None = None  # [N, T, K] long, mu's top-k tokens (pad_id on padding)
+    rollout_topk_log_probs: torch.Tensor | None = None  # [N, T, K] float32, their log mu (0 on padding)
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)  # [N, P + T]
+
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask.long()], dim=1)  # [N, P + T]
+
+    def select(self, rows: torch.Tensor | slice) -> RolloutBatch:
+        """The rows ``rows`` of every tensor: a mini-batch."""
+        return RolloutBatch(**{f.name: None if (t := getattr(self, f.name)) is None else t[rows] for f in fields(self)})
+
+
+class SequenceLogProbs(NamedTuple):
+    log_prob: torch.Tensor  # [N, T] log pi of the response tokens, 0 on padding, with gradients
+    entropy: torch.Tensor  # [N, T] entropy of pi at each response position, 0 on padding, with gradients
+    logits: torch.Tensor  # [N, T, V] float32 logits / temperature at the response positions (top-k losses)
+
+
+def sequence_log_probs(model: nn.Module, batch: RolloutBatch, temperature: float = 1.0) -> SequenceLogProbs:
+    """log pi_theta of the sampled response tokens, by one forward over prompt + response.
+
+    pi is softmax(logits / temperature), the sampler's distribution before any top-p truncation.
+    After the call, ``model.aux_loss`` holds the MoE load-balancing loss of this forward.
+    """
+    logits, _ = model(batch.input_ids(), batch.attention_mask())  # [N, P + T, V]
+    P = batch.prompt_ids.shape[1]
+    logits = logits[:, P - 1:-1] / temperature  # [N, T, V]: position t predicts response token t
+    log_pi = logits.log_softmax(-1)  # [N, T, V]
+    mask = batch.response_mask  # [N, T]
+    log_prob = log_pi.gather(-1, batch.response_ids[..., None])[..., 0] * mask  # [N, T]
+    entropy = -(log_pi.exp() * log_pi).sum(-1) * mask  # [N, T]
+    return SequenceLogProbs(log_prob, entropy, logits)
+
+
+def sampling_log_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+    """Log-probs [..., V] of the distribution the sampler draws from: logits / temperature, then the nucleus.
+
+    The nucleus keeps the most likely tokens until their mass reaches top_p (always at least one) and
+    renormalises; tokens outside it get -inf.
+    """
+    log_p = (logits.float() / temperature).log_softmax(-1)  # [..., V]
+    if top_p < 1.0:
+        sorted_log_p, order = log_p.sort(-1, descending=True)
+        sorted_p = sorted_log_p.exp()
+        outside = (sorted_p.cumsum(-1) - sorted_p) >= top_p  # mass before the token already reaches top_p
+        log_p = log_p.masked_fill(outside.scatter(-1, order, outside), float("-inf")).log_softmax(-1)
+    return log_p
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompts: list[list[int]],
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k_logprobs: int = 0,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    *,
+    eos_id: int,
+    pad_id: int,
+) -> RolloutBatch:
+    """Sample ``group_size`` responses per prompt from ``model`` (see :meth:`BehaviorPolicy.generate`)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
+    if group_size < 1 or max_new_tokens < 1 or top_k_logprobs < 0:
+        raise ValueError(f"need group_size >= 1, max_new_tokens >= 1, top_k_logprobs >= 0; got "
+                         f"{group_size}, {max_new_tokens}, {top_k_logprobs}")
+    if not temperature > 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1; got {temperature}, {top_p}")
+    device = next(model.parameters()).device
+    N, P = len(prompts) * group_size, max(len(p) for p in prompts)
+    prompt_ids = torch.full((N, P), pad_id, dtype=torch.long, device=device)  # [N, P]
+    prompt_mask = torch.zeros(N, P, dtype=torch.long, device=device)  # [N, P]
+    for row in range(N):
+        prompt = prompts[row // group_size]
+        prompt_ids[row, P - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        prompt_mask[row, P - len(prompt):] = 1
+    group_index = torch.arange(len(prompts), device=device).repeat_interleave(group_size)  # [N]
+
+    cache = KVCache() if use_cache else None
+    logits, cache = model(prompt_ids, prompt_mask, cache)  # [N, P, V]
+    if top_k_logprobs > logits.shape[-1]:
+        raise ValueError(f"top_k_logprobs={top_k_logprobs} exceeds the vocabulary size {logits.shape[-1]}")
+    tokens, masks, log_probs, topk_ids, topk_log_probs = [], [], [], [], []
+    done = torch.zeros(N, dtype=torch.bool, device=device)  # [N] rows that have emitted EOS
+    for _ in range(max_new_tokens):
+        log_p = sampling_log_probs(logits[:, -1], temperature, top_p)  # [N, V]
+        # finished rows still draw, so the generator advances the same way whatever the rows do
+        token = torch.multinomial(log_p.exp(), 1, generator=generator)[:, 0]  # [N]
+        alive = ~done  # [N]
+        tokens.append(token.masked_fill(done, pad_id))
+        masks.append(alive.float())
+        log_probs.append(log_p.gather(-1, token[:, None])[:, 0].masked_fill(done, 0.0))
+        if top_k_logprobs:
+            values, ids = log_p.topk(top_k_logprobs, dim=-1)  # [N, K]
+            topk_ids.append(ids.masked_fill(done[:, None], pad_id))
+            topk_log_probs.append(values.clamp(min=TOPK_LOG_PROB_FLOOR).masked_fill(done[:, None], 0.0))
+        done = done | (token == eos_id)
+        if done.all():
+            break
+        if use_cache:
+            logits, cache = model(token[:, None], None, cache)  # [N, 1, V]
+        else:  # recompute everything: the reference the cache must reproduce
+            response_ids = torch.stack(tokens, dim=1)  # [N, t]
+            logits, _ = model(torch.cat([prompt_ids, response_ids], dim=1),
+                              torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1))
+
+    return RolloutBatch(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=torch.stack(tokens, dim=1),  # [N, T]
+        response_mask=torch.stack(masks, dim=1),  # [N, T]
+        rollout_log_prob=torch.stack(log_probs, dim=1),  # [N, T]
+        group_index=group_index,
+        rollout_topk_ids=torch.stack(topk_ids, dim=1) if top_k_logprobs else None,  # [N, T, K]
+        rollout_topk_log_probs=torch.stack(topk_log_probs, dim=1) if top_k_logprobs else None,  # [N, T, K]
+    )
+
+
+class BehaviorPolicy:
+    """A copy of the policy run in ``precision``, serving the weights of ``lag`` syncs ago.
+
+    The copy is made once (``copy.deepcopy``); each :meth:`sync` stores the policy's fp32 state on the CPU
+    in a queue of the last ``lag + 1`` states and loads the oldest, rounding it to ``precision``. Until
+    ``lag`` syncs have happened the oldest is the initial policy. :meth:`state_dict` holds the queue, so a
+    trainer checkpoint resumes with exactly the stale weights it had.
+    """
+
+    def __init__(self, policy: nn.Module, precision: str = "fp32", lag: int = 0) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown rollout precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        if lag < 0:
+            raise ValueError(f"lag must be >= 0, got {lag}")
+        self.precision, self.lag = precision, lag
+        self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+        if precision in ("bf16", "fp16"):
+            self.model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+        elif precision in QUANTIZERS:
+            round_input = QUANTIZERS[precision][1]
+            for module in self.model.modules():
+                if isinstance(module, nn.Linear):
+                    module.register_forward_pre_hook(lambda _, args: (round_input(args[0]), *args[1:]))
+        self._states: deque[dict[str, torch.Tensor]] = deque([_cpu_state(policy)], maxlen=lag + 1)
+        self._load(self._states[0])
+
+    def sync(self, policy: nn.Module) -> None:
+        """Record the policy's new weights (after an optimizer step) and serve those of ``lag`` syncs ago."""
+        self._states.append(_cpu_state(policy))
+        self._load(self._states[0])
+
+    def _load(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)  # casts to the copy's dtype for bf16/fp16
+        if self.precision in QUANTIZERS:
+            round_weight = QUANTIZERS[self.precision][0]
+            weights = {id(m.weight): m.weight for m in self.model.modules() if isinstance(m, nn.Linear)}
+            with torch.no_grad():
+                for weight in weights.values():  # tied weights are rounded once
+                    weight.copy_(round_weight(weight))
+
+    def state_dict(self) -> dict:
+        return {"precision": self.precision, "lag": self.lag, "states": [dict(s) for s in self._states]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["precision"], state["lag"]) != (self.precision, self.lag):
+            raise ValueError(f"behavior state was saved with precision={state['precision']!r}, lag={state['lag']}; "
+                             f"this behavior policy has precision={self.precision!r}, lag={self.lag}")
+        self._states = deque(({k: v.clone() for k, v in s.items()} for s in state["states"]), maxlen=self.lag + 1)
+        self._load(self._states[0])
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        group_size: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k_logprobs: int = 0,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        *,
+        eos_id: int,
+        pad_id: int,
+    ) -> RolloutBatch:
+        """Sample ``group_size`` responses for each prompt (token ids, no padding) with the behavior weights.
+
+        Prompts are left-padded to a common length and repeated ``group_size`` times (rows of a group are
+        consecutive). Each step samples from softmax(logits / temperature) restricted to the top-p nucleus,
+        feeding the new tokens through the KV cache (``use_cache=False`` recomputes the full forward: the
+        same samples for the same ``generator``, in fp32). A row ends with its EOS, which is part of the
+        response; generation stops when every row has ended or after ``max_new_tokens``. ``generator`` must
+        live on the model's device.
+        """
+        return generate(self.model, prompts, group_size, max_new_tokens, temperature, top_p, top_k_logprobs,
+                        use_cache, generator, eos_id=eos_id, pad_id=pad_id)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
