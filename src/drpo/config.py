@@ -81,7 +81,7 @@ class AdvantageConfig(Section):
 
 
 class OptimConfig(Section):
-    lr: float = pydantic.Field(3e-4, gt=0.0, description="AdamW learning rate of the RL phase")
+    lr: float = pydantic.Field(1e-4, gt=0.0, description="AdamW learning rate of the RL phase")
     weight_decay: float = pydantic.Field(0.0, ge=0.0)
     grad_clip: float = pydantic.Field(1.0, gt=0.0, description="max global gradient norm")
     warmup_steps: int = pydantic.Field(5, ge=0, description="linear learning-rate warm-up (optimizer steps)")
@@ -91,8 +91,8 @@ class OptimConfig(Section):
 class WarmupConfig(Section):
     """Supervised warm-up that makes the base model: right sometimes, far from always."""
 
-    steps: int = pydantic.Field(300, ge=0, description="supervised steps (cached by config hash)")
-    lr: float = pydantic.Field(2e-3, gt=0.0)
+    steps: int = pydantic.Field(400, ge=0, description="supervised steps (cached by config hash)")
+    lr: float = pydantic.Field(1e-3, gt=0.0)
     batch_size: int = pydantic.Field(64, ge=1)
 
 

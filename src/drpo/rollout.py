@@ -146,16 +146,11 @@ def generate(
     if group_size < 1 or max_new_tokens < 1 or top_k_logprobs < 0:
         raise ValueError(f"need group_size >= 1, max_new_tokens >= 1, top_k_logprobs >= 0; got "
                          f"{group_size}, {max_new_tokens}, {top_k_logprobs}")
-    if not temperature > 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1; got {temperature}, {top_p}")
+    if not temperature >= 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 (0: greedy) and 0 < top_p <= 1; got {temperature}, {top_p}")
     device = next(model.parameters()).device
-    N, P = len(prompts) * group_size, max(len(p) for p in prompts)
-    prompt_ids = torch.full((N, P), pad_id, dtype=torch.long, device=device)  # [N, P]
-    prompt_mask = torch.zeros(N, P, dtype=torch.long, device=device)  # [N, P]
-    for row in range(N):
-        prompt = prompts[row // group_size]
-        prompt_ids[row, P - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        prompt_mask[row, P - len(prompt):] = 1
+    N = len(prompts) * group_size
+    prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(group_size)], pad_id, device)  # [N, P]
     group_index = torch.arange(len(prompts), device=device).repeat_interleave(group_size)  # [N]
 
     cache = KVCache() if use_cache else None
@@ -165,9 +160,13 @@ def generate(
     tokens, masks, log_probs, topk_ids, topk_log_probs = [], [], [], [], []
     done = torch.zeros(N, dtype=torch.bool, device=device)  # [N] rows that have emitted EOS
     for _ in range(max_new_tokens):
-        log_p = sampling_log_probs(logits[:, -1], temperature, top_p)  # [N, V]
-        # finished rows still draw, so the generator advances the same way whatever the rows do
-        token = torch.multinomial(log_p.exp(), 1, generator=generator)[:, 0]  # [N]
+        if temperature == 0:  # greedy: the argmax; its log-prob is reported at temperature 1
+            log_p = sampling_log_probs(logits[:, -1])  # [N, V]
+            token = log_p.argmax(-1)  # [N]
+        else:
+            log_p = sampling_log_probs(logits[:, -1], temperature, top_p)  # [N, V]
+            # finished rows still draw, so the generator advances the same way whatever the rows do
+            token = torch.multinomial(log_p.exp(), 1, generator=generator)[:, 0]  # [N]
         alive = ~done  # [N]
         tokens.append(token.masked_fill(done, pad_id))
         masks.append(alive.float())
@@ -196,6 +195,26 @@ def generate(
         rollout_topk_ids=torch.stack(topk_ids, dim=1) if top_k_logprobs else None,  # [N, T, K]
         rollout_topk_log_probs=torch.stack(topk_log_probs, dim=1) if top_k_logprobs else None,  # [N, T, K]
     )
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (ids [N, L] left-padded with pad_id, mask [N, L] long, 1 on real tokens)."""
+    length = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(sequences), length, dtype=torch.long, device=device)
+    for row, seq in enumerate(sequences):
+        ids[row, length - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, length - len(seq):] = 1
+    return ids, mask
+
+
+def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> RolloutBatch:
+    """A batch of given (prompt, response) pairs, e.g. supervised targets; it has no mu (log-probs are 0)."""
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)  # [N, P]
+    flipped_ids, flipped_mask = left_pad([r[::-1] for r in responses], pad_id)  # right padding, reversed
+    response_ids, response_mask = flipped_ids.flip(1), flipped_mask.flip(1).float()  # [N, T]
+    return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, torch.zeros_like(response_mask),
+                        torch.arange(len(prompts)))
 
 
 class BehaviorPolicy:

@@ -9,12 +9,13 @@ class Arith(Task):
     """a+b with a, b uniform in [0, 10**digits); the answer is the decimal sum, most significant digit first.
 
     Carries make the high digits depend on every lower digit, so the model must propagate them while
-    writing left to right: hard enough that a short supervised warm-up leaves room for RL.
+    writing left to right: hard enough that a short supervised warm-up leaves room for RL. The default,
+    2 digits, is what the small model half-learns in a few hundred supervised steps on a CPU.
     """
 
     name = "arith"
 
-    def __init__(self, seed: int = 0, digits: int = 3, n_train: int = 20000, n_eval: int = 500) -> None:
+    def __init__(self, seed: int = 0, digits: int = 2, n_train: int | None = None, n_eval: int = 500) -> None:
         if digits < 1:
             raise ValueError(f"arith: digits must be >= 1, got {digits}")
         self.digits = digits

@@ -26,7 +26,9 @@ class Task:
 
     name: str = ""
 
-    def __init__(self, seed: int = 0, n_train: int = 20000, n_eval: int = 500) -> None:
+    def __init__(self, seed: int = 0, n_train: int | None = None, n_eval: int = 500) -> None:
+        if n_train is None:  # default: up to 20000 training problems, fewer when the options allow fewer
+            n_train = min(20000, self.universe_size - n_eval)
         if n_train < 1 or n_eval < 1:
             raise ValueError(f"{self.name}: n_train and n_eval must be >= 1, got {n_train} and {n_eval}")
         if n_train + n_eval > self.universe_size:

@@ -10,7 +10,7 @@ class Sort(Task):
 
     name = "sort"
 
-    def __init__(self, seed: int = 0, length: int = 5, n_train: int = 20000, n_eval: int = 500) -> None:
+    def __init__(self, seed: int = 0, length: int = 5, n_train: int | None = None, n_eval: int = 500) -> None:
         if length < 2:
             raise ValueError(f"sort: length must be >= 2, got {length}")
         self.length = length

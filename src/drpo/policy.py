@@ -1,0 +1,132 @@
+"""The policy being trained: model + tokenizer + task, and the base model it starts from.
+
+The trainer talks to a :class:`Policy` only, so the built-in transformer and a Hugging Face model
+(drpo.models.hf) are interchangeable. For the built-in model, :func:`build_policy` first makes the
+*base model*: a supervised warm-up on the task that leaves the policy right sometimes but far from
+always, cached under ``$DRPO_CACHE`` (default ``~/.cache/drpo``) by a hash of everything it depends on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from drpo.models.tokenizer import CharTokenizer
+from drpo.models.transformer import build_model
+from drpo.rollout import RolloutBatch, generate, make_batch, sequence_log_probs
+from drpo.tasks import get_task
+
+WARMUP_VERSION = 1  # bump when the warm-up recipe changes, so stale cached base models are not reused
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module
+    tokenizer: CharTokenizer
+    task: object
+    base_info: dict = field(default_factory=dict)
+
+    def encode_prompt(self, example) -> list[int]:
+        return self.tokenizer.encode(example.prompt, bos=True)
+
+    def decode_responses(self, batch: RolloutBatch) -> list[str]:
+        return [self.tokenizer.decode(row) for row in batch.response_ids.tolist()]
+
+    def log_probs(self, batch: RolloutBatch, temperature: float):
+        """log pi [N, T], entropy [N, T] and scaled logits [N, T, V] of the batch's responses, with gradients."""
+        return sequence_log_probs(self.model, batch, temperature)
+
+    @torch.no_grad()
+    def generate_text(self, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float,
+                      generator: torch.Generator | None = None) -> list[str]:
+        """``samples`` completions per prompt from the trained policy itself (fp32); temperature 0 is greedy."""
+        was_training = self.model.training
+        self.model.eval()
+        batch = generate(self.model, prompts, samples, max_new_tokens, temperature, generator=generator,
+                         eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
+        self.model.train(was_training)
+        return self.decode_responses(batch)
+
+
+def build_policy(config, console=None) -> Policy:
+    """The built-in transformer on a synthetic task, warm-started (or loaded from the cache)."""
+    if config.model.name.startswith("hf:"):
+        from drpo.models.hf import build_hf_policy
+
+        return build_hf_policy(config, console=console)
+    options = {} if config.task.digits is None else {"digits": config.task.digits}
+    task = get_task(config.task.name, seed=config.seed, **options)
+    tokenizer = CharTokenizer()
+    model = build_model(config.model.name, tokenizer.vocab_size,
+                        block_size=task.max_prompt_len + task.max_response_len + 1, moe=config.model.moe)
+    policy = Policy(model, tokenizer, task)
+    policy.base_info = load_or_warm_up(policy, config, console)
+    return policy
+
+
+def base_model_key(config) -> str:
+    """Hash of everything the base model depends on: model, task, warm-up recipe, seed."""
+    recipe = {"version": WARMUP_VERSION, "model": config.model.model_dump(), "task": config.task.model_dump(),
+              "warmup": config.warmup.model_dump(), "seed": config.seed}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DRPO_CACHE", Path.home() / ".cache" / "drpo"))
+
+
+def load_or_warm_up(policy: Policy, config, console=None) -> dict:
+    path = cache_dir() / "base" / f"{base_model_key(config)}.pt"
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        policy.model.load_state_dict(saved["model"])
+        return {**saved["info"], "cached": True, "path": str(path)}
+    info = warm_up(policy, config, console)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    torch.save({"model": policy.model.state_dict(), "info": info}, tmp)
+    os.replace(tmp, path)  # concurrent sweeps may warm up the same base model: last rename wins, both valid
+    return {**info, "cached": False, "path": str(path)}
+
+
+def warm_up(policy: Policy, config, console=None) -> dict:
+    """Supervised fine-tuning on task targets: maximise log pi(target + EOS | prompt).
+
+    Deliberately short: RL should start from a policy that is right sometimes, not always.
+    """
+    cfg = config.warmup
+    model, task, tokenizer = policy.model, policy.task, policy.tokenizer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 20))
+    rng = np.random.default_rng(config.seed + 1)
+    start = time.perf_counter()
+    model.train()
+    for _ in _maybe_progress(range(cfg.steps), console, "warm-up (base model)"):
+        examples = [task.train[int(i)] for i in rng.integers(0, len(task.train), cfg.batch_size)]
+        batch = make_batch([policy.encode_prompt(ex) for ex in examples],
+                           [tokenizer.encode(task.target(ex)) + [tokenizer.eos_id] for ex in examples],
+                           pad_id=tokenizer.pad_id)
+        log_prob, _, _ = sequence_log_probs(model, batch, temperature=1.0)
+        mask = batch.response_mask
+        loss = -(log_prob * mask).sum() / mask.sum() + 0.01 * model.aux_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    return {"warmup_steps": cfg.steps, "warmup_s": round(time.perf_counter() - start, 1),
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _maybe_progress(iterable, console, description: str):
+    from rich.progress import track
+
+    return track(iterable, description=description, console=console, transient=True)

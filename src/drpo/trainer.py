@@ -1,0 +1,304 @@
+"""The RL trainer: one step reads top to bottom as DESIGN.md's data flow.
+
+    prompts (task) -> rollout with the behavior policy mu -> rewards (verifier) -> advantages (group)
+    -> for each mini-batch: log pi, policy loss, aggregate, backward, clip, optimizer step
+    -> sync weights to the behavior policy (possibly lagged) -> metrics
+
+Where the numbers come from: mu log-probs are recorded by the sampler (drpo/rollout.py) from the
+distribution it sampled; pi log-probs are recomputed here by the trainer's model in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from drpo.advantages import group_advantages
+from drpo.checkpoint import load_checkpoint, save_checkpoint
+from drpo.config import RunConfig
+from drpo.losses import aggregate
+from drpo.metrics import MetricsLogger, mean_of, mismatch_metrics
+from drpo.policy import Policy, build_policy
+from drpo.rollout import BehaviorPolicy, RolloutBatch
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+@dataclass
+class UpdateResult:
+    metrics: dict[str, float]
+    skipped: bool
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, console=None):
+        self.config = config
+        self.run_dir = Path(config.out)
+        seed_everything(config.seed)
+        self.policy: Policy = build_policy(config, console=console)  # model, tokenizer, task, base-model warm-up
+        self.model = self.policy.model
+        self.task = self.policy.task
+        self.loss = config.loss.build()
+        self.horizon = config.loss.horizon or self.task.max_response_len
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
+                                           weight_decay=config.optim.weight_decay)
+        total_updates = max(1, config.steps * config.updates_per_batch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_updates))
+        self.behavior = BehaviorPolicy(self.model, precision=config.rollout.precision, lag=config.rollout.lag)
+        self.top_k_logprobs = config.rollout.top_k_logprobs or (8 if self.loss.spec.needs_topk else 0)
+        self.sampler = torch.Generator().manual_seed(config.seed)  # rollouts and mini-batch order
+        self.prompt_rng = np.random.default_rng(config.seed)  # which training prompts each step sees
+        self.step = 0
+        self.bad_steps = 0
+        self.start_accuracy: float | None = None
+        self.best_accuracy: float | None = None
+
+    # ----------------------------------------------------------------------------- one RL step
+    def train_step(self) -> dict[str, float]:
+        cfg = self.config
+        examples = self.next_examples()
+
+        start = time.perf_counter()
+        batch = self.behavior.generate(
+            [self.policy.encode_prompt(ex) for ex in examples], group_size=cfg.rollout.group_size,
+            max_new_tokens=self.task.max_response_len, temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p, top_k_logprobs=self.top_k_logprobs, generator=self.sampler,
+            eos_id=self.policy.tokenizer.eos_id, pad_id=self.policy.tokenizer.pad_id)
+        rollout_s = time.perf_counter() - start
+
+        completions = self.policy.decode_responses(batch)
+        rewards = torch.tensor([self.task.reward(text, examples[int(g)])
+                                for text, g in zip(completions, batch.group_index, strict=True)])  # [N]
+        advantages = group_advantages(rewards, batch.group_index, cfg.advantage.estimator,
+                                      cfg.advantage.std_normalize)  # [N]
+
+        start = time.perf_counter()
+        old_log_prob = None
+        metrics: dict[str, float] = {}
+        if cfg.recompute_old_log_prob or self.loss.hyper.anchor == "recompute":
+            with torch.no_grad():
+                old_log_prob = self.policy.log_probs(batch, cfg.rollout.temperature).log_prob  # [N, T] pi_old
+            metrics.update(mismatch_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))
+
+        updates = [self.update(mb, advantages[rows], None if old_log_prob is None else old_log_prob[rows])
+                   for rows, mb in self.minibatches(batch)]
+        update_s = time.perf_counter() - start
+        self.behavior.sync(self.model)
+
+        tokens = float(batch.response_mask.sum())
+        metrics.update(mean_of([u.metrics for u in updates]))
+        metrics.update({
+            "reward/mean": rewards.mean().item(),
+            "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
+            "response_length/mean": batch.response_mask.sum(-1).float().mean().item(),
+            "updates/skipped": float(sum(u.skipped for u in updates)),
+            "lr": self.scheduler.get_last_lr()[0],
+            "time/rollout_s": rollout_s,
+            "time/update_s": update_s,
+            "throughput/tokens_per_s": tokens / max(rollout_s + update_s, 1e-9),
+        })
+        return metrics
+
+    def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_log_prob: torch.Tensor | None) -> UpdateResult:
+        """One optimizer step on one mini-batch; a non-finite loss or gradient leaves the weights untouched."""
+        cfg = self.config
+        self.model.train()
+        forward = self.policy.log_probs(batch, cfg.rollout.temperature)
+        out = self.loss(log_prob=forward.log_prob, rollout_log_prob=batch.rollout_log_prob,
+                        advantages=advantages, response_mask=batch.response_mask, old_log_prob=old_log_prob,
+                        rollout_topk_ids=batch.rollout_topk_ids, rollout_topk_log_probs=batch.rollout_topk_log_probs,
+                        logits=forward.logits if self.loss.spec.needs_topk else None)
+        loss = aggregate(out.per_token, batch.response_mask, cfg.loss.aggregation, self.horizon)
+        self.optimizer.zero_grad(set_to_none=True)
+        skipped = not torch.isfinite(loss)
+        grad_norm = float("nan")
+        if not skipped:
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip).item()
+            skipped = not math.isfinite(grad_norm)
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            if self.bad_steps >= cfg.max_bad_steps:
+                raise NonFiniteError(
+                    f"{self.bad_steps} updates in a row had a non-finite loss or gradient (last loss {loss.item()}, "
+                    f"grad norm {grad_norm}); weights were left untouched. Lower optim.lr, check the loss "
+                    "hyper-parameters, or raise max_bad_steps to tolerate more")
+        else:
+            self.bad_steps = 0
+            self.optimizer.step()
+            self.scheduler.step()
+        valid = batch.response_mask.bool()
+        metrics = {**out.metrics, "loss/value": loss.item(), "grad_norm": grad_norm,
+                   "entropy": forward.entropy[valid].mean().item()}
+        return UpdateResult(metrics, skipped)
+
+    def next_examples(self) -> list:
+        train = self.task.train
+        picks = self.prompt_rng.choice(len(train), size=self.config.rollout.prompts,
+                                       replace=len(train) < self.config.rollout.prompts)
+        return [train[int(i)] for i in picks]
+
+    def minibatches(self, batch: RolloutBatch):
+        """updates_per_batch disjoint mini-batches of whole rows, in a seeded random order."""
+        order = torch.randperm(len(batch.response_ids), generator=self.sampler)
+        for rows in order.chunk(self.config.updates_per_batch):
+            yield rows, batch.select(rows)
+
+    # ----------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy on held-out prompts, and mean accuracy of k samples at the rollout temperature."""
+        cfg = self.config.eval
+        examples = self.task.eval[: cfg.prompts]
+        prompts = [self.policy.encode_prompt(ex) for ex in examples]
+        greedy = self.policy.generate_text(prompts, 1, self.task.max_response_len, temperature=0.0)
+        greedy_acc = float(np.mean([self.task.reward(t, ex) for t, ex in zip(greedy, examples, strict=True)]))
+        generator = torch.Generator().manual_seed(self.config.seed + 10**6 + self.step)  # not the training stream
+        sampled = self.policy.generate_text(prompts, cfg.samples, self.task.max_response_len,
+                                            self.config.rollout.temperature, generator)
+        sampled_acc = float(np.mean([self.task.reward(t, examples[i // cfg.samples]) for i, t in enumerate(sampled)]))
+        return {"eval/accuracy": greedy_acc, "eval/sampled_accuracy": sampled_acc}
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {
+            "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "behavior": self.behavior.state_dict(),
+            "sampler": self.sampler.get_state(), "prompt_rng": self.prompt_rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+            "bad_steps": self.bad_steps, "start_accuracy": self.start_accuracy, "best_accuracy": self.best_accuracy,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.step = state["step"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.behavior.load_state_dict(state["behavior"])
+        self.sampler.set_state(state["sampler"])
+        self.prompt_rng.bit_generator.state = state["prompt_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        self.bad_steps = state["bad_steps"]
+        self.start_accuracy, self.best_accuracy = state["start_accuracy"], state["best_accuracy"]
+
+    def checkpoint(self) -> Path:
+        return save_checkpoint(self.run_dir / "checkpoints", self.state())
+
+    # ----------------------------------------------------------------------------- the loop
+    def train(self, console=None) -> dict:
+        """Run until config.steps, evaluating, logging and checkpointing; returns summary.json's content."""
+        from drpo.summary import write_summary
+
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        resume_step = None
+        if cfg.resume:
+            self.load_state(load_checkpoint(Path(cfg.resume) / "checkpoints"))
+            resume_step = self.step
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step)
+        started = time.perf_counter()
+        interrupted = False
+        try:
+            with _progress(console) as progress, _sigterm_as_interrupt():
+                task = progress.add_task("RL", total=cfg.steps, completed=self.step, status="")
+                if self.step == 0:
+                    first = {"step": 0, **self.evaluate()}
+                    self.start_accuracy = self.best_accuracy = first["eval/accuracy"]
+                    logger.log(first)
+                while self.step < cfg.steps:
+                    metrics = self.train_step()
+                    self.step += 1
+                    if self.step % cfg.eval.every == 0 or self.step == cfg.steps:
+                        metrics.update(self.evaluate())
+                        self.best_accuracy = max(self.best_accuracy, metrics["eval/accuracy"])
+                    logger.log({"step": self.step, **metrics})
+                    progress.update(task, completed=self.step, status=_status(metrics, self.best_accuracy))
+                    if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                        self.checkpoint()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            logger.close()
+        path = self.checkpoint()
+        if interrupted:
+            print(f"interrupted at step {self.step}: checkpoint {path}; continue with "
+                  f"`drpo train resume={self.run_dir}`")
+        return write_summary(self, time.perf_counter() - started, interrupted)
+
+
+def lr_lambda(config: RunConfig, total_updates: int):
+    warmup, schedule = config.optim.warmup_steps, config.optim.schedule
+
+    def factor(update: int) -> float:
+        if update < warmup:
+            return (update + 1) / warmup
+        if schedule == "cosine":
+            progress = (update - warmup) / max(1, total_updates - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _status(metrics: dict, best: float | None) -> str:
+    parts = [f"reward {metrics['reward/mean']:.3f}"]
+    if "eval/accuracy" in metrics:
+        parts.append(f"eval {metrics['eval/accuracy']:.3f}")
+    if best is not None:
+        parts.append(f"best {best:.3f}")
+    if "mismatch/abs_mean" in metrics:
+        parts.append(f"|pi-mu| {metrics['mismatch/abs_mean']:.2e}")
+    parts.append(f"{metrics['throughput/tokens_per_s']:.0f} tok/s")
+    return "  ".join(parts)
+
+
+@contextmanager
+def _progress(console):
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                        console=console, transient=False)
+    with progress:
+        yield progress
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """A polite kill (SIGTERM) checkpoints like Ctrl-C does."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
