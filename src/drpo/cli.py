@@ -3,6 +3,8 @@
     drpo train [key=value ...]      RL on the embedded default (or a YAML config plus overrides)
     drpo losses                     the registry: names, hyper-parameters, what each does
     drpo weights --out FILE.png     gradient-weight curves of PPO, SPO, DPPO and DRPO
+    drpo compare [--methods ...] [--conditions ...] [--seeds N] [key=value ...]   the off-policy stress test
+    drpo report SWEEP_DIR           rebuild a sweep's report from its run directories
 """
 
 from __future__ import annotations
@@ -65,6 +67,23 @@ def cmd_weights(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from drpo.experiments.compare import describe_grid, run_sweep, split_cli_lists
+
+    if args.list:
+        print(describe_grid())
+        return 0
+    methods, conditions, overrides = split_cli_lists(args.methods, args.conditions, args.overrides)
+    return run_sweep(args.out, methods, args.seeds, conditions, overrides, args.workers, args.target).exit_code
+
+
+def cmd_report(args) -> int:
+    from drpo.experiments.report import write_report
+
+    print(f"wrote {write_report(args.sweep_dir, args.target)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drpo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--losses", nargs="+", default=["ppo_clip", "spo", "dppo_binary_tv", "drpo"],
                          help="registry names or presets to draw")
     weights.set_defaults(func=cmd_weights)
+    from drpo.experiments import compare as compare_module
+
+    compare = sub.add_parser("compare", help="off-policy stress test: methods x seeds x conditions, then a report",
+                             description=compare_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("--methods", nargs="+", metavar="METHOD",
+                         help="labels of the default list, registry names or presets, NAME:key=value,... (default: all)")
+    compare.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method and condition")
+    compare.add_argument("--conditions", nargs="+", metavar="NAME", help="condition presets (default: all; see --list)")
+    compare.add_argument("--workers", type=int, default=2, help="runs in parallel (one process, one thread each)")
+    compare.add_argument("--out", default="runs/compare", help="sweep directory (rerun to continue it)")
+    compare.add_argument("--target", type=float, help="eval accuracy for 'steps to target' (default: start + 0.15)")
+    compare.add_argument("--list", action="store_true", help="print the default methods and the conditions")
+    compare.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run, e.g. steps=60")
+    compare.set_defaults(func=cmd_compare)
+    report = sub.add_parser("report", help="rebuild a sweep's report.md, figures and results.json from its runs")
+    report.add_argument("sweep_dir", help="directory written by `drpo compare`")
+    report.add_argument("--target", type=float, help="eval accuracy for 'steps to target' (default: as the sweep)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,0 +1,9 @@
+"""The off-policy stress test: ``drpo compare`` runs a grid of methods x seeds x conditions, and
+``drpo report`` turns the run directories into a report (table, figures, a generated verdict).
+
+    methods.py     which losses compete: default list, ``drpo:delta=0.3`` specs
+    conditions.py  named off-policy conditions, each a list of trainer overrides
+    compare.py     the grid, worker processes, skip / resume, the progress display
+    collapse.py    the written, tested definition of a collapsed run
+    report.py      report.md, figures/*.png and results.json from the runs' metrics files only
+"""

@@ -1,0 +1,99 @@
+"""The methods a sweep compares: a label, a loss registry name (or preset) and its hyper-parameters.
+
+    parse_method("drpo")              -> the default entry: drpo with delta=0.15
+    parse_method("drpo:delta=0.3")    -> drpo with delta=0.3, labelled "drpo:delta=0.3"
+    parse_method("dppo_topk_tv")      -> any registry name or preset of drpo.losses, default hyper-parameters
+    parse_method("ppo_clip:eps_high=0.28,dual_clip=3")
+
+A spec is ``NAME[:key=value,key=value...]``; NAME is a label of :data:`METHODS` (its hyper-parameters
+are the base, the spec's override them) or any name ``get_loss`` accepts. Hyper-parameters are validated
+by the loss registry, so a typo stops before any run starts, naming the valid keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# label -> (loss registry name or preset, hyper-parameters). Edit freely: the order is the report's order.
+METHODS: dict[str, tuple[str, dict]] = {
+    "pg_is": ("pg_is", {}),  # no trust region
+    "cispo": ("cispo", {}),  # clipped stop-gradient IS weight, never drops a token
+    "ppo_clip_higher": ("ppo_clip", {"eps_low": 0.2, "eps_high": 0.28}),  # DAPO clip-higher
+    "minirl": ("ppo_clip", {"eps_low": 0.2, "eps_high": 0.28, "anchor": "recompute"}),  # anchored on pi_old
+    "spo": ("spo", {}),
+    "dppo_binary_tv": ("dppo_binary_tv", {}),
+    "dppo_binary_kl": ("dppo_binary_kl", {}),
+    "drpo": ("drpo", {"delta": 0.15}),  # zero-crossing of w at the Binary-TV boundary
+    "drpo_reference": ("drpo", {"delta": 12.5}),  # the public reference's value: a very weak regularizer
+}
+
+HEADLINE_LOSS = "drpo"  # the report's verdict compares every method on this loss with every other method
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str  # name in tables, figures and the run directory
+    loss: str  # registry name or preset given to `loss=`
+    hyper: dict = field(default_factory=dict, hash=False)
+
+    @property
+    def slug(self) -> str:
+        """Directory name: the label with ':' and ',' (awkward in paths) replaced."""
+        return self.label.replace(":", "_").replace(",", "_")
+
+    def overrides(self) -> list[str]:
+        """Trainer overrides that select this loss: ``loss=NAME loss.KEY=VALUE ...``."""
+        return [f"loss={self.loss}", *(f"loss.{key}={_text(value)}" for key, value in self.hyper.items())]
+
+    def build(self):
+        from drpo.losses import get_loss
+
+        return get_loss(self.loss, **self.hyper)
+
+    @property
+    def canonical(self) -> str:
+        """The registry name behind the label (presets and aliases resolved): 'drpo', 'ppo_clip', ..."""
+        return self.build().name
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "hyper": dict(self.hyper)}
+
+
+def parse_method(spec: str) -> Method:
+    """``NAME[:key=value,...]`` -> :class:`Method` (validated by the loss registry)."""
+    from drpo.config import parse_value
+
+    name, _, rest = spec.strip().partition(":")
+    if not name or "/" in spec:
+        raise ValueError(f"method '{spec}': expected NAME or NAME:key=value,... (e.g. drpo:delta=0.3)")
+    hyper: dict = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"method '{spec}': '{item}' is not key=value (e.g. drpo:delta=0.3)")
+        hyper[key.strip()] = parse_value(text.strip())
+    if name in METHODS:
+        loss, base = METHODS[name]
+        method = Method(spec.strip() if hyper else name, loss, {**base, **hyper})
+    else:
+        method = Method(spec.strip(), name, hyper)
+    method.build()  # ValueError naming the valid losses or hyper-parameters
+    return method
+
+
+def parse_methods(specs: list[str] | None) -> list[Method]:
+    """Specs -> methods (default: all of :data:`METHODS`); duplicate labels are an error."""
+    methods = [parse_method(spec) for spec in (specs or list(METHODS))]
+    slugs = [m.slug for m in methods]
+    duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
+    if duplicates:
+        raise ValueError(f"methods given twice: {', '.join(duplicates)}")
+    return methods
+
+
+def _text(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
