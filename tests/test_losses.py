@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from drpo.losses import AGGREGATIONS, ALIASES, LOSSES, PRESETS, aggregate, get_loss
 from drpo.losses import dppo as dppo_module
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64():
+    """Exact comparisons in float64 for this module only; other modules keep torch's default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def make_batch(seed: int, batch: int, length: int, max_log_ratio: float = 2.0, rare: bool = False):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -64,12 +66,12 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path):
     trainer = Trainer(load_config(None, [*TINY, f"out={tmp_path / 'part'}", *args]))
     step_once = trainer.train_step
 
-    def ctrl_c_after_three_steps():
-        if trainer.step == 3:
-            raise KeyboardInterrupt
+    def ctrl_c_during_step_three():
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # lands mid-step: the run stops after the step, whole
         return step_once()
 
-    trainer.train_step = ctrl_c_after_three_steps
+    trainer.train_step = ctrl_c_during_step_three
     assert trainer.train()["interrupted"]
     resumed = load_config(None, [*TINY, f"out={tmp_path / 'part'}", *args, f"resume={tmp_path / 'part'}"])
     Trainer(resumed).train()

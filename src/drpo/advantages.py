@@ -28,15 +28,15 @@ def group_advantages(rewards: torch.Tensor, group_index: torch.Tensor, estimator
         raise ValueError(f"rewards {tuple(rewards.shape)} and group_index {tuple(group_index.shape)} must both be [N]")
     groups = int(group_index.max()) + 1 if len(group_index) else 0
     rewards = rewards.float()
-    count = torch.zeros(groups).index_add_(0, group_index, torch.ones_like(rewards))  # [G]
-    total = torch.zeros(groups).index_add_(0, group_index, rewards)
+    count = torch.zeros(groups, dtype=rewards.dtype).index_add_(0, group_index, torch.ones_like(rewards))  # [G]
+    total = torch.zeros(groups, dtype=rewards.dtype).index_add_(0, group_index, rewards)
     mean = (total / count.clamp(min=1))[group_index]  # [N]
     if estimator == "rloo":
         size = count[group_index]
         return torch.where(size > 1, (rewards - mean) * size / (size - 1).clamp(min=1), torch.zeros_like(rewards))
     advantages = rewards - mean
     if std_normalize:
-        square = torch.zeros(groups).index_add_(0, group_index, advantages.square())
+        square = torch.zeros(groups, dtype=rewards.dtype).index_add_(0, group_index, advantages.square())
         std = (square / (count - 1).clamp(min=1)).sqrt()[group_index]
         advantages = advantages / (std + eps)
     return advantages

@@ -61,6 +61,7 @@ def build_policy(config, console=None) -> Policy:
         from drpo.models.hf import build_hf_policy
 
         return build_hf_policy(config, console=console)
+    torch.manual_seed(config.seed)  # the base model's initialisation depends on the seed alone
     options = {} if config.task.digits is None else {"digits": config.task.digits}
     task = get_task(config.task.name, seed=config.seed, **options)
     tokenizer = CharTokenizer()

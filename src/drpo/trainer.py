@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class Trainer:
         self.prompt_rng = np.random.default_rng(config.seed)  # which training prompts each step sees
         self.step = 0
         self.bad_steps = 0
+        self.stop_requested = False
         self.start_accuracy: float | None = None
         self.best_accuracy: float | None = None
 
@@ -206,6 +208,28 @@ class Trainer:
     def checkpoint(self) -> Path:
         return save_checkpoint(self.run_dir / "checkpoints", self.state())
 
+    @contextmanager
+    def _stop_requests(self):
+        """Ctrl-C or SIGTERM ends the run after the current step, so the checkpoint is always of a whole step.
+
+        A second Ctrl-C stops at once (without a new checkpoint: the last periodic one stays valid).
+        """
+
+        def request_stop(signum, frame):
+            if self.stop_requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            yield
+            return
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     # ----------------------------------------------------------------------------- the loop
     def train(self, console=None) -> dict:
         """Run until config.steps, evaluating, logging and checkpointing; returns summary.json's content."""
@@ -220,15 +244,14 @@ class Trainer:
             resume_step = self.step
         logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step)
         started = time.perf_counter()
-        interrupted = False
         try:
-            with _progress(console) as progress, _sigterm_as_interrupt():
+            with _progress(console) as progress, self._stop_requests():
                 task = progress.add_task("RL", total=cfg.steps, completed=self.step, status="")
                 if self.step == 0:
                     first = {"step": 0, **self.evaluate()}
                     self.start_accuracy = self.best_accuracy = first["eval/accuracy"]
                     logger.log(first)
-                while self.step < cfg.steps:
+                while self.step < cfg.steps and not self.stop_requested:
                     metrics = self.train_step()
                     self.step += 1
                     if self.step % cfg.eval.every == 0 or self.step == cfg.steps:
@@ -236,12 +259,13 @@ class Trainer:
                         self.best_accuracy = max(self.best_accuracy, metrics["eval/accuracy"])
                     logger.log({"step": self.step, **metrics})
                     progress.update(task, completed=self.step, status=_status(metrics, self.best_accuracy))
+                    if console is not None and not console.is_terminal and "eval/accuracy" in metrics:
+                        console.print(f"step {self.step}/{cfg.steps}  {_status(metrics, self.best_accuracy)}")
                     if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                         self.checkpoint()
-        except KeyboardInterrupt:
-            interrupted = True
         finally:
             logger.close()
+        interrupted = self.stop_requested and self.step < cfg.steps
         path = self.checkpoint()
         if interrupted:
             print(f"interrupted at step {self.step}: checkpoint {path}; continue with "
@@ -290,15 +314,3 @@ def _progress(console):
         yield progress
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    """A polite kill (SIGTERM) checkpoints like Ctrl-C does."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

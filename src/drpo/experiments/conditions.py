@@ -19,6 +19,8 @@ CONDITIONS: dict[str, dict] = {
              "overrides": ["rollout.precision=int8"]},
     "stale": {"about": "staleness: 4 optimizer steps per rollout batch, rollouts from weights 2 steps old",
               "overrides": ["updates_per_batch=4", "rollout.lag=2"]},
+    "stale_strong": {"about": "strong staleness: 8 optimizer steps per rollout batch, rollouts 4 steps old",
+                     "overrides": ["updates_per_batch=8", "rollout.lag=4"]},
     "moe_bf16": {"about": "mixture-of-experts model with bf16 rollouts (low precision can flip routing)",
                  "overrides": ["model.moe=true", "rollout.precision=bf16"]},
     "scale": {"about": "model scale: the medium transformer (~10.6M parameters), fp32 rollouts",
