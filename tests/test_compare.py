@@ -65,7 +65,7 @@ def test_default_methods_are_the_issue_list():
 
 
 def test_conditions_are_trainer_overrides():
-    assert list(CONDITIONS)[:7] == ["fp32", "bf16", "fp8", "int8", "stale", "moe_bf16", "scale"]
+    assert {"fp32", "bf16", "fp8", "int8", "stale", "moe_bf16", "scale"} <= set(CONDITIONS)
     default = load_config(None, []).model_dump()
     for name, spec in CONDITIONS.items():
         assert spec["about"] and isinstance(spec["overrides"], list)
