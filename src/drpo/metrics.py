@@ -57,10 +57,11 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
         self.path = run_dir / "metrics.jsonl"
+        # a new run owns its file; a resumed one drops the steps logged after its checkpoint (they rerun)
+        kept = []
         if resume_step is not None and self.path.exists():
-            # steps logged after the checkpoint we resume from will be logged again
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
