@@ -18,6 +18,8 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
+from drpo.tasks.math import DEFAULT_TEMPLATE as DEFAULT_MATH_TEMPLATE
+from drpo.tasks.math import compile_prompt_pattern
 from drpo.validation import describe_fields, format_validation_error
 
 
@@ -56,11 +58,85 @@ class LossConfig(Section):
 class ModelConfig(Section):
     name: str = pydantic.Field("small", description="size of the built-in transformer (tiny|small|medium), or hf:PATH")
     moe: bool = pydantic.Field(False, description="mixture-of-experts variant of the built-in transformer")
+    # Hugging Face causal LMs (model=hf:PATH, a local directory that transformers loads); see docs/hf_math.md
+    dtype: Literal["fp32", "bf16"] = pydantic.Field("fp32", description="training dtype of an hf: model")
+    device: str = pydantic.Field("auto", description="device of an hf: model: auto (cuda if available), cpu, cuda:0")
+    chat_template: bool = pydantic.Field(
+        True, description="wrap prompts in the tokenizer's chat template (hf:); false: the plain prompt text")
+    system_prompt: str | None = pydantic.Field(None, description="system message of the chat template (hf:)")
+    eos_token: str | None = pydantic.Field(
+        None, description="token that ends a response (hf:), e.g. <|im_end|>; default: the tokenizer's EOS")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = pydantic.Field(
+        "sdpa", description="attention kernel of an hf: model")
+    gradient_checkpointing: bool = pydantic.Field(False, description="recompute activations in backward (hf:)")
+    micro_batch: int | None = pydantic.Field(
+        None, ge=1, description="rows per forward/backward chunk of hf: log-probs (memory); unset: all at once")
+    sample_rows: int | None = pydantic.Field(
+        None, ge=1, description="most responses an hf: model samples in one evaluation call (memory); unset: all")
+    lora_rank: int = pydantic.Field(0, ge=0, description="LoRA rank through peft (hf:); 0: full fine-tuning")
+    lora_alpha: float | None = pydantic.Field(None, gt=0.0, description="LoRA alpha (default: 2 * lora_rank)")
+
+    @pydantic.model_validator(mode="after")
+    def _hf_fields_need_hf(self):
+        if self.name.startswith("hf:"):
+            if not self.name[3:].strip():
+                raise ValueError("model=hf:PATH needs the directory of a Hugging Face causal LM after 'hf:'")
+            if self.moe:
+                raise ValueError("moe applies to the built-in transformer; an hf: model has its own architecture")
+            return self
+        changed = [k for k in HF_MODEL_FIELDS if getattr(self, k) != type(self).model_fields[k].default]
+        if changed:
+            raise ValueError(f"these keys apply only to Hugging Face models (model=hf:PATH), not to the built-in "
+                             f"{self.name!r}: {', '.join(changed)}")
+        return self
+
+
+HF_MODEL_FIELDS = ("dtype", "device", "chat_template", "system_prompt", "eos_token", "attn_implementation",
+                   "gradient_checkpointing", "micro_batch", "sample_rows", "lora_rank", "lora_alpha")
 
 
 class TaskConfig(Section):
-    name: str = pydantic.Field("arith", description="verifiable task: arith (addition) or sort")
+    name: str = pydantic.Field("arith", description="verifiable task: arith (addition), sort, or math (data file)")
     digits: int | None = pydantic.Field(None, ge=1, le=12, description="operand digits (task default if unset)")
+    # task=math: problems from a data file, rewarded by math-verify on the last \boxed{} (drpo/tasks/math.py)
+    data: str | None = pydantic.Field(None, description="math problems: .jsonl, .json or .parquet (also `data=FILE`)")
+    eval_data: str | None = pydantic.Field(
+        None, description="evaluation problems (e.g. AIME); unset: n_eval problems held out of data")
+    prompt_field: str = pydantic.Field("prompt", description="field of the problem text or chat messages (dotted: a.b)")
+    answer_field: str = pydantic.Field("answer", description="field of the reference answer (dotted: reward_model.ground_truth)")
+    prompt_template: str = pydantic.Field(
+        DEFAULT_MATH_TEMPLATE, description="text around each problem; {prompt} is replaced by the problem")
+    prompt_pattern: str | None = pydantic.Field(
+        None, description="regex cutting the problem (its first group) out of a dataset's own instructions")
+    skip_bad_rows: bool = pydantic.Field(False, description="skip and count bad data rows instead of stopping")
+    n_eval: int = pydantic.Field(100, ge=1, description="problems held out for evaluation when eval_data is unset")
+    max_prompt_len: int = pydantic.Field(512, ge=1, description="math: longer prompts (tokens) are dropped")
+    max_response_len: int = pydantic.Field(1024, ge=1, description="math: most tokens sampled per response")
+    verify_timeout: float = pydantic.Field(5.0, gt=0.0, description="math: seconds math-verify may take per answer")
+
+    @pydantic.model_validator(mode="after")
+    def _math_fields_need_math(self):
+        if self.name == "math":
+            if self.data is None:
+                raise ValueError("task=math needs a data file: data=FILE.jsonl (or .json, .parquet)")
+            if self.digits is not None:
+                raise ValueError("digits applies to arith and sort, not to task=math")
+            if "{prompt}" not in self.prompt_template:
+                raise ValueError(f"prompt_template {self.prompt_template!r} must contain {{prompt}}")
+            compile_prompt_pattern(self.prompt_pattern)  # a bad regex fails here, naming it
+            return self
+        changed = [k for k in MATH_TASK_FIELDS if getattr(self, k) != type(self).model_fields[k].default]
+        if changed:
+            raise ValueError(f"these keys apply only to task=math, not to task={self.name}: {', '.join(changed)}")
+        return self
+
+    def math_options(self) -> dict[str, Any]:
+        """Keyword arguments of drpo.tasks.math.MathTask."""
+        return {k: getattr(self, k) for k in MATH_TASK_FIELDS}
+
+
+MATH_TASK_FIELDS = ("data", "eval_data", "prompt_field", "answer_field", "prompt_template", "prompt_pattern",
+                    "skip_bad_rows", "n_eval", "max_prompt_len", "max_response_len", "verify_timeout")
 
 
 class RolloutConfig(Section):
@@ -73,6 +149,19 @@ class RolloutConfig(Section):
     top_p: float = pydantic.Field(1.0, gt=0.0, le=1.0, description="nucleus sampling; mu is the truncated distribution")
     top_k_logprobs: int = pydantic.Field(
         0, ge=0, description="record mu's top-k log-probs per token (set automatically for top-k losses)")
+    backend: Literal["native", "vllm"] = pydantic.Field(
+        "native", description="sampler of mu: native (our KV-cache sampler) or vllm (hf: models on a GPU)")
+    vllm_gpu_memory: float = pydantic.Field(
+        0.35, gt=0.0, lt=1.0, description="backend=vllm: fraction of GPU memory vLLM may take (the trainer needs the rest)")
+
+    @pydantic.model_validator(mode="after")
+    def _vllm_fields_need_vllm(self):
+        if self.backend != "vllm" and self.vllm_gpu_memory != type(self).model_fields["vllm_gpu_memory"].default:
+            raise ValueError("vllm_gpu_memory applies only to rollout.backend=vllm")
+        if self.backend == "vllm" and self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"rollout.backend=vllm runs in fp32, bf16 or fp16, not {self.precision!r} (the native "
+                             "backend simulates fp8/int8)")
+        return self
 
 
 class AdvantageConfig(Section):
@@ -141,10 +230,12 @@ def parse_value(text: str) -> Any:
 
 
 NAMED_SECTIONS = ("loss", "model", "task")  # `loss=spo` means `loss.name=spo`
+ALIASES = {"data": "task.data"}  # `drpo train model=hf:DIR task=math data=FILE`
 
 
 def apply_override(tree: dict, key: str, value: Any) -> None:
     """Set a dotted key in a nested dict; a bare section name sets that section's ``name``."""
+    key = ALIASES.get(key, key)
     parts = [key, "name"] if key in NAMED_SECTIONS else key.split(".")
     node = tree
     for part in parts[:-1]:

@@ -11,10 +11,12 @@ import inspect
 
 from drpo.tasks.arith import Arith
 from drpo.tasks.base import Example, Task
+from drpo.tasks.math import MathTask
 from drpo.tasks.sort import Sort
 
 _REGISTRY: dict[str, type[Task]] = {"arith": Arith, "sort": Sort}
 TASKS: tuple[str, ...] = tuple(_REGISTRY)
+_REGISTRY["math"] = MathTask  # problems from a data file (task.data), not a synthetic universe: not in TASKS
 
 
 def get_task(name: str, seed: int = 0, **options) -> Task:

@@ -1,0 +1,385 @@
+"""Hugging Face causal LMs behind drpo's forward contract: ``model=hf:PATH``.
+
+    policy = build_hf_policy(load_config(None, ["model=hf:/models/qwen", "task=math", "data=train.jsonl"]))
+    logits, cache = policy.model(input_ids, attention_mask, KVCache())   # [B, T, V] float32, an HFCache
+    logits, cache = policy.model(next_token[:, None], None, cache)       # one more step through the cache
+
+Any causal LM that ``transformers`` loads from a local directory (Qwen2/Qwen3, Llama, GPT-2 families)
+is wrapped in :class:`HFCausalLM`, which speaks the contract of drpo/models/transformer.py, so the
+sampler (``rollout.generate``), the behavior policy (bf16/fp16 copies, fp8/int8 Linear hooks, lag) and
+``sequence_log_probs`` run on it unchanged:
+
+- Position ids come from the attention mask (count of real tokens before each one), so left-padded prompts
+  give the logits of the unpadded prompt, as for the built-in model.
+- The cache: the sampler passes a fresh ``KVCache()`` to start one; the wrapper answers with an
+  :class:`HFCache` (transformers' ``DynamicCache`` plus the mask of every cached position) and continues
+  from it on the next call. Nothing in rollout.py needs to know.
+- Rotary frequency tables stay float32 when the behavior policy casts the copy to bf16/fp16, as in real
+  inference engines (a bf16 ``inv_freq`` would garble positions beyond a few hundred tokens, a mismatch
+  no engine has).
+- Dropout is switched off at load: pi must be a deterministic function of the weights, or the
+  ratio pi/mu measures dropout noise instead of policy change.
+
+:class:`HFTokenizer` gives the tokenizer the interface of ``CharTokenizer`` plus the chat template;
+:class:`HFPolicy` adds micro-batched log-probs (``model.micro_batch``) and chunked evaluation sampling
+(``model.sample_rows``) for real sequence lengths. There is no supervised warm-up: the HF model is the
+base model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from drpo.models.transformer import KVCache
+from drpo.policy import Policy
+from drpo.rollout import RolloutBatch, SequenceLogProbs, sequence_log_probs
+from drpo.tasks import get_task
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# config attributes that hold a dropout probability in the transformers model families we support
+DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop",
+                      "summary_first_dropout", "classifier_dropout")
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as error:
+        raise ImportError("model=hf:PATH needs transformers: pip install 'drpo[hf]'") from error
+    return transformers
+
+
+# --------------------------------------------------------------------------------------------- the model
+@dataclass
+class HFCache:
+    """What the sampler carries between calls: transformers' cache, and the mask and count of what it holds."""
+
+    past: Any  # transformers.DynamicCache, extended in place by each forward
+    mask: torch.Tensor  # [B, S] long, 1 for the real tokens among the S cached positions
+    n_real: torch.Tensor  # [B] long, real tokens cached: the position id of the next real token
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
+
+
+class HFCausalLM(nn.Module):
+    """A transformers causal LM with drpo's forward contract (see the module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.hf = model
+        self.aux_loss = torch.zeros(())  # the contract's MoE balancing loss; HF models report none here
+        # float32 masters of the rotary tables, restored after every dtype cast (see _apply)
+        self._rope_fp32 = {name: buffer.detach().float().cpu().clone()
+                           for name, buffer in model.named_buffers() if name.endswith("inv_freq")}
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        for name, master in self._rope_fp32.items():
+            module_name, _, buffer_name = name.rpartition(".")
+            module = self.hf.get_submodule(module_name)
+            module._buffers[buffer_name] = master.to(module._buffers[buffer_name].device)
+        return self
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | HFCache | None = None,
+        *,
+        logits_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, HFCache | None]:
+        """Logits [B, T, V] float32 of ``input_ids`` [B, T]; a fresh ``KVCache()`` starts a cache, an HFCache continues.
+
+        ``logits_to_keep=k`` > 0 returns the logits of the last k positions only ([B, k, V]): a prefill
+        that needs one next-token distribution need not hold B x T x V floats.
+        """
+        B, T = input_ids.shape
+        new_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()  # [B, T]
+        if isinstance(cache, HFCache):
+            past, past_mask, n_past = cache.past, cache.mask, cache.n_real
+        else:
+            if isinstance(cache, KVCache) and cache.length:
+                raise ValueError("HFCausalLM continues only its own HFCache; pass a fresh KVCache() to start one")
+            past = None if cache is None else _transformers().DynamicCache(config=self.hf.config)
+            past_mask = new_mask[:, :0]  # [B, 0]
+            n_past = torch.zeros(B, dtype=torch.long, device=input_ids.device)  # [B]
+        positions = (n_past[:, None] + new_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T] padding repeats a neighbour
+        mask = torch.cat([past_mask, new_mask], dim=1)  # [B, S + T]
+        out = self.hf(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                      use_cache=past is not None, logits_to_keep=logits_to_keep)
+        logits = out.logits.float()  # [B, T, V] (or [B, k, V])
+        if past is None:
+            return logits, None
+        return logits, HFCache(out.past_key_values, mask, n_past + new_mask.sum(-1))
+
+
+def load_hf_model(path: str | Path, dtype: str = "fp32", attn_implementation: str = "sdpa") -> nn.Module:
+    """``AutoModelForCausalLM`` from a local directory in ``dtype``, dropout off, in eval mode."""
+    transformers = _transformers()
+    config = transformers.AutoConfig.from_pretrained(path)
+    for attribute in DROPOUT_ATTRIBUTES:
+        if isinstance(getattr(config, attribute, None), float):
+            setattr(config, attribute, 0.0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path, config=config, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    _conv1d_to_linear(model)
+    return model.eval()
+
+
+def _conv1d_to_linear(model: nn.Module) -> None:
+    """GPT-2's ``Conv1D`` layers (a Linear with a transposed weight) become ``nn.Linear``.
+
+    The behavior policy's fp8/int8 modes round the weights and inputs of every ``nn.Linear``; without
+    this, a GPT-2 model would be quantized in its output head only.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    converted = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Conv1D):
+            converted.append(name)
+            n_in, n_out = module.weight.shape
+            linear = nn.Linear(n_in, n_out, bias=module.bias is not None,
+                               dtype=module.weight.dtype, device=module.weight.device)
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.T)
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias)
+            model.set_submodule(name, linear)
+    model.drpo_conv1d_modules = converted  # their checkpoint layout is transposed (drpo.rollout_vllm.hf_state)
+
+
+def _linear_to_conv1d(model: nn.Module) -> None:
+    """Undo :func:`_conv1d_to_linear` (before ``save_pretrained``, so GPT-2 checkpoints keep their layout)."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name in getattr(model, "drpo_conv1d_modules", ()):
+        linear = model.get_submodule(name)
+        conv = Conv1D(linear.out_features, linear.in_features).to(linear.weight.device, linear.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(linear.weight.T)
+            conv.bias.copy_(linear.bias if linear.bias is not None else torch.zeros_like(conv.bias))
+        model.set_submodule(name, conv)
+    model.drpo_conv1d_modules = []
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> nn.Module:
+    """LoRA adapters on every Linear but the output head (peft ``all-linear``); only they are trained."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ImportError("model.lora_rank > 0 needs peft: pip install peft") from error
+    lora = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else 2 * rank, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+# --------------------------------------------------------------------------------------------- the tokenizer
+class HFTokenizer:
+    """A transformers tokenizer with the interface of ``CharTokenizer``, and prompt formatting.
+
+    ``eos_id`` is the token that ends a response: ``eos_token`` when given (e.g. ``<|im_end|>`` for a
+    chat-formatted base model), else the tokenizer's EOS. ``pad_id`` is the tokenizer's PAD, or EOS when it
+    has none (padding is always masked, so sharing the id is harmless).
+    """
+
+    def __init__(self, tokenizer, chat_template: bool = True, system_prompt: str | None = None,
+                 eos_token: str | None = None) -> None:
+        self.hf = tokenizer
+        self.chat_template, self.system_prompt = chat_template, system_prompt
+        if eos_token is not None:
+            token_id = tokenizer.convert_tokens_to_ids(eos_token)
+            if token_id is None or (token_id == tokenizer.unk_token_id and eos_token != tokenizer.unk_token):
+                raise ValueError(f"model.eos_token={eos_token!r} is not a token of this tokenizer")
+            self.eos_id = int(token_id)
+        elif tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token: set model.eos_token to the token that ends a response")
+        else:
+            self.eos_id = int(tokenizer.eos_token_id)
+        self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else self.eos_id
+        self.bos_id = tokenizer.bos_token_id
+        if chat_template and not tokenizer.chat_template:
+            raise ValueError("this tokenizer has no chat template: set model.chat_template=false for plain prompts")
+        if system_prompt is not None and not chat_template:
+            raise ValueError("model.system_prompt needs model.chat_template=true")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def encode(self, text: str, bos: bool = False) -> list[int]:
+        """Token ids of ``text``; with ``bos`` the tokenizer's own prefix tokens (Llama's BOS; none for Qwen, GPT-2)."""
+        return list(self.hf(text, add_special_tokens=bos)["input_ids"])
+
+    def decode(self, ids, stop_at_eos: bool = True) -> str:
+        """Text of ``ids`` without special tokens; with ``stop_at_eos`` nothing from the first ``eos_id`` on."""
+        ids = [int(i) for i in ids]
+        if stop_at_eos and self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        # a model's embedding table is often padded past the tokenizer (Qwen: 151936 vs 151665): such ids are no text
+        return self.hf.decode([i for i in ids if 0 <= i < len(self.hf)], skip_special_tokens=True)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A problem as the model sees it: in the chat template as the user turn (plus the system prompt), ready
+        for the assistant's answer; or, with ``chat_template=False``, the plain text with the tokenizer's prefix."""
+        if not self.chat_template:
+            return self.encode(text, bos=True)
+        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else [])
+        messages.append({"role": "user", "content": text})
+        formatted = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.encode(formatted, bos=False)  # templates write their own BOS where the model wants one
+
+
+# --------------------------------------------------------------------------------------------- the policy
+@dataclass
+class HFPolicy(Policy):
+    """A Policy on a Hugging Face model: chat-formatted prompts, micro-batched log-probs, chunked sampling.
+
+    ``micro_batch``: rows per forward when computing log-probs. With gradients each chunk runs under
+    activation checkpointing, so the backward recomputes one chunk at a time and peak memory is that of
+    ``micro_batch`` rows (logits included: rows x tokens x vocabulary floats) at the cost of a second
+    forward. The full logits are returned only when ``keep_logits`` (top-k losses need them); otherwise
+    ``logits`` is None. ``sample_rows``: most rows sampled in one call by :meth:`generate_text`.
+    """
+
+    micro_batch: int | None = None
+    sample_rows: int | None = None
+    keep_logits: bool = True
+
+    def encode_prompt(self, example) -> list[int]:
+        return self.tokenizer.encode_prompt(example.prompt)
+
+    def log_probs(self, batch: RolloutBatch, temperature: float) -> SequenceLogProbs:
+        if self.micro_batch is None or len(batch) <= self.micro_batch:
+            return sequence_log_probs(self.model, batch, temperature)
+        parts = []
+        for start in range(0, len(batch), self.micro_batch):
+            chunk = batch.select(slice(start, start + self.micro_batch))
+            if torch.is_grad_enabled():
+                parts.append(checkpoint(self._chunk_log_probs, chunk, temperature, use_reentrant=False))
+            else:
+                parts.append(self._chunk_log_probs(chunk, temperature))
+        log_prob, entropy, logits = zip(*parts, strict=True)
+        return SequenceLogProbs(torch.cat(log_prob), torch.cat(entropy),
+                                torch.cat(logits) if self.keep_logits else None)
+
+    def _chunk_log_probs(self, chunk: RolloutBatch, temperature: float):
+        out = sequence_log_probs(self.model, chunk, temperature)
+        return out.log_prob, out.entropy, out.logits if self.keep_logits else None
+
+    @torch.no_grad()
+    def generate_text(self, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float,
+                      generator: torch.Generator | None = None) -> list[str]:
+        per_call = len(prompts) if self.sample_rows is None else max(1, self.sample_rows // samples)
+        texts: list[str] = []
+        for start in range(0, len(prompts), per_call):
+            texts += super().generate_text(prompts[start:start + per_call], samples, max_new_tokens, temperature,
+                                           generator)
+        return texts
+
+
+def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the latest policy of a ``drpo train model=hf:...`` run as a Hugging Face model directory.
+
+    The result (weights, config, tokenizer; LoRA adapters merged) loads with ``from_pretrained`` or as
+    ``model=hf:OUT_DIR`` for another run or an evaluation.
+    """
+    from drpo.checkpoint import load_checkpoint
+    from drpo.config import RunConfig
+
+    state = load_checkpoint(Path(run_dir) / "checkpoints")
+    cfg = RunConfig.model_validate(state["config"]).model
+    if not cfg.name.startswith("hf:"):
+        raise ValueError(f"run {run_dir} trained the built-in model {cfg.name!r}, not a Hugging Face model")
+    path = cfg.name.removeprefix("hf:")
+    model = load_hf_model(path, cfg.dtype, cfg.attn_implementation)
+    if cfg.lora_rank:
+        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    wrapper = HFCausalLM(model)
+    wrapper.load_state_dict(state["model"])
+    inner = wrapper.hf.merge_and_unload() if cfg.lora_rank else wrapper.hf
+    _linear_to_conv1d(inner)
+    out_dir = Path(out_dir)
+    inner.save_pretrained(out_dir)
+    _transformers().AutoTokenizer.from_pretrained(path).save_pretrained(out_dir)
+    return out_dir
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_hf_policy(config, console=None) -> HFPolicy:
+    """The Policy of ``config.model.name = "hf:PATH"``: model, tokenizer and task, ready for the trainer."""
+    cfg = config.model
+    path = Path(cfg.name.removeprefix("hf:")).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model={cfg.name}: {path} is not a model directory (no config.json). model=hf:PATH loads a local "
+            "directory with config.json, weights and tokenizer files, e.g. one made by "
+            "`huggingface-cli download Qwen/Qwen2.5-Math-1.5B --local-dir DIR` or `save_pretrained(DIR)`")
+    transformers = _transformers()
+    torch.manual_seed(config.seed)  # LoRA initialisation
+    tokenizer = HFTokenizer(transformers.AutoTokenizer.from_pretrained(path), chat_template=cfg.chat_template,
+                            system_prompt=cfg.system_prompt, eos_token=cfg.eos_token)
+    model = load_hf_model(path, cfg.dtype, cfg.attn_implementation)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora_rank:
+        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    model = HFCausalLM(model).to(resolve_device(cfg.device))
+
+    options = (config.task.math_options() if config.task.name == "math"
+               else {} if config.task.digits is None else {"digits": config.task.digits})
+    task = get_task(config.task.name, seed=config.seed, **options)
+    policy = HFPolicy(model, tokenizer, task, micro_batch=cfg.micro_batch, sample_rows=cfg.sample_rows,
+                      keep_logits=config.loss.build().spec.needs_topk)
+    dropped = drop_long_prompts(policy) if task.name == "math" else {}  # other tasks count characters, not tokens
+    parameters = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    policy.base_info = {
+        "model": str(path), "architecture": type(model.hf).__name__, "dtype": cfg.dtype,
+        "device": str(next(model.parameters()).device), "parameters": parameters, "trainable": trainable,
+        "lora_rank": cfg.lora_rank, "chat_template": cfg.chat_template, "eos_id": tokenizer.eos_id,
+        "train_problems": len(task.train), "eval_problems": len(task.eval),
+        "skipped_rows": dict(getattr(task, "skipped", {})), "duplicate_rows": dict(getattr(task, "duplicates", {})),
+        "dropped_long_prompts": dropped,
+    }
+    if console is not None:
+        console.print(f"hf model {path.name}: {parameters / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trained), "
+                      f"{len(task.train)} train / {len(task.eval)} eval problems"
+                      + (f", dropped {dropped} prompts over task.max_prompt_len" if any(dropped.values()) else "")
+                      + (f", skipped bad rows {task.skipped}" if any(getattr(task, "skipped", {}).values()) else ""))
+    return policy
+
+
+def drop_long_prompts(policy: HFPolicy) -> dict[str, int]:
+    """Remove problems whose formatted prompt exceeds the task's max_prompt_len tokens; the counts per split."""
+    task, limit = policy.task, policy.task.max_prompt_len
+    dropped = {}
+    for split in ("train", "eval"):
+        examples = getattr(task, split)
+        kept = [ex for ex in examples if len(policy.encode_prompt(ex)) <= limit]
+        if not kept:
+            raise ValueError(f"every {split} prompt is longer than max_prompt_len={limit} tokens once formatted "
+                             "for this model; raise task.max_prompt_len")
+        dropped[split] = len(examples) - len(kept)
+        setattr(task, split, kept)
+    return dropped

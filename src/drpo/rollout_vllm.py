@@ -1,0 +1,213 @@
+"""Optional vLLM rollout backend (``rollout.backend=vllm``): mu sampled and scored by vLLM on a GPU.
+
+    behavior = build_behavior(config, policy)   # BehaviorPolicy (native) or VLLMBehaviorPolicy (vllm)
+    batch = behavior.generate(prompts, group_size=8, max_new_tokens=1024, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    ...                                         # the trainer's step, unchanged
+    behavior.sync(policy.model)                 # push the new weights (or those of `lag` syncs ago) into vLLM
+
+:class:`VLLMBehaviorPolicy` has the interface of :class:`drpo.rollout.BehaviorPolicy` (generate, sync,
+state_dict, load_state_dict) and returns the same :class:`RolloutBatch`. The mu log-probs are vLLM's own:
+the engine runs with ``logprobs_mode="processed_logprobs"``, so each token's log-prob is that of the
+distribution vLLM sampled from (after temperature and top-p), exactly what the native sampler records.
+The mismatch pi - mu is then the real one between vLLM's kernels and the trainer's forward.
+
+The engine lives in the training process (``distributed_executor_backend="external_launcher"``, as TRL's
+colocate mode), takes ``rollout.vllm_gpu_memory`` of the GPU, and receives weights by
+``model.load_weights`` after every optimizer step (LoRA adapters are merged first). Precisions: fp32, bf16,
+fp16 (vLLM's dtype). fp8/int8 are not offered: vLLM quantizes online at load time and a weight reload
+into a quantized engine is not a stable vLLM API; the native backend's simulated fp8/int8 covers them.
+
+vLLM is optional: nothing here imports it until a VLLMBehaviorPolicy is built, and the tests skip
+cleanly without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from collections import deque
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from drpo.rollout import TOPK_LOG_PROB_FLOOR, BehaviorPolicy, RolloutBatch, left_pad
+
+VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def build_behavior(config, policy):
+    """The behavior policy of ``config.rollout``: the native copy (any model) or vLLM (hf: models, GPU)."""
+    rollout = config.rollout
+    if rollout.backend == "native":
+        return BehaviorPolicy(policy.model, precision=rollout.precision, lag=rollout.lag)
+    if not config.model.name.startswith("hf:"):
+        raise ValueError("rollout.backend=vllm needs a Hugging Face model (model=hf:PATH); the built-in "
+                         "transformer runs with rollout.backend=native")
+    task = policy.task
+    return VLLMBehaviorPolicy(policy.model, config.model.name.removeprefix("hf:"), precision=rollout.precision,
+                              lag=rollout.lag, gpu_memory=rollout.vllm_gpu_memory, seed=config.seed,
+                              max_model_len=task.max_prompt_len + task.max_response_len)
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as error:
+        raise ImportError("rollout.backend=vllm needs vLLM on a CUDA machine: pip install vllm (it brings its own "
+                          "torch build); or use rollout.backend=native") from error
+    return vllm
+
+
+class VLLMBehaviorPolicy:
+    """mu served by an in-process vLLM engine holding the policy's weights of ``lag`` syncs ago."""
+
+    def __init__(self, policy: nn.Module, path: str, precision: str = "bf16", lag: int = 0,
+                 gpu_memory: float = 0.35, seed: int = 0, max_model_len: int | None = None) -> None:
+        if precision not in VLLM_DTYPES:
+            raise ValueError(f"rollout.backend=vllm supports rollout.precision {', '.join(VLLM_DTYPES)}; got "
+                             f"{precision!r} (use rollout.backend=native for simulated fp8/int8)")
+        if lag < 0:
+            raise ValueError(f"lag must be >= 0, got {lag}")
+        vllm = _import_vllm()
+        self.precision, self.lag = precision, lag
+        self.policy = policy
+        # a one-process "distributed" engine inside this process, so load_weights reaches the model directly
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "localhost")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        self.llm = vllm.LLM(model=str(path), dtype=VLLM_DTYPES[precision], gpu_memory_utilization=gpu_memory,
+                            max_model_len=max_model_len, seed=seed, enable_prefix_caching=True,
+                            logprobs_mode="processed_logprobs", distributed_executor_backend="external_launcher")
+        self._states: deque[dict[str, torch.Tensor]] = deque(maxlen=lag + 1)
+        if lag:
+            self._states.append(hf_state(policy, cpu=True))
+        self._push(self._states[0] if lag else hf_state(policy))
+
+    # ------------------------------------------------------------------------------------------- weights
+    def sync(self, policy: nn.Module) -> None:
+        """Record the policy's new weights and serve those of ``lag`` syncs ago (with lag 0: push them now)."""
+        self.policy = policy
+        if self.lag:
+            self._states.append(hf_state(policy, cpu=True))
+            self._push(self._states[0])
+        else:
+            self._push(hf_state(policy))
+
+    def _push(self, state: dict[str, torch.Tensor]) -> None:
+        runner_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        runner_model.load_weights(state.items())
+        self.llm.reset_prefix_cache()  # cached prompt keys/values belong to the old weights
+
+    def state_dict(self) -> dict:
+        return {"precision": self.precision, "lag": self.lag, "backend": "vllm", "states": [dict(s) for s in self._states]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["precision"], state["lag"]) != (self.precision, self.lag):
+            raise ValueError(f"behavior state was saved with precision={state['precision']!r}, lag={state['lag']}; "
+                             f"this behavior policy has precision={self.precision!r}, lag={self.lag}")
+        self._states = deque(({k: v.clone() for k, v in s.items()} for s in state["states"]), maxlen=self.lag + 1)
+        self._push(self._states[0] if self.lag else hf_state(self.policy))
+
+    # ------------------------------------------------------------------------------------------- sampling
+    def generate(
+        self,
+        prompts: list[list[int]],
+        group_size: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k_logprobs: int = 0,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        *,
+        eos_id: int,
+        pad_id: int,
+    ) -> RolloutBatch:
+        """``group_size`` samples per prompt from vLLM, as :meth:`BehaviorPolicy.generate` (``use_cache`` is moot)."""
+        vllm = _import_vllm()
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
+                                 device=generator.device if generator is not None else "cpu"))
+        params = vllm.SamplingParams(n=group_size, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                     logprobs=top_k_logprobs, stop_token_ids=[eos_id], seed=seed, detokenize=False)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=params, use_tqdm=False)
+        device = next(self.policy.parameters()).device
+        return batch_from_outputs(prompts, [[(o.token_ids, o.logprobs) for o in out.outputs] for out in outputs],
+                                  top_k_logprobs, pad_id=pad_id, device=device)
+
+
+def batch_from_outputs(prompts: list[list[int]], samples: Sequence[Sequence[tuple]], top_k_logprobs: int,
+                       *, pad_id: int, device=None) -> RolloutBatch:
+    """A RolloutBatch from vLLM's samples: per prompt, ``group_size`` (token_ids, logprobs) pairs.
+
+    ``logprobs`` is vLLM's list (one per generated token) of {token_id: Logprob(logprob, rank, ...)} with
+    the sampled token and the top ``top_k_logprobs`` tokens (rank 1 = most likely).
+    """
+    group_size = len(samples[0])
+    if any(len(s) != group_size for s in samples) or len(samples) != len(prompts):
+        raise ValueError("vLLM returned a different number of samples than requested")
+    rows = [sample for per_prompt in samples for sample in per_prompt]  # rows of a group are consecutive
+    N, T = len(rows), max(1, max(len(token_ids) for token_ids, _ in rows))
+    prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(group_size)], pad_id, device)  # [N, P]
+    response_ids = torch.full((N, T), pad_id, dtype=torch.long)  # [N, T]
+    response_mask = torch.zeros(N, T)  # [N, T]
+    log_prob = torch.zeros(N, T)  # [N, T]
+    topk_ids = torch.full((N, T, top_k_logprobs), pad_id, dtype=torch.long)  # [N, T, K]
+    topk_log_probs = torch.zeros(N, T, top_k_logprobs)  # [N, T, K]
+    for row, (token_ids, logprobs) in enumerate(rows):
+        for t, token in enumerate(token_ids):
+            response_ids[row, t] = token
+            response_mask[row, t] = 1.0
+            log_prob[row, t] = logprobs[t][token].logprob
+            if top_k_logprobs:
+                ranked = sorted((item.rank, token_id, item.logprob) for token_id, item in logprobs[t].items()
+                                if item.rank is not None and item.rank <= top_k_logprobs)
+                for k, (_, token_id, value) in enumerate(ranked[:top_k_logprobs]):
+                    topk_ids[row, t, k] = token_id
+                    topk_log_probs[row, t, k] = max(value, TOPK_LOG_PROB_FLOOR)  # -inf outside the nucleus
+    return RolloutBatch(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids.to(device),
+        response_mask=response_mask.to(device), rollout_log_prob=log_prob.to(device),
+        group_index=torch.arange(len(prompts), device=device).repeat_interleave(group_size),
+        rollout_topk_ids=topk_ids.to(device) if top_k_logprobs else None,
+        rollout_topk_log_probs=topk_log_probs.to(device) if top_k_logprobs else None,
+    )
+
+
+def hf_state(model: nn.Module, cpu: bool = False) -> dict[str, torch.Tensor]:
+    """The weights of an :class:`drpo.models.hf.HFCausalLM` under the names of its Hugging Face checkpoint.
+
+    LoRA adapters are merged into the base weights (and unmerged again); GPT-2 Linear weights converted
+    from Conv1D at load are transposed back to the checkpoint's layout.
+    """
+    inner = model.hf
+    peft = hasattr(inner, "merge_adapter")
+    if peft:
+        inner.merge_adapter()
+    try:
+        base = inner.get_base_model() if peft else inner
+        transposed = set(getattr(base, "drpo_conv1d_modules", ()))
+        state = {}
+        for name, tensor in base.state_dict().items():
+            if "lora_" in name:
+                continue
+            name = name.replace(".base_layer.", ".")
+            tensor = tensor.detach()
+            if name.rpartition(".")[0] in transposed and name.endswith(".weight"):
+                tensor = tensor.T
+            state[name] = tensor.to("cpu", copy=True) if cpu else tensor.clone() if peft else tensor
+    finally:
+        if peft:
+            inner.unmerge_adapter()
+    return state
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]

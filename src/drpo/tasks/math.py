@@ -1,0 +1,352 @@
+"""Verifiable math from a data file: prompts with reference answers, rewarded by the last \\boxed{...}.
+
+    task = MathTask(data="dapo_math.jsonl", eval_data="aime24.jsonl")
+    task.train[0]                                   # Example(prompt='... step by step ... \\boxed{}.', answer='34')
+    task.reward("... so the answer is \\boxed{34}.", task.train[0])   # 1.0
+    task.reward("\\boxed{\\frac{1}{2}}", Example("?", "0.5"))          # 1.0: math-verify equivalence
+
+The reward is 1.0 when the content of the *last* ``\\boxed{...}`` of the completion is mathematically
+equal to the reference according to math-verify (``1/2``, ``0.5`` and ``\\frac{1}{2}`` are one answer),
+0.0 otherwise: no box, an unclosed box, an empty box, a wrong answer, an answer math-verify cannot parse,
+or a check that runs past ``verify_timeout`` seconds. It never raises.
+
+Data: JSON lines (``.jsonl``), a JSON list (``.json``) or Parquet (``.parquet``); one problem per row.
+``prompt_field`` and ``answer_field`` name the fields, dotted for nested ones
+(``reward_model.ground_truth`` in verl-style files). A prompt is a string, or a list of chat messages
+(``{"role": ..., "content": ...}``: the last user message is the problem). ``prompt_pattern``, a regular
+expression, optionally cuts the problem out of a dataset's own instructions (its first group is kept).
+``prompt_template`` then wraps it (``{prompt}`` is replaced; braces elsewhere are literal, so LaTeX is
+safe). A bad row stops loading with an error naming the file, the row and the field, unless
+``skip_bad_rows``: then it is skipped and counted in ``task.skipped``. Repeated (prompt, answer) rows are
+kept once and counted in ``task.duplicates`` (DAPO-Math-17k's parquet repeats each problem many times).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+import re
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from drpo.tasks.base import Example, Task
+
+DEFAULT_TEMPLATE = "{prompt}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+_BOXED = re.compile(r"\\boxed\s*\{")
+
+
+class DataError(ValueError):
+    """A data file that cannot be used; the message names the file, and the row and field when there is one."""
+
+
+# --------------------------------------------------------------------------------------------- the answer
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` in ``text`` (braces inside it balanced), or None.
+
+    None when there is no box, when the last box is never closed (a truncated completion), or when it is
+    empty: the last box is the answer, and a malformed last box is no answer.
+
+    >>> last_boxed(r"first \\boxed{1}, then \\boxed{\\frac{1}{2}}.")
+    '\\\\frac{1}{2}'
+    >>> last_boxed(r"\\boxed{2} and \\boxed{3") is None, last_boxed("42") is None
+    (True, True)
+    """
+    if not isinstance(text, str):
+        return None
+    matches = list(_BOXED.finditer(text))
+    if not matches:
+        return None
+    start = position = matches[-1].end()  # just after the opening brace
+    depth = 1
+    while position < len(text):
+        char = text[position]
+        if char == "\\":  # an escaped character (\{ or \} or \\) never opens or closes a group
+            position += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:position].strip() or None
+        position += 1
+    return None
+
+
+class VerifierTimeout(Exception):
+    """A math-verify parse or comparison ran past its time limit."""
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise :class:`VerifierTimeout` in the block after ``seconds`` (SIGALRM timer, main thread only).
+
+    Signals reach only the main thread, so elsewhere (a reward worker thread) the block runs unlimited;
+    math-verify's own timeouts have the same restriction, which is why we disable them and use this one.
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise VerifierTimeout(f"math-verify took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class _NoTimeoutWarning(logging.Filter):
+    # math-verify warns once that its own timeouts are disabled; ours (time_limit) replaces them
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+@functools.cache
+def _math_verify():
+    try:
+        import math_verify
+    except ImportError as error:
+        raise ImportError("task=math needs math-verify: pip install 'math-verify>=0.7' "
+                          "(or the project's extra: pip install 'drpo[hf]')") from error
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_NoTimeoutWarning())
+    return math_verify
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_reference(answer: str) -> tuple:
+    """math-verify's parse of a reference answer (cached: every sample of a group shares it)."""
+    mv = _math_verify()
+    parsed = mv.parse(f"${answer}$", parsing_timeout=None)
+    return tuple(parsed or mv.parse(f"\\boxed{{{answer}}}", parsing_timeout=None))
+
+
+def answers_match(predicted: str, reference: str, timeout: float = 5.0) -> bool:
+    """Whether the boxed content ``predicted`` equals ``reference`` per math-verify, within ``timeout`` s.
+
+    >>> answers_match(r"\\frac{1}{2}", "0.5"), answers_match("1/2", r"\\frac12"), answers_match("3", "4")
+    (True, True, False)
+    """
+    mv = _math_verify()
+    try:
+        with time_limit(timeout):
+            gold = _parse_reference(reference)
+            pred = mv.parse(f"\\boxed{{{predicted}}}", parsing_timeout=None)
+            return bool(gold and pred and mv.verify(list(gold), pred, timeout_seconds=None))
+    except Exception:  # a timeout, or anything math-verify or sympy throws: no answer
+        return False
+
+
+# --------------------------------------------------------------------------------------------- the data
+def load_examples(path: str | Path, prompt_field: str = "prompt", answer_field: str = "answer",
+                  prompt_template: str = "{prompt}", skip_bad_rows: bool = False,
+                  prompt_pattern: str | None = None) -> tuple[list[Example], dict[str, int]]:
+    """(examples, {"bad_rows": skipped, "duplicates": dropped}) of a data file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    if path.suffix not in DATA_SUFFIXES:
+        raise DataError(f"data file {path}: unknown format {path.suffix!r}; use {', '.join(DATA_SUFFIXES)}")
+    if "{prompt}" not in prompt_template:
+        raise DataError(f"prompt_template {prompt_template!r} must contain '{{prompt}}'")
+    pattern = compile_prompt_pattern(prompt_pattern)
+    examples, seen, counts = [], set(), {"bad_rows": 0, "duplicates": 0}
+    for row_number, row, reason in _rows(path, (prompt_field, answer_field)):
+        try:
+            if reason is not None:
+                raise DataError(reason)
+            if not isinstance(row, dict):
+                raise DataError(f"is a {type(row).__name__}, not an object of fields")
+            prompt = _prompt_text(_field(row, prompt_field), prompt_field, pattern)
+            answer = _answer_text(_field(row, answer_field), answer_field)
+        except DataError as error:
+            if not skip_bad_rows:
+                raise DataError(f"data file {path} row {row_number}: {error} (set task.skip_bad_rows=true "
+                                "to skip and count such rows)") from None
+            counts["bad_rows"] += 1
+            continue
+        example = Example(prompt=prompt_template.replace("{prompt}", prompt), answer=answer)
+        if example in seen:
+            counts["duplicates"] += 1
+            continue
+        seen.add(example)
+        examples.append(example)
+    if not examples:
+        raise DataError(f"data file {path} holds no usable rows"
+                        + (f" ({counts['bad_rows']} bad rows skipped)" if counts["bad_rows"] else ""))
+    return examples, counts
+
+
+def compile_prompt_pattern(prompt_pattern: str | None) -> re.Pattern | None:
+    if prompt_pattern is None:
+        return None
+    try:
+        pattern = re.compile(prompt_pattern, re.DOTALL)
+    except re.error as error:
+        raise DataError(f"prompt_pattern {prompt_pattern!r} is not a valid regular expression: {error}") from None
+    if pattern.groups < 1:
+        raise DataError(f"prompt_pattern {prompt_pattern!r} needs a group (...) around the problem text")
+    return pattern
+
+
+def _rows(path: Path, fields: tuple[str, ...]):
+    """(1-based row number, row, why it cannot be decoded or None); for JSON lines the number is the line's."""
+    if path.suffix == ".parquet":
+        yield from _parquet_rows(path, fields)
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"data file {path} cannot be read: {error}") from None
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"data file {path} is not valid JSON: {error}") from None
+        if not isinstance(rows, list):
+            raise DataError(f"data file {path} must hold a JSON list of rows, got {type(rows).__name__}")
+        yield from ((number, row, None) for number, row in enumerate(rows, start=1))
+        return
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_number, json.loads(line), None
+        except json.JSONDecodeError as error:
+            yield line_number, None, f"is not valid JSON ({error.msg} at column {error.colno})"
+
+
+def _parquet_rows(path: Path, fields: tuple[str, ...]):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as error:
+        raise DataError(f"data file {path}: reading Parquet needs pyarrow (pip install pyarrow)") from error
+    try:
+        schema = pq.read_schema(path)
+        columns = list(dict.fromkeys(f.split(".")[0] for f in fields))
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise DataError(f"data file {path} has no column {missing[0]!r} (field "
+                            f"{next(f for f in fields if f.split('.')[0] == missing[0])!r}); columns: "
+                            f"{', '.join(schema.names)}")
+        table = pq.read_table(path, columns=columns)
+    except DataError:
+        raise
+    except Exception as error:  # pyarrow raises several types for a damaged or non-Parquet file
+        raise DataError(f"data file {path} cannot be read as Parquet: {error}") from None
+    number = 0
+    for batch in table.to_batches(max_chunksize=8192):  # rows as Python objects a chunk at a time
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row, None
+
+
+def _field(row: dict, dotted: str):
+    node = row
+    for depth, key in enumerate(dotted.split(".")):
+        if not isinstance(node, dict) or key not in node:
+            where = ".".join(dotted.split(".")[:depth]) or "the row"
+            present = ", ".join(map(repr, node)) if isinstance(node, dict) else type(node).__name__
+            raise DataError(f"field {dotted!r} is missing ({where} has {present or 'no fields'})")
+        node = node[key]
+    if node is None:
+        raise DataError(f"field {dotted!r} is null")
+    return node
+
+
+def _prompt_text(value, field: str, pattern: re.Pattern | None = None) -> str:
+    if isinstance(value, list):  # chat messages: the problem is the last user turn
+        users = [m for m in value if isinstance(m, dict) and m.get("role", "user") == "user"]
+        if not users or not isinstance(users[-1].get("content"), str):
+            raise DataError(f"field {field!r} is a list without a user message holding 'content' text")
+        value = users[-1]["content"]
+    if not isinstance(value, str):
+        raise DataError(f"field {field!r} must be text or chat messages, got {type(value).__name__}")
+    if pattern is not None:
+        match = pattern.search(value)
+        if match is None or match.group(1) is None:
+            raise DataError(f"field {field!r} does not match task.prompt_pattern {pattern.pattern!r}")
+        value = match.group(1)
+    if not value.strip():
+        raise DataError(f"field {field!r} is empty")
+    return value
+
+
+def _answer_text(value, field: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise DataError(f"field {field!r} must be text or a number, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise DataError(f"field {field!r} is empty")
+    return text
+
+
+# --------------------------------------------------------------------------------------------- the task
+class MathTask(Task):
+    """Math problems from ``data`` (and ``eval_data``), rewarded by math-verify on the last boxed answer.
+
+    Without ``eval_data``, ``n_eval`` problems drawn with ``seed`` are held out of ``data`` for
+    evaluation (at most half of them). ``max_prompt_len`` and ``max_response_len`` count tokens of the
+    model's tokenizer; the policy drops prompts longer than ``max_prompt_len`` and samples at most
+    ``max_response_len`` tokens.
+    """
+
+    name = "math"
+
+    def __init__(self, seed: int = 0, data: str | None = None, eval_data: str | None = None,
+                 prompt_field: str = "prompt", answer_field: str = "answer",
+                 prompt_template: str = DEFAULT_TEMPLATE, prompt_pattern: str | None = None,
+                 skip_bad_rows: bool = False, n_eval: int = 100, max_prompt_len: int = 512,
+                 max_response_len: int = 1024, verify_timeout: float = 5.0) -> None:
+        if data is None:
+            raise ValueError("task=math needs a data file: data=FILE.jsonl (or .parquet), and optionally "
+                             "task.eval_data=FILE for evaluation")
+        if max_prompt_len < 1 or max_response_len < 1 or n_eval < 1:
+            raise ValueError(f"math: max_prompt_len, max_response_len and n_eval must be >= 1, got "
+                             f"{max_prompt_len}, {max_response_len}, {n_eval}")
+        self.seed = seed
+        self._max_prompt_len, self._max_response_len = max_prompt_len, max_response_len
+        self.verify_timeout = verify_timeout
+        options = dict(prompt_field=prompt_field, answer_field=answer_field, prompt_template=prompt_template,
+                       skip_bad_rows=skip_bad_rows, prompt_pattern=prompt_pattern)
+        train, counts = load_examples(data, **options)
+        self.skipped, self.duplicates = {"train": counts["bad_rows"], "eval": 0}, {"train": counts["duplicates"], "eval": 0}
+        if eval_data is not None:
+            self.train = train
+            self.eval, counts = load_examples(eval_data, **options)
+            self.skipped["eval"], self.duplicates["eval"] = counts["bad_rows"], counts["duplicates"]
+        else:
+            if len(train) < 2:
+                raise DataError(f"data file {data} has {len(train)} usable row; holding out evaluation problems "
+                                "needs at least 2, or give task.eval_data=FILE")
+            held_out = set(random.Random(seed).sample(range(len(train)), min(n_eval, len(train) // 2)))
+            self.eval = [ex for i, ex in enumerate(train) if i in held_out]
+            self.train = [ex for i, ex in enumerate(train) if i not in held_out]
+
+    @property
+    def max_prompt_len(self) -> int:
+        return self._max_prompt_len
+
+    @property
+    def max_response_len(self) -> int:
+        return self._max_response_len
+
+    def reward(self, completion: str, example: Example) -> float:
+        """1.0 if the last ``\\boxed{...}`` of ``completion`` equals ``example.answer`` (math-verify), else 0.0."""
+        predicted = last_boxed(completion)
+        if predicted is None or not isinstance(example.answer, str):
+            return 0.0
+        return 1.0 if answers_match(predicted, example.answer, self.verify_timeout) else 0.0
+
+    def target(self, example: Example) -> str:
+        return f"The answer is $\\boxed{{{example.answer}}}$."

@@ -1,0 +1,318 @@
+"""model=hf:PATH: tiny random-initialised Hugging Face models built locally (no downloads) behind our contract.
+
+The tokenizer is a byte-level BPE (Qwen-style) trained on one sentence, with ``\\boxed{1}``..``\\boxed{3}``
+added as whole tokens, so even a random model writes boxed answers, some right and some wrong: rewards
+vary within groups and an RL step has a gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from drpo.cli import main
+from drpo.config import ConfigError, load_config
+from drpo.metrics import read_metrics
+from drpo.models.transformer import KVCache
+from drpo.rollout import BehaviorPolicy, generate, make_batch, sequence_log_probs
+from drpo.tasks.base import Example
+
+transformers = pytest.importorskip("transformers", reason="model=hf:PATH needs transformers (pip install 'drpo[hf]')")
+tokenizers = pytest.importorskip("tokenizers")
+
+from drpo.models.hf import HFCausalLM, HFTokenizer, build_hf_policy, export_hf, load_hf_model  # noqa: E402
+from drpo.rollout_vllm import batch_from_outputs, build_behavior, vllm_available  # noqa: E402
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
+BOXES = ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}"]
+CORPUS = "user\nassistant\nsystem\nWhat is 1+0? 1+1? 1+2? so the answer is"
+CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def make_tokenizer(chat_template: bool = True):
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    tok.train_from_iterator([CORPUS], tokenizers.trainers.BpeTrainer(vocab_size=48, special_tokens=SPECIAL,
+                                                                      show_progress=False))
+    tok.add_tokens([tokenizers.AddedToken(box, normalized=False) for box in BOXES])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                                pad_token="<|endoftext|>",
+                                                chat_template=CHAT if chat_template else None)
+
+
+VOCAB = len(make_tokenizer())
+
+
+def make_model(family: str, vocab_size: int, seed: int = 0, init: float = 0.02):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_size, initializer_range=init)
+    if family == "qwen2":
+        config = transformers.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+                                          **common)
+        return transformers.Qwen2ForCausalLM(config)
+    if family == "llama":
+        config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, max_position_embeddings=256, **common)
+        return transformers.LlamaForCausalLM(config)
+    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=0,
+                                     **common)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def save_model(directory, family: str = "qwen2", chat_template: bool = True, init: float = 0.02):
+    tokenizer = make_tokenizer(chat_template)
+    make_model(family, len(tokenizer), init=init).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    return save_model(tmp_path_factory.mktemp("qwen2"))
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    # 12 distinct problems (repeated rows would be dropped as duplicates) with answers 1..3
+    path.write_text("".join(json.dumps({"prompt": f"What is 1+{a % 3}?" + " so" * (a // 3), "answer": str(a % 3 + 1)})
+                            + "\n" for a in range(12)))
+    return path
+
+
+def wrapped(family: str, init: float = 0.02) -> HFCausalLM:
+    return HFCausalLM(make_model(family, VOCAB, init=init).eval())
+
+
+# ------------------------------------------------------------------------------------------ forward contract
+@pytest.mark.parametrize("family", ["qwen2", "llama", "gpt2"])
+def test_left_padding_is_exact_and_the_cache_reproduces_the_full_forward(family):
+    model = wrapped(family)
+    ids = torch.randint(4, VOCAB, (1, 7))
+    full, cache = model(ids)
+    assert full.dtype == torch.float32 and full.shape == (1, 7, VOCAB) and cache is None
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 7, dtype=torch.long)], dim=1)
+    logits, _ = model(padded, mask)
+    torch.testing.assert_close(logits[:, 3:], full, atol=1e-5, rtol=0)
+    last, _ = model(padded, mask, logits_to_keep=1)
+    torch.testing.assert_close(last, logits[:, -1:], atol=1e-6, rtol=0)
+
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    cached = generate(model, prompts, 2, 6, generator=torch.Generator().manual_seed(1), eos_id=0, pad_id=0)
+    uncached = generate(model, prompts, 2, 6, generator=torch.Generator().manual_seed(1), eos_id=0, pad_id=0,
+                        use_cache=False)
+    assert torch.equal(cached.response_ids, uncached.response_ids)
+    torch.testing.assert_close(cached.rollout_log_prob, uncached.rollout_log_prob, atol=1e-5, rtol=0)
+
+
+def test_a_used_kvcache_is_refused():
+    model = wrapped("qwen2")
+    used = KVCache(key_mask=torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="fresh KVCache"):
+        model(torch.ones(1, 2, dtype=torch.long), None, used)
+
+
+# ------------------------------------------------------------------------------------------ mu vs pi
+def test_fp32_rollout_mu_equals_recomputation_and_bf16_differs():
+    model = wrapped("qwen2", init=0.5)  # a peaked distribution, so bf16 rounding shows in the log-probs
+    prompts = [[5, 6, 7], [8, 9]]
+    mismatch = {}
+    for precision in ("fp32", "bf16", "int8"):
+        behavior = BehaviorPolicy(model, precision)
+        batch = behavior.generate(prompts, 4, 8, generator=torch.Generator().manual_seed(0), eos_id=0, pad_id=0)
+        with torch.no_grad():
+            pi = sequence_log_probs(model, batch).log_prob  # [N, T] the trainer's fp32 recomputation
+        mismatch[precision] = ((pi - batch.rollout_log_prob).abs() * batch.response_mask).max().item()
+    assert mismatch["fp32"] < 1e-5, mismatch
+    assert mismatch["bf16"] > 1e-3 and mismatch["int8"] > 1e-3, mismatch
+
+
+def test_bf16_copy_keeps_float32_rotary_tables():
+    behavior = BehaviorPolicy(wrapped("qwen2"), "bf16")
+    buffers = dict(behavior.model.named_buffers())
+    assert buffers["hf.model.rotary_emb.inv_freq"].dtype == torch.float32
+    assert next(behavior.model.parameters()).dtype == torch.bfloat16
+
+
+def test_gpt2_conv1d_becomes_linear_so_quantized_rollouts_reach_it(tmp_path):
+    model = load_hf_model(save_model(tmp_path / "gpt2", family="gpt2"))
+    assert model.drpo_conv1d_modules and all(
+        isinstance(model.get_submodule(name), torch.nn.Linear) for name in model.drpo_conv1d_modules)
+
+
+# ------------------------------------------------------------------------------------------ policy
+def test_tokenizer_interface_and_chat_template(qwen_dir):
+    raw = transformers.AutoTokenizer.from_pretrained(qwen_dir)  # Qwen2Tokenizer, as for a real Qwen checkpoint
+    tok = HFTokenizer(raw)
+    assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (0, 0, VOCAB)
+    prompt = tok.encode_prompt("What is 1+1?")
+    assert raw.decode(prompt) == "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n"
+    plain = HFTokenizer(raw, chat_template=False)
+    assert plain.encode_prompt("What is 1+1?") == tok.encode("What is 1+1?") != prompt
+    ids = tok.encode("so the answer is \\boxed{2}")
+    assert tok.decode([*ids, tok.eos_id, *tok.encode("\\boxed{3}")]) == "so the answer is \\boxed{2}"
+    assert tok.decode([*ids, tok.eos_id], stop_at_eos=False) == "so the answer is \\boxed{2}"  # specials dropped
+    assert tok.decode([*ids, VOCAB + 5]) == "so the answer is \\boxed{2}"  # ids past the tokenizer (padded embeddings)
+    assert HFTokenizer(raw, eos_token="<|im_end|>").eos_id == 2
+    with pytest.raises(ValueError, match="not a token"):
+        HFTokenizer(raw, eos_token="<|nope|>")
+    with pytest.raises(ValueError, match="no chat template"):
+        HFTokenizer(make_tokenizer(chat_template=False))
+    system = HFTokenizer(raw, system_prompt="so")
+    assert raw.decode(system.encode_prompt("1+1?")).startswith("<|im_start|>system\nso<|im_end|>")
+
+
+def test_micro_batched_log_probs_equal_the_full_forward(qwen_dir, data_file):
+    config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "model.micro_batch=2",
+                                "task.n_eval=2"])
+    policy = build_hf_policy(config)
+    assert policy.micro_batch == 2 and not policy.keep_logits
+    prompts = [policy.encode_prompt(ex) for ex in policy.task.train[:5]]
+    batch = make_batch(prompts, [[16, 17], [15], [18, 19, 0], [15, VOCAB - 1], [17]], pad_id=0)
+    full = sequence_log_probs(policy.model, batch)
+    full.log_prob.sum().backward()
+    expected = [p.grad.clone() for p in policy.model.parameters()]
+    policy.model.zero_grad()
+    chunked = policy.log_probs(batch, 1.0)
+    assert chunked.logits is None
+    chunked.log_prob.sum().backward()
+    torch.testing.assert_close(chunked.log_prob, full.log_prob.detach(), atol=1e-6, rtol=0)
+    for p, g in zip(policy.model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+
+
+def test_lora_trains_only_the_adapters(qwen_dir, data_file):
+    pytest.importorskip("peft", reason="model.lora_rank needs peft")
+    config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "model.lora_rank=4",
+                                "task.n_eval=2"])
+    policy = build_hf_policy(config)
+    trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert 0 < policy.base_info["trainable"] < policy.base_info["parameters"]
+    batch = BehaviorPolicy(policy.model, "bf16").generate([policy.encode_prompt(policy.task.train[0])], 2, 3,
+                                                          eos_id=0, pad_id=0)
+    assert torch.isfinite(policy.log_probs(batch, 1.0).log_prob).all()
+
+
+def test_evaluation_sampling_in_chunks_keeps_the_order(qwen_dir, data_file):
+    config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2"])
+    policy = build_hf_policy(config)
+    prompts = [policy.encode_prompt(ex) for ex in policy.task.train[:3]]
+    whole = policy.generate_text(prompts, 2, 4, temperature=0.0)
+    policy.sample_rows = 2  # one prompt (x 2 samples) per call
+    assert policy.generate_text(prompts, 2, 4, temperature=0.0) == whole and len(whole) == 6
+
+
+def test_config_errors(qwen_dir, tmp_path):
+    with pytest.raises(ConfigError, match="apply only to Hugging Face models.*dtype"):
+        load_config(None, ["model.dtype=bf16"])
+    with pytest.raises(ConfigError, match="vllm_gpu_memory applies only"):
+        load_config(None, ["rollout.vllm_gpu_memory=0.5"])
+    with pytest.raises(ConfigError, match="not 'fp8'"):
+        load_config(None, ["rollout.backend=vllm", "rollout.precision=fp8"])
+    config = load_config(None, [f"model=hf:{tmp_path}", "task=math", f"data={tmp_path / 'x.jsonl'}"])
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        build_hf_policy(config)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def test_drpo_train_on_an_hf_model_and_math_data(qwen_dir, data_file, tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "steps=2", f"out={out}",
+            "tensorboard=false", "rollout.prompts=4", "rollout.group_size=4", "task.max_response_len=6",
+            "task.n_eval=2", "eval.prompts=2", "eval.samples=2", "optim.lr=1e-2", "optim.warmup_steps=0"]
+    assert main(argv) == 0
+    records = read_metrics(out)
+    steps = [r for r in records if r["step"] > 0]
+    assert len(steps) == 2 and all(math.isfinite(r["loss/value"]) for r in steps)
+    assert any(r["reward/std"] > 0 for r in steps), "no reward variance: the run had no gradient"
+    assert "eval/sampled_accuracy" in records[-1]
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/latest.pt"):
+        assert (out / name).exists(), name
+    trained = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    initial = HFCausalLM(load_hf_model(qwen_dir)).state_dict()
+    changed = [k for k in initial if not torch.equal(initial[k], trained[k])]
+    assert len(changed) > len(initial) // 2, f"only {changed} changed"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["base_model"]["architecture"] == "Qwen2ForCausalLM"
+
+    exported = HFCausalLM(load_hf_model(export_hf(out, tmp_path / "export")))  # a plain HF directory again
+    for key, value in exported.state_dict().items():
+        torch.testing.assert_close(value, trained[key], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2"])
+def test_export_keeps_the_checkpoint_layout(tmp_path, family):
+    directory = save_model(tmp_path / family, family=family)
+    model = HFCausalLM(load_hf_model(directory))
+    checkpoint = {"model": model.state_dict(), "config": load_config(None, [f"model=hf:{directory}"]).model_dump()}
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save(checkpoint, tmp_path / "run" / "checkpoints" / "latest.pt")
+    out = export_hf(tmp_path / "run", tmp_path / "out")
+    original = transformers.AutoModelForCausalLM.from_pretrained(directory).state_dict()
+    again = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert original.keys() == again.keys() and all(torch.equal(original[k], again[k]) for k in original)
+
+
+# ------------------------------------------------------------------------------------------ vLLM backend
+def test_vllm_outputs_become_a_rollout_batch():
+    def lp(value, rank):
+        return SimpleNamespace(logprob=value, rank=rank)
+
+    samples = [[([7, 0], [{7: lp(-0.1, 1), 8: lp(-2.5, 2)}, {0: lp(-0.3, 1), 9: lp(-1.5, 2)}]),
+                ([9], [{9: lp(-3.0, 4), 7: lp(-0.2, 1), 8: lp(float("-inf"), 2)}])]]
+    batch = batch_from_outputs([[5, 6]], samples, top_k_logprobs=2, pad_id=0)
+    assert batch.response_ids.tolist() == [[7, 0], [9, 0]]
+    assert batch.response_mask.tolist() == [[1, 1], [1, 0]]
+    torch.testing.assert_close(batch.rollout_log_prob, torch.tensor([[-0.1, -0.3], [-3.0, 0.0]]))
+    assert batch.rollout_topk_ids[1, 0].tolist() == [7, 8]  # by rank; the sampled token outside the top-k is not in it
+    assert batch.rollout_topk_log_probs[1, 0, 1].item() == -1e4  # -inf outside the nucleus, floored as natively
+    assert batch.group_index.tolist() == [0, 0] and batch.prompt_ids.tolist() == [[5, 6], [5, 6]]
+
+
+def test_native_backend_is_the_behavior_policy_and_vllm_needs_an_hf_model(qwen_dir, data_file):
+    config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2"])
+    policy = build_hf_policy(config)
+    assert isinstance(build_behavior(config, policy), BehaviorPolicy)
+    builtin = load_config(None, ["rollout.backend=vllm"])
+    with pytest.raises(ValueError, match="needs a Hugging Face model"):
+        build_behavior(builtin, SimpleNamespace(model=None, task=None))
+
+
+@pytest.mark.skipif(vllm_available(), reason="checks the message shown where vLLM is absent")
+def test_vllm_backend_without_vllm_says_how_to_get_it(qwen_dir, data_file):
+    config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2",
+                                "rollout.backend=vllm", "rollout.precision=bf16"])
+    with pytest.raises(ImportError, match="pip install vllm"):
+        build_behavior(config, build_hf_policy(config))
+
+
+@pytest.mark.skipif(not (vllm_available() and torch.cuda.is_available()), reason="vLLM backend needs vllm and a GPU")
+def test_vllm_mu_matches_the_trainer_recomputation(qwen_dir, data_file):
+    config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2",
+                                "rollout.backend=vllm", "rollout.precision=fp32", "model.device=cuda",
+                                "rollout.vllm_gpu_memory=0.2"])
+    policy = build_hf_policy(config)
+    behavior = build_behavior(config, policy)
+    batch = behavior.generate([policy.encode_prompt(ex) for ex in policy.task.train[:2]], 4, 4,
+                              generator=torch.Generator().manual_seed(0), eos_id=0, pad_id=0)
+    with torch.no_grad():
+        pi = policy.log_probs(batch, 1.0).log_prob
+    assert ((pi - batch.rollout_log_prob).abs() * batch.response_mask).max().item() < 1e-3
+
+
+def test_math_reward_on_decoded_hf_completions(qwen_dir, data_file):
+    config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2"])
+    policy = build_hf_policy(config)
+    ids = policy.tokenizer.encode("so the answer is \\boxed{2}")
+    completion = policy.tokenizer.decode([*ids, policy.tokenizer.eos_id])
+    assert policy.task.reward(completion, Example("?", "2")) == 1.0
+    assert policy.task.reward(completion, Example("?", "3")) == 0.0
