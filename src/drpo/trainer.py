@@ -36,7 +36,8 @@ from drpo.config import RunConfig
 from drpo.losses import aggregate
 from drpo.metrics import MetricsLogger, mean_of, mismatch_metrics
 from drpo.policy import Policy, build_policy
-from drpo.rollout import BehaviorPolicy, RolloutBatch
+from drpo.rollout import RolloutBatch
+from drpo.rollout_vllm import build_behavior
 
 
 class NonFiniteError(RuntimeError):
@@ -63,9 +64,10 @@ class Trainer:
                                            weight_decay=config.optim.weight_decay)
         total_updates = max(1, config.steps * config.updates_per_batch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_updates))
-        self.behavior = BehaviorPolicy(self.model, precision=config.rollout.precision, lag=config.rollout.lag)
+        self.behavior = build_behavior(config, self.policy)  # native copy (precision, lag) or vLLM (hf: models)
+        self.device = next(self.model.parameters()).device  # cpu, or where an hf: model was put (model.device)
         self.top_k_logprobs = config.rollout.top_k_logprobs or (8 if self.loss.spec.needs_topk else 0)
-        self.sampler = torch.Generator().manual_seed(config.seed)  # rollouts and mini-batch order
+        self.sampler = torch.Generator(self.device).manual_seed(config.seed)  # rollouts and mini-batch order
         self.prompt_rng = np.random.default_rng(config.seed)  # which training prompts each step sees
         self.step = 0
         self.bad_steps = 0
@@ -88,7 +90,8 @@ class Trainer:
 
         completions = self.policy.decode_responses(batch)
         rewards = torch.tensor([self.task.reward(text, examples[int(g)])
-                                for text, g in zip(completions, batch.group_index, strict=True)])  # [N]
+                                for text, g in zip(completions, batch.group_index, strict=True)],
+                               device=self.device)  # [N]
         advantages = group_advantages(rewards, batch.group_index, cfg.advantage.estimator,
                                       cfg.advantage.std_normalize)  # [N]
 
@@ -161,7 +164,7 @@ class Trainer:
 
     def minibatches(self, batch: RolloutBatch):
         """updates_per_batch disjoint mini-batches of whole rows, in a seeded random order."""
-        order = torch.randperm(len(batch.response_ids), generator=self.sampler)
+        order = torch.randperm(len(batch.response_ids), generator=self.sampler, device=self.device)
         for rows in order.chunk(self.config.updates_per_batch):
             yield rows, batch.select(rows)
 
@@ -174,11 +177,12 @@ class Trainer:
         prompts = [self.policy.encode_prompt(ex) for ex in examples]
         greedy = self.policy.generate_text(prompts, 1, self.task.max_response_len, temperature=0.0)
         greedy_acc = float(np.mean([self.task.reward(t, ex) for t, ex in zip(greedy, examples, strict=True)]))
-        generator = torch.Generator().manual_seed(self.config.seed + 10**6 + self.step)  # not the training stream
+        generator = torch.Generator(self.device).manual_seed(self.config.seed + 10**6 + self.step)  # not training's
         sampled = self.policy.generate_text(prompts, cfg.samples, self.task.max_response_len,
                                             self.config.rollout.temperature, generator)
         sampled_acc = float(np.mean([self.task.reward(t, examples[i // cfg.samples]) for i, t in enumerate(sampled)]))
-        return {"eval/accuracy": greedy_acc, "eval/sampled_accuracy": sampled_acc}
+        # the sampled accuracy is avg@k (mean over k samples per problem), as in AIME avg@16 reports
+        return {"eval/accuracy": greedy_acc, "eval/sampled_accuracy": sampled_acc, f"eval/avg@{cfg.samples}": sampled_acc}
 
     # ----------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:

@@ -14,9 +14,9 @@ from drpo.tasks.base import Example, Task
 from drpo.tasks.math import MathTask
 from drpo.tasks.sort import Sort
 
-_REGISTRY: dict[str, type[Task]] = {"arith": Arith, "sort": Sort}
+_REGISTRY: dict[str, type[Task]] = {"arith": Arith, "sort": Sort, "math": MathTask}
 TASKS: tuple[str, ...] = tuple(_REGISTRY)
-_REGISTRY["math"] = MathTask  # problems from a data file (task.data), not a synthetic universe: not in TASKS
+SYNTHETIC_TASKS: tuple[str, ...] = ("arith", "sort")  # generated from a seed; math reads a data file
 
 
 def get_task(name: str, seed: int = 0, **options) -> Task:
@@ -31,4 +31,4 @@ def get_task(name: str, seed: int = 0, **options) -> Task:
     return cls(seed=seed, **options)
 
 
-__all__ = ["TASKS", "Arith", "Example", "Sort", "Task", "get_task"]
+__all__ = ["SYNTHETIC_TASKS", "TASKS", "Arith", "Example", "Sort", "Task", "get_task"]
