@@ -158,8 +158,8 @@ class AlwaysEos(nn.Module):
         super().__init__()
         self.unused = nn.Parameter(torch.zeros(()))
 
-    def forward(self, input_ids, attention_mask=None, cache=None):
-        logits = torch.zeros(*input_ids.shape, TOK.vocab_size)
+    def forward(self, input_ids, attention_mask=None, cache=None, logits_to_keep=0):
+        logits = torch.zeros(input_ids.shape[0], logits_to_keep or input_ids.shape[1], TOK.vocab_size)
         logits[..., TOK.eos_id] = 100.0 if input_ids.shape[1] > len(PROMPTS[0]) + 1 else -100.0
         return logits, cache
 

@@ -154,7 +154,7 @@ def generate(
     group_index = torch.arange(len(prompts), device=device).repeat_interleave(group_size)  # [N]
 
     cache = KVCache() if use_cache else None
-    logits, cache = model(prompt_ids, prompt_mask, cache)  # [N, P, V]
+    logits, cache = model(prompt_ids, prompt_mask, cache, logits_to_keep=1)  # [N, 1, V]
     if top_k_logprobs > logits.shape[-1]:
         raise ValueError(f"top_k_logprobs={top_k_logprobs} exceeds the vocabulary size {logits.shape[-1]}")
     tokens, masks, log_probs, topk_ids, topk_log_probs = [], [], [], [], []
@@ -183,7 +183,7 @@ def generate(
         else:  # recompute everything: the reference the cache must reproduce
             response_ids = torch.stack(tokens, dim=1)  # [N, t]
             logits, _ = model(torch.cat([prompt_ids, response_ids], dim=1),
-                              torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1))
+                              torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1), logits_to_keep=1)
 
     return RolloutBatch(
         prompt_ids=prompt_ids,

@@ -210,8 +210,14 @@ class GPT(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        *,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, KVCache | None]:
-        """Logits [B, T, V] (float32) of ``input_ids`` [B, T], continuing ``cache`` when given (extended in place)."""
+        """Logits [B, T, V] (float32) of ``input_ids`` [B, T], continuing ``cache`` when given (extended in place).
+
+        ``logits_to_keep=k`` > 0 returns the logits of the last k positions only ([B, k, V]): a sampling
+        prefill needs one next-token distribution, not B x T x V floats (the same contract as HFCausalLM).
+        """
         B, T = input_ids.shape
         new_mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
                     else attention_mask.bool())  # [B, T]
@@ -243,7 +249,9 @@ class GPT(nn.Module):
             if layer_aux is not None:
                 aux.append(layer_aux)
         self.aux_loss = torch.stack(aux).mean() if aux else torch.zeros((), device=x.device)
-        logits = self.lm_head(self.norm(x)).float()  # [B, T, V]
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # [B, k, C]
+        logits = self.lm_head(self.norm(x)).float()  # [B, T, V] (or [B, k, V])
         return logits, cache
 
     def __getstate__(self) -> dict:
