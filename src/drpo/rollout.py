@@ -261,10 +261,7 @@ class BehaviorPolicy:
         return {"precision": self.precision, "lag": self.lag, "states": [dict(s) for s in self._states]}
 
     def load_state_dict(self, state: dict) -> None:
-        if (state["precision"], state["lag"]) != (self.precision, self.lag):
-            raise ValueError(f"behavior state was saved with precision={state['precision']!r}, lag={state['lag']}; "
-                             f"this behavior policy has precision={self.precision!r}, lag={self.lag}")
-        self._states = deque(({k: v.clone() for k, v in s.items()} for s in state["states"]), maxlen=self.lag + 1)
+        self._states = restore_lagged_states(state, self.precision, self.lag)
         self._load(self._states[0])
 
     def generate(
@@ -292,6 +289,15 @@ class BehaviorPolicy:
         """
         return generate(self.model, prompts, group_size, max_new_tokens, temperature, top_p, top_k_logprobs,
                         use_cache, generator, eos_id=eos_id, pad_id=pad_id)
+
+
+def restore_lagged_states(state: dict, precision: str, lag: int) -> deque[dict[str, torch.Tensor]]:
+    """The queue of lagged weights in a behavior policy's ``state_dict``, once it is known to match ``precision``
+    and ``lag`` (a checkpoint resumed under other rollout settings would serve the wrong weights)."""
+    if (state["precision"], state["lag"]) != (precision, lag):
+        raise ValueError(f"behavior state was saved with precision={state['precision']!r}, lag={state['lag']}; "
+                         f"this behavior policy has precision={precision!r}, lag={lag}")
+    return deque(({k: v.clone() for k, v in s.items()} for s in state["states"]), maxlen=lag + 1)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from drpo.rollout import TOPK_LOG_PROB_FLOOR, BehaviorPolicy, RolloutBatch, left_pad
+from drpo.rollout import TOPK_LOG_PROB_FLOOR, BehaviorPolicy, RolloutBatch, left_pad, restore_lagged_states
 
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -108,10 +108,7 @@ class VLLMBehaviorPolicy:
         return {"precision": self.precision, "lag": self.lag, "backend": "vllm", "states": [dict(s) for s in self._states]}
 
     def load_state_dict(self, state: dict) -> None:
-        if (state["precision"], state["lag"]) != (self.precision, self.lag):
-            raise ValueError(f"behavior state was saved with precision={state['precision']!r}, lag={state['lag']}; "
-                             f"this behavior policy has precision={self.precision!r}, lag={self.lag}")
-        self._states = deque(({k: v.clone() for k, v in s.items()} for s in state["states"]), maxlen=self.lag + 1)
+        self._states = restore_lagged_states(state, self.precision, self.lag)
         self._push(self._states[0] if self.lag else hf_state(self.policy))
 
     # ------------------------------------------------------------------------------------------- sampling
