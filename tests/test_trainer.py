@@ -9,13 +9,15 @@ import signal
 import pytest
 import torch
 
+from drpo import policy as policy_module
 from drpo import trainer as trainer_module
 from drpo.cli import main
 from drpo.config import load_config
 from drpo.metrics import TIMING_PREFIXES, read_metrics
+from drpo.policy import build_policy
 from drpo.trainer import NonFiniteError, Trainer
 
-# the default base model (small, 2-digit addition, ~30 s of warm-up, cached for the session) with small batches
+# the default base model (small, 2-digit addition, ~30 s of warm-up to 30% accuracy, cached for the session) with small batches
 TINY = ["rollout.prompts=8", "rollout.group_size=4", "eval.prompts=32", "eval.samples=2", "eval.every=4",
         "tensorboard=false"]
 
@@ -95,3 +97,27 @@ def test_cli_train_and_config_error(tmp_path, capsys):
     assert (tmp_path / "cli" / "summary.json").exists()
     assert main(["train", "rollout.precision=fp4"]) == 2
     assert "'rollout.precision' got 'fp4'" in capsys.readouterr().err
+
+
+def test_warm_up_stops_at_the_first_check_that_reaches_the_target(monkeypatch):
+    probe = iter([0.1, 0.2, 0.4, 0.9])
+    monkeypatch.setattr(policy_module.Policy, "greedy_accuracy", lambda self, examples: next(probe))
+    config = load_config(None, ["model=tiny", "warmup.steps=100", "warmup.check_every=5", "warmup.target_accuracy=0.3"])
+    info = build_policy(config).base_info
+    assert (info["warmup_steps"], info["warmup_probe_accuracy"]) == (15, 0.4)
+    assert next(probe) == 0.9  # no check after the stop
+
+
+def test_warm_up_without_a_target_runs_every_step(monkeypatch):
+    def never(self, examples):
+        raise AssertionError("no accuracy check without a target")
+
+    monkeypatch.setattr(policy_module.Policy, "greedy_accuracy", never)
+    config = load_config(None, ["model=tiny", "warmup.steps=12", "warmup.target_accuracy=null"])
+    assert build_policy(config).base_info["warmup_steps"] == 12
+
+
+def test_default_base_model_is_right_sometimes_far_from_always():
+    policy = build_policy(load_config(None, []))  # the session's cached default base model
+    assert 0.3 <= policy.base_info["warmup_probe_accuracy"] <= 0.7
+    assert 0.15 <= policy.greedy_accuracy(policy.task.eval[:256]) <= 0.6  # held out, the band

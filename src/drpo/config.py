@@ -180,9 +180,13 @@ class OptimConfig(Section):
 class WarmupConfig(Section):
     """Supervised warm-up that makes the base model: right sometimes, far from always."""
 
-    steps: int = pydantic.Field(400, ge=0, description="supervised steps (cached by config hash)")
+    steps: int = pydantic.Field(1000, ge=0, description="most supervised steps (the base model is cached by config hash)")
     lr: float = pydantic.Field(1e-3, gt=0.0)
     batch_size: int = pydantic.Field(64, ge=1)
+    target_accuracy: float | None = pydantic.Field(
+        0.3, gt=0.0, le=1.0, description="stop once greedy accuracy on 256 training prompts reaches this (null: run "
+        "all steps); with a fixed step count the start accuracy depends on the seed")
+    check_every: int = pydantic.Field(25, ge=1, description="warm-up steps between two accuracy checks")
 
 
 class EvalConfig(Section):

@@ -23,7 +23,8 @@ from drpo.models.transformer import build_model
 from drpo.rollout import RolloutBatch, generate, make_batch, sequence_log_probs
 from drpo.tasks import get_task
 
-WARMUP_VERSION = 1  # bump when the warm-up recipe changes, so stale cached base models are not reused
+WARMUP_VERSION = 2  # bump when the warm-up recipe changes, so stale cached base models are not reused
+WARMUP_PROBE_PROMPTS = 256  # training prompts whose greedy accuracy ends the warm-up
 
 
 @dataclass
@@ -42,6 +43,12 @@ class Policy:
     def log_probs(self, batch: RolloutBatch, temperature: float):
         """log pi [N, T], entropy [N, T] and scaled logits [N, T, V] of the batch's responses, with gradients."""
         return sequence_log_probs(self.model, batch, temperature)
+
+    def greedy_accuracy(self, examples: list) -> float:
+        """Fraction of ``examples`` whose greedy completion the task's verifier accepts."""
+        completions = self.generate_text([self.encode_prompt(ex) for ex in examples], 1, self.task.max_response_len,
+                                         temperature=0.0)
+        return float(np.mean([self.task.reward(text, ex) for text, ex in zip(completions, examples, strict=True)]))
 
     @torch.no_grad()
     def generate_text(self, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float,
@@ -100,16 +107,20 @@ def load_or_warm_up(policy: Policy, config, console=None) -> dict:
 def warm_up(policy: Policy, config, console=None) -> dict:
     """Supervised fine-tuning on task targets: maximise log pi(target + EOS | prompt).
 
-    Deliberately short: RL should start from a policy that is right sometimes, not always.
+    Deliberately short: RL should start from a policy that is right sometimes, not always. It stops as soon
+    as greedy accuracy on a fixed probe of training prompts (never the eval split) reaches
+    ``warmup.target_accuracy``, checked every ``warmup.check_every`` steps, or after ``warmup.steps``.
     """
     cfg = config.warmup
     model, task, tokenizer = policy.model, policy.task, policy.tokenizer
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 20))
     rng = np.random.default_rng(config.seed + 1)
+    probe = task.train[:WARMUP_PROBE_PROMPTS]
     start = time.perf_counter()
+    steps, accuracy = 0, None
     model.train()
-    for _ in _maybe_progress(range(cfg.steps), console, "warm-up (base model)"):
+    for steps in _maybe_progress(range(1, cfg.steps + 1), console, "warm-up (base model)"):
         examples = [task.train[int(i)] for i in rng.integers(0, len(task.train), cfg.batch_size)]
         batch = make_batch([policy.encode_prompt(ex) for ex in examples],
                            [tokenizer.encode(task.target(ex)) + [tokenizer.eos_id] for ex in examples],
@@ -122,9 +133,13 @@ def warm_up(policy: Policy, config, console=None) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if cfg.target_accuracy is not None and (steps % cfg.check_every == 0 or steps == cfg.steps):
+            accuracy = policy.greedy_accuracy(probe)  # generate_text restores train mode
+            if accuracy >= cfg.target_accuracy:
+                break
     model.eval()
-    return {"warmup_steps": cfg.steps, "warmup_s": round(time.perf_counter() - start, 1),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {"warmup_steps": steps, "warmup_probe_accuracy": accuracy,
+            "warmup_s": round(time.perf_counter() - start, 1), "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def _maybe_progress(iterable, console, description: str):

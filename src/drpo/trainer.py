@@ -175,8 +175,7 @@ class Trainer:
         cfg = self.config.eval
         examples = self.task.eval[: cfg.prompts]
         prompts = [self.policy.encode_prompt(ex) for ex in examples]
-        greedy = self.policy.generate_text(prompts, 1, self.task.max_response_len, temperature=0.0)
-        greedy_acc = float(np.mean([self.task.reward(t, ex) for t, ex in zip(greedy, examples, strict=True)]))
+        greedy_acc = self.policy.greedy_accuracy(examples)
         generator = torch.Generator(self.device).manual_seed(self.config.seed + 10**6 + self.step)  # not training's
         sampled = self.policy.generate_text(prompts, cfg.samples, self.task.max_response_len,
                                             self.config.rollout.temperature, generator)
