@@ -18,14 +18,14 @@ from drpo.cli import main
 from drpo.config import ConfigError, load_config
 from drpo.metrics import read_metrics
 from drpo.models.transformer import KVCache
-from drpo.rollout import BehaviorPolicy, generate, make_batch, sequence_log_probs
+from drpo.rollout import BehaviorPolicy, build_behavior, generate, make_batch, sequence_log_probs
 from drpo.tasks.base import Example
 
 transformers = pytest.importorskip("transformers", reason="model=hf:PATH needs transformers (pip install 'drpo[hf]')")
 tokenizers = pytest.importorskip("tokenizers")
 
 from drpo.models.hf import HFCausalLM, HFTokenizer, build_hf_policy, export_hf, load_hf_model  # noqa: E402
-from drpo.rollout_vllm import batch_from_outputs, build_behavior, vllm_available  # noqa: E402
+from drpo.rollout_vllm import batch_from_outputs, vllm_available  # noqa: E402
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
 BOXES = ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}"]

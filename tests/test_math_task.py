@@ -9,7 +9,6 @@ import time
 import pytest
 
 from drpo.config import ConfigError, load_config
-from drpo.tasks import get_task
 from drpo.tasks.base import Example
 from drpo.tasks.math import DataError, MathTask, answers_match, last_boxed, load_examples
 
@@ -209,7 +208,7 @@ def test_config_keys_and_registry(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [{"question": f"p{i}", "sol": str(i)} for i in range(4)])
     config = load_config(None, ["task=math", f"data={data}", "task.prompt_field=question", "task.answer_field=sol",
                                 "task.n_eval=1"])
-    task = get_task("math", seed=0, **config.task.math_options())
+    task = config.task.build(seed=0)
     assert len(task.train) == 3 and task.eval[0].prompt.endswith(r"put your final answer within \boxed{}.")
     with pytest.raises(ConfigError, match="task=math needs a data file"):
         load_config(None, ["task=math"])

@@ -26,6 +26,10 @@ from drpo.validation import describe_fields, format_validation_error
 class Section(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
 
+    def changed(self, fields: tuple[str, ...]) -> list[str]:
+        """Those of ``fields`` set to something other than their default."""
+        return [k for k in fields if getattr(self, k) != type(self).model_fields[k].default]
+
 
 class LossConfig(Section):
     """The policy loss: a registry name or preset of drpo.losses, its hyper-parameters, the reduction."""
@@ -84,7 +88,7 @@ class ModelConfig(Section):
             if self.moe:
                 raise ValueError("moe applies to the built-in transformer; an hf: model has its own architecture")
             return self
-        changed = [k for k in HF_MODEL_FIELDS if getattr(self, k) != type(self).model_fields[k].default]
+        changed = self.changed(HF_MODEL_FIELDS)
         if changed:
             raise ValueError(f"these keys apply only to Hugging Face models (model=hf:PATH), not to the built-in "
                              f"{self.name!r}: {', '.join(changed)}")
@@ -125,14 +129,18 @@ class TaskConfig(Section):
                 raise ValueError(f"prompt_template {self.prompt_template!r} must contain {{prompt}}")
             compile_prompt_pattern(self.prompt_pattern)  # a bad regex fails here, naming it
             return self
-        changed = [k for k in MATH_TASK_FIELDS if getattr(self, k) != type(self).model_fields[k].default]
+        changed = self.changed(MATH_TASK_FIELDS)
         if changed:
             raise ValueError(f"these keys apply only to task=math, not to task={self.name}: {', '.join(changed)}")
         return self
 
-    def math_options(self) -> dict[str, Any]:
-        """Keyword arguments of drpo.tasks.math.MathTask."""
-        return {k: getattr(self, k) for k in MATH_TASK_FIELDS}
+    def build(self, seed: int):
+        """The task of drpo.tasks with this section's options (the math fields, or digits when set)."""
+        from drpo.tasks import get_task
+
+        options = ({k: getattr(self, k) for k in MATH_TASK_FIELDS} if self.name == "math"
+                   else {} if self.digits is None else {"digits": self.digits})
+        return get_task(self.name, seed=seed, **options)
 
 
 MATH_TASK_FIELDS = ("data", "eval_data", "prompt_field", "answer_field", "prompt_template", "prompt_pattern",
@@ -156,7 +164,7 @@ class RolloutConfig(Section):
 
     @pydantic.model_validator(mode="after")
     def _vllm_fields_need_vllm(self):
-        if self.backend != "vllm" and self.vllm_gpu_memory != type(self).model_fields["vllm_gpu_memory"].default:
+        if self.backend != "vllm" and self.changed(("vllm_gpu_memory",)):
             raise ValueError("vllm_gpu_memory applies only to rollout.backend=vllm")
         if self.backend == "vllm" and self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"rollout.backend=vllm runs in fp32, bf16 or fp16, not {self.precision!r} (the native "

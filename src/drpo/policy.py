@@ -21,7 +21,6 @@ import torch
 from drpo.models.tokenizer import CharTokenizer
 from drpo.models.transformer import build_model
 from drpo.rollout import RolloutBatch, generate, make_batch, sequence_log_probs
-from drpo.tasks import get_task
 
 WARMUP_VERSION = 2  # bump when the warm-up recipe changes, so stale cached base models are not reused
 WARMUP_PROBE_PROMPTS = 256  # training prompts whose greedy accuracy ends the warm-up
@@ -69,8 +68,7 @@ def build_policy(config, console=None) -> Policy:
 
         return build_hf_policy(config, console=console)
     torch.manual_seed(config.seed)  # the base model's initialisation depends on the seed alone
-    options = {} if config.task.digits is None else {"digits": config.task.digits}
-    task = get_task(config.task.name, seed=config.seed, **options)
+    task = config.task.build(config.seed)
     tokenizer = CharTokenizer()
     model = build_model(config.model.name, tokenizer.vocab_size,
                         block_size=task.max_prompt_len + task.max_response_len + 1, moe=config.model.moe)

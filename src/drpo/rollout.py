@@ -17,6 +17,9 @@ The sampler's mu log-prob of a token is that of the distribution it actually sam
 logits / temperature, renormalised over the nucleus when top_p < 1. :func:`sequence_log_probs` computes
 pi with the same temperature but without the nucleus, as trainers do, so top_p < 1 is itself a source of
 mismatch.
+
+:func:`build_behavior` picks the behavior policy a run config asks for: this native copy, or vLLM's
+(``rollout.backend=vllm``, drpo/rollout_vllm.py), which has the same interface.
 """
 
 from __future__ import annotations
@@ -289,6 +292,22 @@ class BehaviorPolicy:
         """
         return generate(self.model, prompts, group_size, max_new_tokens, temperature, top_p, top_k_logprobs,
                         use_cache, generator, eos_id=eos_id, pad_id=pad_id)
+
+
+def build_behavior(config, policy):
+    """The behavior policy of ``config.rollout``: the native copy (any model) or vLLM (hf: models, GPU)."""
+    rollout = config.rollout
+    if rollout.backend == "native":
+        return BehaviorPolicy(policy.model, precision=rollout.precision, lag=rollout.lag)
+    if not config.model.name.startswith("hf:"):
+        raise ValueError("rollout.backend=vllm needs a Hugging Face model (model=hf:PATH); the built-in "
+                         "transformer runs with rollout.backend=native")
+    from drpo.rollout_vllm import VLLMBehaviorPolicy  # vLLM is optional: import it only when asked for
+
+    task = policy.task
+    return VLLMBehaviorPolicy(policy.model, config.model.name.removeprefix("hf:"), precision=rollout.precision,
+                              lag=rollout.lag, gpu_memory=rollout.vllm_gpu_memory, seed=config.seed,
+                              max_model_len=task.max_prompt_len + task.max_response_len)
 
 
 def restore_lagged_states(state: dict, precision: str, lag: int) -> deque[dict[str, torch.Tensor]]:

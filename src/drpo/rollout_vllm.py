@@ -1,6 +1,6 @@
 """Optional vLLM rollout backend (``rollout.backend=vllm``): mu sampled and scored by vLLM on a GPU.
 
-    behavior = build_behavior(config, policy)   # BehaviorPolicy (native) or VLLMBehaviorPolicy (vllm)
+    behavior = build_behavior(config, policy)   # drpo.rollout: BehaviorPolicy, or this VLLMBehaviorPolicy
     batch = behavior.generate(prompts, group_size=8, max_new_tokens=1024, eos_id=tok.eos_id, pad_id=tok.pad_id)
     ...                                         # the trainer's step, unchanged
     behavior.sync(policy.model)                 # push the new weights (or those of `lag` syncs ago) into vLLM
@@ -32,27 +32,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from drpo.rollout import TOPK_LOG_PROB_FLOOR, BehaviorPolicy, RolloutBatch, left_pad, restore_lagged_states
+from drpo.rollout import TOPK_LOG_PROB_FLOOR, RolloutBatch, left_pad, restore_lagged_states
 
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
-
-
-def build_behavior(config, policy):
-    """The behavior policy of ``config.rollout``: the native copy (any model) or vLLM (hf: models, GPU)."""
-    rollout = config.rollout
-    if rollout.backend == "native":
-        return BehaviorPolicy(policy.model, precision=rollout.precision, lag=rollout.lag)
-    if not config.model.name.startswith("hf:"):
-        raise ValueError("rollout.backend=vllm needs a Hugging Face model (model=hf:PATH); the built-in "
-                         "transformer runs with rollout.backend=native")
-    task = policy.task
-    return VLLMBehaviorPolicy(policy.model, config.model.name.removeprefix("hf:"), precision=rollout.precision,
-                              lag=rollout.lag, gpu_memory=rollout.vllm_gpu_memory, seed=config.seed,
-                              max_model_len=task.max_prompt_len + task.max_response_len)
 
 
 def _import_vllm():

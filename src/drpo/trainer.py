@@ -36,8 +36,7 @@ from drpo.config import RunConfig
 from drpo.losses import aggregate
 from drpo.metrics import MetricsLogger, mean_of, mismatch_metrics
 from drpo.policy import Policy, build_policy
-from drpo.rollout import RolloutBatch
-from drpo.rollout_vllm import build_behavior
+from drpo.rollout import RolloutBatch, build_behavior
 
 
 class NonFiniteError(RuntimeError):

@@ -39,7 +39,6 @@ from torch.utils.checkpoint import checkpoint
 from drpo.models.transformer import KVCache
 from drpo.policy import Policy
 from drpo.rollout import RolloutBatch, SequenceLogProbs, sequence_log_probs
-from drpo.tasks import get_task
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # config attributes that hold a dropout probability in the transformers model families we support
@@ -346,9 +345,7 @@ def build_hf_policy(config, console=None) -> HFPolicy:
         model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     model = HFCausalLM(model).to(resolve_device(cfg.device))
 
-    options = (config.task.math_options() if config.task.name == "math"
-               else {} if config.task.digits is None else {"digits": config.task.digits})
-    task = get_task(config.task.name, seed=config.seed, **options)
+    task = config.task.build(config.seed)
     policy = HFPolicy(model, tokenizer, task, micro_batch=cfg.micro_batch, sample_rows=cfg.sample_rows,
                       keep_logits=config.loss.build().spec.needs_topk)
     dropped = drop_long_prompts(policy) if task.name == "math" else {}  # other tasks count characters, not tokens
