@@ -40,11 +40,11 @@ def test_fp32_mu_equals_trainer_recomputation(moe):
 def test_low_precision_mismatch_is_real_and_ordered():
     policy = make_policy()
     mismatch = {}
-    for precision in ("bf16", "fp8", "int8"):
+    for precision in ("bf16", "fp8", "int8", "fp8_all"):
         batch = BehaviorPolicy(policy, precision).generate(PROMPTS, 4, 10, generator=seeded(), **IDS)
         mismatch[precision] = mean_abs_mismatch(policy, batch)
-    assert 0 < mismatch["bf16"] < mismatch["fp8"]
-    assert mismatch["int8"] > 0
+    assert 0 < mismatch["bf16"] < mismatch["fp8"] < mismatch["fp8_all"]
+    assert mismatch["int8"] > mismatch["bf16"]
 
 
 def test_bf16_copy_computes_in_bf16_and_fp8_rounds_weights():
@@ -52,8 +52,21 @@ def test_bf16_copy_computes_in_bf16_and_fp8_rounds_weights():
     assert next(BehaviorPolicy(policy, "bf16").model.parameters()).dtype == torch.bfloat16
     fp8 = BehaviorPolicy(policy, "fp8").model
     weight, original = fp8.blocks[0].attn.qkv.weight, policy.blocks[0].attn.qkv.weight
-    assert weight.dtype == torch.float32 and not torch.equal(weight, original)
-    torch.testing.assert_close(weight, original, atol=0.1 * original.abs().max().item(), rtol=0.07)
+    assert weight.dtype == torch.bfloat16 and not torch.equal(weight.float(), original.bfloat16().float())
+    torch.testing.assert_close(weight.float(), original, atol=0.1 * original.abs().max().item(), rtol=0.07)
+    # engines keep the (tied) embedding and output head in bf16: exactly the bf16 copy's, not on the e4m3 grid
+    torch.testing.assert_close(fp8.wte.weight, policy.wte.weight.bfloat16(), atol=0, rtol=0)
+
+
+def test_fp8_all_rounds_every_linear_in_fp32_including_the_tied_head():
+    policy = make_policy()
+    fp8_all = BehaviorPolicy(policy, "fp8_all").model
+    head = fp8_all.lm_head.weight
+    assert head.dtype == torch.float32 and head is fp8_all.wte.weight
+    scale = policy.lm_head.weight.abs().max() / 448
+    on_grid = (head / scale).to(torch.float8_e4m3fn).float() * scale
+    torch.testing.assert_close(head, on_grid, atol=1e-6, rtol=1e-6)
+    assert not torch.equal(head, policy.lm_head.weight)
 
 
 def test_unknown_precision_lists_valid_ones():

@@ -148,8 +148,9 @@ MATH_TASK_FIELDS = ("data", "eval_data", "prompt_field", "answer_field", "prompt
 
 
 class RolloutConfig(Section):
-    precision: Literal["fp32", "bf16", "fp16", "fp8", "int8"] = pydantic.Field(
-        "fp32", description="numerics of the behavior policy mu (training-inference mismatch)")
+    precision: Literal["fp32", "bf16", "fp16", "fp8", "int8", "fp8_all"] = pydantic.Field(
+        "fp32", description="numerics of the behavior policy mu (training-inference mismatch; fp8/int8: bf16 engine "
+        "with W8A8 Linear layers, embedding and head bf16; fp8_all: fp32 with every Linear in e4m3)")
     lag: int = pydantic.Field(0, ge=0, description="rollouts come from the weights of `lag` steps ago (async RL)")
     prompts: int = pydantic.Field(32, ge=1, description="prompts per RL step")
     group_size: int = pydantic.Field(8, ge=2, description="responses sampled per prompt (G)")

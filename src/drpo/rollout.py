@@ -9,9 +9,14 @@
 
 The behavior policy is a copy of the policy run the way an inference engine would run it: in another
 precision (the training-inference mismatch) and/or with weights some optimizer steps old (asynchronous
-RL). The mismatch is real arithmetic, not injected noise: bf16/fp16 run the copy in that dtype; fp8 and
-int8 round every Linear's weights and inputs through the 8-bit grid and compute in fp32 (simulated
-low-precision inference, since CPUs have no fp8/int8 matmul worth timing).
+RL). The mismatch is real arithmetic, not injected noise (``PRECISION_ROUNDS`` says what each rounds):
+
+- bf16 / fp16: the whole copy runs in that dtype.
+- fp8 / int8: as serving engines run W8A8 quantized models: the copy runs in bf16, and every Linear but the
+  output head has its weights and inputs rounded through the 8-bit grid (simulated: CPUs have no fp8/int8
+  matmul worth timing); the embedding and the output head stay bf16.
+- fp8_all: the earlier, harsher simulation kept for the published sweeps: fp32 compute, every Linear rounded
+  through e4m3 with one scale per tensor, the (tied) embedding and output head included.
 
 The sampler's mu log-prob of a token is that of the distribution it actually sampled from: softmax of
 logits / temperature, renormalised over the nucleus when top_p < 1. :func:`sequence_log_probs` computes
@@ -34,7 +39,16 @@ from torch import nn
 
 from drpo.models.transformer import KVCache
 
-PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8", "fp8_all")
+PRECISION_ROUNDS = {
+    "fp32": "nothing: the trainer's own numerics",
+    "bf16": "every weight and activation to bfloat16 (8-bit mantissa)",
+    "fp16": "every weight and activation to float16 (11-bit mantissa)",
+    "fp8": "bf16 model; Linear weights (per tensor) and inputs (per token) to float8_e4m3, embedding and head bf16",
+    "int8": "bf16 model; Linear weights (per output channel) and inputs (per token) to int8, embedding and head bf16",
+    "fp8_all": "fp32 model; every Linear's weights (per tensor) and inputs (per token) to float8_e4m3, tied "
+               "embedding and output head included",
+}
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 INT8_MAX = 127
 # top-k entries outside the top-p nucleus have probability 0; the losses require finite log-probs, and
@@ -60,8 +74,23 @@ def round_int8(x: torch.Tensor, dim: int) -> torch.Tensor:
 # per token, so a row's logits never depend on the other rows of the batch (padding, cache vs no cache).
 QUANTIZERS = {
     "fp8": (round_fp8, lambda x: round_fp8(x, dim=-1)),
+    "fp8_all": (round_fp8, lambda x: round_fp8(x, dim=-1)),
     "int8": (lambda w: round_int8(w, dim=1), lambda x: round_int8(x, dim=-1)),
 }
+QUANTIZE_HEAD = ("fp8_all",)  # the other 8-bit modes keep the embedding and output head in bf16, as engines do
+
+
+def quantized_linears(model: nn.Module, precision: str) -> list[nn.Linear]:
+    """The Linear layers that ``precision`` rounds to 8 bits: all of them for fp8_all, else all but the output head.
+
+    The output head is the Linear whose output size is the vocabulary (an Embedding's row count): it is tied
+    to the embedding in both model families we run, and engines keep both in bf16.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if precision in QUANTIZE_HEAD:
+        return linears
+    vocab_sizes = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
+    return [m for m in linears if m.out_features not in vocab_sizes]
 
 
 @dataclass
@@ -236,13 +265,14 @@ class BehaviorPolicy:
             raise ValueError(f"lag must be >= 0, got {lag}")
         self.precision, self.lag = precision, lag
         self.model = copy.deepcopy(policy).eval().requires_grad_(False)
-        if precision in ("bf16", "fp16"):
-            self.model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
-        elif precision in QUANTIZERS:
+        if precision in ("bf16", "fp16", "fp8", "int8"):
+            self.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+        self._quantized: list[nn.Linear] = []
+        if precision in QUANTIZERS:
             round_input = QUANTIZERS[precision][1]
-            for module in self.model.modules():
-                if isinstance(module, nn.Linear):
-                    module.register_forward_pre_hook(lambda _, args: (round_input(args[0]), *args[1:]))
+            self._quantized = quantized_linears(self.model, precision)
+            for module in self._quantized:
+                module.register_forward_pre_hook(lambda _, args: (round_input(args[0]), *args[1:]))
         self._states: deque[dict[str, torch.Tensor]] = deque([_cpu_state(policy)], maxlen=lag + 1)
         self._load(self._states[0])
 
@@ -255,7 +285,7 @@ class BehaviorPolicy:
         self.model.load_state_dict(state)  # casts to the copy's dtype for bf16/fp16
         if self.precision in QUANTIZERS:
             round_weight = QUANTIZERS[self.precision][0]
-            weights = {id(m.weight): m.weight for m in self.model.modules() if isinstance(m, nn.Linear)}
+            weights = {id(m.weight): m.weight for m in self._quantized}
             with torch.no_grad():
                 for weight in weights.values():  # tied weights are rounded once
                     weight.copy_(round_weight(weight))

@@ -13,9 +13,13 @@ CONDITIONS: dict[str, dict] = {
              "overrides": []},
     "bf16": {"about": "training-inference mismatch: the behavior policy runs in bfloat16",
              "overrides": ["rollout.precision=bf16"]},
-    "fp8": {"about": "training-inference mismatch: behavior weights and activations rounded through float8_e4m3",
+    "fp8": {"about": "training-inference mismatch as fp8 serving runs it: a bf16 behavior policy whose Linear "
+                     "layers round weights and activations through float8_e4m3 (embedding and head bf16)",
             "overrides": ["rollout.precision=fp8"]},
-    "int8": {"about": "training-inference mismatch: the behavior policy is dynamically quantized to int8",
+    "fp8_all": {"about": "harsher fp8 (the first published sweep's `fp8`): fp32 behavior policy with every Linear, "
+                         "the tied embedding and output head included, rounded through float8_e4m3",
+                "overrides": ["rollout.precision=fp8_all"]},
+    "int8": {"about": "training-inference mismatch: a bf16 behavior policy with W8A8 int8 Linear layers (head bf16)",
              "overrides": ["rollout.precision=int8"]},
     "stale": {"about": "staleness: 4 optimizer steps per rollout batch, rollouts from weights 2 steps old",
               "overrides": ["updates_per_batch=4", "rollout.lag=2"]},
