@@ -133,7 +133,7 @@ if mode == "naive":
 else:
     loss = get_loss("dppo_topk_tv")
     loss(log_prob=log_prob, rollout_log_prob=log_prob, advantages=torch.ones(1), response_mask=torch.ones(1, rows),
-         rollout_topk_ids=ids, rollout_topk_log_probs=topk_log_probs, logits=logits)
+         rollout_topk_ids=ids, rollout_topk_log_probs=topk_log_probs, logits=logits, response_ids=ids[..., 0])
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"extra_mib": (after - before) / 1024, "logits_mib": logits.numel() * 4 / 2**20}))
 """

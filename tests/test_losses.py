@@ -176,7 +176,7 @@ def test_topk_mask_and_gradient(name, seed, spread):
 
     log_prob = log_pi.clone().requires_grad_()
     out = loss(log_prob=log_prob, rollout_log_prob=log_mu, advantages=adv, response_mask=torch.ones_like(log_pi),
-               rollout_topk_ids=ids, rollout_topk_log_probs=topk_lp, logits=logits)
+               rollout_topk_ids=ids, rollout_topk_log_probs=topk_lp, logits=logits, response_ids=sampled)
     (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
     torch.testing.assert_close(out.weight, weight)
     torch.testing.assert_close(grad, -weight * r * adv_bt)
@@ -186,7 +186,7 @@ def test_topk_divergence_is_exact_and_chunk_independent(monkeypatch):
     logits, log_pi_all, log_mu_all, sampled, ids, topk_lp, log_pi, log_mu, adv = topk_case(3, batch=4, length=6)
     tv_ref, kl_ref = naive_topk_divergence(log_pi_all, log_mu_all, sampled, ids)
     loss = get_loss("dppo_topk_tv")
-    x = loss._check(log_pi, log_mu, adv, torch.ones_like(log_pi), None, ids, topk_lp, logits)
+    x = loss._check(log_pi, log_mu, adv, torch.ones_like(log_pi), None, ids, topk_lp, logits, sampled)
     for chunk_elements in (dppo_module.TOPK_CHUNK_ELEMENTS, 13, 1):
         monkeypatch.setattr(dppo_module, "TOPK_CHUNK_ELEMENTS", chunk_elements)
         tv, kl = dppo_module.topk_divergences(x)
@@ -346,7 +346,7 @@ def test_extreme_inputs_stay_finite(name, dtype):
     if LOSSES[name].needs_topk:
         extra = dict(rollout_topk_ids=torch.zeros(1, 4, 2, dtype=torch.long),
                      rollout_topk_log_probs=torch.full((1, 4, 2), -0.7, dtype=dtype),
-                     logits=torch.randn(1, 4, 5, dtype=dtype) * 40)
+                     logits=torch.randn(1, 4, 5, dtype=dtype) * 40, response_ids=torch.tensor([[0, 1, 2, 3]]))
     log_prob = log_pi.to(dtype).requires_grad_()
     out = get_loss(name)(log_prob=log_prob, rollout_log_prob=log_mu.to(dtype),
                          advantages=torch.tensor([5.0], dtype=dtype), response_mask=torch.ones(1, 4), **extra)
@@ -369,3 +369,103 @@ def test_metrics_count_masked_and_corrective_tokens():
     tv = get_loss("dppo_binary_tv")(log_prob=log_pi, rollout_log_prob=log_mu, advantages=torch.tensor([1.0]),
                                     response_mask=torch.tensor([[1, 1, 1, 0]]))
     assert tv.metrics["loss/masked_frac"] == pytest.approx(1 / 3)
+
+
+# --- past the log-ratio clamp and on the boundary (issue 12, items 1 and 4) ---------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_shift_and_binary_kl_come_from_the_log_probs_not_the_clamped_ratio(dtype):
+    """mu = 1e-12, pi = 0.5: log r = 26.9 is past the +-20 clamp, but pi - mu is 0.5, not mu * (e^20 - 1)."""
+    def token(name, pi, mu, adv):
+        log_prob = torch.tensor([[math.log(pi)]], dtype=dtype, requires_grad=True)
+        out = get_loss(name)(log_prob=log_prob, rollout_log_prob=torch.tensor([[math.log(mu)]], dtype=dtype),
+                             advantages=torch.tensor([adv], dtype=dtype), response_mask=torch.ones(1, 1))
+        (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
+        return out.weight.item(), grad.item(), out.metrics
+
+    w, grad, metrics = token("drpo", 0.5, 1e-12, +1.0)
+    assert w == pytest.approx(1 - 0.5 / 0.15, rel=1e-6)  # -2.33: past the boundary, a pull back
+    assert grad > 0 and metrics["loss/corrective_frac"] == 1
+    assert metrics["shift/abs_max"] == pytest.approx(0.5, rel=1e-6)
+    w, grad, _ = token("drpo", 1e-12, 0.5, -1.0)  # the mirror case: pushed down past the clamp
+    assert w == pytest.approx(1 - 0.5 / 0.15, rel=1e-6) and grad < 0
+    for name in ("dppo_binary_tv", "dppo_binary_kl"):
+        w, grad, metrics = token(name, 0.5, 1e-12, +1.0)  # TV shift 0.5, binary KL ~ log 2: both past delta
+        assert w == 0 and grad == 0 and metrics["loss/masked_frac"] == 1, name
+    # binary KL by hand: mu log(mu/pi) + (1-mu) log((1-mu)/(1-pi)) = log 2 up to 3e-11
+    assert token("dppo_binary_kl", 0.5, 1e-12, +1.0)[2]["shift/binary_kl"] == pytest.approx(math.log(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("name", "hyper", "mu", "shift"),
+                         [("drpo", {"delta": 0.15}, 0.5, 0.15), ("drpo", {"delta": 0.1}, 0.3, 0.1),
+                          ("drpo", {"delta": 0.15}, 0.7, 0.15), ("spo", {"eps": 0.2}, 0.5, 0.1)])
+def test_tokens_on_the_boundary_count_as_masked(name, hyper, mu, shift, dtype):
+    """|pi - mu| = delta (DRPO) or |r - 1| = eps (SPO), both directions: w is 0 in exact arithmetic.
+
+    Rounding leaves 1 - shift/delta at +-1e-16 (float64) or +-1e-7 (float32); neither may count a boundary
+    token as corrective or leave it out of the masked fraction.
+    """
+    pi = torch.tensor([[mu + shift, mu - shift]], dtype=torch.float64)
+    out = get_loss(name, **hyper)(log_prob=pi.log().to(dtype), rollout_log_prob=torch.full((1, 2), mu).log().to(dtype),
+                                  advantages=torch.tensor([[1.0, -1.0]], dtype=dtype), response_mask=torch.ones(1, 2))
+    assert out.weight.tolist() == [[0.0, 0.0]]
+    assert out.metrics["loss/masked_frac"] == 1 and out.metrics["loss/corrective_frac"] == 0
+
+
+# --- Top-K at the edges (issue 12, items 2 and 3) ----------------------------------------------------
+
+def kl_by_hand(mu: list[float], pi: list[float]) -> float:
+    return sum(m * math.log(m / p) for m, p in zip(mu, pi, strict=True) if m > 0)
+
+
+def test_topk_rest_bucket_survives_a_top_k_mass_near_one():
+    """pi puts 1 - 1e-8 on mu's top-2, mu puts 1 - 1e-3: float32's 1 - sum(pi_topk) cancels to 0 or 6e-8.
+
+    Buckets {0, 1, rest}; the sampled token 1 is inside. KL = 0.6 log 1 + 0.399 log(0.399/(0.4 - 1e-8))
+    + 1e-3 log(1e-3/1e-8) = 0.01051, under delta = 0.05, so the (harmful: A > 0, pi > mu) token is kept.
+    """
+    pi = [0.6, 0.4 - 1e-8] + [0.25e-8] * 4
+    mu_topk = [0.6, 0.399]
+    expected_kl = kl_by_hand(mu_topk + [1e-3], pi[:2] + [1e-8])
+    expected_tv = 0.5 * (0 + 0.001 - 1e-8 + 1e-3 - 1e-8)
+    assert expected_kl == pytest.approx(0.0105142, abs=1e-7)
+    logits = torch.tensor(pi, dtype=torch.float64).log().float().view(1, 1, 6)
+    kwargs = dict(log_prob=torch.tensor([[math.log(pi[1])]], dtype=torch.float32),
+                  rollout_log_prob=torch.tensor([[math.log(0.399)]], dtype=torch.float32),
+                  advantages=torch.tensor([1.0], dtype=torch.float32), response_mask=torch.ones(1, 1),
+                  rollout_topk_ids=torch.tensor([[[0, 1]]]),
+                  rollout_topk_log_probs=torch.tensor([[mu_topk]], dtype=torch.float64).log().float(),
+                  logits=logits, response_ids=torch.tensor([[1]]))
+    loss = get_loss("dppo_topk_kl")
+    tv, kl = dppo_module.topk_divergences(loss._check(**kwargs))
+    assert kl.item() == pytest.approx(expected_kl, rel=1e-4)
+    assert tv.item() == pytest.approx(expected_tv, rel=1e-4)
+    assert loss(**kwargs).weight.item() == 1
+
+
+def test_topk_partition_is_decided_by_token_ids():
+    """Two rollout sources disagree by 1e-7 on the sampled token's log mu: membership follows the ids.
+
+    Vocabulary of 4, mu = (0.5, 0.2, 0.2, 0.1), mu's top-2 = {0, 1} (a tie broken by id). Token 1 sampled,
+    its log mu recorded 1e-7 below its top-k entry: it is inside, buckets {0, 1, rest}. Token 2 sampled,
+    its log mu 1e-7 above the k-th top-k entry: it is outside, buckets {0, 1, 2, rest}.
+    """
+    mu = [0.5, 0.2, 0.2, 0.1]
+    pi = [0.4, 0.25, 0.3, 0.05]
+    logits = torch.tensor(pi).log().view(1, 1, 4).expand(1, 2, 4)
+    topk_lp = torch.tensor(mu[:2]).log().view(1, 1, 2).expand(1, 2, 2)
+    log_mu_sampled = torch.tensor([[math.log(0.2) - 1e-7, math.log(0.2) + 1e-7]])
+    kwargs = dict(log_prob=torch.tensor([[math.log(pi[1]), math.log(pi[2])]]), rollout_log_prob=log_mu_sampled,
+                  advantages=torch.tensor([1.0]), response_mask=torch.ones(1, 2),
+                  rollout_topk_ids=torch.tensor([[[0, 1], [0, 1]]]), rollout_topk_log_probs=topk_lp,
+                  logits=logits, response_ids=torch.tensor([[1, 2]]))
+    tv, kl = dppo_module.topk_divergences(get_loss("dppo_topk_tv")._check(**kwargs))
+    inside_tv = 0.5 * (0.1 + 0.05 + 0.05)  # rest: mu 0.3, pi 0.35
+    outside_tv = 0.5 * (0.1 + 0.05 + 0.1 + 0.05)
+    torch.testing.assert_close(tv, torch.tensor([[inside_tv, outside_tv]]), rtol=1e-6, atol=1e-9)
+    inside_kl = kl_by_hand([0.5, 0.2, 0.3], [0.4, 0.25, 0.35])
+    outside_kl = kl_by_hand(mu, pi)
+    torch.testing.assert_close(kl, torch.tensor([[inside_kl, outside_kl]]), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="response_ids"):
+        get_loss("dppo_topk_tv")(**{**kwargs, "response_ids": None})

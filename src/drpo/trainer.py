@@ -129,7 +129,7 @@ class Trainer:
         out = self.loss(log_prob=forward.log_prob, rollout_log_prob=batch.rollout_log_prob,
                         advantages=advantages, response_mask=batch.response_mask, old_log_prob=old_log_prob,
                         rollout_topk_ids=batch.rollout_topk_ids, rollout_topk_log_probs=batch.rollout_topk_log_probs,
-                        logits=forward.logits if self.loss.spec.needs_topk else None)
+                        logits=forward.logits if self.loss.spec.needs_topk else None, response_ids=batch.response_ids)
         loss = aggregate(out.per_token, batch.response_mask, cfg.loss.aggregation, self.horizon)
         self.optimizer.zero_grad(set_to_none=True)
         skipped = not torch.isfinite(loss)

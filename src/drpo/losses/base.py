@@ -66,6 +66,7 @@ class LossInputs:
         rollout_topk_log_probs: torch.Tensor | None,
         logits: torch.Tensor | None,
         rollout_log_prob: torch.Tensor,
+        response_ids: torch.Tensor | None = None,
     ):
         dtype = torch.float64 if log_prob.dtype == torch.float64 else torch.float32
         self.log_prob = log_prob.detach().to(dtype)  # [B, T]
@@ -77,13 +78,14 @@ class LossInputs:
         self.rollout_topk_ids = rollout_topk_ids
         self.rollout_topk_log_probs = rollout_topk_log_probs
         self.logits = logits
+        self.response_ids = response_ids  # [B, T] sampled token ids (top-k losses only)
 
     @cached_property
     def mask(self) -> torch.Tensor:  # [B, T] bool
         return self.mask_f != 0
 
     @cached_property
-    def log_ratio(self) -> torch.Tensor:  # [B, T]
+    def log_ratio(self) -> torch.Tensor:  # [B, T], clamped: only for the ratio itself, never for pi - mu
         return (self.log_prob - self.anchor_log_prob).clamp_(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
     @cached_property
@@ -101,22 +103,27 @@ class LossInputs:
 
     @cached_property
     def shift(self) -> torch.Tensor:
-        """pi - anchor = anchor * (r - 1). [B, T]"""
-        return self.ratio_minus_1 * self.anchor_prob
+        """pi - anchor, from the two log-probs. [B, T]
+
+        Not anchor * (r - 1): past the log-ratio clamp that is far too small (mu = 1e-12, pi = 0.5 gives
+        4.9e-4 instead of 0.5) and DRPO's weight, the TV mask and the direction tests turn the wrong way.
+        """
+        return self.log_prob.exp().sub_(self.anchor_prob)
 
     @cached_property
     def binary_kl(self) -> torch.Tensor:
         """KL(Bernoulli(mu) || Bernoulli(pi)) = mu log(mu/pi) + (1-mu) log((1-mu)/(1-pi)), mu = anchor. [B, T]
 
-        One log instead of two: (1-pi) = (1-mu) - (pi-mu); both floored at the dtype's tiny so that
-        mu = 1 or pi = 1 stay finite.
+        From the unclamped log-ratio and shift (see ``shift``). One log instead of two: (1-pi) = (1-mu) -
+        (pi-mu); both floored at the dtype's tiny so that mu = 1 or pi = 1 stay finite.
         """
         tiny = torch.finfo(self.anchor_prob.dtype).tiny
         one_minus_mu = (1 - self.anchor_prob).clamp_(min=tiny)
         one_minus_pi = (one_minus_mu - self.shift).clamp_(min=tiny)
         log_odds = one_minus_pi.reciprocal_().mul_(one_minus_mu).log_()  # log((1-mu)/(1-pi))
+        log_ratio = self.log_prob - self.anchor_log_prob  # log(pi/mu), unclamped
         # a KL is >= 0; float32 rounding can leave -1e-8 where pi ~ mu
-        return log_odds.mul_(one_minus_mu).sub_(self.anchor_prob * self.log_ratio).clamp_(min=0)
+        return log_odds.mul_(one_minus_mu).sub_(log_ratio.mul_(self.anchor_prob)).clamp_(min=0)
 
     @cached_property
     def pushed_up(self) -> torch.Tensor:
@@ -126,6 +133,17 @@ class LossInputs:
     @cached_property
     def pushed_down(self) -> torch.Tensor:
         return self.advantages < 0
+
+
+def snap_boundary(weight: torch.Tensor, width: float) -> torch.Tensor:
+    """``weight`` with values within rounding of 0 set to exactly 0, in place. [B, T]
+
+    A weight 1 - shift / width is 0 in exact arithmetic on the boundary but comes out +-2e-16 (float64)
+    or +-1e-7 (float32), which would count boundary tokens as corrective or kept (loss/corrective_frac
+    tests w < 0, loss/masked_frac w == 0). The shift's rounding is a few ulps of 1, divided by the width.
+    """
+    tolerance = 16 * torch.finfo(weight.dtype).eps * (1 + 1 / width)
+    return weight.masked_fill_(weight.abs() <= tolerance, 0.0)
 
 
 # Returns fresh (objective, weight) tensors: the wrapper masks them in place.
@@ -185,9 +203,12 @@ class Loss:
         rollout_topk_ids: torch.Tensor | None = None,
         rollout_topk_log_probs: torch.Tensor | None = None,
         logits: torch.Tensor | None = None,
+        response_ids: torch.Tensor | None = None,
     ) -> LossOutput:
+        """``response_ids`` [B, T] are the sampled token ids; top-k losses need them to tell whether the
+        sampled token is one of mu's top-k (by id: two sources' log-probs of one token can differ)."""
         x = self._check(log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
-                        rollout_topk_ids, rollout_topk_log_probs, logits)
+                        rollout_topk_ids, rollout_topk_log_probs, logits, response_ids)
         with torch.no_grad():
             objective, weight = self.spec.fn(x, self.hyper)
             weight = weight.mul_(x.mask_f) if weight.shape == x.mask_f.shape else weight * x.mask_f  # [B, T]
@@ -198,8 +219,8 @@ class Loss:
             per_token = _AnalyticGradient.apply(log_prob, per_token, grad)
         return LossOutput(per_token, weight, x.ratio, metrics)
 
-    def _check(self, log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
-               rollout_topk_ids, rollout_topk_log_probs, logits) -> LossInputs:
+    def _check(self, log_prob, rollout_log_prob, advantages, response_mask, old_log_prob=None,
+               rollout_topk_ids=None, rollout_topk_log_probs=None, logits=None, response_ids=None) -> LossInputs:
         name = self.name
         _require_float(name, "log_prob", log_prob)
         if log_prob.dim() != 2:
@@ -222,7 +243,7 @@ class Loss:
             if tensor is not None:
                 _check_log_probs(name, label, tensor.detach())
         if self.spec.needs_topk:
-            _check_topk(name, shape, rollout_topk_ids, rollout_topk_log_probs, logits)
+            _check_topk(name, shape, rollout_topk_ids, rollout_topk_log_probs, logits, response_ids)
         return LossInputs(
             log_prob=log_prob,
             anchor_log_prob=old_log_prob if anchor == "recompute" else rollout_log_prob,
@@ -232,6 +253,7 @@ class Loss:
             rollout_topk_log_probs=rollout_topk_log_probs,
             logits=logits,
             rollout_log_prob=rollout_log_prob,
+            response_ids=response_ids,
         )
 
 
@@ -287,12 +309,13 @@ def _check_log_probs(loss: str, label: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{loss}: {label} must be log-probabilities (<= 0), but its maximum is {high.item():.4g}")
 
 
-def _check_topk(loss: str, shape, ids, log_probs, logits) -> None:
-    if ids is None or log_probs is None or logits is None:
+def _check_topk(loss: str, shape, ids, log_probs, logits, response_ids) -> None:
+    if ids is None or log_probs is None or logits is None or response_ids is None:
         missing = [n for n, t in (("rollout_topk_ids", ids), ("rollout_topk_log_probs", log_probs),
-                                  ("logits", logits)) if t is None]
+                                  ("logits", logits), ("response_ids", response_ids)) if t is None]
         raise ValueError(f"{loss}: a top-k loss needs {', '.join(missing)}: the rollout must record its top-k "
-                         "token ids and log-probs (rollout top_k_logprobs > 0) and the trainer must pass logits")
+                         "token ids and log-probs (rollout top_k_logprobs > 0) and the trainer must pass logits "
+                         "and the sampled token ids")
     if ids.dim() != 3 or ids.shape[:2] != shape:
         raise ValueError(f"{loss}: shape mismatch: rollout_topk_ids has shape {tuple(ids.shape)}, "
                          f"expected [B, T, K] with [B, T] = {tuple(shape)}")
@@ -302,8 +325,12 @@ def _check_topk(loss: str, shape, ids, log_probs, logits) -> None:
     if logits.dim() != 3 or logits.shape[:2] != shape:
         raise ValueError(f"{loss}: shape mismatch: logits has shape {tuple(logits.shape)}, expected [B, T, V] "
                          f"with [B, T] = {tuple(shape)}")
-    if ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{loss}: rollout_topk_ids must be an integer tensor, got {ids.dtype}")
+    if response_ids.shape != shape:
+        raise ValueError(f"{loss}: shape mismatch: response_ids has shape {tuple(response_ids.shape)} but "
+                         f"log_prob has {tuple(shape)}")
+    for label, tensor in (("rollout_topk_ids", ids), ("response_ids", response_ids)):
+        if tensor.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{loss}: {label} must be an integer tensor, got {tensor.dtype}")
     _check_log_probs(loss, "rollout_topk_log_probs", log_probs)
 
 
@@ -311,8 +338,11 @@ def _check_topk(loss: str, shape, ids, log_probs, logits) -> None:
 def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
     """Statistics over valid tokens that every loss reports (keys as in DESIGN.md).
 
-    ``weight`` is already 0 on padding. Masked sums are dot products with the mask (one pass, no
-    temporary); min and max fill padding with the valid mean, which cannot change either.
+    ``weight`` is already 0 on padding. Masked and corrective tokens are counted by exact comparison
+    (w == 0, w < 0): losses whose weight crosses 0 continuously snap it to 0 on the boundary
+    (``snap_boundary``), while a tiny DPPO weight min(r, C)/r is a kept token and must not count as masked.
+    Masked sums are dot products with the mask (one pass, no temporary); min and max fill padding with the
+    valid mean, which cannot change either.
     """
     mask = x.mask_f.reshape(-1)
     n = mask.sum()

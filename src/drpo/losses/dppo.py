@@ -69,51 +69,66 @@ TOPK_CHUNK_ELEMENTS = 1 << 21  # 8 MiB of float32 logits per chunk bounds the ex
 
 @torch.no_grad()
 def topk_divergences(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """TV and KL(mu || pi) over mu's top-k tokens, the sampled token when outside them, and a "rest" bucket.
+    """TV and KL(mu || pi) over a partition of the vocabulary: mu's top-k tokens, the sampled token when
+    it is not one of them, and one "rest" bucket for everything else.
 
-    pi over the top-k ids comes from the logits by a gather minus a chunked log-sum-exp, so no second
-    [B, T, V] tensor is ever materialised: the extra memory is one chunk of rows, whatever V is.
-    The sampled token is outside the top-k exactly when its mu is below the k-th largest mu.
-    Returns (tv, kl), each [B, T].
+    PAPER.md's partition is top-k plus rest. Giving a sampled token outside the top-k a bucket of its own
+    refines it, and a divergence over a finer partition is never smaller (data processing), so the
+    estimate is closer to the full-vocabulary divergence; it also makes the sampled token, whose gradient
+    the mask decides, always count. "Outside" is decided by token ids (``x.response_ids``), never by
+    comparing log-probs: two rollout sources can disagree on one token's log mu by 1e-7.
+
+    pi comes from the logits: a gather minus a chunked log-sum-exp, so no second [B, T, V] tensor is
+    materialised. The rest bucket is summed directly over the tokens outside the members, never as
+    1 - sum(members), which cancels when the members hold nearly all the mass (pi_rest = 1e-8 becomes 0
+    in float32); mu's rest, known only as 1 - sum(top-k), is taken in float64. Returns (tv, kl), each [B, T].
     """
-    logits, ids = x.logits, x.rollout_topk_ids.long()
+    logits, ids, sampled = x.logits, x.rollout_topk_ids.long(), x.response_ids.long()  # [B, T, V], [B, T, K], [B, T]
     batch, length, vocab = logits.shape
-    log_z = _chunked_log_z(logits.reshape(batch * length, vocab), x.log_prob.dtype).view(batch, length)  # [B, T]
-    pi_topk = (logits.gather(-1, ids).to(log_z.dtype) - log_z.unsqueeze(-1)).exp()  # [B, T, K]
-    mu_topk = x.rollout_topk_log_probs.to(log_z.dtype).exp()  # [B, T, K]
+    outside = (ids != sampled.unsqueeze(-1)).all(-1)  # [B, T]
+    members = torch.cat([ids, sampled.unsqueeze(-1)], dim=-1)  # [B, T, K+1]; the last repeats a top-k id if inside
+    log_z, log_rest = _chunked_log_masses(logits.reshape(batch * length, vocab), members.flatten(0, 1),
+                                          x.log_prob.dtype)  # [N], [N]
+    log_z, log_rest = log_z.view(batch, length).double(), log_rest.view(batch, length).double()  # [B, T]
+    counted = torch.cat([torch.ones_like(ids, dtype=torch.bool), outside.unsqueeze(-1)], dim=-1)  # [B, T, K+1]
+    log_pi = logits.gather(-1, members).double() - log_z.unsqueeze(-1)  # [B, T, K+1]
+    log_mu = torch.cat([x.rollout_topk_log_probs, x.rollout_log_prob.unsqueeze(-1)], dim=-1).double()
+    pi, mu = log_pi.exp() * counted, log_mu.exp() * counted  # [B, T, K+1], 0 for a sampled token inside
+    mu_rest = (1 - mu.sum(-1)).clamp_(min=0)  # [B, T]
+    log_pi_rest = log_rest - log_z  # [B, T]
 
-    mu_y, pi_y = x.anchor_prob, x.anchor_prob * x.ratio  # [B, T]
-    outside = (x.anchor_log_prob < x.rollout_topk_log_probs.min(dim=-1).values).to(mu_y.dtype)  # [B, T]
-    mu_rest = (1 - mu_topk.sum(-1) - outside * mu_y).clamp(min=0)  # [B, T]
-    pi_rest = (1 - pi_topk.sum(-1) - outside * pi_y).clamp(min=0)
-
-    tv = 0.5 * ((mu_topk - pi_topk).abs().sum(-1) + outside * (mu_y - pi_y).abs() + (mu_rest - pi_rest).abs())
-    kl = _kl_terms(mu_topk, pi_topk).sum(-1) + outside * _kl_terms(mu_y, pi_y) + _kl_terms(mu_rest, pi_rest)
-    return tv, kl
+    tv = 0.5 * ((mu - pi).abs().sum(-1) + (mu_rest - log_pi_rest.exp()).abs())
+    kl = _kl_terms(mu, log_mu, log_pi).sum(-1) + _kl_terms(mu_rest, mu_rest.log(), log_pi_rest)
+    return tv.to(x.log_prob.dtype), kl.to(x.log_prob.dtype)
 
 
-def _chunked_log_z(flat_logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """log-sum-exp over V of [N, V] logits, a chunk of rows at a time through one reused buffer.
+def _chunked_log_masses(flat_logits: torch.Tensor, members: torch.Tensor,
+                        dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log sum over V, log sum over V minus ``members``) of [N, V] logits exponentiated; members [N, M].
 
-    torch.logsumexp allocates per call, and with several threads the allocator then keeps far more
-    than one chunk resident; a reused buffer keeps the extra memory at one chunk.
+    A chunk of rows at a time through one reused buffer: torch.logsumexp allocates per call, and with
+    several threads the allocator then keeps far more than one chunk resident. An empty rest (every
+    token a member, or all of it underflowing) gives the dtype's smallest log, not -inf.
     """
     num_rows, vocab = flat_logits.shape
     rows = max(1, TOPK_CHUNK_ELEMENTS // vocab)
     buffer = torch.empty(min(rows, num_rows), vocab, dtype=dtype, device=flat_logits.device)
     log_z = torch.empty(num_rows, dtype=dtype, device=flat_logits.device)  # [N]
+    log_rest = torch.empty(num_rows, dtype=dtype, device=flat_logits.device)  # [N]
     for start in range(0, num_rows, rows):
         chunk = flat_logits[start:start + rows]
         work = buffer[: len(chunk)].copy_(chunk)  # [n, V], cast to the compute dtype
-        peak = work.amax(-1, keepdim=True)  # [n, 1]
-        log_z[start:start + rows] = work.sub_(peak).exp_().sum(-1).log_().add_(peak[:, 0])
-    return log_z
+        peak = work.amax(-1)  # [n]
+        work.sub_(peak.unsqueeze(-1)).exp_()
+        log_z[start:start + rows] = work.sum(-1).log_().add_(peak)
+        rest = work.scatter_(-1, members[start:start + rows], 0.0).sum(-1)  # [n]
+        log_rest[start:start + rows] = rest.clamp_(min=torch.finfo(dtype).tiny).log_().add_(peak)
+    return log_z, log_rest
 
 
-def _kl_terms(mu: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
-    """mu * log(mu / pi) with 0 log 0 = 0 and pi floored at the dtype's tiny."""
-    tiny = torch.finfo(mu.dtype).tiny
-    return torch.where(mu > 0, mu * (mu.clamp(min=tiny).log() - pi.clamp(min=tiny).log()), torch.zeros_like(mu))
+def _kl_terms(mu: torch.Tensor, log_mu: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
+    """mu * (log mu - log pi), with 0 log 0 = 0."""
+    return torch.where(mu > 0, mu * (log_mu - log_pi), torch.zeros_like(mu))
 
 
 @register_loss("dppo_topk_tv", TopkTvHyper, "DPPO Top-K TV: mask by TV over mu's top-k tokens plus a rest bucket",

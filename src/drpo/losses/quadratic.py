@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pydantic
 
-from drpo.losses.base import Hyper, LossInputs, register_loss
+from drpo.losses.base import Hyper, LossInputs, register_loss, snap_boundary
 
 
 class SpoHyper(Hyper):
@@ -21,7 +21,7 @@ def spo(x: LossInputs, h: SpoHyper):
     """J = r*A - abs(A)/(2*eps) * (r-1)^2.  w = 1 - sign(A*(r-1)) * abs(r-1)/eps (unbounded for rare tokens)."""
     adv = x.advantages
     objective = (x.ratio * adv).sub_(x.ratio_minus_1.square().mul_(adv.abs() / (2 * h.eps)))
-    weight = (x.ratio_minus_1 * (adv.sign() / -h.eps)).add_(1)
+    weight = snap_boundary((x.ratio_minus_1 * (adv.sign() / -h.eps)).add_(1), h.eps)  # 0 on the boundary
     return objective, weight
 
 
@@ -39,9 +39,11 @@ def drpo(x: LossInputs, h: DrpoHyper):
 
     w = 1 - sign(A*(r-1)) * abs(pi-mu)/delta = 1 - sign(A)*(pi-mu)/delta, within [1 - 1/delta, 1 + 1/delta]:
     1 at pi = mu, 0 on the Binary-TV boundary in the direction A pushes, negative (corrective) past it.
+    pi - mu comes from the log-probs; only r (in J's value and in the gradient w*r*A) is clamped at
+    exp(+-20), so a rare token far past the boundary is still pulled back, with a bounded step.
     """
     adv = x.advantages
     penalty = x.shift * x.ratio_minus_1  # [B, T] = mu * (r-1)^2
     objective = (x.ratio * adv).sub_(penalty.mul_(adv.abs() / (2 * h.delta)))
-    weight = (x.shift * (adv.sign() / -h.delta)).add_(1)
+    weight = snap_boundary((x.shift * (adv.sign() / -h.delta)).add_(1), h.delta)  # 0 on the boundary
     return objective, weight
