@@ -16,8 +16,11 @@ ESTIMATORS = ("grpo", "rloo")
 
 
 def group_advantages(rewards: torch.Tensor, group_index: torch.Tensor, estimator: str = "grpo",
-                     std_normalize: bool = False, eps: float = 1e-6) -> torch.Tensor:
+                     std_normalize: bool = False, eps: float = 1e-6, num_groups: int | None = None) -> torch.Tensor:
     """Advantages [N] of responses with ``rewards`` [N] in groups given by ``group_index`` [N].
+
+    Every tensor lives on the rewards' device. ``num_groups`` (the number of prompts) defaults to
+    group_index.max() + 1, which reads the tensor: a host sync on an accelerator.
 
     >>> group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0, 0, 1, 1]))
     tensor([ 0.5000, -0.5000,  0.0000,  0.0000])
@@ -26,17 +29,23 @@ def group_advantages(rewards: torch.Tensor, group_index: torch.Tensor, estimator
         raise ValueError(f"unknown advantage estimator '{estimator}'. Valid: {', '.join(ESTIMATORS)}")
     if rewards.shape != group_index.shape or rewards.dim() != 1:
         raise ValueError(f"rewards {tuple(rewards.shape)} and group_index {tuple(group_index.shape)} must both be [N]")
-    groups = int(group_index.max()) + 1 if len(group_index) else 0
+    if num_groups is None:
+        num_groups = int(group_index.max()) + 1 if len(group_index) else 0
+    elif len(group_index) and num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1 (the number of prompts), got {num_groups}")
     rewards = rewards.float()
-    count = torch.zeros(groups, dtype=rewards.dtype).index_add_(0, group_index, torch.ones_like(rewards))  # [G]
-    total = torch.zeros(groups, dtype=rewards.dtype).index_add_(0, group_index, rewards)
-    mean = (total / count.clamp(min=1))[group_index]  # [N]
+    group_index = group_index.to(rewards.device)
+
+    def group_sum(values: torch.Tensor) -> torch.Tensor:  # [N] -> [G]
+        return torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, group_index, values)
+
+    count = group_sum(torch.ones_like(rewards))  # [G]
+    mean = (group_sum(rewards) / count.clamp(min=1))[group_index]  # [N]
     if estimator == "rloo":
         size = count[group_index]
         return torch.where(size > 1, (rewards - mean) * size / (size - 1).clamp(min=1), torch.zeros_like(rewards))
     advantages = rewards - mean
     if std_normalize:
-        square = torch.zeros(groups, dtype=rewards.dtype).index_add_(0, group_index, advantages.square())
-        std = (square / (count - 1).clamp(min=1)).sqrt()[group_index]
+        std = (group_sum(advantages.square()) / (count - 1).clamp(min=1)).sqrt()[group_index]
         advantages = advantages / (std + eps)
     return advantages
