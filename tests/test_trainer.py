@@ -12,7 +12,7 @@ import torch
 from drpo import policy as policy_module
 from drpo import trainer as trainer_module
 from drpo.cli import main
-from drpo.config import load_config
+from drpo.config import ConfigError, load_config
 from drpo.metrics import TIMING_PREFIXES, read_metrics
 from drpo.policy import build_policy
 from drpo.trainer import NonFiniteError, Trainer
@@ -121,3 +121,22 @@ def test_default_base_model_is_right_sometimes_far_from_always():
     policy = build_policy(load_config(None, []))  # the session's cached default base model
     assert 0.3 <= policy.base_info["warmup_probe_accuracy"] <= 0.7
     assert 0.15 <= policy.greedy_accuracy(policy.task.eval[:256]) <= 0.6  # held out, the issue's band
+
+
+def test_minibatches_are_exactly_updates_per_batch():
+    """6 rows into 4 updates: torch.chunk gave 3 pieces of 2, the schedule counts 4 optimizer steps."""
+    from types import SimpleNamespace
+
+    from drpo.rollout import make_batch
+
+    batch = make_batch([[1, 2]] * 6, [[3]] * 6, pad_id=0)
+    fake = SimpleNamespace(config=SimpleNamespace(updates_per_batch=4), sampler=torch.Generator().manual_seed(0),
+                           device=torch.device("cpu"))
+    pieces = [rows.tolist() for rows, _ in Trainer.minibatches(fake, batch)]
+    assert len(pieces) == 4 and sorted(len(p) for p in pieces) == [1, 1, 2, 2]
+    assert sorted(sum(pieces, [])) == list(range(6))
+    fake.config.updates_per_batch = 7
+    with pytest.raises(ValueError, match="7 mini-batches cannot be cut from 6 responses"):
+        list(Trainer.minibatches(fake, batch))
+    with pytest.raises(ConfigError, match=r"updates_per_batch=8 mini-batches cannot be cut from 6 .* 3 x 2"):
+        load_config(None, ["rollout.prompts=3", "rollout.group_size=2", "updates_per_batch=8"])

@@ -225,6 +225,16 @@ class RunConfig(Section):
     warmup: WarmupConfig = pydantic.Field(default_factory=WarmupConfig)
     eval: EvalConfig = pydantic.Field(default_factory=EvalConfig)
 
+    @pydantic.model_validator(mode="after")
+    def _batch_splits_into_updates(self):
+        rows = self.rollout.prompts * self.rollout.group_size
+        if rows < self.updates_per_batch:
+            raise ValueError(f"updates_per_batch={self.updates_per_batch} mini-batches cannot be cut from "
+                             f"{rows} responses per step (rollout.prompts x rollout.group_size = "
+                             f"{self.rollout.prompts} x {self.rollout.group_size}): lower updates_per_batch or "
+                             "raise rollout.prompts")
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 

@@ -162,9 +162,16 @@ class Trainer:
         return [train[int(i)] for i in picks]
 
     def minibatches(self, batch: RolloutBatch):
-        """updates_per_batch disjoint mini-batches of whole rows, in a seeded random order."""
-        order = torch.randperm(len(batch.response_ids), generator=self.sampler, device=self.device)
-        for rows in order.chunk(self.config.updates_per_batch):
+        """Exactly updates_per_batch disjoint mini-batches of whole rows, in a seeded random order.
+
+        Their sizes differ by at most one row (tensor_split; torch.chunk would cut 6 rows into 3 pieces of 2
+        for 4 updates, while the learning-rate schedule counts steps x updates_per_batch).
+        """
+        count = self.config.updates_per_batch
+        if len(batch) < count:
+            raise ValueError(f"updates_per_batch={count} mini-batches cannot be cut from {len(batch)} responses")
+        order = torch.randperm(len(batch), generator=self.sampler, device=self.device)
+        for rows in order.tensor_split(count):
             yield rows, batch.select(rows)
 
     # ----------------------------------------------------------------------------- evaluation
