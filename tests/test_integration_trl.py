@@ -154,6 +154,85 @@ def test_config_rejects_what_cannot_work(tmp_path, overrides, message):
         DRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **overrides)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"epsilon": 0.3}, r"epsilon=0\.3.*drpo_loss_kwargs"),
+    ({"epsilon_high": 0.28}, r"epsilon_high=0\.28.*drpo_loss_kwargs"),
+    ({"delta": 2.0, "drpo_loss": "dppo_binary_tv"}, r"delta=2\.0.*'dppo_binary_tv' takes .*delta_low"),
+    # mu anchor: TRL's pi_old / mu weight is not applied, so shaping it would do nothing
+    ({"use_vllm": True, "vllm_importance_sampling_mode": "token_truncate"}, "vllm_importance_sampling_mode"),
+    ({"use_vllm": True, "vllm_importance_sampling_clip_max": 5.0}, "recompute"),
+    # pi_old anchor: without TRL's weight the sampler's mismatch pi_old / mu would be lost
+    ({"use_vllm": True, "vllm_importance_sampling_correction": False, "drpo_loss_kwargs": {"anchor": "recompute"}},
+     "vllm_importance_sampling_correction=True"),
+])
+def test_config_rejects_trl_settings_it_would_ignore(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **overrides)
+
+
+def test_config_keeps_trl_settings_it_applies(tmp_path):
+    """Under anchor='recompute' TRL's vLLM IS weight is applied, so its mode and bounds are honoured."""
+    args = DRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", use_vllm=True,
+                      drpo_loss_kwargs={"anchor": "recompute"}, vllm_importance_sampling_mode="token_truncate",
+                      vllm_importance_sampling_clip_max=2.0)
+    assert args.vllm_importance_sampling_mode == "token_truncate"
+
+
+def recompute_inputs(batch: int = 4, prompt_len: int = 3, length: int = 6, seed: int = 2) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, 3:] = 0
+    return {
+        "prompt_ids": torch.zeros(batch, prompt_len, dtype=torch.long), "prompt_mask": torch.ones(batch, prompt_len),
+        "completion_ids": torch.zeros(batch, length, dtype=torch.long), "completion_mask": mask,
+        "advantages": torch.randn(batch, generator=g),
+        "old_per_token_logps": (torch.rand(batch, length, generator=g) * 0.98 + 0.01).log(),
+        "sampling_per_token_logps": (torch.rand(batch, length, generator=g) * 0.98 + 0.01).log(),
+        # TRL's default sequence_mask: one weight per sequence, 0 where the sequence ratio left [C_min, C_max]
+        "importance_sampling_ratio": torch.tensor([[1.3], [0.0], [0.7], [2.2]]),
+        "num_items_in_batch": torch.tensor(float(mask.sum())),
+    }
+
+
+@pytest.mark.parametrize("anchor", ["recompute", "rollout"])
+def test_recompute_anchor_applies_trls_pi_old_over_mu_weight(tokenizer, tmp_path, anchor):
+    """anchor='recompute': loss = our loss on r = pi / pi_old, times TRL's IS weight; 'rollout': no weight."""
+    trainer = make_trainer(tokenizer, tmp_path, loss_type="bnpo", drpo_loss_kwargs={"delta": 0.15, "anchor": anchor})
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = recompute_inputs()
+    batch, length = inputs["completion_mask"].shape
+    log_prob = (torch.rand(batch, length, generator=torch.Generator().manual_seed(3)) * 0.98 + 0.01).log()
+    log_prob.requires_grad_()
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (log_prob, torch.zeros(batch, length), None)
+
+    loss = trainer._compute_loss(trainer.model, inputs)
+    mask = inputs["completion_mask"]
+    per_token = get_loss("drpo", delta=0.15, anchor=anchor)(
+        log_prob=log_prob, rollout_log_prob=inputs["sampling_per_token_logps"],
+        old_log_prob=inputs["old_per_token_logps"], advantages=inputs["advantages"][:, None].expand(-1, length),
+        response_mask=mask).per_token
+    weight = inputs["importance_sampling_ratio"] if anchor == "recompute" else 1.0
+    expected = aggregate(per_token * weight, mask, "token-mean")
+    assert abs(loss.item() - expected.item()) <= 1e-6
+    grads = [torch.autograd.grad(x, log_prob, retain_graph=True)[0] for x in (loss, expected)]
+    assert (grads[0] - grads[1]).abs().max().item() <= 1e-6
+
+
+def test_recompute_anchor_refuses_mu_without_trls_weight(tokenizer, tmp_path):
+    """A rollout_func without vLLM reports mu but TRL computes no pi_old / mu weight: refuse, do not drop it."""
+    trainer = make_trainer(tokenizer, tmp_path, drpo_loss_kwargs={"delta": 0.15, "anchor": "recompute"})
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = recompute_inputs()
+    del inputs["importance_sampling_ratio"]
+    batch, length = inputs["completion_mask"].shape
+    log_prob = torch.full((batch, length), -1.0, requires_grad=True)
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (log_prob, torch.zeros(batch, length), None)
+    with pytest.raises(ValueError, match="anchor='rollout'"):
+        trainer._compute_loss(trainer.model, inputs)
+
+
 def test_config_takes_json_kwargs(tmp_path):
     args = DRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", drpo_loss="dppo_binary_kl",
                       drpo_loss_kwargs='{"delta": 0.1, "trunc": 5}')

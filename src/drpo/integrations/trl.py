@@ -12,19 +12,31 @@ max_completion_length), ``dapo`` (global token mean over the accumulated batch; 
 
 Anchors: mu = TRL's sampling log-probs (``sampling_per_token_logps``, from vLLM or a rollout_func)
 when present, else its old log-probs pi_old (``old_per_token_logps``, computed when generation and
-optimisation are misaligned), else the current log-probs detached (on-policy: r = 1). pi_old, for
-``anchor="recompute"``, is the old log-probs, else the detached current ones. TRL's vLLM
-importance-sampling ratio pi_old / mu is *not* applied on top: our losses already measure r = pi / mu,
-so it would count the mismatch twice. Tokens whose sampling log-prob vLLM could not provide (NaN)
-fall back to pi_old.
+optimisation are misaligned, or with vLLM and ``vllm_importance_sampling_correction``), else the
+current log-probs detached (on-policy: r = 1). pi_old, for ``anchor="recompute"``, is the old
+log-probs, else the detached current ones. Tokens whose sampling log-prob vLLM could not provide
+(NaN) fall back to pi_old.
+
+TRL's vLLM importance-sampling weight (pi_old / mu, shaped by ``vllm_importance_sampling_mode`` and
+its clip bounds) depends on the anchor:
+
+- ``anchor="rollout"`` (default): not applied. Our losses measure r = pi / mu themselves, so the weight
+  would count the mismatch twice; a non-default mode or clip bound would be ignored and is rejected.
+- ``anchor="recompute"``: r = pi / pi_old, so the sampler's mismatch pi_old / mu is applied exactly as
+  GRPOTrainer applies it (the role of verl's rollout IS weights in its decoupled mode). Hence with
+  vLLM ``vllm_importance_sampling_correction`` must stay True, and a rollout that reports mu without
+  that weight (a rollout_func without vLLM) is refused.
 
 Not supported (rejected by DRPOConfig): the Top-K DPPO variants (TRL keeps only the sampled token's
 log-prob from vLLM and does not hand the loss its logits), ``importance_sampling_level="sequence"``
-(our losses are per token), and TRL's entropy bonus (``entropy_coef``, ``use_adaptive_entropy``).
+(our losses are per token), TRL's entropy bonus (``entropy_coef``, ``use_adaptive_entropy``), and
+TRL's clipping settings ``epsilon``, ``epsilon_high``, ``delta`` (the trust region is the loss's:
+``drpo_loss_kwargs``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +47,15 @@ from trl import GRPOConfig, GRPOTrainer
 from drpo.losses import LossOutput, get_loss
 
 NORMALISATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
+CLIPPING = ("epsilon", "epsilon_high", "delta")  # TRL's PPO trust region; ours is drpo_loss's
+VLLM_IS_SHAPE = ("vllm_importance_sampling_mode", "vllm_importance_sampling_clip_max",
+                 "vllm_importance_sampling_clip_min")
+
+
+def _changed(config: GRPOConfig, names: tuple[str, ...]) -> list[str]:
+    """'name=value' for each of ``names`` that differs from GRPOConfig's default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+    return [f"{name}={getattr(config, name)!r}" for name in names if getattr(config, name) != defaults[name]]
 
 
 @dataclass
@@ -69,6 +90,24 @@ class DRPOConfig(GRPOConfig):
         if self.entropy_coef != 0.0 or self.use_adaptive_entropy:
             raise ValueError("DRPOTrainer does not support TRL's entropy bonus; set entropy_coef=0.0 and "
                              "use_adaptive_entropy=False")
+        if changed := _changed(self, CLIPPING):
+            raise ValueError(
+                f"DRPOTrainer does not use TRL's clipping ({', '.join(changed)}): the trust region is drpo_loss's, "
+                f"set in drpo_loss_kwargs ('{self.drpo_loss}' takes {', '.join(type(loss.hyper).model_fields)}). "
+                "TRL's epsilon / epsilon_high / delta are drpo_loss='ppo_clip' with drpo_loss_kwargs="
+                "{'eps_low': ..., 'eps_high': ..., 'dual_clip': ...}")
+        anchor = getattr(loss.hyper, "anchor", "rollout")
+        if self.use_vllm and anchor == "rollout" and (changed := _changed(self, VLLM_IS_SHAPE)):
+            raise ValueError(
+                f"with anchor='rollout' DRPOTrainer does not apply TRL's vLLM importance-sampling weight (our "
+                f"losses measure r = pi / mu already), so {', '.join(changed)} would be ignored. Bound the ratio "
+                "in drpo_loss_kwargs (e.g. 'trunc' for pg_is and dppo_*), or add 'anchor': 'recompute' to "
+                "drpo_loss_kwargs to apply TRL's pi_old / mu weight with these settings")
+        if self.use_vllm and anchor == "recompute" and not self.vllm_importance_sampling_correction:
+            raise ValueError(
+                "anchor='recompute' measures r = pi / pi_old, so vLLM's mismatch pi_old / mu has to come from TRL's "
+                "importance-sampling weight: keep vllm_importance_sampling_correction=True (its mode and clip "
+                "bounds apply), or use anchor='rollout'")
 
 
 class DRPOTrainer(GRPOTrainer):
@@ -128,6 +167,15 @@ class DRPOTrainer(GRPOTrainer):
 
         out = self.drpo_per_token(per_token_logps, inputs, mask)
         per_token_loss = out.per_token  # [B, T]
+        if getattr(self.drpo_loss.hyper, "anchor", "rollout") == "recompute" and "sampling_per_token_logps" in inputs:
+            # r = pi / pi_old, so the sampler's own mismatch pi_old / mu is TRL's IS weight, applied as
+            # GRPOTrainer applies it (verl's decoupled mode does the same with its rollout IS weights)
+            if "importance_sampling_ratio" not in inputs:
+                raise ValueError(
+                    "anchor='recompute' with a rollout that reports mu (sampling log-probs) needs TRL's pi_old / mu "
+                    "importance-sampling weight, which TRL computes only with use_vllm=True and "
+                    "vllm_importance_sampling_correction=True; use anchor='rollout' with this rollout")
+            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]  # [B, T] or [B, 1]
         if self.off_policy_mask_threshold is not None:
             sampling = inputs.get("sampling_per_token_logps", inputs.get("old_per_token_logps", per_token_logps.detach()))
             advantages = inputs["advantages"]
