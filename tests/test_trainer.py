@@ -140,3 +140,48 @@ def test_minibatches_are_exactly_updates_per_batch():
         list(Trainer.minibatches(fake, batch))
     with pytest.raises(ConfigError, match=r"updates_per_batch=8 mini-batches cannot be cut from 6 .* 3 x 2"):
         load_config(None, ["rollout.prompts=3", "rollout.group_size=2", "updates_per_batch=8"])
+
+
+@pytest.mark.parametrize("updates_per_batch", [1, 2])
+def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_recompute(tmp_path, updates_per_batch):
+    # with one update per batch pi_old is taken from the update's own forward (no extra forward pass); with
+    # more it is recomputed: either way mismatch/* must equal the statistics of the pre-update policy against mu
+    import copy
+
+    from drpo.metrics import mismatch_metrics
+    from drpo.rollout import sequence_log_probs
+
+    config = load_config(None, [*TINY, f"out={tmp_path}", "rollout.precision=bf16",
+                                f"updates_per_batch={updates_per_batch}"])
+    trainer = Trainer(config)
+    before = copy.deepcopy(trainer.model)
+    batches, calls = [], []
+    generate, log_probs = trainer.behavior.generate, trainer.policy.log_probs
+    trainer.behavior.generate = lambda *a, **k: batches.append(generate(*a, **k)) or batches[-1]
+    trainer.policy.log_probs = lambda *a, **k: calls.append(torch.is_grad_enabled()) or log_probs(*a, **k)
+    metrics = trainer.train_step()
+    assert calls == [False] * (updates_per_batch > 1) + [True] * updates_per_batch
+    (batch,) = batches
+    with torch.no_grad():
+        pi_old = sequence_log_probs(before, batch).log_prob
+    expected = mismatch_metrics(pi_old, batch.rollout_log_prob, batch.response_mask)
+    assert expected["mismatch/abs_mean"] > 0
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+CHEAP = ["model=tiny", "warmup.steps=2", "warmup.target_accuracy=null", "eval.prompts=8", "rollout.prompts=4"]
+
+
+def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path):
+    run_dir = tmp_path / "r"
+    Trainer(load_config(None, [*TINY, *CHEAP, f"out={run_dir}", "steps=1"])).train()
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["step"] == 1  # no pickled code
+    written = (run_dir / "config.yaml").read_text()
+    changed = load_config(None, [*TINY, *CHEAP, f"out={run_dir}", "steps=2", f"resume={run_dir}", "optim.lr=0.002",
+                                 "loss.delta=0.3"])
+    with pytest.raises(ConfigError, match=r"only steps .* and out.*loss.delta: None -> 0.3; optim.lr: 0.0001 -> 0.002"):
+        Trainer(changed).train()
+    assert (run_dir / "config.yaml").read_text() == written  # a refused resume leaves the run as it was
+    extended = load_config(None, [*TINY, *CHEAP, f"out={tmp_path / 'r2'}", "steps=2", f"resume={run_dir}"])
+    assert Trainer(extended).train()["steps"] == 2  # steps and out may change

@@ -31,10 +31,12 @@ from rich.progress import (
 )
 
 from drpo.advantages import group_advantages
-from drpo.checkpoint import load_checkpoint, save_checkpoint
-from drpo.config import RunConfig
+from drpo.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
+from drpo.config import RunConfig, check_resume
 from drpo.losses import aggregate
 from drpo.metrics import MetricsLogger, mean_of, mismatch_metrics
+from drpo.mismatch.dump import TrainerDump
+from drpo.mismatch.stats import step_metrics
 from drpo.policy import Policy, build_policy
 from drpo.rollout import RolloutBatch, build_behavior
 
@@ -47,6 +49,7 @@ class NonFiniteError(RuntimeError):
 class UpdateResult:
     metrics: dict[str, float]
     skipped: bool
+    log_prob: torch.Tensor | None = None  # [n, T] log pi at this update, detached (for the log-prob dump)
 
 
 class Trainer:
@@ -71,6 +74,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.stop_requested = False
+        self.log_prob_dump: TrainerDump | None = None  # OUT/log_probs.jsonl when dump_log_probs (set by train)
         self.start_accuracy: float | None = None
         self.best_accuracy: float | None = None
 
@@ -97,14 +101,29 @@ class Trainer:
         start = time.perf_counter()
         old_log_prob = None
         metrics: dict[str, float] = {}
-        if cfg.recompute_old_log_prob or self.loss.hyper.anchor == "recompute":
+        # With one update per batch that the loss does not anchor on pi_old, the update's own forward runs on the
+        # weights that would be recomputed: pi_old comes from it for free instead of from a separate forward.
+        pi_old_from_update = (cfg.recompute_old_log_prob and cfg.updates_per_batch == 1
+                              and self.loss.hyper.anchor != "recompute")
+        if not pi_old_from_update and (cfg.recompute_old_log_prob or self.loss.hyper.anchor == "recompute"):
             with torch.no_grad():
                 old_log_prob = self.policy.log_probs(batch, cfg.rollout.temperature).log_prob  # [N, T] pi_old
-            metrics.update(mismatch_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))
 
+        minibatches = list(self.minibatches(batch))
         updates = [self.update(mb, advantages[rows], None if old_log_prob is None else old_log_prob[rows])
-                   for rows, mb in self.minibatches(batch)]
+                   for rows, mb in minibatches]
         update_s = time.perf_counter() - start
+        if pi_old_from_update:
+            (rows, _), = minibatches
+            old_log_prob = torch.empty_like(batch.rollout_log_prob)  # [N, T]
+            old_log_prob[rows] = updates[0].log_prob  # back from the mini-batch's shuffled row order
+        if old_log_prob is not None:
+            metrics.update(mismatch_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))
+            metrics.update(step_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))  # the tail
+        if self.log_prob_dump is not None:  # mu, pi_old and each mini-batch's pi, before the weights move on
+            self.log_prob_dump.write_step(self.step + 1, max(0, self.step - cfg.rollout.lag), batch, advantages,
+                                          old_log_prob, [(rows, u.log_prob) for (rows, _), u in
+                                                         zip(minibatches, updates, strict=True)])
         self.behavior.sync(self.model)
 
         tokens = float(batch.response_mask.sum())
@@ -153,7 +172,7 @@ class Trainer:
         valid = batch.response_mask.bool()
         metrics = {**out.metrics, "loss/value": loss.item(), "grad_norm": grad_norm,
                    "entropy": forward.entropy[valid].mean().item()}
-        return UpdateResult(metrics, skipped)
+        return UpdateResult(metrics, skipped, forward.log_prob.detach())
 
     def next_examples(self) -> list:
         train = self.task.train
@@ -195,7 +214,7 @@ class Trainer:
             "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "behavior": self.behavior.state_dict(),
             "sampler": self.sampler.get_state(), "prompt_rng": self.prompt_rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+            **global_rng_state(),  # torch, Python, NumPy: plain values, so the checkpoint loads weights_only
             "bad_steps": self.bad_steps, "start_accuracy": self.start_accuracy, "best_accuracy": self.best_accuracy,
             "config": self.config.model_dump(mode="json"),
         }
@@ -208,9 +227,7 @@ class Trainer:
         self.behavior.load_state_dict(state["behavior"])
         self.sampler.set_state(state["sampler"])
         self.prompt_rng.bit_generator.state = state["prompt_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        set_global_rng_state(state)
         self.bad_steps = state["bad_steps"]
         self.start_accuracy, self.best_accuracy = state["start_accuracy"], state["best_accuracy"]
 
@@ -245,13 +262,18 @@ class Trainer:
         from drpo.summary import write_summary
 
         cfg = self.config
+        resume_step = None
+        if cfg.resume:  # before config.yaml is written: a refused resume leaves the run directory as it was
+            state = load_checkpoint(Path(cfg.resume) / "checkpoints")
+            check_resume(state["config"], cfg)
+            self.load_state(state)
+            resume_step = self.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-        resume_step = None
-        if cfg.resume:
-            self.load_state(load_checkpoint(Path(cfg.resume) / "checkpoints"))
-            resume_step = self.step
         logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step)
+        if cfg.dump_log_probs:
+            self.log_prob_dump = TrainerDump(self.run_dir, f"drpo {cfg.rollout.precision} rollout, lag "
+                                             f"{cfg.rollout.lag}", resume_step)
         started = time.perf_counter()
         try:
             with _progress(console) as progress, self._stop_requests():
