@@ -5,6 +5,8 @@
     drpo weights --out FILE.png     gradient-weight curves of PPO, SPO, DPPO and DRPO
     drpo compare [--methods ...] [--conditions ...] [--seeds N] [key=value ...]   the off-policy stress test
     drpo report SWEEP_DIR           rebuild a sweep's report from its run directories
+    drpo mismatch FILE... [--out DIR]            how off-policy is an engine: log-prob files or run directories
+    drpo mismatch model=NAME [key=value ...] [--precisions ...]   mu per rollout precision vs the fp32 trainer
 """
 
 from __future__ import annotations
@@ -84,6 +86,45 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_mismatch(args) -> int:
+    from drpo.mismatch.report import rich_table, write_report
+    from drpo.mismatch.stats import analyse
+
+    overrides = [item for item in args.inputs if "=" in item]
+    if overrides and len(overrides) < len(args.inputs):
+        raise ValueError("give log-prob files (or run directories), or key=value overrides of a model "
+                         "(model mode), not both")
+    command = ["drpo", "mismatch", *args.inputs]
+    if overrides:
+        from drpo.config import load_config
+        from drpo.mismatch.model import measure_precisions
+        from drpo.rollout import PRECISION_ROUNDS
+
+        config = load_config(None, overrides)
+        sources = measure_precisions(config, args.precisions, args.prompts, args.samples,
+                                     console=Console(stderr=True))
+        analyses = [analyse(source) for source in sources]
+        for analysis in analyses:
+            analysis.extra["rounds"] = PRECISION_ROUNDS[analysis.label]
+        command += ["--precisions", *args.precisions, "--prompts", str(args.prompts), "--samples", str(args.samples)]
+    else:
+        from drpo.mismatch.format import read_log_probs
+
+        sources = [read_log_probs(path) for path in args.inputs]
+        for i, source in enumerate(sources):  # two runs named alike stay two columns
+            if [s.label for s in sources].count(source.label) > 1:
+                source.label = f"{source.label} [{i + 1}]"
+        analyses = [analyse(source) for source in sources]
+    console = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the whole table
+    console.print(rich_table(analyses))
+    for analysis in analyses:
+        if "rounds" in analysis.extra:
+            console.print(f"  {analysis.label} rounds {analysis.extra['rounds']}")
+    if args.out:
+        print(f"wrote {write_report(analyses, args.out, ' '.join([*command, '--out', args.out]))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drpo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep_dir", help="directory written by `drpo compare`")
     report.add_argument("--target", type=float, help="eval accuracy for 'steps to target' (default: as the sweep)")
     report.set_defaults(func=cmd_report)
+    from drpo.mismatch import format as mismatch_format
+    from drpo.mismatch.model import DEFAULT_PRECISIONS
+
+    mismatch = sub.add_parser("mismatch", help="training-inference mismatch of log-prob files, or of a model's "
+                              "rollouts per precision", description=mismatch_format.__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    mismatch.add_argument("inputs", nargs="+", metavar="FILE|key=value",
+                          help="log-prob files (.jsonl, .parquet) or run directories with log_probs.jsonl; or, "
+                          "for the model mode, run-config overrides such as model=tiny task=arith")
+    mismatch.add_argument("--out", help="directory for mismatch.md, mismatch.png and mismatch.json")
+    mismatch.add_argument("--precisions", nargs="+", default=list(DEFAULT_PRECISIONS),
+                          help="model mode: rollout precisions to compare with the fp32 trainer")
+    mismatch.add_argument("--prompts", type=int, default=32, help="model mode: held-out prompts")
+    mismatch.add_argument("--samples", type=int, default=4, help="model mode: responses per prompt")
+    mismatch.set_defaults(func=cmd_mismatch)
     return parser
 
 

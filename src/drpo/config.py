@@ -216,6 +216,8 @@ class RunConfig(Section):
     checkpoint_every: int = pydantic.Field(50, ge=1, description="checkpoint every N RL steps (and at the end)")
     max_bad_steps: int = pydantic.Field(3, ge=1, description="stop after this many non-finite steps in a row")
     tensorboard: bool = pydantic.Field(True, description="also log to TensorBoard under OUT/tb")
+    dump_log_probs: bool = pydantic.Field(
+        False, description="write OUT/log_probs.jsonl each step (mu, pi_old, pi, advantages) for `drpo mismatch`")
     loss: LossConfig = pydantic.Field(default_factory=LossConfig)
     model: ModelConfig = pydantic.Field(default_factory=ModelConfig)
     task: TaskConfig = pydantic.Field(default_factory=TaskConfig)

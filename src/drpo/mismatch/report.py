@@ -1,0 +1,236 @@
+"""The mismatch report: a console table, markdown (mismatch.md) and a figure (mismatch.png).
+
+Every source (a file, a run, a rollout precision) is one column or row; every number comes from
+:func:`drpo.mismatch.stats.analyse`, so the console, the markdown and the figure always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+from drpo.mismatch.references import REFERENCES, sources
+from drpo.mismatch.stats import (
+    BANDS,
+    JUMP_FACTOR,
+    JUMP_FLOOR,
+    PAIRS,
+    QUANTILES,
+    TRUST_REGIONS,
+    Analysis,
+    trend_baseline,
+)
+
+SHARE_KEYS = frozenset(BANDS) | {"share"}
+STAT_ROWS = (  # (key, label) of the per-comparison tables
+    *((f"abs_p_{q}", f"|Δp| {q}") for q in ("mean", *QUANTILES, "max")),
+    *((f"abs_logp_{q}", f"|Δlog p| {q}") for q in ("mean", *QUANTILES, "max")),
+    ("logp_mean", "mean of Δlog p"),
+    ("logp_std", "sd of Δlog p"),
+    ("p_diff_min", "min of Δp"),
+    ("p_diff_max", "max of Δp"),
+    *((key, f"share: {label}") for key, label in BANDS.items()),
+    ("kl_k1", "KL(anchor || target), k1 estimate"),
+    ("kl_k3", "KL(anchor || target), k3 estimate"),
+)
+SUMMARY_COLUMNS = (  # (key, header) of the one-line-per-source table: |pi - mu| unless the header says
+    ("abs_p_mean", "mean"), ("abs_p_p99", "p99"), ("abs_p_p99.9", "p99.9"), ("abs_p_max", "max"),
+    ("abs_p_gt_0.05", ">0.05"), ("abs_p_gt_0.15", ">0.15"), ("ratio_outside_0.9_1.1", "ratio out [0.9,1.1]"),
+    ("kl_k3", "KL k3"),
+)
+SUMMARY_TITLE = "|pi - mu| of each source's main comparison (pi_old vs mu when the source has pi_old)"
+
+
+def fmt(key: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if key in SHARE_KEYS or key.startswith(("masked/", "drpo/w_gt", "drpo/w_lt")):
+        return f"{100 * value:.2f}%"
+    if key == "tokens":
+        return f"{int(value):,}"
+    return f"{value:.3g}"
+
+
+def summary_rows(analyses: list[Analysis], extras: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary: one row per source, its main comparison (engine mismatch if present).
+
+    ``extras``: also the sources' extra columns (the model mode's "rounds", long text).
+    """
+    extra = sorted({key for a in analyses for key in a.extra}) if extras else []
+    header = ["source", "compares", "tokens", *(h for _, h in SUMMARY_COLUMNS), *extra]
+    rows = []
+    for a in analyses:
+        stats = a.pairs[a.main_pair]
+        rows.append([a.label, PAIRS[a.main_pair][2].split(": ")[1], fmt("tokens", a.tokens),
+                     *(fmt(k, stats.get(k)) for k, _ in SUMMARY_COLUMNS), *(a.extra.get(k, "") for k in extra)])
+    return header, rows
+
+
+def rich_table(analyses: list[Analysis]):
+    from rich.table import Table
+
+    header, rows = summary_rows(analyses, extras=False)
+    table = Table(title=SUMMARY_TITLE)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < 2 else "right", style="bold cyan" if i == 0 else None,
+                         no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"  # a bare | would end the cell
+
+    return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows), ""]
+
+
+def markdown(analyses: list[Analysis], command: str | None = None, figure: str | None = "mismatch.png") -> str:
+    labels = [a.label for a in analyses]
+    lines = ["# Training-inference mismatch", ""]
+    if command:
+        lines += ["Made by:", "", "```bash", command, "```", ""]
+    lines += ["mu: the rollout engine's probability of each sampled token; pi_old: the trainer's, same weights "
+              "(recomputed before the update); pi: the policy at its update. Quantiles are over tokens.", ""]
+    lines += ["## Sources", ""]
+    lines += _md_table(["source", "sequences", "tokens", "steps", "fields", "engine"],
+                       [[a.label, f"{a.sequences:,}", f"{a.tokens:,}", str(a.steps), ", ".join(a.fields),
+                         ", ".join(a.engines) or "-"] for a in analyses])
+    lines += ["## Summary", "", SUMMARY_TITLE + ".", ""] + _md_table(*summary_rows(analyses))
+    if figure:
+        lines += [f"![mismatch]({figure})", ""]
+    for pair, (_, _, title) in PAIRS.items():
+        having = [a for a in analyses if pair in a.pairs]
+        if not having:
+            continue
+        target, anchor = title.split(": ")[1].split(" vs ")
+        lines += [f"## {title[0].upper() + title[1:]}", "",
+                  f"Δ is {target} minus {anchor}, per token; the bands read pi as {target} and mu as {anchor}.", ""]
+        lines += _md_table(["statistic", *(a.label for a in having)],
+                           [[label, *(fmt(key, a.pairs[pair].get(key)) for a in having)] for key, label in STAT_ROWS])
+    lines += ["## By token probability", "",
+              "The main comparison of each source split by mu of the sampled token: a small absolute shift of a "
+              "rare token is a large ratio.", ""]
+    for a in analyses:
+        lines += [f"**{a.label}** ({PAIRS[a.main_pair][2]})", ""]
+        lines += _md_table(["mu in", "share of tokens", "mean |pi-mu|", "max |pi-mu|", "ratio out [0.9,1.1]",
+                            "|pi-mu| > 0.05"],
+                           [[f"[{b['low']:g}, {b['high']:g}{']' if b['high'] == 1.0 else ')'}", fmt("share", b["share"]),
+                             fmt("", b.get("abs_p_mean")), fmt("", b.get("abs_p_max")),
+                             fmt("ratio_outside_0.9_1.1", b.get("ratio_outside_0.9_1.1")),
+                             fmt("abs_p_gt_0.05", b.get("abs_p_gt_0.05"))] for b in a.buckets[a.main_pair]])
+    lines += ["## What each trust region does with these tokens", "",
+              "Computed by `drpo.losses` on the tokens as they are (pi, or pi_old when the file has no pi, against "
+              "mu): the share of tokens whose gradient weight is 0, and DRPO's weight at delta 0.15. Without "
+              "advantages in the file, each share is the mean over A = +1 and A = -1.", ""]
+    trust_rows = [[f"masked by {label}", *(fmt(f"masked/{label}", a.trust[f"masked/{label}"]) for a in analyses)]
+                  for label, _, _ in TRUST_REGIONS]
+    trust_rows += [["DRPO (delta 0.15): share w > 1", *(fmt("drpo/w_gt_1", a.trust["drpo/w_gt_1"]) for a in analyses)],
+                   ["DRPO (delta 0.15): share w < 0", *(fmt("drpo/w_lt_0", a.trust["drpo/w_lt_0"]) for a in analyses)],
+                   ["DRPO (delta 0.15): w min / max",
+                    *(f"{a.trust['drpo/w_min']:.3g} / {a.trust['drpo/w_max']:.3g}" for a in analyses)]]
+    lines += _md_table(["", *labels], trust_rows)
+    lines += ["## Trend over steps", "",
+              f"Mean |pi - mu| of the main comparison per step; a step is flagged when it exceeds {JUMP_FACTOR:g} x "
+              f"the median of the first steps (the first quarter, 1 to 5 steps) and by more than {JUMP_FLOOR:g}.", ""]
+    trend_rows = []
+    for a in analyses:
+        values = [row["abs_p_mean"] for row in a.trend]
+        flagged = ", ".join(map(str, a.jumps[:10])) + (" ..." if len(a.jumps) > 10 else "")
+        trend_rows.append([a.label, str(len(values)), fmt("", trend_baseline(a.trend)), fmt("", values[-1]),
+                           fmt("", max(values)), flagged or "none"])
+    lines += _md_table(["source", "steps", "first steps", "last step", "max", "flagged steps"], trend_rows)
+    lines += reference_section(analyses)
+    return "\n".join(lines)
+
+
+def reference_section(analyses: list[Analysis]) -> list[str]:
+    lines = ["## Published figures", "",
+             "Mismatch figures other engines' users published, exactly as published, next to the same statistic "
+             "of each source's main comparison (the engine's log-probs against the trainer's). Different models, "
+             "engines and lengths: a place to stand, not a pass mark.", ""]
+    number = {citation: i for i, (citation, _) in enumerate(sources(), start=1)}
+    rows = [[ref.model, ref.engines, ref.precision, ref.metric, ref.published,
+             *(fmt(ref.stat, a.pairs[a.main_pair].get(ref.stat)) if ref.stat else "-" for a in analyses),
+             f"[{number[ref.source]}]"] for ref in REFERENCES]
+    lines += _md_table(["model", "engines", "precision", "statistic", "published", *(a.label for a in analyses),
+                        "source"], rows)
+    lines += [f"[{i}] {citation}: <{url}>" for i, (citation, url) in enumerate(sources(), start=1)]
+    return [*lines, ""]
+
+
+def plot(analyses: list[Analysis], path: str | Path) -> Path:
+    """Four panels: tail of |pi - mu|, ratio band by token probability, trend over steps, trust-region masks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    (tail, bucket, trend, trust) = axes.ravel()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, a in enumerate(analyses):
+        color = colors[i % len(colors)]
+        s = a.pairs[a.main_pair]
+        quantile_keys = ["abs_p_p50", "abs_p_p90", "abs_p_p95", "abs_p_p99", "abs_p_p99.9", "abs_p_max"]
+        tail.plot(range(len(quantile_keys)), [max(s[k], 1e-12) for k in quantile_keys], "o-", color=color,
+                  label=a.label)
+        rows = a.buckets[a.main_pair]
+        width = 0.8 / len(analyses)
+        bucket.bar(np.arange(len(rows)) + i * width, [100 * (r.get("ratio_outside_0.9_1.1") or 0) for r in rows],
+                   width, color=color, label=a.label)
+        trend.plot([r["step"] for r in a.trend], [r["abs_p_mean"] for r in a.trend], "o-", ms=3, color=color,
+                   label=a.label)
+        for step in a.jumps:
+            trend.axvline(step, color=color, alpha=0.15)
+        keys = [f"masked/{label}" for label, _, _ in TRUST_REGIONS] + ["drpo/w_lt_0"]
+        trust.bar(np.arange(len(keys)) + i * width, [100 * a.trust[k] for k in keys], width, color=color,
+                  label=a.label)
+    tail.set(xticks=range(6), xticklabels=["p50", "p90", "p95", "p99", "p99.9", "max"], yscale="log",
+             ylabel="|pi - mu|", title="Tail of |pi - mu| (main comparison)")
+    tail.axhline(0.15, color="grey", ls="--", lw=0.8)
+    edges = [f"{lo:g}-{hi:g}" for lo, hi in zip((0, 1e-3, 1e-2, 0.1, 0.5, 0.9), (1e-3, 1e-2, 0.1, 0.5, 0.9, 1),
+                                                 strict=True)]
+    bucket.set(xticks=np.arange(len(edges)) + 0.4 - 0.4 / len(analyses), xticklabels=edges, xlabel="mu of the token",
+               ylabel="% tokens", title="Ratio pi/mu outside [0.9, 1.1], by token probability")
+    trend.set(xlabel="step", ylabel="mean |pi - mu|", title="Trend over steps (flagged steps shaded)")
+    labels = [label for label, _, _ in TRUST_REGIONS] + ["DRPO w<0"]
+    trust.set(xticks=np.arange(len(labels)) + 0.4 - 0.4 / len(analyses), ylabel="% tokens",
+              title="Masked (w = 0) by each trust region; DRPO corrective (w < 0)")
+    trust.set_xticklabels(labels, rotation=15, fontsize=8)
+    for ax in axes.ravel():
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(analyses: list[Analysis], out_dir: str | Path, command: str | None = None) -> Path:
+    """OUT/mismatch.md, OUT/mismatch.png and OUT/mismatch.json (every statistic); returns the markdown's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(analyses, out / "mismatch.png")
+    # JSON has no NaN: a statistic with no tokens behind it (an empty bucket) is null
+    payload = {"command": command, "sources": [asdict(a) for a in analyses]}
+    (out / "mismatch.json").write_text(json.dumps(_finite(payload), indent=1))
+    path = out / "mismatch.md"
+    path.write_text(markdown(analyses, command))
+    return path
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
