@@ -237,7 +237,7 @@ def test_drpo_train_on_an_hf_model_and_math_data(qwen_dir, data_file, tmp_path):
     assert "eval/sampled_accuracy" in records[-1]
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/latest.pt"):
         assert (out / name).exists(), name
-    trained = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    trained = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["model"]
     initial = HFCausalLM(load_hf_model(qwen_dir)).state_dict()
     changed = [k for k in initial if not torch.equal(initial[k], trained[k])]
     assert len(changed) > len(initial) // 2, f"only {changed} changed"

@@ -208,7 +208,9 @@ class RunConfig(Section):
     out: str = pydantic.Field("runs/default", description="run directory (config, metrics, checkpoints, plots)")
     steps: int = pydantic.Field(150, ge=0, description="RL steps (one rollout batch and its updates each)")
     seed: int = pydantic.Field(0, ge=0)
-    resume: str | None = pydantic.Field(None, description="run directory to continue from its latest checkpoint")
+    resume: str | None = pydantic.Field(
+        None, description="run directory to continue from its latest checkpoint; only steps and out may differ from "
+        "its config (with schedule=cosine a new steps stretches the rest of the schedule)")
     updates_per_batch: int = pydantic.Field(
         1, ge=1, description="optimizer steps per rollout batch (mini-batches, all anchored on mu): staleness")
     recompute_old_log_prob: bool = pydantic.Field(
@@ -319,6 +321,37 @@ def _section_model(loc: list[str]) -> type[pydantic.BaseModel]:
             break
         model = field.annotation
     return model
+
+
+RESUME_MAY_CHANGE = ("steps", "out", "resume")
+
+
+def check_resume(saved: dict, config: RunConfig) -> None:
+    """Refuse to resume a run whose checkpoint (config ``saved``) was made with other settings, naming them.
+
+    A resumed run must continue the same experiment: a new learning rate or loss hyper-parameter would
+    silently change it mid-run. Only ``steps`` (to extend the run; with optim.schedule=cosine the rest of the
+    schedule stretches to the new total) and ``out`` may change. A key missing on one side counts as its default.
+    """
+    defaults = _flatten(RunConfig().model_dump(mode="json"))
+    before, now = _flatten(saved), _flatten(config.model_dump(mode="json"))
+    changed = [f"{key}: {before.get(key, defaults.get(key))!r} -> {now.get(key, defaults.get(key))!r}"
+               for key in sorted(set(before) | set(now))
+               if key not in RESUME_MAY_CHANGE and before.get(key, defaults.get(key)) != now.get(key, defaults.get(key))]
+    if changed:
+        raise ConfigError(f"resume={config.resume}: the checkpoint was made with other settings; a resumed run may "
+                          f"change only steps (to extend it) and out. Changed: {'; '.join(changed)}")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 1e-4}} -> {'optim.lr': 1e-4}"""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def help_text() -> str:

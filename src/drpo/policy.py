@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from drpo.checkpoint import load_state_file
 from drpo.models.tokenizer import CharTokenizer
 from drpo.models.transformer import build_model
 from drpo.rollout import RolloutBatch, generate, make_batch, sequence_log_probs
@@ -91,7 +92,7 @@ def cache_dir() -> Path:
 def load_or_warm_up(policy: Policy, config, console=None) -> dict:
     path = cache_dir() / "base" / f"{base_model_key(config)}.pt"
     if path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = load_state_file(path)  # tensors and plain values only: a cache file cannot run code
         policy.model.load_state_dict(saved["model"])
         return {**saved["info"], "cached": True, "path": str(path)}
     info = warm_up(policy, config, console)

@@ -1,0 +1,45 @@
+"""The base model: its cache loads without running code; a warm-up that misses its target says so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from drpo.config import load_config
+from drpo.policy import base_model_key, build_policy, cache_dir
+
+CHEAP = ["model=tiny", "warmup.steps=2", "warmup.target_accuracy=null"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRPO_CACHE", str(tmp_path / "cache"))
+
+
+class Payload:
+    ran = False
+
+    def __reduce__(self):
+        return (Payload.mark, ())
+
+    @staticmethod
+    def mark():
+        Payload.ran = True
+
+
+def test_a_cached_base_model_that_needs_unpickling_is_refused():
+    config = load_config(None, CHEAP)
+    path = cache_dir() / "base" / f"{base_model_key(config)}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": {}, "info": {}, "evil": Payload()}, path)
+    with pytest.raises(ValueError, match="not loaded"):
+        build_policy(config)
+    assert not Payload.ran
+
+
+def test_the_cache_round_trips_through_weights_only():
+    first = build_policy(load_config(None, CHEAP))
+    again = build_policy(load_config(None, CHEAP))
+    assert again.base_info["cached"] and not first.base_info["cached"]
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[key]), key
