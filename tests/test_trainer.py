@@ -142,23 +142,6 @@ def test_minibatches_are_exactly_updates_per_batch():
         load_config(None, ["rollout.prompts=3", "rollout.group_size=2", "updates_per_batch=8"])
 
 
-CHEAP = ["model=tiny", "warmup.steps=2", "warmup.target_accuracy=null", "eval.prompts=8", "rollout.prompts=4"]
-
-
-def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path):
-    run_dir = tmp_path / "r"
-    Trainer(load_config(None, [*TINY, *CHEAP, f"out={run_dir}", "steps=1"])).train()
-    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["step"] == 1  # no pickled code
-    written = (run_dir / "config.yaml").read_text()
-    changed = load_config(None, [*TINY, *CHEAP, f"out={run_dir}", "steps=2", f"resume={run_dir}", "optim.lr=0.002",
-                                 "loss.delta=0.3"])
-    with pytest.raises(ConfigError, match=r"only steps .* and out.*loss.delta: None -> 0.3; optim.lr: 0.0001 -> 0.002"):
-        Trainer(changed).train()
-    assert (run_dir / "config.yaml").read_text() == written  # a refused resume leaves the run as it was
-    extended = load_config(None, [*TINY, *CHEAP, f"out={tmp_path / 'r2'}", "steps=2", f"resume={run_dir}"])
-    assert Trainer(extended).train()["steps"] == 2  # steps and out may change
-
-
 @pytest.mark.parametrize("updates_per_batch", [1, 2])
 def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_recompute(tmp_path, updates_per_batch):
     # with one update per batch pi_old is taken from the update's own forward (no extra forward pass); with
@@ -202,3 +185,22 @@ def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path):
     assert (run_dir / "config.yaml").read_text() == written  # a refused resume leaves the run as it was
     extended = load_config(None, [*TINY, *CHEAP, f"out={tmp_path / 'r2'}", "steps=2", f"resume={run_dir}"])
     assert Trainer(extended).train()["steps"] == 2  # steps and out may change
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.05])
+def test_moe_load_balancing_loss_is_part_of_the_rl_loss(tmp_path, monkeypatch, coef):
+    """With the policy loss zeroed, an RL update moves the weights through the balancing term alone."""
+    config = load_config(None, [*TINY, *CHEAP, "model.moe=true", f"optim.moe_aux_coef={coef}", f"out={tmp_path}"])
+    trainer = Trainer(config)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    monkeypatch.setattr(trainer_module, "aggregate", lambda per_token, *args, **kwargs: per_token.sum() * 0)
+    metrics = trainer.train_step()
+    assert metrics["loss/moe_aux"] >= 1.0  # Switch balancing loss: 1 when balanced, above otherwise
+    assert metrics["loss/value"] == pytest.approx(coef * metrics["loss/moe_aux"])
+    moved = [k for k, v in trainer.model.state_dict().items() if not torch.equal(before[k], v)]
+    assert bool(moved) == (coef > 0), moved
+
+
+def test_moe_aux_coef_applies_only_to_moe_models():
+    with pytest.raises(ConfigError, match="moe_aux_coef .* model.moe=true"):
+        load_config(None, ["optim.moe_aux_coef=0.1"])

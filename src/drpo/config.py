@@ -184,6 +184,9 @@ class OptimConfig(Section):
     grad_clip: float = pydantic.Field(1.0, gt=0.0, description="max global gradient norm")
     warmup_steps: int = pydantic.Field(5, ge=0, description="linear learning-rate warm-up (optimizer steps)")
     schedule: Literal["constant", "cosine"] = pydantic.Field("constant", description="after warm-up")
+    moe_aux_coef: float = pydantic.Field(
+        0.01, ge=0.0, description="weight of the MoE load-balancing loss added to the RL loss (model.moe=true; the "
+        "warm-up uses 0.01 too); 0: the router may collapse onto few experts")
 
 
 class WarmupConfig(Section):
@@ -237,6 +240,13 @@ class RunConfig(Section):
                              f"{rows} responses per step (rollout.prompts x rollout.group_size = "
                              f"{self.rollout.prompts} x {self.rollout.group_size}): lower updates_per_batch or "
                              "raise rollout.prompts")
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _moe_aux_needs_moe(self):
+        if self.optim.changed(("moe_aux_coef",)) and not self.model.moe:
+            raise ValueError("optim.moe_aux_coef weighs the load-balancing loss of the built-in MoE model; set "
+                             "model.moe=true (a dense or hf: model has no such term here)")
         return self
 
     def to_yaml(self) -> str:

@@ -150,6 +150,9 @@ class Trainer:
                         rollout_topk_ids=batch.rollout_topk_ids, rollout_topk_log_probs=batch.rollout_topk_log_probs,
                         logits=forward.logits if self.loss.spec.needs_topk else None, response_ids=batch.response_ids)
         loss = aggregate(out.per_token, batch.response_mask, cfg.loss.aggregation, self.horizon)
+        if cfg.model.moe:  # the router's load-balancing loss of this forward, as in the warm-up
+            moe_aux = self.model.aux_loss
+            loss = loss + cfg.optim.moe_aux_coef * moe_aux
         self.optimizer.zero_grad(set_to_none=True)
         skipped = not torch.isfinite(loss)
         grad_norm = float("nan")
@@ -172,6 +175,8 @@ class Trainer:
         valid = batch.response_mask.bool()
         metrics = {**out.metrics, "loss/value": loss.item(), "grad_norm": grad_norm,
                    "entropy": forward.entropy[valid].mean().item()}
+        if cfg.model.moe:
+            metrics["loss/moe_aux"] = moe_aux.item()  # 1.0 when routing is balanced
         return UpdateResult(metrics, skipped, forward.log_prob.detach())
 
     def next_examples(self) -> list:
