@@ -6,6 +6,9 @@ w.r.t. log_prob equal drpo.losses + drpo.losses.aggregate on the same float64 in
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -82,6 +85,42 @@ def test_import_verl_alone_registers_our_losses():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert all(f"drpo_{name}_policy_loss" in result.stdout for name in CASES), result.stdout
+    # the plugin says, on every `import verl`, when TRL in this environment would break verl's engine
+    assert ("pip uninstall trl" in result.stderr) == (adapter.trl_conflict() is not None), result.stderr
+
+
+# What `python -m verl.trainer.main_ppo` imports on its way to training (v1 trainer, its workers, the
+# legacy trainer); verl declares their dependencies in its verl-core extra, which our [verl] brings.
+TRAINER_MODULES = ["verl.trainer.main_ppo", "verl.trainer.ppo.v1", "transfer_queue", "verl.workers.engine_workers",
+                   "verl.trainer.main_ppo_v0", "verl.experimental.agent_loop"]
+
+
+@pytest.mark.parametrize("module", TRAINER_MODULES)
+def test_verl_trainer_imports(module):
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        pytest.fail(f"{module}: {error!r}; pip install -e '.[verl]' brings it (through verl[verl-core])")
+
+
+def test_trl_conflict_is_reported_exactly_when_verl_meets_it():
+    """trl_conflict() speaks when verl's engine would fail on TRL, and the failure is real."""
+    message = adapter.trl_conflict()
+    if importlib.util.find_spec("trl") is None:
+        assert message is None
+        return
+    import trl
+
+    if message is None:  # a TRL that verl can use (it has the class verl imports)
+        return
+    assert trl.__version__ in message and "pip uninstall trl" in message
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from verl.models.transformers.monkey_patch import apply_monkey_patch
+
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(ImportError, match="AutoModelForCausalLMWithValueHead"):
+        apply_monkey_patch(model=model)  # what verl's FSDP engine runs on every model it builds
 
 
 def test_registered_names_do_not_clash():
@@ -201,6 +240,50 @@ def test_verls_real_call_site(actor_dictconfig):
     assert abs(loss.item() - expected.item()) <= 1e-6
     assert (grad - expected_grad).abs().max().item() <= 1e-6
     assert "actor/loss/corrective_frac" in metrics and "actor/pg_loss" in metrics
+
+
+@pytest.fixture(scope="module")
+def cpu_update():
+    """tests/verl_cpu_update.py in a fresh interpreter: verl's real actor update for drpo and dppo_binary_tv."""
+    env = {k: v for k, v in os.environ.items() if k != "VERL_USE_EXTERNAL_PLUGINS"}
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "verl_cpu_update.py")], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-6000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+@pytest.mark.parametrize("name", ["drpo", "dppo_binary_tv"])
+def test_verls_real_update_path(cpu_update, name):
+    """update_actor -> train_mini_batch -> FSDP2 engine -> ppo_loss -> our loss, on CPU (verl_cpu_update.py).
+
+    verl's pg_loss (summed over two micro-batches) and grad norm equal one drpo.losses + aggregate()
+    computation on the whole mini-batch outside verl, and our metrics reach verl's output.
+    """
+    theirs, ours = cpu_update[name]["verl"], cpu_update[name]["reference"]
+    assert abs(theirs["actor/pg_loss"] - ours["pg_loss"]) <= 1e-6
+    assert abs(theirs["grad_norm"] - ours["grad_norm"]) <= 1e-6  # the trainer logs it as actor/grad_norm
+    assert {f"actor/{key}" for key in ours["metrics"]} <= set(theirs)
+    # verl averages a loss's metrics over micro-batches, max and min included (README, "Scaling out")
+    micro = ours["micro_batch_metrics"]
+    for key in ("ratio/max", "shift/abs_max", "loss/masked_frac", "loss/corrective_frac"):
+        assert theirs[f"actor/{key}"] == pytest.approx(sum(m[key] for m in micro) / len(micro), abs=1e-6)
+    assert theirs["actor/ratio/max"] < ours["metrics"]["ratio/max"]  # so not the batch's maximum
+
+
+def test_seq_mean_token_sum_norm_as_the_readme_says():
+    """verl 0.9: per-sequence token sum / loss_scale_factor, mean over the global sequence count (empty
+    sequences included, where aggregate() leaves them out); README's verl section says so."""
+    from verl.trainer.ppo.core_algos import agg_loss
+
+    per_token = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])  # the last sequence has no valid token
+    theirs = agg_loss(per_token, mask, "seq-mean-token-sum-norm", global_batch_size=3, loss_scale_factor=4)
+    assert theirs.item() == pytest.approx((3.0 + 3.0) / 3 / 4)  # the empty sequence counts in the mean
+    assert aggregate(per_token, mask, "seq-mean-token-sum-norm", horizon=4).item() == pytest.approx((3.0 + 3.0) / 2 / 4)
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### verl"):readme.index("### TRL")].lower()
+    assert "seq-mean-token-sum-norm" in section and "mean over" in section and "older verl" in section
 
 
 def test_missing_config_field_says_which():

@@ -25,8 +25,9 @@ if [[ ! -f "$TRAIN_FILE" || ! -f "$VAL_FILE" ]]; then
     cp "$(find "$DATA_DIR/AIME-2024" -name '*.parquet' | head -n 1)" "$VAL_FILE"
 fi
 
-# Fail here, not an hour into the run, if the plugin is missing.
-python -c "import verl; from verl.trainer.ppo.core_algos import get_policy_loss_fn; get_policy_loss_fn('drpo')"
+# Fail here, not an hour into the run, if the plugin is missing or TRL would break verl's engine.
+python -c "import sys, verl; from verl.trainer.ppo.core_algos import get_policy_loss_fn; get_policy_loss_fn('drpo')
+from drpo.integrations.verl import trl_conflict; sys.exit(trl_conflict())"
 
 python -m verl.trainer.main_ppo \
     --config-path "$HERE" --config-name drpo_qwen3_4b_base \

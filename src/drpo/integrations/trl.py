@@ -45,6 +45,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from drpo.losses import LossOutput, get_loss
+from drpo.mismatch.dump import CallDump
 
 NORMALISATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
 CLIPPING = ("epsilon", "epsilon_high", "delta")  # TRL's PPO trust region; ours is drpo_loss's
@@ -70,6 +71,11 @@ class DRPOConfig(GRPOConfig):
     drpo_loss_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "hyper-parameters of drpo_loss, a dict or a JSON string, e.g. '{\"delta\": 0.15}'"},
+    )
+    drpo_dump_log_probs: str | None = field(
+        default=None,
+        metadata={"help": "append each loss call's tokens (mu, pi_old, pi, advantages) to this .jsonl or .parquet "
+                  "file for `drpo mismatch`; one file per process (FILE.rank<N>) when distributed"},
     )
 
     def __post_init__(self):
@@ -118,6 +124,7 @@ class DRPOTrainer(GRPOTrainer):
             raise TypeError(f"DRPOTrainer needs args=DRPOConfig(...), got {type(args).__name__}")
         super().__init__(*args_, args=args, **kwargs)
         self.drpo_loss = get_loss(args.drpo_loss, **args.drpo_loss_kwargs)
+        self.log_prob_dump = CallDump(args.drpo_dump_log_probs) if args.drpo_dump_log_probs else None
 
     def drpo_per_token(self, per_token_logps: torch.Tensor, inputs: dict[str, Any],
                        mask: torch.Tensor) -> LossOutput:
@@ -132,6 +139,11 @@ class DRPOTrainer(GRPOTrainer):
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)
         advantages = advantages.to(dtype).expand_as(log_prob)
+        if self.log_prob_dump is not None:  # the tokens as the loss sees them, for `drpo mismatch`
+            source = next((key for key in ("sampling_per_token_logps", "old_per_token_logps")
+                           if inputs.get(key) is not None), "the current log-probs (on-policy)")
+            self.log_prob_dump.write(rollout_log_prob=mu, old_log_prob=old, log_prob=log_prob, mask=mask,
+                                     advantages=advantages, step=self.state.global_step, engine=f"trl: mu = {source}")
         return self.drpo_loss(log_prob=log_prob, rollout_log_prob=mu, old_log_prob=old,
                               advantages=advantages, response_mask=mask)
 

@@ -29,6 +29,7 @@ import torch
 from verl.trainer.ppo import core_algos
 
 from drpo.losses import LOSSES, get_loss
+from drpo.mismatch.dump import env_dump
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,10 @@ def make_policy_loss(name: str):
             advantages=advantages.detach().to(dtype),
             response_mask=response_mask,
         )
+        dump = env_dump()  # $DRPO_DUMP_LOG_PROBS=FILE: this call's tokens, for `drpo mismatch`
+        if dump is not None:
+            dump.write(rollout_log_prob=anchor, log_prob=log_prob, mask=response_mask, advantages=advantages,
+                       engine="verl old_log_prob (mu in bypass mode, pi_old otherwise)")
         per_token = out.per_token  # [B, T]
         if rollout_is_weights is not None:
             per_token = per_token * rollout_is_weights
