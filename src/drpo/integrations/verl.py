@@ -17,12 +17,19 @@ by the trainer (the MiniRL "recompute" anchor). The adapter passes it as ``rollo
 
 Not registered: the Top-K DPPO variants (verl's policy-loss call carries no logits and its rollout
 records no top-k log-probs, so they cannot work honestly), and names verl already owns (``cispo``).
+
+TRL in the same environment breaks verl's engine (not our losses): see ``trl_conflict``, which this
+module reports as a warning whenever verl loads it.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.metadata
+import importlib.util
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -138,4 +145,31 @@ def register() -> list[str]:
     return registered
 
 
+def trl_conflict() -> str | None:
+    """Why verl's FSDP engine cannot be built here because of TRL, or None when it can.
+
+    verl 0.9's ``apply_monkey_patch`` (verl/models/transformers/monkey_patch.py), run on every model
+    its FSDP engine builds, imports ``AutoModelForCausalLMWithValueHead`` from ``trl.experimental.ppo``,
+    else from ``trl``, whenever TRL is importable. TRL 1.x has neither, so building verl's actor raises
+    ImportError. This runs the same two look-ups.
+    """
+    if importlib.util.find_spec("trl") is None:
+        return None
+    for module in ("trl.experimental.ppo", "trl"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # trl.experimental warns on import that it is experimental
+            try:
+                if hasattr(importlib.import_module(module), "AutoModelForCausalLMWithValueHead"):
+                    return None
+            except ImportError:
+                continue
+    return (f"TRL {importlib.metadata.version('trl')} is installed beside verl {importlib.metadata.version('verl')}: "
+            "verl's FSDP engine imports AutoModelForCausalLMWithValueHead from trl.experimental.ppo or trl whenever "
+            "TRL is importable (verl/models/transformers/monkey_patch.py) and this TRL has neither, so building "
+            "verl's actor raises ImportError. Train with verl in an environment without TRL (pip uninstall trl); "
+            "keep drpo[trl] in another environment.")
+
+
 REGISTERED = register()
+if (_TRL_CONFLICT := trl_conflict()) is not None:
+    logger.warning("drpo: %s", _TRL_CONFLICT)
