@@ -204,3 +204,12 @@ def test_moe_load_balancing_loss_is_part_of_the_rl_loss(tmp_path, monkeypatch, c
 def test_moe_aux_coef_applies_only_to_moe_models():
     with pytest.raises(ConfigError, match="moe_aux_coef .* model.moe=true"):
         load_config(None, ["optim.moe_aux_coef=0.1"])
+
+
+def test_top_p_below_one_warns_and_the_gap_it_warns_of_is_real(tmp_path):
+    """fp32 rollout, same weights: with the nucleus, mu = pi / Z on its tokens (Z < 1), so pi - mu <= 0 everywhere."""
+    config = load_config(None, [*TINY, *CHEAP, "rollout.top_p=0.7", f"out={tmp_path}"])
+    with pytest.warns(UserWarning, match=r"rollout.top_p=0.7 < 1: .* pi < mu"):
+        trainer = Trainer(config)
+    metrics = trainer.train_step()
+    assert metrics["mismatch/abs_mean"] > 1e-3 and metrics["mismatch/max"] < 1e-6

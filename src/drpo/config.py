@@ -155,7 +155,9 @@ class RolloutConfig(Section):
     prompts: int = pydantic.Field(32, ge=1, description="prompts per RL step")
     group_size: int = pydantic.Field(8, ge=2, description="responses sampled per prompt (G)")
     temperature: float = pydantic.Field(1.0, gt=0.0, description="sampling temperature (pi and mu use the same)")
-    top_p: float = pydantic.Field(1.0, gt=0.0, le=1.0, description="nucleus sampling; mu is the truncated distribution")
+    top_p: float = pydantic.Field(
+        1.0, gt=0.0, le=1.0, description="nucleus sampling; < 1 makes mu the truncated distribution while pi is not, "
+        "a pi < mu gap on every token that trust regions take for drift (warned; keep 1 for training)")
     top_k_logprobs: int = pydantic.Field(
         0, ge=0, description="record mu's top-k log-probs per token (set automatically for top-k losses)")
     backend: Literal["native", "vllm"] = pydantic.Field(

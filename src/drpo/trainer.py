@@ -15,6 +15,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,15 @@ from drpo.mismatch.dump import TrainerDump
 from drpo.mismatch.stats import step_metrics
 from drpo.policy import Policy, build_policy
 from drpo.rollout import RolloutBatch, build_behavior
+
+
+# We do not truncate pi: the nucleus is mu's, cut from the behavior policy's own logits (another precision,
+# stale weights, vLLM), which the trainer does not have; pi's own nucleus would be a different set.
+TOP_P_WARNING = (
+    "rollout.top_p={top_p} < 1: mu is the nucleus-truncated distribution the sampler drew from, while pi is "
+    "recomputed untruncated, so every sampled token has pi < mu and every trust region reacts to that gap as if "
+    "it were off-policy drift (mean |pi - mu| ~ 2e-2 at top_p=0.9). Use top_p=1 for training rollouts (verl's and "
+    "TRL's default too); see the README, 'Sampling with top_p < 1'.")
 
 
 class NonFiniteError(RuntimeError):
@@ -69,6 +79,8 @@ class Trainer:
         self.behavior = build_behavior(config, self.policy)  # native copy (precision, lag) or vLLM (hf: models)
         self.device = next(self.model.parameters()).device  # cpu, or where an hf: model was put (model.device)
         self.top_k_logprobs = config.rollout.top_k_logprobs or (8 if self.loss.spec.needs_topk else 0)
+        if config.rollout.top_p < 1:
+            warnings.warn(TOP_P_WARNING.format(top_p=config.rollout.top_p), stacklevel=2)
         self.sampler = torch.Generator(self.device).manual_seed(config.seed)  # rollouts and mini-batch order
         self.prompt_rng = np.random.default_rng(config.seed)  # which training prompts each step sees
         self.step = 0
