@@ -41,7 +41,6 @@ from drpo.mismatch.stats import step_metrics
 from drpo.policy import Policy, build_policy
 from drpo.rollout import RolloutBatch, build_behavior
 
-
 # We do not truncate pi: the nucleus is mu's, cut from the behavior policy's own logits (another precision,
 # stale weights, vLLM), which the trainer does not have; pi's own nucleus would be a different set.
 TOP_P_WARNING = (
