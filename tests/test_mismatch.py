@@ -150,6 +150,17 @@ def test_cli_reports_files_and_errors(tmp_path, capsys):
     assert main(["mismatch", str(tmp_path / "a"), "model=tiny"]) == 2
 
 
+def test_runs_named_alike_get_distinct_labels(tmp_path):
+    """A sweep's runs share their last directory names: the report keeps the parts that differ."""
+    for condition in ("bf16", "fp8"):
+        write_log_probs(tmp_path / condition / "drpo" / "seed0" / "log_probs.jsonl", [record()])
+    out = tmp_path / "out"
+    assert main(["mismatch", str(tmp_path / "bf16" / "drpo" / "seed0"), str(tmp_path / "fp8" / "drpo" / "seed0"),
+                 "--out", str(out)]) == 0
+    saved = json.loads((out / "mismatch.json").read_text())
+    assert [s["label"] for s in saved["sources"]] == ["bf16/drpo/seed0", "fp8/drpo/seed0"]
+
+
 def test_step_metrics_are_pair_stats_of_the_valid_tokens():
     mu = torch.log(torch.tensor([MU, [0.3, 0.3, 0.3, 0.3, 0.3]]))  # [2, 5]
     pi = torch.log(torch.tensor([PI, [0.9, 0.9, 0.9, 0.9, 0.9]]))

@@ -108,12 +108,11 @@ def cmd_mismatch(args) -> int:
             analysis.extra["rounds"] = PRECISION_ROUNDS[analysis.label]
         command += ["--precisions", *args.precisions, "--prompts", str(args.prompts), "--samples", str(args.samples)]
     else:
-        from drpo.mismatch.format import read_log_probs
+        from drpo.mismatch.format import distinct_labels, read_log_probs
 
         sources = [read_log_probs(path) for path in args.inputs]
-        for i, source in enumerate(sources):  # two runs named alike stay two columns
-            if [s.label for s in sources].count(source.label) > 1:
-                source.label = f"{source.label} [{i + 1}]"
+        for source, label in zip(sources, distinct_labels([source.path for source in sources]), strict=True):
+            source.label = label
         analyses = [analyse(source) for source in sources]
     console = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the whole table
     console.print(rich_table(analyses))

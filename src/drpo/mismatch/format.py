@@ -93,6 +93,19 @@ def default_label(path: Path) -> str:
     return path.parent.name if path.stem.startswith("log_probs") and path.parent.name else path.stem
 
 
+def distinct_labels(paths: list[str]) -> list[str]:
+    """The fewest trailing path parts that tell the sources apart: sweep/fp8/drpo/seed0 and sweep/bf16/drpo/seed0
+    (their log_probs.jsonl) become fp8/drpo/seed0 and bf16/drpo/seed0; a single run keeps its directory name."""
+    parts = [Path(p).parent.parts if Path(p).stem.startswith("log_probs") else Path(p).with_suffix("").parts
+             for p in paths]
+    depth = max((len(p) for p in parts), default=1)
+    for k in range(1, depth + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]  # the same file twice
+
+
 def read_log_probs(path: str | Path, label: str | None = None) -> TokenLogProbs:
     """Read and validate a log-prob file (or a run directory's dump) into a :class:`TokenLogProbs`."""
     path = resolve_path(path)
