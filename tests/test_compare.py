@@ -20,7 +20,7 @@ from drpo.metrics import TIMING_PREFIXES
 from drpo.trainer import Trainer
 
 TINY = ["steps=4", "rollout.prompts=4", "rollout.group_size=4", "eval.every=2", "eval.prompts=16", "eval.samples=1",
-        "warmup.steps=40", "model=tiny", "tensorboard=false"]
+        "warmup.steps=40", "warmup.target_accuracy=null", "model=tiny", "tensorboard=false"]
 
 
 @pytest.fixture(autouse=True)

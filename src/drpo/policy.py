@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,13 +95,29 @@ def load_or_warm_up(policy: Policy, config, console=None) -> dict:
     if path.exists():
         saved = load_state_file(path)  # tensors and plain values only: a cache file cannot run code
         policy.model.load_state_dict(saved["model"])
-        return {**saved["info"], "cached": True, "path": str(path)}
+        return checked_target({**saved["info"], "cached": True, "path": str(path)}, config.warmup.target_accuracy)
     info = warm_up(policy, config, console)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     torch.save({"model": policy.model.state_dict(), "info": info}, tmp)
     os.replace(tmp, path)  # concurrent sweeps may warm up the same base model: last rename wins, both valid
-    return {**info, "cached": False, "path": str(path)}
+    return checked_target({**info, "cached": False, "path": str(path)}, config.warmup.target_accuracy)
+
+
+def checked_target(info: dict, target: float | None) -> dict:
+    """``info`` plus ``missed_target``: the warm-up ended at its step cap short of ``target`` (then a warning).
+
+    RL from such a base model may find no reward signal at all, and a comparison of methods over it would
+    rank noise; summary.json records the flag and `drpo compare` refuses to name a winner over it.
+    """
+    accuracy = info.get("warmup_probe_accuracy")
+    missed = target is not None and (accuracy is None or accuracy < target)
+    if missed:
+        warnings.warn(f"the base model missed its warm-up target: greedy probe accuracy {accuracy} after "
+                      f"{info.get('warmup_steps')} steps (the warmup.steps cap) is below warmup.target_accuracy="
+                      f"{target}, so RL from it may find no reward signal; raise warmup.steps, or use a larger model "
+                      "or an easier task", stacklevel=3)
+    return {**info, "warmup_target_accuracy": target, "missed_target": missed}
 
 
 def warm_up(policy: Policy, config, console=None) -> dict:

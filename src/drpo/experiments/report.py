@@ -148,8 +148,9 @@ def summarize(grid: dict, runs: list[Run], target: float | None = None) -> dict:
                                         if mruns and cond_target is not None else None)
             entry["per_seed"] = per_seed
             methods[label] = entry
+        weak = sorted({r.seed for r in crun if (r.summary.get("base_model") or {}).get("missed_target")})
         results["conditions"][condition] = {"about": spec["about"], "overrides": spec["overrides"],
-                                            "target": cond_target, "methods": methods}
+                                            "target": cond_target, "methods": methods, "weak_base_seeds": weak}
     results["verdict"] = verdict(results)
     return results
 
@@ -171,7 +172,8 @@ def verdict(results: dict) -> dict:
     Rules: a method wins a condition with the highest seed-mean final eval accuracy (ties: within TIE);
     a difference between two methods is *beyond the seed spread* when both have >= 2 seeds and
     abs(difference) > std_a + std_b, *within* it otherwise; with one seed the spread is unknown.
-    Every method on the headline loss (drpo, any delta) is compared with every other method.
+    Every method on the headline loss (drpo, any delta) is compared with every other method. A condition
+    with a run whose base model missed its warm-up target is not judged (one sentence says why).
     """
     headline = [label for label, m in results["methods"].items() if m.get("canonical") == "drpo"]
     out = {"conditions": {}, "overall": []}
@@ -181,6 +183,13 @@ def verdict(results: dict) -> dict:
         sentences = []
         if not methods:
             out["conditions"][condition] = [f"{condition}: no finished runs."]
+            continue
+        if cond.get("weak_base_seeds"):  # the runs had little or no reward signal: a ranking would rank noise
+            seeds = ", ".join(str(s) for s in cond["weak_base_seeds"])
+            out["conditions"][condition] = [
+                f"{condition}: not judged. The base model of seed {seeds} missed its warm-up target "
+                "(summary.json: base_model.missed_target), so RL from it had little or no reward signal and the "
+                "highest final accuracy would rank noise; raise warmup.steps or use an easier task."]
             continue
         best = max(m["final"]["mean"] for m in methods.values())
         winners = [label for label, m in methods.items() if best - m["final"]["mean"] < TIE]
