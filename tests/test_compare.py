@@ -260,3 +260,28 @@ def test_tiny_sweep_report_reuse_and_resume(tmp_path):
         assert f"drpo beat pg_is by {gap:.3f} (one seed, spread unknown)" in sentences[-1]
     elif gap <= -5e-4:
         assert f"drpo lost to pg_is by {-gap:.3f} (one seed, spread unknown)" in sentences[-1]
+
+
+def test_a_base_model_that_missed_its_target_is_flagged_not_ranked():
+    """The issue's case: finals 0.003 against 0.000 from a base model at 0.004 of a 0.3 target."""
+    results = synthetic_results()
+    results["conditions"]["hard"]["weak_base_seeds"] = [1]
+    out = verdict(results)
+    assert out["conditions"]["hard"] == [
+        "hard: not judged. The base model of seed 1 missed its warm-up target (summary.json: "
+        "base_model.missed_target), so RL from it had little or no reward signal and the highest final accuracy "
+        "would rank noise; raise warmup.steps or use an easier task."]
+    assert out["overall"] == ["drpo had the highest final accuracy in 1 of 1 condition (easy).", "drpo never collapsed."]
+
+
+def test_summarize_reads_the_flag_from_summary_json(tmp_path):
+    from drpo.experiments.report import Run, summarize
+
+    grid = {"methods": {"drpo": {"canonical": "drpo"}}, "seeds": [0, 1],
+            "conditions": {"fp32": {"about": "", "overrides": []}}}
+    records = [{"step": 0, "eval/accuracy": 0.004}, {"step": 4, "eval/accuracy": 0.003}]
+    runs = [Run("fp32", "drpo", seed, tmp_path, records, {"base_model": {"missed_target": seed == 1}})
+            for seed in (0, 1)]
+    results = summarize(grid, runs)
+    assert results["conditions"]["fp32"]["weak_base_seeds"] == [1]
+    assert results["verdict"]["conditions"]["fp32"][0].startswith("fp32: not judged. The base model of seed 1")
