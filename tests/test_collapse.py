@@ -127,3 +127,15 @@ def test_earliest_rule_gives_the_step_and_all_reasons_are_kept():
     verdict = detect_collapse(records)
     assert verdict.collapsed and verdict.step == 8  # the mismatch rule fires before the accuracy rule (20)
     assert "mean |pi-mu|" in verdict.reason and "eval accuracy" in verdict.reason
+
+
+@pytest.mark.parametrize(("lag", "collapsed"), [(1, False), (3, False), (4, False), (8, False), (16, False),
+                                                (30, True)])
+def test_a_lagged_runs_ramp_as_the_docstring_says(lag, collapsed):
+    """Mismatch ramping linearly from 0 (step 1) to a steady 0.04 over the first `lag` steps, then flat.
+
+    The baseline (median of the first 5 steps) is 2/lag of the steady value for lag >= 3, so the steady lag
+    mismatch stays under 10x baseline up to lag ~20 and is called a blow-up beyond.
+    """
+    values = [0.04 * min(step, lag) / lag for step in range(lag + 30)]
+    assert detect_collapse(mismatch(values)).collapsed is collapsed

@@ -14,8 +14,11 @@ any of these holds; the reported step is the earliest one.
    mismatch_floor)`` = max(10 x baseline, 0.01) from some step to the end of the run; the baseline is
    the median over the first ``window`` training steps. The factor makes the rule relative to each
    condition's own mismatch (bf16 starts higher than fp32); the floor keeps float noise (fp32: ~1e-8,
-   so 10x is still nothing) from counting; the median ignores single-step spikes, and also the first
-   steps of a lagged run, whose rollouts come from the same weights.
+   so 10x is still nothing) from counting; the median ignores single-step spikes. A run with lag L
+   samples from the initial weights while the trainer moves on, so its mismatch ramps up from 0 (step 1)
+   to the steady lag mismatch over its first L steps: for L <= 2 the median of the first 5 steps is
+   already the steady value; for L >= 3 it is a ramp value, about 2/L of the steady one if the ramp is
+   linear, so a steady lag mismatch stays under the 10x threshold only for lags up to about 20.
 3. **Non-finite.** A step logged a non-finite ``reward/mean`` or ``mismatch/abs_mean``, or the run
    stopped on repeated non-finite losses (``stopped`` given, from summary.json).
 
