@@ -3,7 +3,7 @@
 #   rollout 64 prompts x 8 samples; lr 1e-6; 4 updates per rollout, anchored on the rollout log-probs mu;
 #   seq-mean-token-sum-norm over 8192; advantages not divided by the group std; math-verify reward;
 #   AIME 2024 avg@16 every 10 steps.
-# Needs: pip install "drpo[verl]" math-verify, plus vLLM for verl's rollout (see docs/scaling_out.md).
+# Needs: pip install "drpo[verl]" math-verify, plus vLLM for verl's rollout (see README.md, "Scaling out").
 # Usage:  DELTA=0.15 bash examples/verl/run_drpo_qwen3_4b_base.sh [more hydra overrides]
 set -euo pipefail
 
