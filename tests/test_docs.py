@@ -39,3 +39,10 @@ def test_the_documents_are_found():
 def test_every_named_path_exists(document):
     missing = sorted({name for name, path in named_paths(document) if not path.exists()})
     assert not missing, f"{document.relative_to(ROOT)} names paths that do not exist: {', '.join(missing)}"
+
+
+def test_the_readme_says_first_which_drpo_this_is():
+    """'DRPO' also names Decoupled Reward Policy Optimization (arXiv 2510.04474): a reader must not be misled."""
+    opening = "\n".join((ROOT / "README.md").read_text().splitlines()[:12])
+    assert "Divergence Regularized Policy Optimization" in opening and "2606.09821" in opening
+    assert "Decoupled Reward Policy Optimization" in opening and "2510.04474" in opening
