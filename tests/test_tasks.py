@@ -6,6 +6,9 @@ from hypothesis import strategies as st
 
 from drpo.models import CharTokenizer
 from drpo.tasks import SYNTHETIC_TASKS, TASKS, Example, get_task
+from drpo.tasks.arith import CHAT_PROMPT as CHAT_ARITH
+from drpo.tasks.chat import final_digit_list, final_number
+from drpo.tasks.sort import CHAT_PROMPT as CHAT_SORT
 
 TOK = CharTokenizer()
 SMALL = dict(n_train=300, n_eval=50)
@@ -81,3 +84,69 @@ def test_reward_never_raises(text):
     for task in ALL_TASKS:
         example = task.eval[0]
         assert task.reward(text, example) == (1.0 if text == example.answer else 0.0)
+
+
+# ------------------------------------------------------------------------------------------ chat phrasing
+# replies of SmolLM2-135M-Instruct (greedy, 16-token budget) to the chat prompts, as the model wrote them
+SMOLLM2_ARITH_REPLIES = [  # (a, b, reply, right?)
+    (12, 26, "12 + 26 = 38", True),
+    (79, 61, "79 + 61 = 140", True),
+    (34, 36, "34 + 36 = 108", False),
+    (42, 42, "42 + 42 = 164", False),
+    (63, 11, "To solve this, we need to combine the 63 and 11", False),  # ran out of budget mid-explanation
+    (6, 63, "The answer is 6 + 63, which is 6 + ", False),
+    (5, 7, "The answer is 12.", True),
+]
+SMOLLM2_SORT_REPLIES = [  # (digits, reply, right?)
+    ("776", "7, 7, 6", False),
+    ("265", "2, 6, 5.", False),
+    ("6311", "1, 2, 3, 4, 5, 6", False),
+    ("7961", "7, 9, 1, 6, 1", False),
+    ("864", "To sort these digits in ascending order, we can use the built-", False),
+]
+
+
+@pytest.mark.parametrize("a, b, reply, right", SMOLLM2_ARITH_REPLIES)
+def test_chat_arith_reads_the_final_number_of_real_replies(a, b, reply, right):
+    task = get_task("arith", n_train=10, n_eval=10, chat=True)
+    example = Example(CHAT_ARITH.format(a=a, b=b), str(a + b))
+    assert task.reward(reply, example) == float(right)
+
+
+@pytest.mark.parametrize("digits, reply, right", SMOLLM2_SORT_REPLIES)
+def test_chat_sort_reads_the_last_digit_list_of_real_replies(digits, reply, right):
+    task = get_task("sort", n_train=10, n_eval=10, chat=True, length=len(digits))
+    example = Example(CHAT_SORT.format(digits=", ".join(digits)), ",".join(sorted(digits)))
+    assert task.reward(reply, example) == float(right)
+    assert task.reward(f"Sorted: {', '.join(sorted(digits))}.", example) == 1.0
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("85", "85"), ("The answer is 85.", "85"), ("47 + 38 = 85", "85"), ("\\boxed{85}", "85"),
+    ("\\boxed{85}, not 86", "85"),  # a box wins over later numbers
+    ("The sum is 1,085.", "1085"), ("-3", "-3"), ("3.5", None), ("x2 = 7", "7"), ("no number", None), ("", None),
+])
+def test_final_number(reply, expected):
+    assert final_number(reply) == expected
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("1, 3, 5", "1,3,5"), ("1,3,5", "1,3,5"), ("1 3 5", "1,3,5"), ("Sorted: 0, 4, 4, 9.", "0,4,4,9"),
+    ("The digits 5, 1, 3 sorted are 1, 3, 5", "1,3,5"), ("\\boxed{1, 2, 3} then 9, 8", "1,2,3"),
+    ("12, 3", "3"),  # a two-digit number is no digit of the list
+    ("none", None),
+])
+def test_final_digit_list(reply, expected):
+    assert final_digit_list(reply) == expected
+
+
+def test_chat_phrasing_prompts_and_budget():
+    arith = get_task("arith", n_train=10, n_eval=10, chat=True)
+    assert arith.train[0].prompt.startswith("What is ") and arith.max_response_len == 16
+    assert get_task("arith", n_train=10, n_eval=10, chat=True, max_response_len=24).max_response_len == 24
+    assert get_task("sort", n_train=10, n_eval=10, chat=True, length=3).max_response_len == 14
+    with pytest.raises(ValueError, match="max_response_len applies to chat phrasing"):
+        get_task("arith", n_train=10, n_eval=10, max_response_len=24)
+    # the same problems, phrased either way: the splits do not depend on the phrasing
+    compact = get_task("arith", n_train=10, n_eval=10)
+    assert [e.answer for e in compact.train] == [e.answer for e in arith.train]

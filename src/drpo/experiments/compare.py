@@ -269,12 +269,13 @@ def describe_grid() -> str:
 def _base_models_to_warm(jobs: list[Job]) -> dict[str, list[str]]:
     """{cache key: overrides of one job using it} for the built-in base models not yet cached."""
     from drpo.config import load_config
+    from drpo.models.gguf import is_pretrained_name
     from drpo.policy import base_model_key, cache_dir
 
     warm = {}
     for job in jobs:
         config = load_config(None, job.overrides)
-        if config.model.name.startswith("hf:"):
+        if is_pretrained_name(config.model.name):  # pretrained models have no warm-up
             continue
         key = base_model_key(config)
         if key not in warm and not (cache_dir() / "base" / f"{key}.pt").exists():

@@ -303,9 +303,11 @@ def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
 
     state = load_checkpoint(Path(run_dir) / "checkpoints")
     cfg = RunConfig.model_validate(state["config"]).model
-    if not cfg.name.startswith("hf:"):
+    from drpo.models.gguf import is_pretrained_name, resolve_model_dir
+
+    if not is_pretrained_name(cfg.name):
         raise ValueError(f"run {run_dir} trained the built-in model {cfg.name!r}, not a Hugging Face model")
-    path = cfg.name.removeprefix("hf:")
+    path = resolve_model_dir(cfg.name)
     model = load_hf_model(path, cfg.dtype, cfg.attn_implementation)
     if cfg.lora_rank:
         model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
@@ -326,9 +328,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build_hf_policy(config, console=None) -> HFPolicy:
-    """The Policy of ``config.model.name = "hf:PATH"``: model, tokenizer and task, ready for the trainer."""
+    """The Policy of a pretrained ``config.model.name`` (hf:PATH, gguf:FILE, smollm2-135m): model, tokenizer, task."""
+    from drpo.models.gguf import resolve_model_dir
+
     cfg = config.model
-    path = Path(cfg.name.removeprefix("hf:")).expanduser()
+    path = resolve_model_dir(cfg.name, console)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"model={cfg.name}: {path} is not a model directory (no config.json). model=hf:PATH loads a local "
@@ -345,7 +349,7 @@ def build_hf_policy(config, console=None) -> HFPolicy:
         model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     model = HFCausalLM(model).to(resolve_device(cfg.device))
 
-    task = config.task.build(config.seed)
+    task = config.task.build(config.seed, pretrained_model=True)
     policy = HFPolicy(model, tokenizer, task, micro_batch=cfg.micro_batch, sample_rows=cfg.sample_rows,
                       keep_logits=config.loss.build().spec.needs_topk)
     dropped = drop_long_prompts(policy) if task.name == "math" else {}  # other tasks count characters, not tokens

@@ -51,19 +51,50 @@ class Task:
     def max_prompt_len(self) -> int:
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ phrasing: compact or chat
+    chat: bool = False
+    _chat_response_len: int | None = None
+
+    def init_phrasing(self, chat: bool, max_response_len: int | None, chat_default: int) -> None:
+        """Compact prompts for the character tokenizer, or questions for a chat model (with a token budget)."""
+        if max_response_len is not None and not chat:
+            raise ValueError(f"{self.name}: max_response_len applies to chat phrasing; the compact phrasing's "
+                             "response length follows from the problem size")
+        if max_response_len is not None and max_response_len < 1:
+            raise ValueError(f"{self.name}: max_response_len must be >= 1, got {max_response_len}")
+        self.chat = chat
+        self._chat_response_len = max_response_len or chat_default
+
     @property
     def max_response_len(self) -> int:
+        return self._chat_response_len if self.chat else self.compact_response_len
+
+    @property
+    def compact_response_len(self) -> int:
+        raise NotImplementedError
+
+    def extract(self, completion: str) -> str | None:
+        """The final answer of a chat reply, in the form of ``Example.answer`` (None: no answer found)."""
         raise NotImplementedError
 
     def reward(self, completion: str, example: Example) -> float:
-        """1.0 if the completion (decoded, EOS and after removed) is exactly the answer, else 0.0. Never raises.
+        """1.0 if the completion is right, else 0.0. Never raises.
+
+        Compact phrasing: the completion (decoded, EOS and after removed) must be exactly the answer. Chat
+        phrasing: the final answer read out of the reply (:meth:`extract`) must equal it.
 
         >>> from drpo.tasks import get_task
         >>> task, example = get_task("arith", n_train=10, n_eval=10), Example("347+85=", "432")
         >>> task.reward("432", example), task.reward(" 432", example), task.reward("4321", example)
         (1.0, 0.0, 0.0)
+        >>> get_task("arith", n_train=10, n_eval=10, chat=True).reward("347 + 85 = 432.", example)
+        1.0
         """
-        return 1.0 if isinstance(completion, str) and completion == example.answer else 0.0
+        if not isinstance(completion, str):
+            return 0.0
+        if self.chat:
+            return 1.0 if self.extract(completion) == example.answer else 0.0
+        return 1.0 if completion == example.answer else 0.0
 
     def target(self, example: Example) -> str:
         """The completion to imitate in supervised warm-up (the trainer appends EOS)."""
