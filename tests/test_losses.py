@@ -56,6 +56,8 @@ def expected_weight(name: str, hyper, pi, ref, adv):
         return 1 - s * (r - 1).abs() / hyper.eps, r
     if name == "drpo":
         return 1 - s * (pi - ref).abs() / hyper.delta, r
+    if name == "drpo_clipped":  # DRPO's weight capped at 1: no amplification of tokens moving back
+        return torch.clamp(1 - s * (pi - ref).abs() / hyper.delta, max=1.0), r
     trunc = 1.0 if hyper.trunc is None else torch.clamp(r, max=hyper.trunc) / r
     if name == "dppo_binary_tv":
         drop = ((adv > 0) & (pi - ref > hyper.delta_high)) | ((adv < 0) & (pi - ref < -hyper.delta_low))
@@ -77,6 +79,8 @@ def reference_objective(name: str, hyper, log_pi, log_ref, adv):
     r_sg = r.detach()
     if name == "drpo":
         return r * adv - adv.abs() * ref / (2 * hyper.delta) * (r - 1) ** 2
+    if name == "drpo_clipped":  # the penalty on the side the advantage pushes towards only
+        return r * adv - adv.abs() * ref / (2 * hyper.delta) * torch.clamp(torch.sign(adv) * (r - 1), min=0) ** 2
     if name == "spo":
         return r * adv - adv.abs() / (2 * hyper.eps) * (r - 1) ** 2
     if name == "ppo_clip":
@@ -95,7 +99,7 @@ def reference_objective(name: str, hyper, log_pi, log_ref, adv):
 
 HYPERS = {"ppo_clip": [{}, {"eps_high": 0.28, "dual_clip": 3.0}], "pg_is": [{}, {"trunc": 2.0}],
           "dppo_binary_tv": [{}, {"trunc": None, "delta_low": 0.05}], "dppo_binary_kl": [{}, {"trunc": 1.5}],
-          "drpo": [{}, {"delta": 12.5}]}
+          "drpo": [{}, {"delta": 12.5}], "drpo_clipped": [{}, {"delta": 0.05}]}
 CASES = [(name, hyper) for name in DENSE for hyper in HYPERS.get(name, [{}])]
 
 
@@ -217,6 +221,20 @@ def test_drpo_weight_crosses_zero_on_the_tv_boundary():
     assert one_token(loss, 0.4, 0.5, +1.0)[0] == pytest.approx(1 + 0.1 / 0.15)  # converging: above 1
     assert one_token(loss, 0.6, 0.5, -1.0)[0] == pytest.approx(1 + 0.1 / 0.15)
     assert one_token(loss, 0.5, 0.5, 2.0)[0] == pytest.approx(1.0)
+
+
+def test_drpo_clipped_caps_only_the_amplified_side():
+    """Hand values at mu = 0.5, delta = 0.15: DRPO gives 1 + 0.1/0.15 to a token moving back, drpo_clipped 1."""
+    loss = get_loss("drpo_clipped", delta=0.15)
+    assert one_token(loss, 0.4, 0.5, +1.0)[0] == 1.0  # converging: DRPO's 1.667 capped
+    assert one_token(loss, 0.6, 0.5, -1.0)[0] == 1.0
+    assert one_token(loss, 0.55, 0.5, +1.0)[0] == pytest.approx(1 - 0.05 / 0.15)  # diverging inside: DRPO's
+    assert one_token(loss, 0.65, 0.5, +1.0)[0] == 0.0  # on the boundary
+    w, _, grad = one_token(loss, 0.8, 0.5, +1.0)  # past it: DRPO's pull back, -1
+    assert w == pytest.approx(-1.0) and grad > 0
+    # converging, the objective is r*A with no penalty: loss -0.8, gradient -r*A = -0.8
+    _, per_token, grad = one_token(loss, 0.4, 0.5, +1.0)
+    assert per_token == pytest.approx(-0.8) and grad == pytest.approx(-0.8)
 
 
 def test_drpo_weight_is_bounded_for_rare_tokens_where_spo_is_not():
@@ -366,6 +384,14 @@ def test_metrics_count_masked_and_corrective_tokens():
     assert m["loss/masked_frac"] == 0
     assert m["shift/abs_max"] == pytest.approx(0.4) and m["shift/abs_mean"] == pytest.approx(0.5 / 3)
     assert m["ratio/max"] == pytest.approx(1.8)
+    # w = 1 - 0.4/0.15, 1, 1 - 0.1/0.15 (pi = 0.1 is padding): nothing above 1; mean |w - 1| = (2.667 + 0 + 0.667)/3
+    assert m["loss/amplified_frac"] == 0
+    assert m["loss/weight_dev"] == pytest.approx((0.4 / 0.15 + 0.1 / 0.15) / 3)
+    assert m["loss/weight_max"] == pytest.approx(1.0) and m["loss/weight_min"] == pytest.approx(1 - 0.4 / 0.15)
+    back = loss(log_prob=log_pi, rollout_log_prob=log_mu, advantages=torch.tensor([-1.0]),
+                response_mask=torch.tensor([[1, 1, 1, 0]]))  # A < 0: pi = 0.9 and 0.6 moved back up, w > 1
+    assert back.metrics["loss/amplified_frac"] == pytest.approx(2 / 3)
+    assert back.metrics["loss/weight_max"] == pytest.approx(1 + 0.4 / 0.15)
     tv = get_loss("dppo_binary_tv")(log_prob=log_pi, rollout_log_prob=log_mu, advantages=torch.tensor([1.0]),
                                     response_mask=torch.tensor([[1, 1, 1, 0]]))
     assert tv.metrics["loss/masked_frac"] == pytest.approx(1 / 3)

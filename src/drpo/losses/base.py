@@ -25,6 +25,9 @@ import torch
 
 from drpo.validation import describe_fields, format_validation_error
 
+# w > 1 + this counts as amplified: an fp32 recompute of the same weights leaves |pi - mu| ~ 1e-7, i.e. w - 1 ~ 1e-6
+# at delta 0.15, which amplifies nothing; a bf16 behavior policy (|pi - mu| ~ 1e-3) is well above it
+AMPLIFIED_TOLERANCE = 1e-3
 LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 4.9e8: past that the ratio carries no information, only overflow risk
 
 
@@ -343,6 +346,10 @@ def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
     (``snap_boundary``), while a tiny DPPO weight min(r, C)/r is a kept token and must not count as masked.
     Masked sums are dot products with the mask (one pass, no temporary); min and max fill padding with the
     valid mean, which cannot change either.
+
+    What shows how far a loss departs from the plain policy gradient (w = 1): ``loss/amplified_frac``, the
+    share of tokens with w > 1 (DRPO's tokens moving back towards mu, up to 1 + 1/delta), next to
+    ``loss/corrective_frac`` (w < 0) and ``loss/masked_frac`` (w = 0); and ``loss/weight_dev``, mean |w - 1|.
     """
     mask = x.mask_f.reshape(-1)
     n = mask.sum()
@@ -361,10 +368,12 @@ def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
     r_mean, _, r_max = mean_min_max(x.ratio)
     shift_mean, _, shift_max = mean_min_max(abs_shift)
     stats = torch.stack([
-        (torch.count_nonzero(w == 0) - padding) / n, torch.count_nonzero(w < 0) / n, w_mean, w_min, w_max,
-        r_mean, r_max, shift_mean, shift_max, torch.dot(x.binary_kl.reshape(-1), mask) / n,
+        (torch.count_nonzero(w == 0) - padding) / n, torch.count_nonzero(w < 0) / n,
+        torch.count_nonzero(w > 1 + AMPLIFIED_TOLERANCE) / n, torch.dot((w - 1).abs_(), mask) / n,
+        w_mean, w_min, w_max, r_mean, r_max, shift_mean, shift_max, torch.dot(x.binary_kl.reshape(-1), mask) / n,
     ]).tolist()
-    keys = ("loss/masked_frac", "loss/corrective_frac", "loss/weight_mean", "loss/weight_min", "loss/weight_max",
+    keys = ("loss/masked_frac", "loss/corrective_frac", "loss/amplified_frac", "loss/weight_dev",
+            "loss/weight_mean", "loss/weight_min", "loss/weight_max",
             "ratio/mean", "ratio/max", "shift/abs_mean", "shift/abs_max", "shift/binary_kl")
     return dict(zip(keys, stats, strict=True))
 

@@ -1,4 +1,5 @@
-"""Quadratic trust-region regularizers: SPO (ratio width eps) and DRPO (per-token width delta / mu).
+"""Quadratic trust-region regularizers: SPO (ratio width eps) and DRPO (per-token width delta / mu), and
+drpo_clipped, an ablation of DRPO (its weight capped at 1) registered beside it.
 
 DRPO is SPO with eps replaced by the token-adaptive width delta / mu that the Binary-TV bound
 abs(pi - mu) <= delta implies, which keeps its gradient weight bounded for every token (PAPER.md).
@@ -46,4 +47,25 @@ def drpo(x: LossInputs, h: DrpoHyper):
     penalty = x.shift * x.ratio_minus_1  # [B, T] = mu * (r-1)^2
     objective = (x.ratio * adv).sub_(penalty.mul_(adv.abs() / (2 * h.delta)))
     weight = snap_boundary((x.shift * (adv.sign() / -h.delta)).add_(1), h.delta)  # 0 on the boundary
+    return objective, weight
+
+
+@register_loss("drpo_clipped", DrpoHyper,
+               "ablation of DRPO: its weight capped at 1 (no amplification of tokens moving back towards mu)")
+def drpo_clipped(x: LossInputs, h: DrpoHyper):
+    """DRPO without the amplification: w = min(1, w_DRPO). An ablation to measure, not the paper's method.
+
+    J = r*A - abs(A) * mu/(2*delta) * max(0, sign(A)*(r-1))^2: DRPO's penalty on the side A pushes towards only.
+    w = 1 - max(0, sign(A)*(pi-mu))/delta = min(1, w_DRPO):
+    - moving back towards mu (against A): w = 1, as in DPPO, where DRPO gives up to 1 + 1/delta;
+    - moving the way A pushes: DRPO's weight, falling from 1 to 0 on the Binary-TV boundary abs(pi-mu) = delta
+      and corrective (negative) past it.
+    It isolates one part of DRPO's weight (issue 11): whether amplifying the converging tokens slows learning.
+    """
+    adv = x.advantages
+    sign = adv.sign()
+    diverging = (x.shift * sign) > 0  # [B, T] pi moved the way A pushes (shift and r - 1 share their sign)
+    penalty = (x.shift * x.ratio_minus_1).mul_(diverging)  # [B, T] mu * (r-1)^2 on the diverging side, else 0
+    objective = (x.ratio * adv).sub_(penalty.mul_(adv.abs() / (2 * h.delta)))
+    weight = snap_boundary((x.shift * (sign / -h.delta)).add_(1), h.delta).clamp_(max=1.0)  # [B, T]
     return objective, weight
