@@ -53,27 +53,40 @@ def test_the_fall_that_counts_is_the_last_one():
     assert verdict.collapsed and verdict.step == 40
 
 
-def test_a_fall_at_the_final_evaluation_counts():
-    verdict = detect_collapse(evals((0, 0.3), (10, 0.6), (20, 0.6), (30, 0.1)))
-    assert verdict.collapsed and verdict.step == 30
+def test_a_fall_must_hold_over_the_last_two_evaluations():
+    # the final evaluation alone is not enough, however far it falls
+    assert not detect_collapse(evals((0, 0.3), (10, 0.6), (20, 0.6), (30, 0.1))).collapsed
+    verdict = detect_collapse(evals((0, 0.3), (10, 0.6), (20, 0.6), (30, 0.1), (40, 0.2)))
+    assert verdict.collapsed and verdict.step == 30 and "over 2 evaluations" in verdict.reason
+    # a fall, a recovery, then one low final evaluation: not collapsed
+    assert not detect_collapse(evals((0, 0.3), (10, 0.6), (20, 0.1), (30, 0.5), (40, 0.1))).collapsed
+
+
+def test_the_window_is_a_parameter():
+    curve = evals((0, 0.3), (10, 0.6), (20, 0.2), (30, 0.1))
+    assert detect_collapse(curve, min_evals=2).collapsed
+    assert not detect_collapse(curve, min_evals=3).collapsed
+    assert detect_collapse(curve[:3], min_evals=1).collapsed
+    with pytest.raises(ValueError, match="min_evals must be at least 1"):
+        detect_collapse(curve, min_evals=0)
 
 
 @pytest.mark.parametrize("points", [
     [(0, 0.06), (10, 0.07), (20, 0.03)],  # below half, but only 0.04 absolute: noise at this level
     [(0, 0.0625), (10, 0.0)],  # one prompt of a 16-prompt evaluation
     [(0, 0.0), (10, 0.0), (20, 0.0)],  # never learned: not a collapse
-    [(0, 0.5), (10, 0.26)],  # just above half
+    [(0, 0.5), (10, 0.26), (20, 0.26)],  # just above half
 ])
 def test_small_or_absent_falls_are_not_collapses(points):
     assert not detect_collapse(evals(*points)).collapsed
 
 
 def test_fraction_and_min_drop_are_parameters():
-    curve = evals((0, 0.5), (10, 0.3))
+    curve = evals((0, 0.5), (10, 0.3), (20, 0.3))
     assert not detect_collapse(curve).collapsed
     assert detect_collapse(curve, accuracy_fraction=0.7).collapsed
-    assert detect_collapse(evals((0, 0.08), (10, 0.03)), min_drop=0.05).collapsed
-    assert not detect_collapse(evals((0, 0.08), (10, 0.03)), min_drop=0.06).collapsed
+    assert detect_collapse(evals((0, 0.08), (10, 0.03), (20, 0.03)), min_drop=0.05).collapsed
+    assert not detect_collapse(evals((0, 0.08), (10, 0.03), (20, 0.03)), min_drop=0.06).collapsed
 
 
 def test_mismatch_blow_up():
@@ -123,9 +136,9 @@ def test_a_run_stopped_on_non_finite_losses_is_collapsed():
 
 
 def test_earliest_rule_gives_the_step_and_all_reasons_are_kept():
-    records = merged(evals((0, 0.3), (10, 0.6), (20, 0.1)), mismatch([1e-3] * 5 + [0.1] * 15))
+    records = merged(evals((0, 0.3), (10, 0.6), (15, 0.1), (20, 0.1)), mismatch([1e-3] * 5 + [0.1] * 15))
     verdict = detect_collapse(records)
-    assert verdict.collapsed and verdict.step == 8  # the mismatch rule fires before the accuracy rule (20)
+    assert verdict.collapsed and verdict.step == 8  # the mismatch rule fires before the accuracy rule (15)
     assert "mean |pi-mu|" in verdict.reason and "eval accuracy" in verdict.reason
 
 

@@ -5,10 +5,12 @@ any of these holds; the reported step is the earliest one.
 
 1. **Accuracy collapse.** From some evaluation on, every evaluation up to the last one lies below
    ``accuracy_fraction`` (1/2) of the running best eval accuracy reached before it, *and* at least
-   ``min_drop`` (0.1) below that best. The run ends collapsed: a dip that recovers is not a collapse,
-   and a run that never learned anything (best 0) cannot collapse by this rule. The absolute drop keeps
-   evaluation noise out: 0.1 is about 3.5 standard errors of a 256-prompt evaluation at accuracy 0.3,
-   and more than one prompt of a small one (0.0625 -> 0 on 16 prompts is not a collapse).
+   ``min_drop`` (0.1) below that best, and that fall spans at least ``min_evals`` (2) evaluations. The run
+   ends collapsed: a dip that recovers is not a collapse, a fall seen on the final evaluation alone is
+   not one either (one low evaluation can be noise, two in a row at 0.1 below the best hardly), and a run
+   that never learned anything (best 0) cannot collapse by this rule. The absolute drop keeps evaluation
+   noise out: 0.1 is about 3.5 standard errors of a 256-prompt evaluation at accuracy 0.3 (6.5 of a
+   1200-prompt one), and more than one prompt of a small one (0.0625 -> 0 on 16 prompts is not a collapse).
 2. **Mismatch blow-up.** The mean abs(pi - mu) of the sampled tokens (``mismatch/abs_mean``), smoothed by
    a trailing median over ``window`` (5) steps, exceeds ``max(mismatch_factor * baseline,
    mismatch_floor)`` = max(10 x baseline, 0.01) from some step to the end of the run; the baseline is
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 
 ACCURACY_FRACTION = 0.5
 MIN_DROP = 0.1
+MIN_EVALS = 2
 MISMATCH_FACTOR = 10.0
 MISMATCH_FLOOR = 0.01
 WINDOW = 5
@@ -47,7 +50,7 @@ class Collapse:
 
 
 def detect_collapse(records: list[dict], stopped: str | None = None, *, accuracy_fraction: float = ACCURACY_FRACTION,
-                    min_drop: float = MIN_DROP, mismatch_factor: float = MISMATCH_FACTOR,
+                    min_drop: float = MIN_DROP, min_evals: int = MIN_EVALS, mismatch_factor: float = MISMATCH_FACTOR,
                     mismatch_floor: float = MISMATCH_FLOOR, window: int = WINDOW) -> Collapse:
     """The verdict on one run from its metrics.jsonl records (see the module docstring for the rules).
 
@@ -56,10 +59,14 @@ def detect_collapse(records: list[dict], stopped: str | None = None, *, accuracy
     False
     >>> falls = [{"step": s, "eval/accuracy": a} for s, a in [(0, .3), (10, .6), (20, .2), (30, .1)]]
     >>> detect_collapse(falls)
-    Collapse(collapsed=True, step=20, reason='eval accuracy fell from its best 0.600 to 0.200 at step 20 and stayed below half of it (last 0.100)')
+    Collapse(collapsed=True, step=20, reason='eval accuracy fell from its best 0.600 to 0.200 at step 20 and stayed below half of it over 2 evaluations (last 0.100)')
+    >>> detect_collapse(falls[:3]).collapsed  # the final evaluation alone
+    False
     """
+    if min_evals < 1:
+        raise ValueError(f"min_evals must be at least 1, got {min_evals}")
     found = [c for c in (_non_finite(records, stopped),
-                         _accuracy_collapse(records, accuracy_fraction, min_drop),
+                         _accuracy_collapse(records, accuracy_fraction, min_drop, min_evals),
                          _mismatch_blow_up(records, mismatch_factor, mismatch_floor, window)) if c is not None]
     if not found:
         return Collapse(False, None, "stable" if records else "no metrics")
@@ -95,7 +102,7 @@ def _non_finite(records: list[dict], stopped: str | None) -> Collapse | None:
     return None
 
 
-def _accuracy_collapse(records: list[dict], fraction: float, min_drop: float) -> Collapse | None:
+def _accuracy_collapse(records: list[dict], fraction: float, min_drop: float, min_evals: int) -> Collapse | None:
     evals = _series(records, "eval/accuracy")
     best = -math.inf
     bests = []  # running best *before* each evaluation
@@ -106,11 +113,12 @@ def _accuracy_collapse(records: list[dict], fraction: float, min_drop: float) ->
     for i, ((_, accuracy), before) in enumerate(zip(evals, bests, strict=True)):
         low = before > -math.inf and accuracy < fraction * before and before - accuracy >= min_drop
         start = (i if start is None else start) if low else None
-    if start is None:
+    if start is None or len(evals) - start < min_evals:
         return None
     step, accuracy = evals[start]
     return Collapse(True, step, f"eval accuracy fell from its best {bests[start]:.3f} to {accuracy:.3f} at step "
-                                f"{step} and stayed below half of it (last {evals[-1][1]:.3f})")
+                                f"{step} and stayed below half of it over {len(evals) - start} evaluations "
+                                f"(last {evals[-1][1]:.3f})")
 
 
 def _mismatch_blow_up(records: list[dict], factor: float, floor: float, window: int) -> Collapse | None:
