@@ -18,7 +18,8 @@ from drpo.cli import main
 from drpo.config import ConfigError, load_config
 from drpo.metrics import read_metrics
 from drpo.models.transformer import KVCache
-from drpo.rollout import BehaviorPolicy, build_behavior, generate, make_batch, sequence_log_probs
+from drpo.policy import build_behavior
+from drpo.rollout import BehaviorPolicy, generate, make_batch, sequence_log_probs
 from drpo.tasks.base import Example
 
 transformers = pytest.importorskip("transformers", reason="model=hf:PATH needs transformers (pip install 'drpo[hf]')")

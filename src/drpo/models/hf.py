@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from drpo.models.policy import Policy
 from drpo.models.transformer import KVCache
-from drpo.policy import Policy
 from drpo.rollout import RolloutBatch, SequenceLogProbs, sequence_log_probs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -1,0 +1,56 @@
+"""The Policy contract: what the trainer, the warm-up and evaluation call, whatever the model behind it.
+
+    policy.encode_prompt(example)               # prompt token ids (BOS + characters; a chat template for HF)
+    policy.log_probs(batch, temperature)        # log pi [N, T], entropy [N, T], scaled logits [N, T, V]
+    policy.generate_text(prompts, samples, max_new_tokens, temperature)   # completions of pi itself (fp32)
+    policy.greedy_accuracy(examples)            # fraction the task's verifier accepts
+
+:class:`Policy` holds model + tokenizer + task and implements the contract for the built-in transformer
+(drpo/warmup.py builds it); :class:`drpo.models.hf.HFPolicy` subclasses it for Hugging Face models.
+drpo/policy.py picks between the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from drpo.models.tokenizer import CharTokenizer
+from drpo.rollout import RolloutBatch, generate, sequence_log_probs
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module
+    tokenizer: CharTokenizer
+    task: object
+    base_info: dict = field(default_factory=dict)
+
+    def encode_prompt(self, example) -> list[int]:
+        return self.tokenizer.encode(example.prompt, bos=True)
+
+    def decode_responses(self, batch: RolloutBatch) -> list[str]:
+        return [self.tokenizer.decode(row) for row in batch.response_ids.tolist()]
+
+    def log_probs(self, batch: RolloutBatch, temperature: float):
+        """log pi [N, T], entropy [N, T] and scaled logits [N, T, V] of the batch's responses, with gradients."""
+        return sequence_log_probs(self.model, batch, temperature)
+
+    def greedy_accuracy(self, examples: list) -> float:
+        """Fraction of ``examples`` whose greedy completion the task's verifier accepts."""
+        completions = self.generate_text([self.encode_prompt(ex) for ex in examples], 1, self.task.max_response_len,
+                                         temperature=0.0)
+        return float(np.mean([self.task.reward(text, ex) for text, ex in zip(completions, examples, strict=True)]))
+
+    @torch.no_grad()
+    def generate_text(self, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float,
+                      generator: torch.Generator | None = None) -> list[str]:
+        """``samples`` completions per prompt from the trained policy itself (fp32); temperature 0 is greedy."""
+        was_training = self.model.training
+        self.model.eval()
+        batch = generate(self.model, prompts, samples, max_new_tokens, temperature, generator=generator,
+                         eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
+        self.model.train(was_training)
+        return self.decode_responses(batch)

@@ -1,0 +1,124 @@
+"""The built-in policy: the small transformer on a synthetic task, warm-started into the *base model*.
+
+    policy = build_builtin_policy(config)       # a drpo.models.policy.Policy; policy.base_info says how it began
+
+RL should start from a policy that is right sometimes but far from always, so :func:`warm_up` fine-tunes
+the freshly initialised transformer on the task's targets until its greedy accuracy reaches
+``warmup.target_accuracy``. The result is cached under ``$DRPO_CACHE/base/`` (drpo/paths.py) by a hash of
+everything it depends on (:func:`base_model_key`), so every run and every method of a sweep starts from
+the same weights. Pretrained models skip all of this (drpo/models/hf.py): they are their own base model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from drpo.checkpoint import load_state_file
+from drpo.models.policy import Policy
+from drpo.models.tokenizer import CharTokenizer
+from drpo.models.transformer import build_model
+from drpo.paths import cache_dir
+from drpo.rollout import make_batch, sequence_log_probs
+
+WARMUP_VERSION = 2  # bump when the warm-up recipe changes, so stale cached base models are not reused
+WARMUP_PROBE_PROMPTS = 256  # training prompts whose greedy accuracy ends the warm-up
+
+
+def build_builtin_policy(config, console=None) -> Policy:
+    """The built-in transformer on a synthetic task, warm-started (or loaded from the cache)."""
+    torch.manual_seed(config.seed)  # the base model's initialisation depends on the seed alone
+    task = config.task.build(config.seed)
+    tokenizer = CharTokenizer()
+    model = build_model(config.model.name, tokenizer.vocab_size,
+                        block_size=task.max_prompt_len + task.max_response_len + 1, moe=config.model.moe)
+    policy = Policy(model, tokenizer, task)
+    policy.base_info = load_or_warm_up(policy, config, console)
+    return policy
+
+
+def base_model_key(config) -> str:
+    """Hash of everything the base model depends on: model, task, warm-up recipe, seed."""
+    recipe = {"version": WARMUP_VERSION, "model": config.model.model_dump(), "task": config.task.model_dump(),
+              "warmup": config.warmup.model_dump(), "seed": config.seed}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_or_warm_up(policy: Policy, config, console=None) -> dict:
+    path = cache_dir() / "base" / f"{base_model_key(config)}.pt"
+    if path.exists():
+        saved = load_state_file(path)  # tensors and plain values only: a cache file cannot run code
+        policy.model.load_state_dict(saved["model"])
+        return checked_target({**saved["info"], "cached": True, "path": str(path)}, config.warmup.target_accuracy)
+    info = warm_up(policy, config, console)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    torch.save({"model": policy.model.state_dict(), "info": info}, tmp)
+    os.replace(tmp, path)  # concurrent sweeps may warm up the same base model: last rename wins, both valid
+    return checked_target({**info, "cached": False, "path": str(path)}, config.warmup.target_accuracy)
+
+
+def checked_target(info: dict, target: float | None) -> dict:
+    """``info`` plus ``missed_target``: the warm-up ended at its step cap short of ``target`` (then a warning).
+
+    RL from such a base model may find no reward signal at all, and a comparison of methods over it would
+    rank noise; summary.json records the flag and `drpo compare` refuses to name a winner over it.
+    """
+    accuracy = info.get("warmup_probe_accuracy")
+    missed = target is not None and (accuracy is None or accuracy < target)
+    if missed:
+        warnings.warn(f"the base model missed its warm-up target: greedy probe accuracy {accuracy} after "
+                      f"{info.get('warmup_steps')} steps (the warmup.steps cap) is below warmup.target_accuracy="
+                      f"{target}, so RL from it may find no reward signal; raise warmup.steps, or use a larger model "
+                      "or an easier task", stacklevel=3)
+    return {**info, "warmup_target_accuracy": target, "missed_target": missed}
+
+
+def warm_up(policy: Policy, config, console=None) -> dict:
+    """Supervised fine-tuning on task targets: maximise log pi(target + EOS | prompt).
+
+    Deliberately short: RL should start from a policy that is right sometimes, not always. It stops as soon
+    as greedy accuracy on a fixed probe of training prompts (never the eval split) reaches
+    ``warmup.target_accuracy``, checked every ``warmup.check_every`` steps, or after ``warmup.steps``.
+    """
+    cfg = config.warmup
+    model, task, tokenizer = policy.model, policy.task, policy.tokenizer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 20))
+    rng = np.random.default_rng(config.seed + 1)
+    probe = task.train[:WARMUP_PROBE_PROMPTS]
+    start = time.perf_counter()
+    steps, accuracy = 0, None
+    model.train()
+    for steps in _maybe_progress(range(1, cfg.steps + 1), console, "warm-up (base model)"):
+        examples = [task.train[int(i)] for i in rng.integers(0, len(task.train), cfg.batch_size)]
+        batch = make_batch([policy.encode_prompt(ex) for ex in examples],
+                           [tokenizer.encode(task.target(ex)) + [tokenizer.eos_id] for ex in examples],
+                           pad_id=tokenizer.pad_id)
+        log_prob, _, _ = sequence_log_probs(model, batch, temperature=1.0)
+        mask = batch.response_mask
+        loss = -(log_prob * mask).sum() / mask.sum() + 0.01 * model.aux_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if cfg.target_accuracy is not None and (steps % cfg.check_every == 0 or steps == cfg.steps):
+            accuracy = policy.greedy_accuracy(probe)  # generate_text restores train mode
+            if accuracy >= cfg.target_accuracy:
+                break
+    model.eval()
+    return {"warmup_steps": steps, "warmup_probe_accuracy": accuracy,
+            "warmup_s": round(time.perf_counter() - start, 1), "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _maybe_progress(iterable, console, description: str):
+    from rich.progress import track
+
+    return track(iterable, description=description, console=console, transient=True)
