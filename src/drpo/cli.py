@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="labels of the default list, registry names or presets, NAME:key=value,... (default: all)")
     compare.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method and condition")
     compare.add_argument("--conditions", nargs="+", metavar="NAME", help="condition presets (default: all; see --list)")
-    compare.add_argument("--workers", type=int, default=2, help="runs in parallel (one process, one thread each)")
+    compare.add_argument("--workers", type=int, default=2, help="runs in parallel, one process each, sharing the cores (2: two small runs; 1: one large model on "
+                         "every core)")
     compare.add_argument("--out", default="runs/compare", help="sweep directory (rerun to continue it)")
     compare.add_argument("--target", type=float, help="eval accuracy for 'steps to target' (default: start + 0.15)")
     compare.add_argument("--list", action="store_true", help="print the default methods and the conditions")

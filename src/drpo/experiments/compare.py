@@ -15,7 +15,7 @@ How a sweep runs, top to bottom:
    extended from its last checkpoint. A run directory made with a different config is an error, not
    silently reused.
 3. warm up each distinct base model once (cached by config hash in $DRPO_CACHE), then the runs, each in
-   its own spawned process (one torch thread each), ``workers`` at a time. Ctrl-C stops the workers
+   its own spawned process (cpu_count // workers torch threads each), ``workers`` at a time. Ctrl-C stops the workers
    politely (they checkpoint); the same command continues where it stopped.
 4. report: drpo.experiments.report reads the run files and writes report.md, figures/, results.json.
 

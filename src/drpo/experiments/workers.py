@@ -1,5 +1,6 @@
 """`drpo compare`, stage 3: runs and base-model warm-ups in spawned worker processes, ``workers`` at a
-time, one torch thread each, with a live display that follows each run's metrics.jsonl.
+time, sharing the cores (``cpu_count // workers`` torch threads each), with a live display that follows
+each run's metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def run_processes(tasks: list[tuple], workers: int, console) -> dict[str, int]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)  # 2 small runs x 1 thread, or 1 large run x 2 threads
     pending = list(tasks)
     running: dict = {}  # process -> (name, run_dir, steps, progress task id)
     codes: dict[str, int] = {}
@@ -34,7 +36,7 @@ def run_processes(tasks: list[tuple], workers: int, console) -> dict[str, int]:
                 while pending and len(running) < workers:
                     name, target, args, path, steps = pending.pop(0)
                     process = context.Process(target=target, args=args, name=name, daemon=False)
-                    with _one_thread_env():  # the child reads these when it imports torch
+                    with _thread_env(threads):  # the child reads these when it imports torch
                         process.start()
                     running[process] = (name, path, steps, progress.add_task(name, total=steps, status=""))
                 multiprocessing.connection.wait([p.sentinel for p in running], timeout=1.0)
@@ -59,10 +61,13 @@ def run_processes(tasks: list[tuple], workers: int, console) -> dict[str, int]:
     return codes
 
 
-class _one_thread_env:
+class _thread_env:
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
     def __enter__(self):
         self.saved = {key: os.environ.get(key) for key in THREAD_ENV}
-        os.environ.update({key: "1" for key in THREAD_ENV})
+        os.environ.update({key: str(self.threads) for key in THREAD_ENV})
 
     def __exit__(self, *exc):
         for key, value in self.saved.items():
@@ -107,7 +112,7 @@ def _finished_line(name: str, path: Path | None, code: int) -> str:
 
 
 def _child_setup(log_path: Path | None) -> None:
-    """In a worker: one torch thread, Ctrl-C left to the parent (it sends SIGTERM), output to a log file."""
+    """In a worker: the parent's share of threads, Ctrl-C left to the parent (it sends SIGTERM), output to a log."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -118,7 +123,7 @@ def _child_setup(log_path: Path | None) -> None:
         os.dup2(log.fileno(), 2)
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 
 def warm_up_worker(overrides: list[str]) -> None:
