@@ -129,7 +129,9 @@ class TaskConfig(Section):
     prompt_pattern: str | None = pydantic.Field(
         None, description="regex cutting the problem (its first group) out of a dataset's own instructions")
     skip_bad_rows: bool = pydantic.Field(False, description="skip and count bad data rows instead of stopping")
-    n_eval: int = pydantic.Field(100, ge=1, description="problems held out for evaluation when eval_data is unset")
+    n_eval: int | None = pydantic.Field(
+        None, ge=1, description="problems held out of the task for evaluation (the eval split; default: arith and sort "
+        "500, math 100; math with eval_data: unused); eval.prompts takes the first of them")
     max_prompt_len: int = pydantic.Field(512, ge=1, description="math: longer prompts (tokens) are dropped")
     verify_timeout: float = pydantic.Field(5.0, gt=0.0, description="math: seconds math-verify may take per answer")
 
@@ -167,11 +169,13 @@ class TaskConfig(Section):
                 options["digits"] = self.digits
         if self.max_response_len is not None:
             options["max_response_len"] = self.max_response_len
+        if self.n_eval is not None:
+            options["n_eval"] = self.n_eval
         return get_task(self.name, seed=seed, **options)
 
 
 MATH_TASK_FIELDS = ("data", "eval_data", "prompt_field", "answer_field", "prompt_template", "prompt_pattern",
-                    "skip_bad_rows", "n_eval", "max_prompt_len", "verify_timeout")
+                    "skip_bad_rows", "max_prompt_len", "verify_timeout")
 
 
 class RolloutConfig(Section):

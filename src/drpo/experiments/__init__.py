@@ -7,5 +7,10 @@
     jobs.py        the grid of jobs, and what each run directory is worth (skip / resume / extend)
     workers.py     spawned worker processes and the progress display
     collapse.py    the written, tested definition of a collapsed run
-    report.py      report.md, figures/*.png and results.json from the runs' metrics files only
+    report.py      report.md, figures/*.png and results.json from the runs' files only, built from:
+    runs.py        reading a sweep's files (sweep.yaml, each run's metrics, summary, config)
+    results.py     the numbers: per run, per condition x method, per swept loss hyper-parameter
+    stats.py       paired differences over seeds and their t intervals
+    verdict.py     the sentences generated from the numbers (wins by interval, never by threshold)
+    figures.py     curves, trust-region fractions, final accuracy, hyper-parameter sweeps
 """

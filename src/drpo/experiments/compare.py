@@ -8,7 +8,8 @@
 How a sweep runs, top to bottom:
 
 1. plan: one job per (condition, method, seed); its trainer overrides are the condition's, then the
-   command line's, then the method's ``loss=...``, then ``seed=K``. Every method of a (condition, seed)
+   sweep's evaluation size (conditions.SWEEP_OVERRIDES), then the command line's, then the method's
+   ``loss=...``, then ``seed=K``. Every method of a (condition, seed)
    therefore starts from the same base model and sees the same prompts and sampling seeds.
 2. reuse: a run directory whose summary.json says it finished is kept; one with a checkpoint is resumed
    (``resume=RUN_DIR``, exactly as `drpo train` resumes); a finished run asked for more steps is
@@ -29,7 +30,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drpo.experiments.conditions import get_conditions
+from drpo.experiments.conditions import SWEEP_OVERRIDES, get_conditions
 from drpo.experiments.jobs import base_models_to_warm, plan, reset_run_dir, write_grid
 from drpo.experiments.methods import parse_methods
 from drpo.experiments.report import write_report
@@ -66,6 +67,7 @@ def run_sweep(out: str | Path = "runs/compare", methods: list[str] | None = None
     if seeds < 1 or workers < 1:
         raise ValueError("--seeds and --workers must be at least 1")
     seed_list = list(range(seeds))
+    overrides = [*SWEEP_OVERRIDES, *overrides]  # stored in sweep.yaml and shown in the report with the user's
     jobs = plan(out, methods_, seed_list, conditions_, list(overrides))
     write_grid(out, methods_, seed_list, conditions_, list(overrides), target)
 

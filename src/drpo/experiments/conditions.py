@@ -2,33 +2,50 @@
 mechanism of drpo.trainer / drpo.rollout (DESIGN.md, "Off-policy conditions"), never a simulation.
 
 A plain dict, meant to be edited: add a preset, tune one (e.g. a larger lag), and `drpo compare
---conditions NAME ...` picks it up. User overrides on the command line (`steps=60`) apply after a
-condition's own, and the method's `loss=...` after both.
+--conditions NAME ...` picks it up. Every preset sets the three off-policy knobs (rollout precision,
+updates per batch, lag) itself, the ones it does not vary at their on-policy values: `drpo train`'s own
+default is off-policy (bf16 rollouts, 4 updates per batch), and a condition must inject one mechanism,
+not that one plus its own. :data:`SWEEP_OVERRIDES` apply to every run of a sweep after the condition's;
+user overrides on the command line (`steps=60`) after those, and the method's `loss=...` last.
 """
 
 from __future__ import annotations
 
+ON_POLICY = {"rollout.precision": "fp32", "updates_per_batch": "1", "rollout.lag": "0"}
+
+# The evaluation of a sweep: 1200 held-out prompts (the arith/sort eval split, disjoint from the training split
+# that the warm-up probe is drawn from), greedy, so that one evaluation's standard error sqrt(p(1-p)/n) is at
+# most 0.5/sqrt(1200) = 0.0144; the sampled avg@k is not used by the report and would cost 4x the greedy pass.
+SWEEP_OVERRIDES = ["task.n_eval=1200", "eval.prompts=1200", "eval.samples=0"]
+
+
+def departing(*overrides: str) -> list[str]:
+    """``overrides`` plus the on-policy value of every knob of :data:`ON_POLICY` they leave unset."""
+    given = {item.partition("=")[0] for item in overrides}
+    return [*overrides, *(f"{key}={value}" for key, value in ON_POLICY.items() if key not in given)]
+
+
 CONDITIONS: dict[str, dict] = {
     "fp32": {"about": "baseline: fp32 rollouts, one update per batch, no lag (on-policy up to float noise)",
-             "overrides": []},
+             "overrides": departing()},
     "bf16": {"about": "training-inference mismatch: the behavior policy runs in bfloat16",
-             "overrides": ["rollout.precision=bf16"]},
+             "overrides": departing("rollout.precision=bf16")},
     "fp8": {"about": "training-inference mismatch as fp8 serving runs it: a bf16 behavior policy whose Linear "
                      "layers round weights and activations through float8_e4m3 (embedding and head bf16)",
-            "overrides": ["rollout.precision=fp8"]},
+            "overrides": departing("rollout.precision=fp8")},
     "fp8_all": {"about": "harsher fp8 (the first published sweep's `fp8`): fp32 behavior policy with every Linear, "
                          "the tied embedding and output head included, rounded through float8_e4m3",
-                "overrides": ["rollout.precision=fp8_all"]},
+                "overrides": departing("rollout.precision=fp8_all")},
     "int8": {"about": "training-inference mismatch: a bf16 behavior policy with W8A8 int8 Linear layers (head bf16)",
-             "overrides": ["rollout.precision=int8"]},
+             "overrides": departing("rollout.precision=int8")},
     "stale": {"about": "staleness: 4 optimizer steps per rollout batch, rollouts from weights 2 steps old",
-              "overrides": ["updates_per_batch=4", "rollout.lag=2"]},
+              "overrides": departing("updates_per_batch=4", "rollout.lag=2")},
     "stale_strong": {"about": "strong staleness: 8 optimizer steps per rollout batch, rollouts 4 steps old",
-                     "overrides": ["updates_per_batch=8", "rollout.lag=4"]},
+                     "overrides": departing("updates_per_batch=8", "rollout.lag=4")},
     "moe_bf16": {"about": "mixture-of-experts model with bf16 rollouts (low precision can flip routing)",
-                 "overrides": ["model.moe=true", "rollout.precision=bf16"]},
+                 "overrides": departing("model.moe=true", "rollout.precision=bf16")},
     "scale": {"about": "model scale: the medium transformer (~10.6M parameters), fp32 rollouts",
-              "overrides": ["model=medium"]},
+              "overrides": departing("model=medium")},
 }
 
 

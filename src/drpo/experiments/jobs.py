@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from drpo.experiments.methods import Method
-from drpo.experiments.report import run_dir
+from drpo.experiments.runs import run_dir
 
 RESERVED = ("out", "resume", "seed", "loss")  # set by compare itself, per run
 SHARED_LOSS_KEYS = ("loss.aggregation", "loss.horizon")  # loss settings that are not the method's

@@ -1,0 +1,170 @@
+"""The figures of a sweep's report, drawn from the runs (curves) and from results.json (summaries)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from drpo.experiments.runs import Run, seed_mean_curve
+
+
+def plot_condition(path: Path, condition: str, about: str, runs_by_method: dict[str, list[Run]]) -> Path:
+    """The DPPO sanity-test figure: reward, eval accuracy, mean abs(pi-mu), max/min of pi-mu against step."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    panels = [("training reward", ["reward/mean"]), ("eval accuracy (greedy)", ["eval/accuracy"]),
+              ("mean |pi - mu|", ["mismatch/abs_mean"]), ("max / min of pi - mu", ["mismatch/max", "mismatch/min"])]
+    colors = _colors(len(runs_by_method))
+    for ax, (title, keys) in zip(axes.flat, panels, strict=True):
+        for color, (label, runs) in zip(colors, runs_by_method.items(), strict=True):
+            for key, style in zip(keys, ("-", "--"), strict=False):
+                curve = seed_mean_curve(runs, key)
+                if not curve:
+                    continue
+                steps, mean, low, high = zip(*curve, strict=True)
+                marker = "o" if key.startswith("eval/") else None
+                ax.plot(steps, mean, style, color=color, marker=marker, ms=3, lw=1.5,
+                        label=label if key == keys[0] else None)
+                if len(runs) > 1:
+                    ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
+        if keys[0] == "mismatch/abs_mean" and ax.has_data():
+            ax.set_yscale("log")
+        if len(keys) == 2:
+            ax.axhline(0, color="grey", lw=0.6)
+            ax.set_title(f"{title} (solid: max, dashed: min)")
+        else:
+            ax.set_title(title)
+        ax.set_xlabel("step")
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{condition}: {about}\n(mean over seeds, band: min..max over seeds)")
+    return _save(fig, path)
+
+
+def plot_trust_region(path: Path, condition: str, runs_by_method: dict[str, list[Run]]) -> Path:
+    """Per method over training: tokens masked (w = 0), corrective (w < 0), amplified (w > 1), mean |w - 1|."""
+    import matplotlib.pyplot as plt
+
+    panels = (("loss/masked_frac", "masked tokens (w = 0)"), ("loss/corrective_frac", "corrective tokens (w < 0)"),
+              ("loss/amplified_frac", "amplified tokens (w > 1)"), ("loss/weight_dev", "mean |w - 1|"))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    colors = _colors(len(runs_by_method))
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        for color, (label, runs) in zip(colors, runs_by_method.items(), strict=True):
+            curve = seed_mean_curve(runs, key)
+            if curve:
+                steps, mean, low, high = zip(*curve, strict=True)
+                ax.plot(steps, mean, color=color, lw=1.5, label=label)
+                if len(runs) > 1:
+                    ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel("mean over response tokens" if key == "loss/weight_dev" else "fraction of response tokens")
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{condition}: how far each method's gradient weights depart from 1")
+    return _save(fig, path)
+
+
+def plot_final_accuracy(path: Path, results: dict) -> Path:
+    """Grouped bars: mean final eval accuracy per condition and method, error bar: t interval of the mean."""
+    import matplotlib.pyplot as plt
+
+    conditions = list(results["conditions"])
+    labels = list(results["methods"])
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(conditions) * max(1, len(labels)) / 3), 4.5))
+    top = 0.05
+    for i, (color, label) in enumerate(zip(_colors(len(labels)), labels, strict=True)):
+        xs, means, errors = [], [], [[], []]
+        for j, condition in enumerate(conditions):
+            interval = results["conditions"][condition]["methods"][label]["final_interval"]
+            if interval["mean"] is None:
+                continue
+            xs.append(j + (i - (len(labels) - 1) / 2) * width)
+            means.append(interval["mean"])
+            low, high = (interval["low"], interval["high"]) if interval["low"] is not None else (interval["mean"],) * 2
+            errors[0].append(interval["mean"] - max(0.0, low))
+            errors[1].append(min(1.0, high) - interval["mean"])
+            top = max(top, min(1.0, high))
+        ax.bar(xs, means, width, yerr=errors, color=color, label=label, capsize=2)
+    ax.set_ylim(0, 1.15 * top)
+    ax.set_xticks(range(len(conditions)), conditions)
+    ax.set_ylabel("final eval accuracy")
+    ax.legend(fontsize=7, ncol=3)
+    ax.set_title(f"final eval accuracy (mean over seeds, error bar: {round(100 * results['level'])}% t interval)")
+    return _save(fig, path)
+
+
+def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
+    """One condition, every swept loss hyper-parameter (results['sweeps']): final accuracy (mean, t interval),
+    steps to target ('never' drawn above the last step) and collapsed seeds, against the value (log scale)."""
+    import matplotlib.pyplot as plt
+
+    cond = results["conditions"][condition]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    last_step = max((n["last_step"] for m in cond["methods"].values() for n in m["per_seed"].values()), default=1)
+    for color, sweep in zip(_colors(len(results["sweeps"])), results["sweeps"], strict=True):
+        label = f"{sweep['loss']} ({sweep['parameter']})"
+        points = [(p["value"], cond["methods"][p["label"]]) for p in sweep["points"] if cond["methods"][p["label"]]["seeds"]]
+        if not points:
+            continue
+        xs = [x for x, _ in points]
+        means = [m["final_interval"]["mean"] for _, m in points]
+        low = [m["final_interval"]["mean"] - (m["final_interval"]["low"] if m["final_interval"]["low"] is not None
+                                              else m["final_interval"]["mean"]) for _, m in points]
+        high = [(m["final_interval"]["high"] if m["final_interval"]["high"] is not None
+                 else m["final_interval"]["mean"]) - m["final_interval"]["mean"] for _, m in points]
+        axes[0].errorbar(xs, means, yerr=[low, high], color=color, marker="o", capsize=3, label=label)
+        steps = [m["steps_to_target"] for _, m in points]
+        axes[1].plot(xs, [s if s is not None else math.nan for s in steps], color=color, marker="o", label=label)
+        never = [x for x, s in zip(xs, steps, strict=True) if s is None]
+        axes[1].scatter(never, [1.1 * last_step] * len(never), color=color, marker="x", s=60)
+        axes[2].plot(xs, [m["collapsed"] / m["seeds"] for _, m in points], color=color, marker="o", label=label)
+    titles = (f"final eval accuracy (mean, {round(100 * results['level'])}% t interval)",
+              f"steps to target {cond['target']:.3f}" + " (x: never)" if cond["target"] is not None else "steps to target",
+              "collapsed seeds (fraction)")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("boundary (delta)")
+        ax.set_title(title)
+    axes[2].set_ylim(-0.05, 1.05)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
+    fig.suptitle(f"{condition}: trust-region width swept (each point: its seeds)")
+    return _save(fig, path)
+
+
+def weight_figure_losses(methods: dict) -> tuple[list[str], list[str]]:
+    """Registry or preset names that reproduce the sweep's methods (plot_weight_curves takes bare names),
+    and the labels it cannot draw (custom hyper-parameters, or top-k losses that need logits)."""
+    from drpo.losses import LOSSES, PRESETS, get_loss
+
+    names, skipped = [], []
+    for label, method in methods.items():
+        loss = get_loss(method["loss"], **method["hyper"])
+        candidates = [method["loss"], loss.name, *(p for p, (base, _) in PRESETS.items() if base == loss.name)]
+        match = next((c for c in candidates if get_loss(c).hyper == loss.hyper), None)
+        if match is None or LOSSES[loss.name].needs_topk:
+            skipped.append(label)
+        elif match not in names:
+            names.append(match)
+    return names, skipped
+
+
+def _colors(n: int) -> list:
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,151 @@
+"""The verdict of a sweep: sentences generated from results.json's numbers, nothing written by hand.
+
+Every comparison is a paired difference of final eval accuracy over seeds (drpo.experiments.stats) with
+its two-sided t interval; wins and losses are decided by the interval alone:
+
+- *better* / *worse*: the interval of (method - reference) lies above / below 0;
+- *not separable*: it contains 0, or fewer than 2 seeds are paired (no interval).
+
+Per condition: the method with the highest mean final accuracy and which methods are not separable from
+it (the top group; a method *wins* the condition only when it is better than every other), the collapses,
+the first to reach the target, then every method against the named baseline (results['baseline']). Over
+conditions: where the baseline won, sat in the top group, or was separably behind the leader.
+"""
+
+from __future__ import annotations
+
+from drpo.experiments.stats import paired_difference
+
+
+def verdict(results: dict) -> dict:
+    """{'conditions': {name: [sentences]}, 'overall': [sentences]}."""
+    base = results.get("baseline")
+    level = round(100 * results.get("level", 0.95))
+    out = {"conditions": {}, "overall": []}
+    standing = {}  # condition -> (leader, top group, leader's difference to the baseline)
+    for condition, cond in results["conditions"].items():
+        methods = {label: m for label, m in cond["methods"].items()
+                   if m["seeds"] > 0 and m["final"]["mean"] is not None}
+        if not methods:
+            out["conditions"][condition] = [f"{condition}: no finished runs."]
+            continue
+        if cond.get("weak_base_seeds"):  # the runs had little or no reward signal: a ranking would rank noise
+            seeds = ", ".join(str(s) for s in cond["weak_base_seeds"])
+            out["conditions"][condition] = [
+                f"{condition}: not judged. The base model of seed {seeds} missed its warm-up target "
+                "(summary.json: base_model.missed_target), so RL from it had little or no reward signal and the "
+                "highest final accuracy would rank noise; raise warmup.steps or use an easier task."]
+            continue
+        leader = max(methods, key=lambda label: methods[label]["final"]["mean"])
+        to_leader = {label: paired_difference(finals(m), finals(methods[leader]), results.get("level", 0.95))
+                     for label, m in methods.items() if label != leader}
+        top = [leader] + [label for label, d in to_leader.items() if d["verdict"] != "worse"]
+        standing[condition] = (leader, top, to_leader.get(base))
+        sentences = [_leader_sentence(condition, leader, top, methods, level)]
+        collapsed = [f"{label} ({m['collapsed']}/{m['seeds']} seeds)" for label, m in methods.items() if m["collapsed"]]
+        sentences.append(f"Collapsed: {_join(collapsed)}." if collapsed else "No method collapsed.")
+        if cond["target"] is not None:
+            sentences.append(_target_sentence(cond["target"], methods))
+        if base in methods and len(methods) > 1:
+            sentences.append(_baseline_sentence(base, methods, level))
+        out["conditions"][condition] = sentences
+    if base is not None:
+        out["overall"] = _overall(base, results, standing)
+    return out
+
+
+def _leader_sentence(condition: str, leader: str, top: list[str], methods: dict, level: int) -> str:
+    seeds = sorted({m["seeds"] for m in methods.values()})
+    seed_text = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1 else "varying seeds"
+    final = methods[leader]["final"]
+    text = f"{condition}: highest mean final eval accuracy: {leader}, {plus_minus(final)} ({seed_text})"
+    if len(methods) == 1:
+        return text + "."
+    if top == [leader]:
+        return text + f", better than every other method (paired {level}% t intervals): {leader} wins."
+    return (text + f"; not separable from it (paired {level}% t interval of the difference contains 0, or one "
+            f"seed): {_join(top[1:])}. No method wins.")
+
+
+def _target_sentence(target: float, methods: dict) -> str:
+    reached = sorted((m["steps_to_target"], label) for label, m in methods.items() if m["steps_to_target"] is not None)
+    never = [label for label, m in methods.items() if m["steps_to_target"] is None]
+    if not reached:
+        return f"No method reached the target accuracy {target:.3f}."
+    first = [label for step, label in reached if step == reached[0][0]]
+    return (f"First to reach the target accuracy {target:.3f} (seed-mean curve): {_join(first)} at step "
+            f"{reached[0][0]}" + (f"; never reached by {_join(never)}." if never else "; every method reached it."))
+
+
+def _baseline_sentence(base: str, methods: dict, level: int) -> str:
+    groups = {"better": [], "worse": [], "not separable": []}
+    for label, m in methods.items():
+        if label == base:
+            continue
+        d = paired_difference(finals(m), finals(methods[base]), level / 100)
+        groups[d["verdict"]].append(f"{label} {format_difference(d)}")
+    parts = [f"{name}: {_join(items)}" for name, items in groups.items() if items]
+    return (f"Against {base} (final accuracy, method - {base}, paired over seeds, {level}% t interval): "
+            + "; ".join(parts) + ".")
+
+
+def _overall(base: str, results: dict, standing: dict) -> list[str]:
+    won, top, behind, collapsed = [], [], [], []
+    for condition, (leader, group, to_leader) in standing.items():
+        m = results["conditions"][condition]["methods"].get(base)
+        if not m or m["seeds"] == 0 or m["final"]["mean"] is None:
+            continue
+        if group == [base]:
+            won.append(condition)
+        elif base in group:
+            top.append(condition)
+        else:  # the leader minus the baseline, so the gap reads as positive
+            gap = {**to_leader, "mean": -to_leader["mean"], "low": _neg(to_leader["high"]),
+                   "high": _neg(to_leader["low"])}
+            behind.append(f"{condition} (best: {leader}, ahead by {format_difference(gap)})")
+        if m["collapsed"]:
+            collapsed.append(f"{condition} ({m['collapsed']}/{m['seeds']} seeds)")
+    total = len(won) + len(top) + len(behind)
+    if total == 0:
+        return []
+    sentences = [f"{base} won {len(won)} of {total} condition{'s' if total > 1 else ''}"
+                 + (f" ({_join(won)})" if won else "") + " (better than every other method on final accuracy)."]
+    if top:
+        sentences.append(f"It was not separable from the highest mean in {_join(top)}.")
+    if behind:
+        sentences.append(f"It was separably behind the highest mean in {_join(behind)}.")
+    sentences.append(f"{base} collapsed in {_join(collapsed)}." if collapsed else f"{base} never collapsed.")
+    return sentences
+
+
+def format_difference(d: dict) -> str:
+    """'+0.050 [+0.010, +0.090]', or '+0.050 (1 paired seed, no interval)'."""
+    if d["mean"] is None:
+        return "(no paired seeds)"
+    if d["low"] is None:
+        return f"{d['mean']:+.3f} ({d['n']} paired seed, no interval)"
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def finals(entry: dict) -> dict[int, float]:
+    """seed -> final eval accuracy of one method's entry (seeds are strings once read back from JSON)."""
+    return {int(seed): n["final"] for seed, n in entry["per_seed"].items()}
+
+
+def _neg(value: float | None) -> float | None:
+    return None if value is None else -value
+
+
+def _join(items: list[str]) -> str:
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def plus_minus(stat: dict, fmt: str = ".3f") -> str:
+    if stat["mean"] is None:
+        return "-"
+    if stat["n"] < 2:
+        return f"{stat['mean']:{fmt}}"
+    return f"{stat['mean']:{fmt}} ± {stat['std']:{fmt}}"
