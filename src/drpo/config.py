@@ -252,6 +252,9 @@ class RunConfig(Section):
         1, ge=1, description="optimizer steps per rollout batch (mini-batches, all anchored on mu): staleness")
     recompute_old_log_prob: bool = pydantic.Field(
         True, description="recompute pi_old before the updates (needed by anchor=recompute; gives mismatch/*)")
+    diagnose_pull: bool = pydantic.Field(
+        False, description="log the gradient norms of the loss's policy-gradient part (w = 1) and pull part (w - 1; "
+        "DRPO: -sign(A)(pi - mu)/delta) on the first update of each step (drpo.diagnostics; 2 extra backwards)")
     checkpoint_every: int = pydantic.Field(50, ge=1, description="checkpoint every N RL steps (and at the end)")
     max_bad_steps: int = pydantic.Field(3, ge=1, description="stop after this many non-finite steps in a row")
     tensorboard: bool = pydantic.Field(True, description="also log to TensorBoard under OUT/tb")

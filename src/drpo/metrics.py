@@ -1,9 +1,13 @@
 """Metric keys (DESIGN.md) and where they go: metrics.jsonl, TensorBoard, the console line.
 
 Keys that reports and checks rely on:
-    step, reward/mean, eval/accuracy, eval/sampled_accuracy,
+    step, reward/mean, eval/accuracy, eval/sampled_accuracy, eval/prompts
     mismatch/abs_mean, mismatch/max, mismatch/min, mismatch/kl      (pi - mu at rollout time)
-    loss/weight_mean, loss/corrective_frac, loss/masked_frac, ratio/max, shift/*   (from drpo.losses)
+    mismatch/abs_p_p99, ...                                          (the tail, drpo.mismatch.stats)
+    loss/weight_mean, loss/weight_min, loss/weight_max, loss/weight_dev (mean |w - 1|),
+    loss/masked_frac (w = 0), loss/corrective_frac (w < 0), loss/amplified_frac (w > 1),
+    ratio/max, shift/*                                               (from drpo.losses)
+    diagnose/pg_grad_norm, diagnose/pull_grad_norm, diagnose/pull_to_pg   (diagnose_pull=true, drpo.diagnostics)
     entropy, response_length/mean, grad_norm, time/rollout_s, time/update_s, throughput/tokens_per_s
 """
 

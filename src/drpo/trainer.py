@@ -34,6 +34,7 @@ from rich.progress import (
 from drpo.advantages import group_advantages
 from drpo.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
 from drpo.config import RunConfig, check_resume
+from drpo.diagnostics import pull_gradient_norms
 from drpo.losses import aggregate
 from drpo.metrics import MetricsLogger, mean_of, mismatch_metrics
 from drpo.mismatch.dump import TrainerDump
@@ -122,8 +123,9 @@ class Trainer:
                 old_log_prob = self.policy.log_probs(batch, cfg.rollout.temperature).log_prob  # [N, T] pi_old
 
         minibatches = list(self.minibatches(batch))
-        updates = [self.update(mb, advantages[rows], None if old_log_prob is None else old_log_prob[rows])
-                   for rows, mb in minibatches]
+        updates = [self.update(mb, advantages[rows], None if old_log_prob is None else old_log_prob[rows],
+                               diagnose=cfg.diagnose_pull and i == 0)  # one update per step: 2 extra backwards
+                   for i, (rows, mb) in enumerate(minibatches)]
         update_s = time.perf_counter() - start
         if pi_old_from_update:
             (rows, _), = minibatches
@@ -152,8 +154,12 @@ class Trainer:
         })
         return metrics
 
-    def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_log_prob: torch.Tensor | None) -> UpdateResult:
-        """One optimizer step on one mini-batch; a non-finite loss or gradient leaves the weights untouched."""
+    def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_log_prob: torch.Tensor | None,
+               diagnose: bool = False) -> UpdateResult:
+        """One optimizer step on one mini-batch; a non-finite loss or gradient leaves the weights untouched.
+
+        ``diagnose``: also log the gradient norms of the loss's policy-gradient and pull parts (drpo.diagnostics).
+        """
         cfg = self.config
         self.model.train()
         forward = self.policy.log_probs(batch, cfg.rollout.temperature)
@@ -168,6 +174,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         skipped = not torch.isfinite(loss)
         grad_norm = float("nan")
+        diagnosed = {}
+        if diagnose and not skipped:
+            diagnosed = pull_gradient_norms([p for p in self.model.parameters() if p.requires_grad], forward.log_prob,
+                                            out, advantages, batch.response_mask, cfg.loss.aggregation, self.horizon)
         if not skipped:
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip).item()
@@ -185,7 +195,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
         valid = batch.response_mask.bool()
-        metrics = {**out.metrics, "loss/value": loss.item(), "grad_norm": grad_norm,
+        metrics = {**out.metrics, **diagnosed, "loss/value": loss.item(), "grad_norm": grad_norm,
                    "entropy": forward.entropy[valid].mean().item()}
         if cfg.model.moe:
             metrics["loss/moe_aux"] = moe_aux.item()  # 1.0 when routing is balanced
@@ -218,14 +228,15 @@ class Trainer:
         examples = self.task.eval[: cfg.prompts]
         greedy_acc = self.policy.greedy_accuracy(examples)
         if cfg.samples == 0:
-            return {"eval/accuracy": greedy_acc}
+            return {"eval/accuracy": greedy_acc, "eval/prompts": len(examples)}
         prompts = [self.policy.encode_prompt(ex) for ex in examples]
         generator = torch.Generator(self.device).manual_seed(self.config.seed + 10**6 + self.step)  # not training's
         sampled = self.policy.generate_text(prompts, cfg.samples, self.task.max_response_len,
                                             self.config.rollout.temperature, generator)
         sampled_acc = float(np.mean([self.task.reward(t, examples[i // cfg.samples]) for i, t in enumerate(sampled)]))
         # the sampled accuracy is avg@k (mean over k samples per problem), as in AIME avg@16 reports
-        return {"eval/accuracy": greedy_acc, "eval/sampled_accuracy": sampled_acc, f"eval/avg@{cfg.samples}": sampled_acc}
+        return {"eval/accuracy": greedy_acc, "eval/sampled_accuracy": sampled_acc, f"eval/avg@{cfg.samples}": sampled_acc,
+                "eval/prompts": len(examples)}  # fewer than eval.prompts when the eval split is smaller
 
     # ----------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
