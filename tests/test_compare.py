@@ -324,3 +324,37 @@ def test_tiny_sweep_report_reuse_and_resume(tmp_path):
                              f"separable: pg_is {0.1 - finals['drpo']:+.3f} (1 paired seed, no interval).")
     assert table["pg_is"]["final - baseline"] == f"{0.1 - finals['drpo']:+.3f} (1 paired seed, no interval) not separable"
     assert table["drpo"]["final - baseline"] == "baseline"
+
+
+def test_report_of_a_delta_sweep_from_files_alone(tmp_path):
+    """A sweep directory written by hand: the conditions table states what mu rounds and the measured mismatch,
+    and a loss swept over 3 values gets its table and figure."""
+    from drpo.experiments.jobs import write_grid
+    from drpo.experiments.report import write_report
+    from drpo.experiments.runs import run_dir
+
+    methods = parse_methods(["drpo:delta=0.05", "drpo", "drpo:delta=0.5"])
+    conditions = get_conditions(["fp8"])
+    write_grid(tmp_path, methods, [0, 1], conditions, ["steps=2"], None)
+    for method in methods:
+        for seed in (0, 1):
+            path = run_dir(tmp_path, "fp8", method.slug, seed)
+            path.mkdir(parents=True)
+            config = load_config(None, [*conditions["fp8"]["overrides"], *method.overrides(), f"seed={seed}"])
+            (path / "config.yaml").write_text(config.to_yaml())
+            records = [{"step": 0, "eval/accuracy": 0.3, "eval/prompts": 1200},
+                       {"step": 1, "mismatch/abs_mean": 0.01, "mismatch/abs_p_p99": 0.05, "mismatch/max": 0.2,
+                        "mismatch/min": -0.1},
+                       {"step": 2, "mismatch/abs_mean": 0.03, "mismatch/abs_p_p99": 0.07, "mismatch/max": 0.1,
+                        "mismatch/min": -0.3, "eval/accuracy": 0.4 + 0.1 * seed, "eval/prompts": 1200}]
+            (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            (path / "summary.json").write_text(json.dumps({"interrupted": False}))
+    report = write_report(tmp_path).read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| fp8 | `rollout.precision=fp8"))
+    # mean over runs of each run's mean over steps: 0.02 and 0.06; max |pi - mu| over runs and steps: 0.3
+    assert "fp8 behavior policy (rounds bf16 model; Linear weights (per tensor)" in row
+    assert row.endswith("| 2.00e-02 | 6.00e-02 | 3.00e-01 |")
+    # finals 0.4, 0.5: 0.45 -+ 12.706 * 0.0707 / sqrt(2); the seed mean reaches the target 0.3 + 0.15 at step 2
+    assert "| fp8 | 0.05 | drpo:delta=0.05 | 2 | 0.450 [-0.185, 1.085] | 2 | 0/2 |" in report
+    assert "Each evaluation: 1200 held-out prompts" in report and "Baseline: drpo." in report
+    assert (tmp_path / "figures" / "fp8_sweep.png").stat().st_size > 0

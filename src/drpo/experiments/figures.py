@@ -105,12 +105,14 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
     cond = results["conditions"][condition]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     last_step = max((n["last_step"] for m in cond["methods"].values() for n in m["per_seed"].values()), default=1)
-    for color, sweep in zip(_colors(len(results["sweeps"])), results["sweeps"], strict=True):
+    sweeps = results["sweeps"]
+    for i, (color, sweep) in enumerate(zip(_colors(len(sweeps)), sweeps, strict=True)):
         label = f"{sweep['loss']} ({sweep['parameter']})"
         points = [(p["value"], cond["methods"][p["label"]]) for p in sweep["points"] if cond["methods"][p["label"]]["seeds"]]
         if not points:
             continue
-        xs = [x for x, _ in points]
+        nudge = 1.06 ** (i - (len(sweeps) - 1) / 2)  # losses sharing a value stay apart on the log axis
+        xs = [x * nudge for x, _ in points]
         means = [m["final_interval"]["mean"] for _, m in points]
         low = [m["final_interval"]["mean"] - (m["final_interval"]["low"] if m["final_interval"]["low"] is not None
                                               else m["final_interval"]["mean"]) for _, m in points]
@@ -125,10 +127,14 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
     titles = (f"final eval accuracy (mean, {round(100 * results['level'])}% t interval)",
               f"steps to target {cond['target']:.3f}" + " (x: never)" if cond["target"] is not None else "steps to target",
               "collapsed seeds (fraction)")
+    values = sorted({p["value"] for sweep in sweeps for p in sweep["points"]})
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:g}" for v in values], minor=False)
+        ax.minorticks_off()
         ax.set_xlabel("boundary (delta)")
         ax.set_title(title)
+    axes[1].set_ylim(0, 1.2 * last_step)
     axes[2].set_ylim(-0.05, 1.05)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8)

@@ -101,8 +101,12 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
               COLUMNS.format(base=results["baseline"], level=level), ""]
     for condition, cond in conditions.items():
         lines += condition_section(condition, cond, results["baseline"], level)
-    for sweep in results["sweeps"]:
-        lines += sweep_section(sweep, results)
+    if results["sweeps"]:
+        lines += ["## Swept hyper-parameters", "", f"Final accuracy: mean over seeds with the {level}% t interval of "
+                  "the mean; steps to target on the seed-mean curve.", ""]
+        for sweep in results["sweeps"]:
+            lines += sweep_table(sweep, results)
+        lines += [f"![{condition} sweep](figures/{condition}_sweep.png)" for condition in conditions] + [""]
     lines += ["## Gradient weights", ""]
     if drawn:
         lines += [f"w_t against pi - mu for {', '.join(drawn)} (drpo.plots.plot_weight_curves).", "",
@@ -160,12 +164,9 @@ def condition_section(condition: str, cond: dict, baseline: str, level: int) -> 
     return lines
 
 
-def sweep_section(sweep: dict, results: dict) -> list[str]:
-    """One swept loss hyper-parameter: per condition, final accuracy, steps to target, collapses by value."""
-    level = round(100 * results["level"])
-    lines = [f"## {sweep['loss']}: {sweep['parameter']} swept", "",
-             f"Final accuracy: mean over seeds with the {level}% t interval of the mean; steps to target on the "
-             "seed-mean curve. Figures: one per condition, every swept loss together.", "",
+def sweep_table(sweep: dict, results: dict) -> list[str]:
+    """One swept loss hyper-parameter: per condition and value, final accuracy, steps to target, collapses."""
+    lines = [f"{sweep['loss']}, {sweep['parameter']} swept:", "",
              "| condition | " + sweep["parameter"] + " | method | seeds | final | steps to target | collapsed |",
              "|---|---|---|---|---|---|---|"]
     for condition, cond in results["conditions"].items():
@@ -179,8 +180,6 @@ def sweep_section(sweep: dict, results: dict) -> list[str]:
             steps = m["steps_to_target"]
             lines.append(f"| {condition} | {point['value']:g} | {point['label']} | {m['seeds']} | {final} "
                          f"| {'never' if steps is None else steps} | {m['collapsed']}/{m['seeds']} |")
-    lines.append("")
-    lines += [f"![{condition} sweep](figures/{condition}_sweep.png)" for condition in results["conditions"]]
     return [*lines, ""]
 
 

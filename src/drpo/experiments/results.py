@@ -58,12 +58,14 @@ def steps_to_target(runs: list[Run], target: float) -> int | None:
 
 
 def baseline_label(methods: dict, baseline: str | None = None) -> str | None:
-    """The method every other is compared with: ``baseline`` if given, else the first on the headline loss
-    (drpo), else the first method."""
+    """The method every other is compared with: ``baseline`` if given, else the method labelled like the headline
+    loss (drpo, delta 0.15), else the first on that loss (e.g. drpo:delta=0.3), else the first method."""
     if baseline is not None:
         if baseline not in methods:
             raise ValueError(f"baseline '{baseline}' is not a method of this sweep: {', '.join(methods)}")
         return baseline
+    if HEADLINE_LOSS in methods:
+        return HEADLINE_LOSS
     return next((label for label, m in methods.items() if m.get("canonical") == HEADLINE_LOSS), next(iter(methods), None))
 
 
