@@ -358,3 +358,5 @@ def test_report_of_a_delta_sweep_from_files_alone(tmp_path):
     assert "| fp8 | 0.05 | drpo:delta=0.05 | 2 | 0.450 [-0.185, 1.085] | 2 | 0/2 |" in report
     assert "Each evaluation: 1200 held-out prompts" in report and "Baseline: drpo." in report
     assert (tmp_path / "figures" / "fp8_sweep.png").stat().st_size > 0
+    assert main(["report", str(tmp_path), "--baseline", "drpo:delta=0.5"]) == 0
+    assert "Baseline: drpo:delta=0.5." in (tmp_path / "report.md").read_text()

@@ -82,7 +82,7 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from drpo.experiments.report import write_report
 
-    print(f"wrote {write_report(args.sweep_dir, args.target)}")
+    print(f"wrote {write_report(args.sweep_dir, args.target, args.baseline)}")
     return 0
 
 
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild a sweep's report.md, figures and results.json from its runs")
     report.add_argument("sweep_dir", help="directory written by `drpo compare`")
     report.add_argument("--target", type=float, help="eval accuracy for 'steps to target' (default: as the sweep)")
+    report.add_argument("--baseline", metavar="METHOD", help="the method every other is compared with, paired over "
+                        "seeds (default: drpo, else the first method on the drpo loss, else the first method)")
     report.set_defaults(func=cmd_report)
     from drpo.mismatch import format as mismatch_format
     from drpo.mismatch.model import DEFAULT_PRECISIONS
