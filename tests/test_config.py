@@ -7,7 +7,10 @@ from drpo.config import ConfigError, help_text, load_config
 
 def test_defaults_and_overrides(tmp_path):
     cfg = load_config()
-    assert cfg.loss.name == "drpo" and cfg.task.name == "arith" and cfg.rollout.precision == "fp32"
+    assert cfg.loss.name == "drpo" and cfg.task.name == "arith"
+    # the default run is off-policy, as in the paper: low-precision rollouts, several updates per batch anchored on mu
+    assert (cfg.rollout.precision, cfg.updates_per_batch, cfg.rollout.lag, cfg.loss.build().hyper.anchor) == (
+        "bf16", 4, 0, "rollout")
     path = tmp_path / "run.yaml"
     path.write_text("loss: dppo_binary_tv\nsteps: 7\nrollout:\n  lag: 2\n")
     cfg = load_config(path, ["loss.delta_high=0.2", "model=tiny", "rollout.precision=fp8", "updates_per_batch=4"])
@@ -25,7 +28,7 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("stepz=3", "unknown key 'stepz'.*steps=150"),
+    ("stepz=3", "unknown key 'stepz'.*steps=100"),
     ("rollout.precision=fp4", "'rollout.precision' got 'fp4'.*'bf16'.*'fp8'"),
     ("rollout.bogus=1", "unknown key 'rollout.bogus'.*precision="),
     ("loss=foo", "unknown loss 'foo'.*drpo"),

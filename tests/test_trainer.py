@@ -39,7 +39,9 @@ def comparable(records):
 
 
 def test_short_run_learns_and_writes_the_run_directory(tmp_path):
-    summary, records = run(tmp_path, "steps=24", "rollout.prompts=16", "rollout.group_size=8")
+    # on-policy (the default run is off-policy): fp32 rollouts, one update per batch
+    summary, records = run(tmp_path, "steps=24", "rollout.prompts=16", "rollout.group_size=8",
+                           "rollout.precision=fp32", "updates_per_batch=1")
     rewards = [r["reward/mean"] for r in records if "reward/mean" in r]
     assert sum(rewards[-6:]) / 6 > sum(rewards[:6]) / 6, rewards
     run_dir = tmp_path / "run"
@@ -81,7 +83,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path):
 
 
 def test_non_finite_loss_skips_the_update_and_stops(tmp_path, monkeypatch):
-    config = load_config(None, [*TINY, f"out={tmp_path / 'nan'}", "steps=5", "max_bad_steps=2"])
+    config = load_config(None, [*TINY, f"out={tmp_path / 'nan'}", "steps=5", "max_bad_steps=2", "updates_per_batch=1"])
     trainer = Trainer(config)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     monkeypatch.setattr(trainer_module, "aggregate", lambda *args, **kwargs: torch.tensor(float("nan")))
@@ -208,7 +210,7 @@ def test_moe_aux_coef_applies_only_to_moe_models():
 
 def test_top_p_below_one_warns_and_the_gap_it_warns_of_is_real(tmp_path):
     """fp32 rollout, same weights: with the nucleus, mu = pi / Z on its tokens (Z < 1), so pi - mu <= 0 everywhere."""
-    config = load_config(None, [*TINY, *CHEAP, "rollout.top_p=0.7", f"out={tmp_path}"])
+    config = load_config(None, [*TINY, *CHEAP, "rollout.top_p=0.7", "rollout.precision=fp32", f"out={tmp_path}"])
     with pytest.warns(UserWarning, match=r"rollout.top_p=0.7 < 1: .* pi < mu"):
         trainer = Trainer(config)
     metrics = trainer.train_step()

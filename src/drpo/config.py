@@ -180,7 +180,7 @@ MATH_TASK_FIELDS = ("data", "eval_data", "prompt_field", "answer_field", "prompt
 
 class RolloutConfig(Section):
     precision: Literal["fp32", "bf16", "fp16", "fp8", "int8", "fp8_all"] = pydantic.Field(
-        "fp32", description="numerics of the behavior policy mu (training-inference mismatch; fp8/int8: bf16 engine "
+        "bf16", description="numerics of the behavior policy mu (training-inference mismatch; fp8/int8: bf16 engine "
         "with W8A8 Linear layers, embedding and head bf16; fp8_all: fp32 with every Linear in e4m3)")
     lag: int = pydantic.Field(0, ge=0, description="rollouts come from the weights of `lag` steps ago (async RL)")
     prompts: int = pydantic.Field(32, ge=1, description="prompts per RL step")
@@ -243,13 +243,13 @@ class EvalConfig(Section):
 
 class RunConfig(Section):
     out: str = pydantic.Field("runs/default", description="run directory (config, metrics, checkpoints, plots)")
-    steps: int = pydantic.Field(150, ge=0, description="RL steps (one rollout batch and its updates each)")
+    steps: int = pydantic.Field(100, ge=0, description="RL steps (one rollout batch and its updates each)")
     seed: int = pydantic.Field(0, ge=0)
     resume: str | None = pydantic.Field(
         None, description="run directory to continue from its latest checkpoint; only steps and out may differ from "
         "its config (with schedule=cosine a new steps stretches the rest of the schedule)")
     updates_per_batch: int = pydantic.Field(
-        1, ge=1, description="optimizer steps per rollout batch (mini-batches, all anchored on mu): staleness")
+        4, ge=1, description="optimizer steps per rollout batch (mini-batches, all anchored on mu): staleness")
     recompute_old_log_prob: bool = pydantic.Field(
         True, description="recompute pi_old before the updates (needed by anchor=recompute; gives mismatch/*)")
     diagnose_pull: bool = pydantic.Field(
