@@ -49,7 +49,8 @@ def test_trainer_dump_then_drpo_mismatch(tmp_path):
 
 def test_first_mini_batch_pi_is_pi_old_and_resume_keeps_the_dump(tmp_path):
     run = tmp_path / "fp32"
-    args = [*TINY, "steps=2", "dump_log_probs=true", "checkpoint_every=1", f"out={run}"]
+    args = [*TINY, "steps=2", "rollout.precision=fp32", "updates_per_batch=1", "dump_log_probs=true",
+            "checkpoint_every=1", f"out={run}"]
     Trainer(load_config(None, args)).train()
     data = read_log_probs(run)
     # one update per batch: pi at the update is pi_old (same weights, same numerics); fp32 rollouts: mu too
