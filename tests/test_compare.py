@@ -344,9 +344,11 @@ def test_report_of_a_delta_sweep_from_files_alone(tmp_path):
             (path / "config.yaml").write_text(config.to_yaml())
             records = [{"step": 0, "eval/accuracy": 0.3, "eval/prompts": 1200},
                        {"step": 1, "mismatch/abs_mean": 0.01, "mismatch/abs_p_p99": 0.05, "mismatch/max": 0.2,
-                        "mismatch/min": -0.1},
+                        "mismatch/min": -0.1, "loss/weight_min": -0.5, "loss/weight_max": 2.0,
+                        "diagnose/pull_to_pg": 0.2},
                        {"step": 2, "mismatch/abs_mean": 0.03, "mismatch/abs_p_p99": 0.07, "mismatch/max": 0.1,
-                        "mismatch/min": -0.3, "eval/accuracy": 0.4 + 0.1 * seed, "eval/prompts": 1200}]
+                        "mismatch/min": -0.3, "loss/weight_min": -1.0, "loss/weight_max": 3.0,
+                        "diagnose/pull_to_pg": 0.4, "eval/accuracy": 0.4 + 0.1 * seed, "eval/prompts": 1200}]
             (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
             (path / "summary.json").write_text(json.dumps({"interrupted": False}))
     report = write_report(tmp_path).read_text()
@@ -357,6 +359,9 @@ def test_report_of_a_delta_sweep_from_files_alone(tmp_path):
     # finals 0.4, 0.5: 0.45 -+ 12.706 * 0.0707 / sqrt(2); the seed mean reaches the target 0.3 + 0.15 at step 2
     assert "| fp8 | 0.05 | drpo:delta=0.05 | 2 | 0.450 [-0.185, 1.085] | 2 | 0/2 |" in report
     assert "Each evaluation: 1200 held-out prompts" in report and "Baseline: drpo." in report
+    row = parse_table(report, "fp8")["drpo:delta=0.5"]  # extremes over steps; the pull ratio's mean over steps
+    assert (row["w min / max"], row["pull / pg"]) == ("-1.00 / 3.00", "0.30 ± 0.00")
+    assert row["final - baseline"] == "+0.000 [+0.000, +0.000] not separable"
     assert (tmp_path / "figures" / "fp8_sweep.png").stat().st_size > 0
     assert main(["report", str(tmp_path), "--baseline", "drpo:delta=0.5"]) == 0
     assert "Baseline: drpo:delta=0.5." in (tmp_path / "report.md").read_text()

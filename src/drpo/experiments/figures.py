@@ -43,26 +43,34 @@ def plot_condition(path: Path, condition: str, about: str, runs_by_method: dict[
 
 
 def plot_trust_region(path: Path, condition: str, runs_by_method: dict[str, list[Run]]) -> Path:
-    """Per method over training: tokens masked (w = 0), corrective (w < 0), amplified (w > 1), mean |w - 1|."""
+    """Per method over training, how far the gradient weights depart from 1: tokens masked (w = 0), corrective
+    (w < 0), amplified (w > 1), mean |w - 1|, the weight's max and min, and (diagnose_pull=true) the
+    gradient-norm ratio of the pull part to the policy-gradient part."""
     import matplotlib.pyplot as plt
 
-    panels = (("loss/masked_frac", "masked tokens (w = 0)"), ("loss/corrective_frac", "corrective tokens (w < 0)"),
-              ("loss/amplified_frac", "amplified tokens (w > 1)"), ("loss/weight_dev", "mean |w - 1|"))
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    panels = ((["loss/masked_frac"], "masked tokens (w = 0)"), (["loss/corrective_frac"], "corrective tokens (w < 0)"),
+              (["loss/amplified_frac"], "amplified tokens (w > 1)"), (["loss/weight_dev"], "mean |w - 1|"),
+              (["loss/weight_max", "loss/weight_min"], "max / min of w (solid: max, dashed: min)"),
+              (["diagnose/pull_to_pg"], "|grad of pull part| / |grad of policy-gradient part|"))
+    fig, axes = plt.subplots(2, 3, figsize=(18, 8))
     colors = _colors(len(runs_by_method))
-    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+    for ax, (keys, title) in zip(axes.flat, panels, strict=True):
         for color, (label, runs) in zip(colors, runs_by_method.items(), strict=True):
-            curve = seed_mean_curve(runs, key)
-            if curve:
-                steps, mean, low, high = zip(*curve, strict=True)
-                ax.plot(steps, mean, color=color, lw=1.5, label=label)
-                if len(runs) > 1:
-                    ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
+            for key, style in zip(keys, ("-", "--"), strict=False):
+                curve = seed_mean_curve(runs, key)
+                if curve:
+                    steps, mean, low, high = zip(*curve, strict=True)
+                    ax.plot(steps, mean, style, color=color, lw=1.5, label=label if key == keys[0] else None)
+                    if len(runs) > 1:
+                        ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
+        if not ax.has_data():
+            ax.text(0.5, 0.5, "not logged (diagnose_pull=true logs it)" if keys[0].startswith("diagnose/")
+                    else "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.set_ylabel("mean over response tokens" if key == "loss/weight_dev" else "fraction of response tokens")
-    if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=8)
+    labelled = next((ax for ax in axes.flat if ax.get_legend_handles_labels()[0]), None)
+    if labelled is not None:
+        labelled.legend(fontsize=8)
     fig.suptitle(f"{condition}: how far each method's gradient weights depart from 1")
     return _save(fig, path)
 

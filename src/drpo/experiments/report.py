@@ -98,7 +98,7 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
         lines.append(f"| {condition} | {_code(' '.join(cond['overrides'])) or '(none)'} | {cond['about']} "
                      f"| {cond['mechanism'] or '-'} | {_sci(mm['abs_mean'])} | {_sci(mm['p99'])} | {_sci(mm['max'])} |")
     lines += ["", f"Target accuracy for *steps to target*: {results['target_rule']}.", "",
-              COLUMNS.format(base=results["baseline"], level=level), ""]
+              COLUMNS.format(level=level), ""]
     for condition, cond in conditions.items():
         lines += condition_section(condition, cond, results["baseline"], level)
     if results["sweeps"]:
@@ -123,17 +123,20 @@ CONDITIONS_HEADER = ("| condition | overrides | what it does | what it rounds an
 
 COLUMNS = """Columns of the tables (mean ± sample std over seeds; no std with one seed):
 *start / best / final*: greedy eval accuracy at step 0, its maximum, at the last evaluation;
-*final - {base}*: the paired difference of final accuracy against the baseline over the seeds both finished,
+*final - baseline*: the paired difference of final accuracy against the baseline over the seeds both finished,
 with its {level}% t interval, and the verdict it gives (better / worse / not separable);
 *steps to target*: first eval step at which the seed-mean accuracy reaches the target (steps all seeds logged);
 *collapsed*: seeds collapsed (definition at the end); *peak mean abs(pi-mu)*: the largest per-step mean
 abs(pi - mu) of the sampled tokens at rollout time; *masked / corrective / amplified %*: tokens with gradient
 weight w = 0 / w < 0 / w > 1, averaged over steps; *mean abs(w-1)*: how far the weights depart from the plain
-policy gradient, averaged over steps; *time (s)*: rollout + update seconds summed over steps (evaluation
+policy gradient, averaged over steps; *w min / max*: the extremes of the weight over steps (mean over
+seeds); *pull / pg*: with diagnose_pull=true, the gradient norm of the loss's pull part (w - 1) over that of
+its policy-gradient part (w = 1), averaged over steps (drpo.diagnostics); *time (s)*: rollout + update seconds summed over steps (evaluation
 excluded; parallel workers share the machine, so compare times within one sweep only)."""
 
 TABLE_HEADER = ("| method | seeds | start | best | final | final - baseline | steps to target | collapsed "
-                "| peak mean abs(pi-mu) | masked % | corrective % | amplified % | mean abs(w-1) | time (s) |")
+                "| peak mean abs(pi-mu) | masked % | corrective % | amplified % | mean abs(w-1) | w min / max "
+                "| pull / pg | time (s) |")
 
 
 def condition_section(condition: str, cond: dict, baseline: str, level: int) -> list[str]:
@@ -153,7 +156,8 @@ def condition_section(condition: str, cond: dict, baseline: str, level: int) -> 
         lines.append(f"| {label} | {m['seeds']} | {plus_minus(m['start'])} | {plus_minus(m['best'])} | {plus_minus(m['final'])} | {vs} "
                      f"| {'never' if steps is None else steps} | {collapsed} | {plus_minus(m['peak_mismatch'], '.2e')} "
                      f"| {_pct(m['masked_frac'])} | {_pct(m['corrective_frac'])} | {_pct(m['amplified_frac'])} "
-                     f"| {plus_minus(m['weight_dev'], '.3f')} | {plus_minus(m['time_s'], '.1f')} |")
+                     f"| {plus_minus(m['weight_dev'], '.3f')} | {_range(m['weight_min'], m['weight_max'])} "
+                     f"| {plus_minus(m['pull_to_pg'], '.2f')} | {plus_minus(m['time_s'], '.1f')} |")
         for seed, numbers in m["per_seed"].items():
             if numbers["collapse"]["collapsed"]:
                 notes.append(f"- {label}, seed {seed}: {numbers['collapse']['reason']}.")
@@ -206,6 +210,10 @@ def _eval_size(conditions: dict) -> str:
 
 def _rule(header: str) -> str:
     return "|" + "---|" * (header.count("|") - 1)
+
+
+def _range(low: dict, high: dict) -> str:
+    return "-" if low["mean"] is None else f"{low['mean']:.2f} / {high['mean']:.2f}"
 
 
 def _pct(stat: dict) -> str:

@@ -1,7 +1,9 @@
 """results.json: the numbers of a sweep, per condition and method, computed from the runs' files only.
 
 Per run (:func:`run_numbers`): eval accuracy at the start, its best and final values, the trust-region
-metrics averaged over steps (masked w = 0, corrective w < 0, amplified w > 1, mean |w - 1|), the mismatch
+metrics averaged over steps (masked w = 0, corrective w < 0, amplified w > 1, mean |w - 1|, and with
+diagnose_pull=true the gradient-norm ratio of the pull part to the policy-gradient part), the extremes of
+the weight over steps, the mismatch
 the run measured (mean, p99 and max of |pi - mu| at rollout time), rollout + update seconds, the collapse
 verdict. Per condition and method: mean and sample std over seeds, steps to target (seed-mean curve), and
 the paired difference of final accuracy against the baseline (drpo.experiments.stats). Per condition: the
@@ -24,8 +26,9 @@ TARGET_MARGIN = 0.15  # default target: start accuracy + this
 MIN_SWEEP_POINTS = 3  # a loss hyper-parameter taking this many values in one sweep gets its own figure
 # averaged over steps per run, then mean +- std over seeds
 STEP_MEANS = {"masked_frac": "loss/masked_frac", "corrective_frac": "loss/corrective_frac",
-              "amplified_frac": "loss/amplified_frac", "weight_dev": "loss/weight_dev"}
-TABLE_KEYS = ("start", "best", "final", "peak_mismatch", *STEP_MEANS, "time_s")
+              "amplified_frac": "loss/amplified_frac", "weight_dev": "loss/weight_dev",
+              "pull_to_pg": "diagnose/pull_to_pg"}  # the last only with diagnose_pull=true
+TABLE_KEYS = ("start", "best", "final", "peak_mismatch", *STEP_MEANS, "weight_min", "weight_max", "time_s")
 
 
 def run_numbers(run: Run) -> dict:
@@ -43,6 +46,8 @@ def run_numbers(run: Run) -> dict:
         "final": evals[-1] if evals else None,
         "peak_mismatch": max(mismatch) if mismatch else None,
         **{name: _mean([v for _, v in series(run.records, key)]) for name, key in STEP_MEANS.items()},
+        "weight_min": min((v for _, v in series(run.records, "loss/weight_min")), default=None),
+        "weight_max": max((v for _, v in series(run.records, "loss/weight_max")), default=None),
         "mismatch": {"abs_mean": _mean(mismatch), "p99": _mean(p99), "max": max(extremes) if extremes else None},
         "eval_prompts": int(prompts[-1]) if prompts else (run.config.get("eval") or {}).get("prompts"),
         "time_s": sum(times),
