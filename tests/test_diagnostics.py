@@ -51,6 +51,16 @@ def test_no_pull_on_policy_and_for_the_plain_policy_gradient():
         assert norms["diagnose/pull_grad_norm"] == 0 and norms["diagnose/pg_grad_norm"] > 0, name
 
 
+def test_no_reward_variance_no_ratio():
+    log_pi = torch.tensor([[0.3, 0.9]], dtype=torch.float64).log().requires_grad_()
+    mask = torch.ones(1, 2, dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+    out = get_loss("drpo")(log_prob=log_pi, rollout_log_prob=torch.tensor([[0.2, 0.7]]).double().log(),
+                           advantages=zero, response_mask=mask)
+    norms = pull_gradient_norms([log_pi], log_pi, out, zero, mask, "token-mean", None)
+    assert norms == {"diagnose/pg_grad_norm": 0.0, "diagnose/pull_grad_norm": 0.0}
+
+
 def test_the_trainer_logs_both_parts_once_per_step(tmp_path):
     config = load_config(None, ["model=tiny", "warmup.steps=20", "warmup.target_accuracy=null", "steps=2",
                                 "rollout.prompts=4", "rollout.group_size=4", "updates_per_batch=2",

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from drpo.experiments.stats import eval_standard_error, mean_interval, paired_difference, t_cdf, t_quantile
+from drpo.experiments.stats import (
+    eval_standard_error,
+    mean_interval,
+    mean_std,
+    paired_difference,
+    t_cdf,
+    t_quantile,
+)
 
 
 @pytest.mark.parametrize(("df", "t975"), [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571),
@@ -70,3 +77,9 @@ def test_mean_interval_and_eval_standard_error():
     assert mean_interval([0.3])["low"] is None
     assert eval_standard_error(0.5, 1200) == pytest.approx(0.0144, abs=1e-4)  # the sweep's eval size
     assert eval_standard_error(0.5, 256) == pytest.approx(0.03125)
+
+
+def test_mean_std_leaves_out_missing_and_non_finite_values():
+    assert mean_std([0.2, None, float("nan"), 0.4]) == {"mean": pytest.approx(0.3), "std": pytest.approx(0.1414, abs=1e-4),
+                                                      "n": 2}
+    assert mean_std([float("inf")]) == {"mean": None, "std": None, "n": 0}

@@ -24,7 +24,7 @@ from drpo.losses import LossOutput, aggregate
 def pull_gradient_norms(parameters: list[torch.Tensor], log_prob: torch.Tensor, out: LossOutput,
                         advantages: torch.Tensor, response_mask: torch.Tensor, aggregation: str,
                         horizon: int | None) -> dict[str, float]:
-    """diagnose/pg_grad_norm, diagnose/pull_grad_norm and diagnose/pull_to_pg (their ratio).
+    """diagnose/pg_grad_norm, diagnose/pull_grad_norm and diagnose/pull_to_pg (their ratio, when the first is > 0).
 
     ``log_prob`` [B, T] is the forward's log pi (its graph is kept: the caller backpropagates the loss after);
     ``out`` the loss output of that forward; ``advantages`` [B] or [B, T].
@@ -39,5 +39,7 @@ def pull_gradient_norms(parameters: list[torch.Tensor], log_prob: torch.Tensor, 
         grads = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
         norms[name] = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(g.float()) for g in grads if g is not None])).item()
-    return {"diagnose/pg_grad_norm": norms["pg"], "diagnose/pull_grad_norm": norms["pull"],
-            "diagnose/pull_to_pg": norms["pull"] / norms["pg"] if norms["pg"] > 0 else float("nan")}
+    metrics = {"diagnose/pg_grad_norm": norms["pg"], "diagnose/pull_grad_norm": norms["pull"]}
+    if norms["pg"] > 0:  # all advantages 0 (no reward variance): no gradient at all, no ratio to log
+        metrics["diagnose/pull_to_pg"] = norms["pull"] / norms["pg"]
+    return metrics

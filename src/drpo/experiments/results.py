@@ -14,6 +14,7 @@ value. The verdict (drpo.experiments.verdict) is generated from these numbers.
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from drpo.experiments.collapse import as_number, detect_collapse
@@ -160,6 +161,8 @@ def _condition_mismatch(numbers: dict) -> dict:
 
 
 def _mean(values: list[float]) -> float | None:
+    """Mean of the finite values (a blown-up step is the collapse rule's business, not an average's)."""
+    values = [v for v in values if math.isfinite(v)]
     return statistics.fmean(values) if values else None
 
 

@@ -28,8 +28,11 @@ LEVEL = 0.95  # two-sided confidence level of every interval in the report
 
 
 def mean_std(values: list[float | None]) -> dict:
-    """{'mean', 'std', 'n'}: sample standard deviation (0 for one value); None mean when empty."""
-    values = [v for v in values if v is not None]
+    """{'mean', 'std', 'n'}: sample standard deviation (0 for one value); None mean when empty.
+
+    Non-finite values (a run whose metrics blew up) are left out: the collapse column reports those runs.
+    """
+    values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return {"mean": None, "std": None, "n": 0}
     std = statistics.stdev(values) if len(values) > 1 else 0.0
