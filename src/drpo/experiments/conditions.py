@@ -42,6 +42,9 @@ CONDITIONS: dict[str, dict] = {
               "overrides": departing("updates_per_batch=4", "rollout.lag=2")},
     "stale_strong": {"about": "strong staleness: 8 optimizer steps per rollout batch, rollouts 4 steps old",
                      "overrides": departing("updates_per_batch=8", "rollout.lag=4")},
+    "fp8_stale": {"about": "both sources at once, as in LLM RL at scale: fp8 (W8A8) rollouts and 4 optimizer steps "
+                           "per rollout batch, all anchored on mu",
+                  "overrides": departing("rollout.precision=fp8", "updates_per_batch=4")},
     "moe_bf16": {"about": "mixture-of-experts model with bf16 rollouts (low precision can flip routing)",
                  "overrides": departing("model.moe=true", "rollout.precision=bf16")},
     "scale": {"about": "model scale: the medium transformer (~10.6M parameters), fp32 rollouts",
