@@ -9,6 +9,7 @@ import stat
 import numpy as np
 import pytest
 import torch
+from payloads import Payload
 
 from drpo import checkpoint as checkpoint_module
 from drpo.checkpoint import (
@@ -51,19 +52,6 @@ def test_rng_states_round_trip_through_weights_only(tmp_path):
     set_global_rng_state(load_checkpoint(tmp_path))  # weights_only=True inside
     got = (torch.rand(3), random.random(), np.random.standard_normal(2))
     assert torch.equal(got[0], expected[0]) and got[1] == expected[1] and np.array_equal(got[2], expected[2])
-
-
-class Payload:
-    """What a malicious checkpoint would carry: unpickling it calls a function."""
-
-    ran = False
-
-    def __reduce__(self):
-        return (Payload.mark, ())
-
-    @staticmethod
-    def mark():
-        Payload.ran = True
 
 
 def test_a_file_that_needs_unpickling_is_refused_without_running_it(tmp_path):

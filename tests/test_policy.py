@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from payloads import Payload
 
 from drpo.config import load_config
 from drpo.paths import cache_dir
@@ -16,17 +17,6 @@ CHEAP = ["model=tiny", "warmup.steps=2", "warmup.target_accuracy=null"]
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DRPO_CACHE", str(tmp_path / "cache"))
-
-
-class Payload:
-    ran = False
-
-    def __reduce__(self):
-        return (Payload.mark, ())
-
-    @staticmethod
-    def mark():
-        Payload.ran = True
 
 
 def test_a_cached_base_model_that_needs_unpickling_is_refused():

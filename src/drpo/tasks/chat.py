@@ -25,23 +25,22 @@ _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?!\.?\d)")
 _DIGIT_LIST = re.compile(r"(?<!\d)\d(?:\s*,\s*\d(?!\d)|\s+\d(?!\d))*(?!\d)")
 
 
-def final_number(text: str) -> str | None:
-    """The answer as a canonical integer string: the last box's integer, else the last integer in ``text``."""
+def last_candidate(pattern: re.Pattern, text: str) -> str | None:
+    """The last match of ``pattern`` in the last box of ``text`` if it has one, else in the whole text."""
     if not isinstance(text, str):
         return None
     boxed = last_boxed(text)
-    candidates = _NUMBER.findall(boxed if boxed is not None else text)
-    if not candidates:
-        return None
-    return str(int(candidates[-1].replace(",", "")))
+    candidates = pattern.findall(boxed if boxed is not None else text)
+    return candidates[-1] if candidates else None
+
+
+def final_number(text: str) -> str | None:
+    """The answer as a canonical integer string: the last box's integer, else the last integer in ``text``."""
+    number = last_candidate(_NUMBER, text)
+    return None if number is None else str(int(number.replace(",", "")))
 
 
 def final_digit_list(text: str) -> str | None:
     """The answer as digits joined by commas: the last box's digit list, else the last list of digits in ``text``."""
-    if not isinstance(text, str):
-        return None
-    boxed = last_boxed(text)
-    candidates = _DIGIT_LIST.findall(boxed if boxed is not None else text)
-    if not candidates:
-        return None
-    return ",".join(re.findall(r"\d", candidates[-1]))
+    digits = last_candidate(_DIGIT_LIST, text)
+    return None if digits is None else ",".join(re.findall(r"\d", digits))
