@@ -4,8 +4,18 @@ import pytest
 import torch
 from torch import nn
 
+from drpo import rollout
 from drpo.models import CharTokenizer, build_model
-from drpo.rollout import PRECISIONS, BehaviorPolicy, generate, sampling_log_probs, sequence_log_probs
+from drpo.models.transformer import KVCache
+from drpo.rollout import (
+    PRECISIONS,
+    BehaviorPolicy,
+    entropy_of_logits,
+    generate,
+    left_pad,
+    sampling_log_probs,
+    sequence_log_probs,
+)
 
 TOK = CharTokenizer()
 IDS = dict(eos_id=TOK.eos_id, pad_id=TOK.pad_id)
@@ -109,6 +119,53 @@ def test_state_dict_round_trip_resumes_the_lag_queue():
         BehaviorPolicy(policy, "bf16", lag=1).load_state_dict(behavior.state_dict())
 
 
+def test_fp32_without_lag_samples_from_the_policy_itself_and_stores_nothing():
+    policy = make_policy()
+    behavior = BehaviorPolicy(policy)
+    assert behavior.model is policy and behavior.state_dict()["states"] == []
+    _perturb(policy, 2.0)
+    assert behavior.model.norm.weight[0].item() == 2.0  # no sync needed: the weights are shared
+
+
+def test_lag_zero_copy_follows_each_sync_and_resumes_from_the_policy():
+    policy = make_policy()
+    behavior = BehaviorPolicy(policy, "bf16")
+    assert behavior.model is not policy and behavior.state_dict()["states"] == []
+    _perturb(policy, 3.0)
+    assert behavior.model.norm.weight[0].item() != 3.0
+    behavior.sync(policy)
+    assert behavior.model.norm.weight[0].item() == 3.0
+    resumed = BehaviorPolicy(policy, "bf16")
+    _perturb(policy, 5.0)  # a resumed trainer restores the policy's weights before the behavior's state
+    resumed.load_state_dict({"precision": "bf16", "lag": 0, "states": [dict(policy.state_dict())]})
+    assert resumed.model.norm.weight[0].item() == 5.0
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_a_prefill_repeated_per_row_continues_like_a_prefill_of_the_repeated_prompts(moe):
+    policy = make_policy(moe)
+    ids, mask = left_pad(PROMPTS, TOK.pad_id)  # [4, P]
+    shared, own = KVCache(), KVCache()
+    with torch.no_grad():
+        policy(ids, mask, shared, logits_to_keep=1)
+        shared.repeat_rows(3)
+        policy(ids.repeat_interleave(3, dim=0), mask.repeat_interleave(3, dim=0), own, logits_to_keep=1)
+        step = torch.randint(3, TOK.vocab_size, (12, 1), generator=seeded())
+        continued, _ = policy(step, None, shared)
+        reference, _ = policy(step, None, own)
+    torch.testing.assert_close(continued, reference, atol=1e-5, rtol=0)
+    assert torch.equal(shared.n_real, own.n_real) and torch.equal(shared.key_mask, own.key_mask)
+
+
+def test_ignore_eos_samples_every_row_to_the_limit():
+    greedy_first = generate(make_policy(), PROMPTS, 2, 1, temperature=0, **IDS).response_ids[0, 0].item()
+    ids = dict(eos_id=greedy_first, pad_id=TOK.pad_id)  # the greedy first token of row 0 plays EOS
+    stopped = generate(make_policy(), PROMPTS, 2, 9, temperature=0, **ids)
+    assert stopped.response_mask[0].sum() == 1
+    ignored = generate(make_policy(), PROMPTS, 2, 9, temperature=0, ignore_eos=True, **ids)
+    assert ignored.response_ids.shape == (8, 9) and (ignored.response_mask == 1).all()
+
+
 @pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
 def test_cache_and_no_cache_sample_the_same_tokens(moe):
     behavior = BehaviorPolicy(make_policy(moe))
@@ -200,3 +257,27 @@ def test_sequence_log_probs_gradients_and_entropy():
     assert ((out.entropy >= 0) & (out.entropy <= torch.log(torch.tensor(TOK.vocab_size)) + 1e-5)).all()
     (out.log_prob.sum() + policy.aux_loss).backward()
     assert all(p.grad is not None for p in policy.parameters())
+    assert not out.entropy.requires_grad  # a metric: no graph over [N, T, V]
+
+
+@pytest.mark.parametrize("chunk", [1 << 22, 7], ids=["one-chunk", "row-chunks"])
+def test_log_probs_and_entropy_match_log_softmax_in_value_and_gradient(monkeypatch, chunk):
+    monkeypatch.setattr(rollout, "ENTROPY_CHUNK", chunk)
+    policy = make_policy()
+    batch = BehaviorPolicy(policy).generate(PROMPTS, 3, 8, temperature=1.5, generator=seeded(2), **IDS)
+    out = sequence_log_probs(policy, batch, temperature=1.5)
+    grads = torch.autograd.grad(out.log_prob.sum(), list(policy.parameters()))
+    logits, _ = policy(batch.input_ids(), batch.attention_mask())
+    log_pi = (logits[:, -batch.response_ids.shape[1] - 1:-1] / 1.5).log_softmax(-1)  # [N, T, V] the textbook way
+    mask = batch.response_mask
+    expected = log_pi.gather(-1, batch.response_ids[..., None])[..., 0] * mask
+    torch.testing.assert_close(out.log_prob, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.entropy, -(log_pi.exp() * log_pi).sum(-1).detach() * mask, atol=1e-5, rtol=0)
+    for got, want in zip(grads, torch.autograd.grad(expected.sum(), list(policy.parameters())), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_entropy_of_known_distributions():
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, -1e4, -1e4, -1e4]]])  # uniform over 4; one certain token
+    entropy = entropy_of_logits(logits, logits.logsumexp(-1))
+    torch.testing.assert_close(entropy, torch.tensor([[torch.log(torch.tensor(4.0)).item(), 0.0]]))

@@ -191,6 +191,8 @@ class RolloutConfig(Section):
         "a pi < mu gap on every token that trust regions take for drift (warned; keep 1 for training)")
     top_k_logprobs: int = pydantic.Field(
         0, ge=0, description="record mu's top-k log-probs per token (set automatically for top-k losses)")
+    ignore_eos: bool = pydantic.Field(
+        False, description="sample every response to task.max_response_len through EOS (throughput benchmarks)")
     backend: Literal["native", "vllm"] = pydantic.Field(
         "native", description="sampler of mu: native (our KV-cache sampler) or vllm (hf: models on a GPU)")
     vllm_gpu_memory: float = pydantic.Field(

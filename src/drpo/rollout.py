@@ -122,26 +122,45 @@ class RolloutBatch:
 
 class SequenceLogProbs(NamedTuple):
     log_prob: torch.Tensor  # [N, T] log pi of the response tokens, 0 on padding, with gradients
-    entropy: torch.Tensor  # [N, T] entropy of pi at each response position, 0 on padding, with gradients
+    entropy: torch.Tensor  # [N, T] entropy of pi at each response position, 0 on padding (a metric: no gradients)
     logits: torch.Tensor  # [N, T, V] float32 logits / temperature at the response positions (top-k losses)
+
+
+# elements of one [rows, T, V] temporary of the entropy pass: 16 MiB of float32, whatever the batch
+ENTROPY_CHUNK = 1 << 22
 
 
 def sequence_log_probs(model: nn.Module, batch: RolloutBatch, temperature: float = 1.0) -> SequenceLogProbs:
     """log pi_theta of the sampled response tokens, by one forward over prompt + response.
 
     pi is softmax(logits / temperature), the sampler's distribution before any top-p truncation.
+    log pi(y) = logit(y) - logsumexp(logits): the graph holds the logits alone, not a [N, T, V] log-softmax
+    beside them, and the entropy (a metric) is computed without gradients in bounded chunks.
     After the call, ``model.aux_loss`` holds the MoE load-balancing loss of this forward.
     """
     T = batch.response_ids.shape[1]
     # only the last T + 1 positions predict response tokens: the output head (a fifth of a small LM's FLOPs)
     # need not run over the prompt
     logits, _ = model(batch.input_ids(), batch.attention_mask(), logits_to_keep=T + 1)  # [N, T + 1, V]
-    logits = logits[:, :-1] / temperature  # [N, T, V]: position t predicts response token t
-    log_pi = logits.log_softmax(-1)  # [N, T, V]
+    logits = logits[:, :-1]  # [N, T, V]: position t predicts response token t
+    if temperature != 1.0:
+        logits = logits / temperature
+    log_norm = logits.logsumexp(-1)  # [N, T]
     mask = batch.response_mask  # [N, T]
-    log_prob = log_pi.gather(-1, batch.response_ids[..., None])[..., 0] * mask  # [N, T]
-    entropy = -(log_pi.exp() * log_pi).sum(-1) * mask  # [N, T]
-    return SequenceLogProbs(log_prob, entropy, logits)
+    log_prob = (logits.gather(-1, batch.response_ids[..., None])[..., 0] - log_norm) * mask  # [N, T]
+    return SequenceLogProbs(log_prob, entropy_of_logits(logits.detach(), log_norm.detach()) * mask, logits)
+
+
+@torch.no_grad()
+def entropy_of_logits(logits: torch.Tensor, log_norm: torch.Tensor) -> torch.Tensor:
+    """Entropy [N, T] of softmax(logits [N, T, V]) given its logsumexp [N, T]: log_norm - sum_v p_v logit_v."""
+    entropy = torch.empty_like(log_norm)
+    rows = max(1, ENTROPY_CHUNK // max(1, logits[0].numel()))
+    for start in range(0, logits.shape[0], rows):
+        chunk, norm = logits[start:start + rows], log_norm[start:start + rows]
+        expected_logit = (chunk - norm[..., None]).exp_().mul_(chunk).sum(-1)  # [rows, T]
+        entropy[start:start + rows] = norm - expected_logit
+    return entropy
 
 
 def sampling_log_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
@@ -173,6 +192,7 @@ def generate(
     *,
     eos_id: int,
     pad_id: int,
+    ignore_eos: bool = False,
 ) -> RolloutBatch:
     """Sample ``group_size`` responses per prompt from ``model`` (see :meth:`BehaviorPolicy.generate`)."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -184,11 +204,17 @@ def generate(
         raise ValueError(f"need temperature >= 0 (0: greedy) and 0 < top_p <= 1; got {temperature}, {top_p}")
     device = next(model.parameters()).device
     N = len(prompts) * group_size
-    prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(group_size)], pad_id, device)  # [N, P]
+    unique_ids, unique_mask = left_pad(prompts, pad_id, device)  # [n, P]
+    prompt_ids = unique_ids.repeat_interleave(group_size, dim=0)  # [N, P]
+    prompt_mask = unique_mask.repeat_interleave(group_size, dim=0)
     group_index = torch.arange(len(prompts), device=device).repeat_interleave(group_size)  # [N]
 
+    # the rows of a group share their prompt: one prefill per prompt, its cache and logits repeated G times
     cache = KVCache() if use_cache else None
-    logits, cache = model(prompt_ids, prompt_mask, cache, logits_to_keep=1)  # [N, 1, V]
+    logits, cache = model(unique_ids, unique_mask, cache, logits_to_keep=1)  # [n, 1, V]
+    logits = logits.repeat_interleave(group_size, dim=0)  # [N, 1, V]
+    if cache is not None:
+        cache.repeat_rows(group_size)
     if top_k_logprobs > logits.shape[-1]:
         raise ValueError(f"top_k_logprobs={top_k_logprobs} exceeds the vocabulary size {logits.shape[-1]}")
     tokens, masks, log_probs, topk_ids, topk_log_probs = [], [], [], [], []
@@ -209,7 +235,8 @@ def generate(
             values, ids = log_p.topk(top_k_logprobs, dim=-1)  # [N, K]
             topk_ids.append(ids.masked_fill(done[:, None], pad_id))
             topk_log_probs.append(values.clamp(min=TOPK_LOG_PROB_FLOOR).masked_fill(done[:, None], 0.0))
-        done = done | (token == eos_id)
+        if not ignore_eos:
+            done = done | (token == eos_id)
         if done.all():
             break
         if use_cache:
@@ -252,12 +279,15 @@ def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int
 
 
 class BehaviorPolicy:
-    """A copy of the policy run in ``precision``, serving the weights of ``lag`` syncs ago.
+    """The policy run in ``precision``, serving the weights of ``lag`` syncs ago.
 
-    The copy is made once (``copy.deepcopy``); each :meth:`sync` stores the policy's fp32 state on the CPU
-    in a queue of the last ``lag + 1`` states and loads the oldest, rounding it to ``precision``. Until
-    ``lag`` syncs have happened the oldest is the initial policy. :meth:`state_dict` holds the queue, so a
-    trainer checkpoint resumes with exactly the stale weights it had.
+    In another precision, or with a lag, it is a copy of the policy (``copy.deepcopy``, made once). With
+    lag > 0 each :meth:`sync` stores the policy's fp32 state on the CPU in a queue of the last ``lag + 1``
+    states and loads the oldest, rounding it to ``precision``; until ``lag`` syncs have happened the oldest
+    is the initial policy, and :meth:`state_dict` holds the queue, so a trainer checkpoint resumes with
+    exactly the stale weights it had. With lag 0 nothing is stored: each sync loads the policy's weights
+    into the copy directly, and in fp32 there is no copy at all: mu is sampled from the policy's own
+    module, as a colocated engine shares the trainer's weights.
     """
 
     def __init__(self, policy: nn.Module, precision: str = "fp32", lag: int = 0) -> None:
@@ -266,7 +296,9 @@ class BehaviorPolicy:
         if lag < 0:
             raise ValueError(f"lag must be >= 0, got {lag}")
         self.precision, self.lag = precision, lag
-        self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.policy = policy
+        self.shares_weights = precision == "fp32" and lag == 0
+        self.model = policy if self.shares_weights else copy.deepcopy(policy).eval().requires_grad_(False)
         if precision in ("bf16", "fp16", "fp8", "int8"):
             self.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
         self._quantized: list[nn.Linear] = []
@@ -275,13 +307,21 @@ class BehaviorPolicy:
             self._quantized = quantized_linears(self.model, precision)
             for module in self._quantized:
                 module.register_forward_pre_hook(lambda _, args: (round_input(args[0]), *args[1:]))
-        self._states: deque[dict[str, torch.Tensor]] = deque([_cpu_state(policy)], maxlen=lag + 1)
-        self._load(self._states[0])
+        self._states: deque[dict[str, torch.Tensor]] = deque([_cpu_state(policy)] if lag else [], maxlen=lag + 1)
+        self._serve()
 
     def sync(self, policy: nn.Module) -> None:
         """Record the policy's new weights (after an optimizer step) and serve those of ``lag`` syncs ago."""
-        self._states.append(_cpu_state(policy))
-        self._load(self._states[0])
+        self.policy = policy
+        if self.lag:
+            self._states.append(_cpu_state(policy))
+        self._serve()
+
+    def _serve(self) -> None:
+        if self.lag:
+            self._load(self._states[0])
+        elif not self.shares_weights:
+            self._load(self.policy.state_dict())
 
     def _load(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)  # casts to the copy's dtype for bf16/fp16
@@ -296,8 +336,11 @@ class BehaviorPolicy:
         return {"precision": self.precision, "lag": self.lag, "states": [dict(s) for s in self._states]}
 
     def load_state_dict(self, state: dict) -> None:
-        self._states = restore_lagged_states(state, self.precision, self.lag)
-        self._load(self._states[0])
+        """Resume: the queue of stale weights with lag > 0; with lag 0, the weights of the (already restored) policy."""
+        states = restore_lagged_states(state, self.precision, self.lag)
+        if self.lag:
+            self._states = states
+        self._serve()
 
     def generate(
         self,
@@ -312,6 +355,7 @@ class BehaviorPolicy:
         *,
         eos_id: int,
         pad_id: int,
+        ignore_eos: bool = False,
     ) -> RolloutBatch:
         """Sample ``group_size`` responses for each prompt (token ids, no padding) with the behavior weights.
 
@@ -319,11 +363,12 @@ class BehaviorPolicy:
         consecutive). Each step samples from softmax(logits / temperature) restricted to the top-p nucleus,
         feeding the new tokens through the KV cache (``use_cache=False`` recomputes the full forward: the
         same samples for the same ``generator``, in fp32). A row ends with its EOS, which is part of the
-        response; generation stops when every row has ended or after ``max_new_tokens``. ``generator`` must
-        live on the model's device.
+        response; generation stops when every row has ended or after ``max_new_tokens``. ``ignore_eos``
+        samples every row to ``max_new_tokens`` through any EOS (vLLM's flag of that name: throughput
+        benchmarks that need equal lengths). ``generator`` must live on the model's device.
         """
         return generate(self.model, prompts, group_size, max_new_tokens, temperature, top_p, top_k_logprobs,
-                        use_cache, generator, eos_id=eos_id, pad_id=pad_id)
+                        use_cache, generator, eos_id=eos_id, pad_id=pad_id, ignore_eos=ignore_eos)
 
 
 def restore_lagged_states(state: dict, precision: str, lag: int) -> deque[dict[str, torch.Tensor]]:

@@ -111,13 +111,15 @@ class VLLMBehaviorPolicy:
         *,
         eos_id: int,
         pad_id: int,
+        ignore_eos: bool = False,
     ) -> RolloutBatch:
         """``group_size`` samples per prompt from vLLM, as :meth:`BehaviorPolicy.generate` (``use_cache`` is moot)."""
         vllm = _import_vllm()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
                                  device=generator.device if generator is not None else "cpu"))
         params = vllm.SamplingParams(n=group_size, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                     logprobs=top_k_logprobs, stop_token_ids=[eos_id], seed=seed, detokenize=False)
+                                     logprobs=top_k_logprobs, stop_token_ids=[] if ignore_eos else [eos_id],
+                                     ignore_eos=ignore_eos, seed=seed, detokenize=False)
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=params, use_tqdm=False)
         device = next(self.policy.parameters()).device
         return batch_from_outputs(prompts, [[(o.token_ids, o.logprobs) for o in out.outputs] for out in outputs],

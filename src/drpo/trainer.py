@@ -101,7 +101,8 @@ class Trainer:
             [self.policy.encode_prompt(ex) for ex in examples], group_size=cfg.rollout.group_size,
             max_new_tokens=self.task.max_response_len, temperature=cfg.rollout.temperature,
             top_p=cfg.rollout.top_p, top_k_logprobs=self.top_k_logprobs, generator=self.sampler,
-            eos_id=self.policy.tokenizer.eos_id, pad_id=self.policy.tokenizer.pad_id)
+            eos_id=self.policy.tokenizer.eos_id, pad_id=self.policy.tokenizer.pad_id,
+            ignore_eos=cfg.rollout.ignore_eos)
         rollout_s = time.perf_counter() - start
 
         completions = self.policy.decode_responses(batch)

@@ -67,6 +67,12 @@ class HFCache:
     def length(self) -> int:
         return self.mask.shape[1]
 
+    def repeat_rows(self, repeats: int) -> None:
+        """Each row ``repeats`` times in a row, in place: a prompt's prefill shared by the samples of its group."""
+        self.past.batch_repeat_interleave(repeats)
+        self.mask = self.mask.repeat_interleave(repeats, dim=0)
+        self.n_real = self.n_real.repeat_interleave(repeats, dim=0)
+
 
 class HFCausalLM(nn.Module):
     """A transformers causal LM with drpo's forward contract (see the module docstring)."""

@@ -78,6 +78,13 @@ class KVCache:
     def length(self) -> int:
         return 0 if self.key_mask is None else self.key_mask.shape[1]
 
+    def repeat_rows(self, repeats: int) -> None:
+        """Each row ``repeats`` times in a row, in place: a prompt's prefill shared by the samples of its group."""
+        self.keys = [k.repeat_interleave(repeats, dim=0) for k in self.keys]
+        self.values = [v.repeat_interleave(repeats, dim=0) for v in self.values]
+        self.key_mask = self.key_mask.repeat_interleave(repeats, dim=0)
+        self.n_real = self.n_real.repeat_interleave(repeats, dim=0)
+
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of x [B, H, T, D] with cos/sin [B, 1, T, D/2] (pairs are the two halves of D)."""
