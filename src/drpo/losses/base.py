@@ -2,7 +2,8 @@
 
 Every policy loss in this package is a pure function ``fn(x: LossInputs, hyper) -> (objective, weight)``:
 
-- ``objective`` [B, T]: the value of the per-token objective J_t to *maximise*;
+- ``objective`` [B, T]: the value of the per-token objective J_t to *maximise* (None for the surrogate
+  J_t = sg(w_t * r_t) * A_t * log pi_t, which the wrapper forms from the gradient);
 - ``weight``    [B, T]: the analytic gradient weight w_t of PAPER.md, such that
   ``d J_t / d log_prob_t = w_t * r_t * A_t`` with r_t = pi_t / anchor_t (the untruncated ratio).
 
@@ -149,8 +150,9 @@ def snap_boundary(weight: torch.Tensor, width: float) -> torch.Tensor:
     return weight.masked_fill_(weight.abs() <= tolerance, 0.0)
 
 
-# Returns fresh (objective, weight) tensors: the wrapper masks them in place.
-LossFn = Callable[[LossInputs, Hyper], "tuple[torch.Tensor, torch.Tensor]"]
+# Returns fresh (objective, weight) tensors: the wrapper masks them in place. A loss whose objective is the
+# surrogate sg(w * r) * A * log pi returns None for it: the wrapper forms it from the gradient in one multiply.
+LossFn = Callable[[LossInputs, Hyper], "tuple[torch.Tensor | None, torch.Tensor]"]
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,9 @@ class Loss:
         with torch.no_grad():
             objective, weight = self.spec.fn(x, self.hyper)
             weight = weight.mul_(x.mask_f) if weight.shape == x.mask_f.shape else weight * x.mask_f  # [B, T]
-            per_token = objective.mul_(x.mask_f).neg_()  # [B, T]
             grad = (weight * x.ratio).mul_(-x.advantages)  # [B, T] d per_token / d log_prob
+            # -sg(w r) A log pi, or the loss's own objective, masked and negated
+            per_token = grad * x.log_prob if objective is None else objective.mul_(x.mask_f).neg_()  # [B, T]
             metrics = loss_metrics(x, weight)
         if log_prob.requires_grad:
             per_token = _AnalyticGradient.apply(log_prob, per_token, grad)
@@ -350,6 +353,8 @@ def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
     What shows how far a loss departs from the plain policy gradient (w = 1): ``loss/amplified_frac``, the
     share of tokens with w > 1 (DRPO's tokens moving back towards mu, up to 1 + 1/delta), next to
     ``loss/corrective_frac`` (w < 0) and ``loss/masked_frac`` (w = 0); and ``loss/weight_dev``, mean |w - 1|.
+    ``shift/binary_kl`` (mean Bernoulli KL(anchor || pi)) only where the loss computed it (the Binary-KL mask):
+    elsewhere it would cost a loss as much again, and the trainer's ``mismatch/kl`` measures the rollout's.
     """
     mask = x.mask_f.reshape(-1)
     n = mask.sum()
@@ -367,15 +372,19 @@ def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
     w_mean, w_min, w_max = mean_min_max(weight)
     r_mean, _, r_max = mean_min_max(x.ratio)
     shift_mean, _, shift_max = mean_min_max(abs_shift)
-    stats = torch.stack([
+    keys = ["loss/masked_frac", "loss/corrective_frac", "loss/amplified_frac", "loss/weight_dev",
+            "loss/weight_mean", "loss/weight_min", "loss/weight_max",
+            "ratio/mean", "ratio/max", "shift/abs_mean", "shift/abs_max"]
+    stats = [
         (torch.count_nonzero(w == 0) - padding) / n, torch.count_nonzero(w < 0) / n,
         torch.count_nonzero(w > 1 + AMPLIFIED_TOLERANCE) / n, torch.dot((w - 1).abs_(), mask) / n,
-        w_mean, w_min, w_max, r_mean, r_max, shift_mean, shift_max, torch.dot(x.binary_kl.reshape(-1), mask) / n,
-    ]).tolist()
-    keys = ("loss/masked_frac", "loss/corrective_frac", "loss/amplified_frac", "loss/weight_dev",
-            "loss/weight_mean", "loss/weight_min", "loss/weight_max",
-            "ratio/mean", "ratio/max", "shift/abs_mean", "shift/abs_max", "shift/binary_kl")
-    return dict(zip(keys, stats, strict=True))
+        w_mean, w_min, w_max, r_mean, r_max, shift_mean, shift_max,
+    ]
+    binary_kl = vars(x).get("binary_kl")  # cached by the losses that mask on it; for the others, ~12 passes
+    if binary_kl is not None:
+        keys.append("shift/binary_kl")
+        stats.append(torch.dot(binary_kl.reshape(-1), mask) / n)
+    return dict(zip(keys, torch.stack(stats).tolist(), strict=True))
 
 
 def get_loss(name: str, **hyper) -> Loss:

@@ -7,6 +7,7 @@ J = sg(min(r, C)) * A * log pi; the gradient weight is w = m * min(r, C) / r wit
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import pydantic
@@ -20,11 +21,16 @@ class DppoHyper(Hyper):
 
 
 def _masked_pg(x: LossInputs, keep: torch.Tensor, trunc: float | None):
-    """Truncated-IS policy gradient on the kept tokens: the part every DPPO variant shares."""
+    """Truncated-IS policy gradient on the kept tokens: the part every DPPO variant shares.
+
+    J = sg(min(r, C)) * A * log pi is the surrogate sg(w r) A log pi, so no objective is returned (the
+    wrapper forms it from the gradient).
+    """
     weight = keep.to(x.ratio.dtype)  # [B, T]
-    if trunc is not None:
+    # min(r, C)/r differs from 1 only past C, which most batches never reach: one reduction instead of 4 passes
+    if trunc is not None and x.ratio.max() > trunc:
         weight.mul_(x.ratio.reciprocal().mul_(trunc).clamp_(max=1))  # min(r, C) / r
-    return (weight * x.ratio).mul_(x.log_prob).mul_(x.advantages), weight
+    return None, weight
 
 
 def _harmful(x: LossInputs) -> torch.Tensor:
@@ -40,8 +46,10 @@ class BinaryTvHyper(DppoHyper):
 @register_loss("dppo_binary_tv", BinaryTvHyper, "DPPO Binary-TV: drop tokens whose abs(pi-mu) crossed delta the harmful way")
 def dppo_binary_tv(x: LossInputs, h: BinaryTvHyper):
     """m = 0 if (A>0 and pi-mu > delta_high) or (A<0 and pi-mu < -delta_low).  w = m * min(r,C)/r."""
-    drop = ((x.shift > h.delta_high) & x.pushed_up) | ((x.shift < -h.delta_low) & x.pushed_down)
-    return _masked_pg(x, drop.logical_not_(), h.trunc)
+    # the bounds per advantage ([B, 1] or [B, T]); the side the advantage does not push is unbounded
+    upper = torch.where(x.pushed_up, x.advantages.new_tensor(h.delta_high), math.inf)
+    lower = torch.where(x.pushed_down, x.advantages.new_tensor(-h.delta_low), -math.inf)
+    return _masked_pg(x, (x.shift <= upper).logical_and_(x.shift >= lower), h.trunc)
 
 
 class BinaryKlHyper(DppoHyper):

@@ -20,9 +20,8 @@ class PgIsHyper(Hyper):
 def pg_is(x: LossInputs, h: PgIsHyper):
     """J = sg(min(r, C)) * A * log pi.  w = min(r, C) / r (1 without truncation)."""
     if h.trunc is None:
-        return (x.ratio * x.log_prob).mul_(x.advantages), torch.ones_like(x.ratio)
-    coef = x.ratio.clamp(max=h.trunc)  # [B, T]
-    return (coef * x.log_prob).mul_(x.advantages), coef.div_(x.ratio)
+        return None, torch.ones_like(x.ratio)  # the surrogate sg(w r) A log pi: the wrapper forms it
+    return None, x.ratio.clamp(max=h.trunc).div_(x.ratio)
 
 
 class PpoClipHyper(Hyper):
@@ -57,5 +56,4 @@ class CispoHyper(Hyper):
 @register_loss("cispo", CispoHyper, "CISPO: clipped, stop-gradient IS weight on every token (never drops a token)")
 def cispo(x: LossInputs, h: CispoHyper):
     """J = sg(clip(r, 1-eps_low, 1+eps_high)) * A * log pi.  w = clip(r) / r, never 0."""
-    coef = x.ratio.clamp(1 - h.eps_low, 1 + h.eps_high)  # [B, T]
-    return (coef * x.log_prob).mul_(x.advantages), coef.div_(x.ratio)
+    return None, x.ratio.clamp(1 - h.eps_low, 1 + h.eps_high).div_(x.ratio)  # the surrogate sg(w r) A log pi
