@@ -237,7 +237,8 @@ class HFTokenizer:
         if stop_at_eos and self.eos_id in ids:
             ids = ids[: ids.index(self.eos_id)]
         # a model's embedding table is often padded past the tokenizer (Qwen: 151936 vs 151665): such ids are no text
-        return self.hf.decode([i for i in ids if 0 <= i < len(self.hf)], skip_special_tokens=True)
+        vocab = len(self.hf)  # a call into the Rust tokenizer: once per text, not per token
+        return self.hf.decode([i for i in ids if 0 <= i < vocab], skip_special_tokens=True)
 
     def encode_prompt(self, text: str) -> list[int]:
         """A problem as the model sees it: in the chat template as the user turn (plus the system prompt), ready
