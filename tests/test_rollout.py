@@ -125,6 +125,9 @@ def test_fp32_without_lag_samples_from_the_policy_itself_and_stores_nothing():
     assert behavior.model is policy and behavior.state_dict()["states"] == []
     _perturb(policy, 2.0)
     assert behavior.model.norm.weight[0].item() == 2.0  # no sync needed: the weights are shared
+    half = make_policy().bfloat16()  # a bf16 policy with bf16 rollouts: a copy would equal it
+    assert BehaviorPolicy(half, "bf16").model is half and BehaviorPolicy(half, "fp8").model is not half
+    assert next(half.parameters()).dtype == torch.bfloat16
 
 
 def test_lag_zero_copy_follows_each_sync_and_resumes_from_the_policy():

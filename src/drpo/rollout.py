@@ -49,6 +49,7 @@ PRECISION_ROUNDS = {
     "fp8_all": "fp32 model; every Linear's weights (per tensor) and inputs (per token) to float8_e4m3, tied "
                "embedding and output head included",
 }
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 INT8_MAX = 127
 # top-k entries outside the top-p nucleus have probability 0; the losses require finite log-probs, and
@@ -286,8 +287,9 @@ class BehaviorPolicy:
     states and loads the oldest, rounding it to ``precision``; until ``lag`` syncs have happened the oldest
     is the initial policy, and :meth:`state_dict` holds the queue, so a trainer checkpoint resumes with
     exactly the stale weights it had. With lag 0 nothing is stored: each sync loads the policy's weights
-    into the copy directly, and in fp32 there is no copy at all: mu is sampled from the policy's own
-    module, as a colocated engine shares the trainer's weights.
+    into the copy directly, and when the copy would equal the policy (fp32, or the policy's own half
+    dtype) there is no copy at all: mu is sampled from the policy's own module, as a colocated engine
+    shares the trainer's weights.
     """
 
     def __init__(self, policy: nn.Module, precision: str = "fp32", lag: int = 0) -> None:
@@ -297,9 +299,12 @@ class BehaviorPolicy:
             raise ValueError(f"lag must be >= 0, got {lag}")
         self.precision, self.lag = precision, lag
         self.policy = policy
-        self.shares_weights = precision == "fp32" and lag == 0
+        # the trainer's own numerics (fp32 means "as the policy runs": a bf16 policy stays bf16) and no lag: a
+        # copy would equal the policy
+        dtype = next(policy.parameters()).dtype
+        self.shares_weights = lag == 0 and (precision == "fp32" or HALF_DTYPES.get(precision) == dtype)
         self.model = policy if self.shares_weights else copy.deepcopy(policy).eval().requires_grad_(False)
-        if precision in ("bf16", "fp16", "fp8", "int8"):
+        if precision in ("bf16", "fp16", "fp8", "int8") and not self.shares_weights:
             self.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
         self._quantized: list[nn.Linear] = []
         if precision in QUANTIZERS:
