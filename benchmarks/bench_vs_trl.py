@@ -2,16 +2,17 @@
 
     python benchmarks/bench_vs_trl.py                              # tiny (16, 64 tokens) and smollm2 (16), fp32
     python benchmarks/bench_vs_trl.py --models tiny --dtype fp32 bf16 --json results.json
+    python benchmarks/bench_vs_trl.py --models smollm2 --dtype bf16-amp   # mixed precision, both sides
     python benchmarks/bench_vs_trl.py --models tiny --tokens 8 --steps 2 --warmup 1   # smoke test
 
 One step = 8 plain-text prompts ("What is 23 + 45?", no chat template) x 8 samples = 64 completions of
 exactly ``--tokens`` new tokens each (TRL: min_new_tokens = max_completion_length; drpo:
 rollout.ignore_eos), then one optimizer step on all 64 (TRL: steps_per_generation=1, num_iterations=1,
 beta=0; drpo: updates_per_batch=1, loss=ppo_clip), on the CPU, gradient checkpointing off, the same
-torch thread count, fp32 or bf16 weights on both sides. Each (model, dtype, tokens, side) runs in a fresh
-child process, so the peak resident memory (ru_maxrss) is that side's alone, imports included. Time it on
-an idle machine: with fewer free cores than threads, OpenMP's waiting turns the tiny model's steps from
-tenths of a second into seconds.
+torch thread count, on both sides fp32, bf16 weights, or bf16 autocast over fp32 weights (bf16-amp). Each
+(model, dtype, tokens, side) runs in a fresh child process, so the peak resident memory (ru_maxrss) is that
+side's alone, imports included. Time it on an idle machine: with fewer free cores than threads, OpenMP's
+waiting turns the tiny model's steps from tenths of a second into seconds.
 
 Columns, each its own median over ``--steps`` steps after ``--warmup`` (so they need not add up to step s):
 - gen s: sampling (TRL: ``_generate_single_turn``; drpo: time/rollout_s, prompt encoding included);
@@ -53,7 +54,9 @@ import torch
 PROMPTS, GROUP = 8, 8
 ROWS = PROMPTS * GROUP  # completions per step
 SIDES = ("trl", "drpo")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# each mode's matmul dtype. bf16: the weights themselves in bf16 on both sides; bf16-amp: bf16 autocast over
+# float32 weights (TRL's bf16=True on a float32 model; drpo's model.autocast=bf16 with bf16 rollouts)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-amp": torch.bfloat16}
 DEFAULT_TOKENS = {"tiny": [16, 64], "smollm2": [16]}
 RESULT_PREFIX = "BENCH_RESULT "  # marks the child's result line among whatever TRL prints to stdout
 PHASES = ("gen_s", "logprob_s", "train_s", "other_s", "step_s")
@@ -204,8 +207,8 @@ def run_trl(args, problems: list[dict], out: Path) -> tuple[list[dict], int, flo
         output_dir=str(out), per_device_train_batch_size=ROWS, num_generations=GROUP, gradient_accumulation_steps=1,
         steps_per_generation=1, num_iterations=1, beta=0.0, max_steps=args.warmup + args.steps,
         max_completion_length=new_tokens, generation_kwargs={"min_new_tokens": new_tokens}, temperature=1.0,
-        learning_rate=1e-6, gradient_checkpointing=False, use_cpu=True, bf16=dtype == "bf16",
-        # bf16=True alone autocasts over fp32 weights; loading them in bf16 matches drpo's model.dtype=bf16
+        learning_rate=1e-6, gradient_checkpointing=False, use_cpu=True, bf16=dtype != "fp32",
+        # bf16=True alone autocasts over fp32 weights (bf16-amp); loading them in bf16 matches drpo's model.dtype=bf16
         model_init_kwargs={"dtype": "bfloat16" if dtype == "bf16" else "float32", "attn_implementation": "sdpa"},
         disable_dropout=True, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
         dataloader_num_workers=0, seed=args.seed)
@@ -232,11 +235,12 @@ def run_drpo(args, problems: list[dict], out: Path) -> tuple[list[dict], int, fl
     data = out / "problems.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in problems))
     config = load_config(None, [
-        f"model=hf:{args.model_dir}", f"model.dtype={dtype}", "model.device=cpu", "model.chat_template=false",
+        f"model=hf:{args.model_dir}", f"model.dtype={'bf16' if dtype == 'bf16' else 'fp32'}",
+        f"model.autocast={'bf16' if dtype == 'bf16-amp' else 'none'}", "model.device=cpu", "model.chat_template=false",
         # eval_data = the same file: all problems train, as in TRL's data set (evaluation never runs here)
         "task=math", f"data={data}", f"task.eval_data={data}", "task.prompt_template={prompt}",
         f"task.max_response_len={new_tokens}", "rollout.prompts=8", "rollout.group_size=8",
-        f"rollout.precision={dtype}", "rollout.ignore_eos=true", "updates_per_batch=1", "loss=ppo_clip",
+        f"rollout.precision={'fp32' if dtype == 'fp32' else 'bf16'}", "rollout.ignore_eos=true", "updates_per_batch=1", "loss=ppo_clip",
         "advantage.std_normalize=true", "optim.lr=1e-6", f"steps={args.warmup + args.steps}", f"seed={args.seed}",
         f"out={out / 'run'}", "tensorboard=false"])
     trainer = Trainer(config)

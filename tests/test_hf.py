@@ -288,6 +288,27 @@ def test_bf16_weights_warn_and_bf16_rollouts_share_them(qwen_dir, data_file, tmp
     assert trainer.behavior.model is trainer.model and next(trainer.model.parameters()).dtype == torch.bfloat16
 
 
+def test_autocast_trains_float32_weights_with_bf16_compute(qwen_dir, data_file, tmp_path):
+    overrides = [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2", "rollout.prompts=2",
+                 "rollout.group_size=2", "updates_per_batch=1", f"out={tmp_path}", "tensorboard=false"]
+    trainer = Trainer(load_config(None, [*overrides, "model.autocast=bf16"]))
+    batch = trainer.behavior.generate([trainer.policy.encode_prompt(ex) for ex in trainer.task.train[:2]], 2, 4,
+                                      eos_id=trainer.policy.tokenizer.eos_id, pad_id=trainer.policy.tokenizer.pad_id)
+    with torch.no_grad():
+        exact = trainer.policy.log_probs(batch, 1.0).log_prob
+        with trainer.trainer_numerics():
+            mixed = trainer.policy.log_probs(batch, 1.0).log_prob
+    assert mixed.dtype == torch.float32 and not torch.equal(mixed, exact)  # bf16 matmuls, float32 log-softmax
+    torch.testing.assert_close(mixed, exact, atol=0.1, rtol=0)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    metrics = trainer.train_step()
+    assert math.isfinite(metrics["grad_norm"]) and metrics["updates/skipped"] == 0
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(trainer.model.parameters(), before, strict=True))
+    with pytest.raises(ConfigError, match="needs dtype=fp32"):
+        load_config(None, [*overrides, "model.autocast=bf16", "model.dtype=bf16"])
+
+
 def test_native_backend_is_the_behavior_policy_and_vllm_needs_an_hf_model(qwen_dir, data_file):
     config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2"])
     policy = build_hf_policy(config)

@@ -67,7 +67,10 @@ class ModelConfig(Section):
     # Hugging Face causal LMs (model=hf:PATH, a local directory that transformers loads); see docs/hf_math.md
     dtype: Literal["fp32", "bf16"] = pydantic.Field(
         "fp32", description="dtype of an hf: model's weights; bf16 has no fp32 master copy, so small optimizer steps "
-        "round away (warned)")
+        "round away (warned): for bf16 compute keep fp32 and set autocast=bf16")
+    autocast: Literal["none", "bf16"] = pydantic.Field(
+        "none", description="hf: mixed precision: the trainer's forward and backward under bf16 autocast over float32 "
+        "weights (AdamW's master weights and state stay float32)")
     device: str = pydantic.Field("auto", description="device of an hf: model: auto (cuda if available), cpu, cuda:0")
     chat_template: bool = pydantic.Field(
         True, description="wrap prompts in the tokenizer's chat template (hf:); false: the plain prompt text")
@@ -99,6 +102,9 @@ class ModelConfig(Section):
                 raise ValueError(f"model={prefix}:PATH needs a path after '{prefix}:'")
             if self.moe:
                 raise ValueError("moe applies to the built-in transformer; an hf: model has its own architecture")
+            if self.autocast != "none" and self.dtype != "fp32":
+                raise ValueError(f"autocast={self.autocast} runs bf16 compute over float32 weights; it needs dtype=fp32, "
+                                 f"not {self.dtype}")
             return self
         changed = self.changed(HF_MODEL_FIELDS)
         if changed:
@@ -107,7 +113,7 @@ class ModelConfig(Section):
         return self
 
 
-HF_MODEL_FIELDS = ("dtype", "device", "chat_template", "system_prompt", "eos_token", "attn_implementation",
+HF_MODEL_FIELDS = ("dtype", "autocast", "device", "chat_template", "system_prompt", "eos_token", "attn_implementation",
                    "gradient_checkpointing", "micro_batch", "sample_rows", "lora_rank", "lora_alpha")
 
 
