@@ -90,7 +90,8 @@ class Trainer:
         self.top_k_logprobs = config.rollout.top_k_logprobs or (8 if self.loss.spec.needs_topk else 0)
         if config.rollout.top_p < 1:
             warnings.warn(TOP_P_WARNING.format(top_p=config.rollout.top_p), stacklevel=2)
-        if config.model.pretrained and config.model.dtype == "bf16" and config.steps > 0:
+        # LoRA adapters stay float32 under peft, so only full fine-tuning trains bf16 weights
+        if config.model.pretrained and config.model.dtype == "bf16" and not config.model.lora_rank and config.steps > 0:
             warnings.warn(BF16_WEIGHTS_WARNING, stacklevel=2)
         self.sampler = torch.Generator(self.device).manual_seed(config.seed)  # rollouts and mini-batch order
         self.prompt_rng = np.random.default_rng(config.seed)  # which training prompts each step sees
