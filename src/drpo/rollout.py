@@ -149,7 +149,7 @@ def sequence_log_probs(model: nn.Module, batch: RolloutBatch, temperature: float
     log_norm = logits.logsumexp(-1)  # [N, T]
     mask = batch.response_mask  # [N, T]
     log_prob = (logits.gather(-1, batch.response_ids[..., None])[..., 0] - log_norm) * mask  # [N, T]
-    return SequenceLogProbs(log_prob, entropy_of_logits(logits.detach(), log_norm.detach()) * mask, logits)
+    return SequenceLogProbs(log_prob, entropy_of_logits(logits, log_norm) * mask, logits)
 
 
 @torch.no_grad()
@@ -305,7 +305,7 @@ class BehaviorPolicy:
         self.shares_weights = lag == 0 and (precision == "fp32" or HALF_DTYPES.get(precision) == dtype)
         self.model = policy if self.shares_weights else copy.deepcopy(policy).eval().requires_grad_(False)
         if precision in ("bf16", "fp16", "fp8", "int8") and not self.shares_weights:
-            self.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+            self.model.to(HALF_DTYPES.get(precision, torch.bfloat16))  # fp8/int8: a bf16 engine
         self._quantized: list[nn.Linear] = []
         if precision in QUANTIZERS:
             round_input = QUANTIZERS[precision][1]

@@ -91,7 +91,7 @@ class Trainer:
         if config.rollout.top_p < 1:
             warnings.warn(TOP_P_WARNING.format(top_p=config.rollout.top_p), stacklevel=2)
         # LoRA adapters stay float32 under peft, so only full fine-tuning trains bf16 weights
-        if config.model.pretrained and config.model.dtype == "bf16" and not config.model.lora_rank and config.steps > 0:
+        if config.model.dtype == "bf16" and not config.model.lora_rank and config.steps > 0:  # dtype: hf: models only
             warnings.warn(BF16_WEIGHTS_WARNING, stacklevel=2)
         self.sampler = torch.Generator(self.device).manual_seed(config.seed)  # rollouts and mini-batch order
         self.prompt_rng = np.random.default_rng(config.seed)  # which training prompts each step sees
