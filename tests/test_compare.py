@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from drpo.cli import main
 from drpo.config import load_config
@@ -100,6 +101,23 @@ def test_cli_lists_give_key_value_items_back_to_the_overrides():
     assert split_cli_lists(["drpo", "drpo:delta=0.3", "steps=60"], ["fp8", "eval.every=5"], ["seed_x=1"]) == (
         ["drpo", "drpo:delta=0.3"], ["fp8"], ["seed_x=1", "steps=60", "eval.every=5"])
     assert split_cli_lists(None, None, []) == (None, None, [])
+
+
+def test_a_finished_run_made_before_a_config_field_existed_is_reused(tmp_path):
+    """A sweep resumes across versions: a key missing from a run's config.yaml counts as its default, while a
+    real difference (or a new field set away from its default) still refuses to reuse the run."""
+    from drpo.experiments.jobs import _action
+
+    config = load_config(None, [*TINY, "loss=drpo", f"out={tmp_path}"])
+    saved = config.model_dump(mode="json")
+    del saved["model"]["autocast"], saved["rollout"]["ignore_eos"]  # fields added after the run was made
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    (tmp_path / "summary.json").write_text(json.dumps({"interrupted": False, "steps": config.steps}))
+    assert _action(tmp_path, config) == ("done", None)
+    action, conflict = _action(tmp_path, load_config(None, [*TINY, "loss=drpo", "rollout.ignore_eos=true"]))
+    assert action == "new" and conflict == "differs in rollout.ignore_eos"
+    action, conflict = _action(tmp_path, load_config(None, [*TINY, "loss=drpo", "eval.prompts=8"]))
+    assert conflict == "differs in eval.prompts"
 
 
 # ----------------------------------------------------------------------------- the verdict, on constructed runs

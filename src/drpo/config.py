@@ -395,16 +395,23 @@ def check_resume(saved: dict, config: RunConfig) -> None:
 
     A resumed run must continue the same experiment: a new learning rate or loss hyper-parameter would
     silently change it mid-run. Only ``steps`` (to extend the run; with optim.schedule=cosine the rest of the
-    schedule stretches to the new total) and ``out`` may change. A key missing on one side counts as its default.
+    schedule stretches to the new total) and ``out`` may change.
     """
-    defaults = _flatten(RunConfig().model_dump(mode="json"))
-    before, now = _flatten(saved), _flatten(config.model_dump(mode="json"))
-    changed = [f"{key}: {before.get(key, defaults.get(key))!r} -> {now.get(key, defaults.get(key))!r}"
-               for key in sorted(set(before) | set(now))
-               if key not in RESUME_MAY_CHANGE and before.get(key, defaults.get(key)) != now.get(key, defaults.get(key))]
+    changed = [f"{key}: {before!r} -> {now!r}" for key, (before, now) in config_changes(saved, config).items()
+               if key not in RESUME_MAY_CHANGE]
     if changed:
         raise ConfigError(f"resume={config.resume}: the checkpoint was made with other settings; a resumed run may "
                           f"change only steps (to extend it) and out. Changed: {'; '.join(changed)}")
+
+
+def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (saved value, value in ``config``)} for every setting that differs. A key missing on one
+    side counts as its default, so a run saved before a field existed matches a config leaving it at its default."""
+    defaults = _flatten(RunConfig().model_dump(mode="json"))
+    before, now = _flatten(saved), _flatten(config.model_dump(mode="json"))
+    pairs = {key: (before.get(key, defaults.get(key)), now.get(key, defaults.get(key)))
+             for key in sorted(set(before) | set(now))}
+    return {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -66,14 +66,16 @@ def _check_overrides(overrides: list[str]) -> None:
 
 
 def _action(path: Path, config) -> tuple[str, str | None]:
-    """(new | resume | extend | done, a conflict message or None) for one run directory."""
+    """(new | resume | extend | done, a conflict message or None) for one run directory. A field added to the
+    config since the run was made counts as unchanged at its default, so a sweep resumes across versions."""
+    from drpo.config import config_changes
+
     stored_path, summary_path = path / "config.yaml", path / "summary.json"
     checkpoint = (path / "checkpoints" / "latest.pt").is_file()
     if not stored_path.is_file():
         return "new", None
     stored = yaml.safe_load(stored_path.read_text())
-    wanted = config.model_dump(mode="json")
-    changed = [key for key in _diff(stored, wanted) if key not in ("out", "resume")]
+    changed = [key for key in config_changes(stored, config) if key not in ("out", "resume")]
     if [key for key in changed if key != "steps"]:
         if not checkpoint and not summary_path.is_file():
             return "new", None  # nothing worth keeping: start over
@@ -86,12 +88,6 @@ def _action(path: Path, config) -> tuple[str, str | None]:
             return "extend", None
         return "new", f"finished with steps={stored['steps']}, asked for steps={config.steps}"
     return ("resume", None) if checkpoint else ("new", None)
-
-
-def _diff(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [key for k in sorted(set(a) | set(b)) for key in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def reset_run_dir(path: Path) -> None:
