@@ -213,6 +213,29 @@ def test_a_base_model_that_missed_its_target_is_flagged_not_ranked():
     assert out["overall"][0] == "drpo won 1 of 1 condition (b) (better than every other method on final accuracy)."
 
 
+def test_each_swept_loss_at_its_best_setting_is_paired_against_the_first():
+    """Two losses each swept over 3 values: the best of each (highest mean final) and their paired difference."""
+    specs = {**{f"drpo{d}": {"loss": "drpo", "hyper": {"delta": d}, "canonical": "drpo"} for d in (0.05, 0.15, 0.5)},
+             **{f"tv{d}": {"loss": "dppo_binary_tv", "hyper": {"delta_low": d, "delta_high": d},
+                           "canonical": "dppo_binary_tv"} for d in (0.1, 0.2, 0.3)}}
+    finals = {"c": {"drpo0.05": [0.3, 0.3, 0.3], "drpo0.15": [0.40, 0.30, 0.50], "drpo0.5": [0.35, 0.3, 0.4],
+                    "tv0.1": [0.2, 0.2, 0.2], "tv0.2": [0.50, 0.42, 0.61], "tv0.3": [0.45, 0.4, 0.5]}}
+    grid = {"methods": specs, "seeds": [0, 1, 2], "conditions": {"c": {"about": "", "overrides": []}}}
+    results = summarize(grid, constructed_runs(finals))
+    first, second = results["conditions"]["c"]["sweep_best"]
+    assert (first["loss"], first["value"], first["vs_first"]) == ("drpo", 0.15, None)
+    assert (second["loss"], second["parameter"], second["value"]) == ("dppo_binary_tv", "delta_low=delta_high", 0.2)
+    # the pairs of the verdict test's condition a: +0.110 [+0.085, +0.135]
+    d = second["vs_first"]
+    assert d["verdict"] == "better" and d["mean"] == pytest.approx(0.11)
+    assert (d["low"], d["high"]) == pytest.approx((0.11 - 4.303 * 0.01 / 3 ** 0.5, 0.11 + 4.303 * 0.01 / 3 ** 0.5),
+                                                   abs=1e-4)
+    from drpo.experiments.report import best_table
+    rows = best_table(results, 95)  # 0.51 -+ 4.303 * 0.0954 / sqrt(3)
+    assert "| c | drpo | delta=0.15 | 0.400 [0.152, 0.648] | reference |" in rows
+    assert "| c | dppo_binary_tv | delta_low=delta_high=0.2 | 0.510 [0.273, 0.747] | +0.110 [+0.085, +0.135] better |" in rows
+
+
 def test_hyper_sweeps_are_found_in_the_methods():
     methods = {label: {**parse_method(label).to_dict(), "canonical": parse_method(label).canonical}
                for label in ("drpo", "drpo:delta=0.05", "drpo:delta=0.5", "drpo_reference", "pg_is",

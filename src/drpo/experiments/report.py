@@ -106,6 +106,8 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
                   "the mean; steps to target on the seed-mean curve.", ""]
         for sweep in results["sweeps"]:
             lines += sweep_table(sweep, results)
+        if len(results["sweeps"]) > 1:
+            lines += best_table(results, level)
         lines += [f"![{condition} sweep](figures/{condition}_sweep.png)" for condition in conditions] + [""]
     lines += ["## Gradient weights", ""]
     if drawn:
@@ -178,12 +180,26 @@ def sweep_table(sweep: dict, results: dict) -> list[str]:
             m = cond["methods"][point["label"]]
             if m["seeds"] == 0:
                 continue
-            interval = m["final_interval"]
-            final = (f"{interval['mean']:.3f}" if interval["low"] is None
-                     else f"{interval['mean']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]")
+            final = _interval(m["final_interval"])
             steps = m["steps_to_target"]
             lines.append(f"| {condition} | {point['value']:g} | {point['label']} | {m['seeds']} | {final} "
                          f"| {'never' if steps is None else steps} | {m['collapsed']}/{m['seeds']} |")
+    return [*lines, ""]
+
+
+def best_table(results: dict, level: int) -> list[str]:
+    """Each swept loss at its best value per condition, paired against the first loss's best."""
+    first = results["sweeps"][0]["loss"]
+    lines = [f"Each loss at its best setting (highest mean final accuracy in that condition), paired against "
+             f"{first} at its best over seeds, {level}% t interval. The best is chosen on the same runs it is "
+             "scored on, so it is optimistic, the more so the more values a loss was given.", "",
+             f"| condition | loss | best setting | final | best - {first}'s best |", "|---|---|---|---|---|"]
+    for condition, cond in results["conditions"].items():
+        for entry in cond["sweep_best"]:
+            d = entry["vs_first"]
+            vs = "reference" if d is None else f"{format_difference(d)} {d['verdict']}"
+            lines.append(f"| {condition} | {entry['loss']} | {entry['parameter']}={entry['value']:g} "
+                         f"| {_interval(entry['final'])} | {vs} |")
     return [*lines, ""]
 
 
@@ -206,6 +222,12 @@ def _eval_size(conditions: dict) -> str:
     worst = 0.5 / min(sizes) ** 0.5
     return (f"Each evaluation: {', '.join(str(n) for n in sizes)} held-out prompts, greedy; the standard error of "
             f"one evaluation is at most 0.5 / sqrt(n) = {worst:.4f} (at accuracy 0.5).")
+
+
+def _interval(interval: dict) -> str:
+    if interval["low"] is None:
+        return f"{interval['mean']:.3f}"
+    return f"{interval['mean']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
 
 
 def _rule(header: str) -> str:

@@ -106,8 +106,29 @@ def summarize(grid: dict, runs: list[Run], target: float | None = None, baseline
             "about": spec["about"], "overrides": spec["overrides"], "target": cond_target, "methods": methods,
             "weak_base_seeds": weak, "mechanism": _mechanism(crun), "mismatch": _condition_mismatch(numbers),
             "eval_prompts": sorted({n["eval_prompts"] for n in numbers.values() if n["eval_prompts"]})}
+    for cond in results["conditions"].values():
+        cond["sweep_best"] = best_settings(results["sweeps"], cond["methods"])
     results["verdict"] = verdict(results)
     return results
+
+
+def best_settings(sweeps: list[dict], methods: dict) -> list[dict]:
+    """Each swept loss at its best value in one condition (highest mean final accuracy), and the paired
+    difference of each best against the first sweep's best: [{'loss', 'parameter', 'value', 'label', 'final',
+    'vs_first'}]. The best is picked on the same runs it is scored on, so it is biased upward, the more so
+    the more values were tried; comparing two losses each at its best is fair only with similar grids."""
+    best = []
+    for sweep in sweeps:
+        scored = [(methods[p["label"]]["final"]["mean"], p) for p in sweep["points"]
+                  if methods.get(p["label"], {}).get("seeds") and methods[p["label"]]["final"]["mean"] is not None]
+        if scored:
+            point = max(scored, key=lambda item: item[0])[1]
+            best.append({"loss": sweep["loss"], "parameter": sweep["parameter"], "value": point["value"],
+                         "label": point["label"], "final": methods[point["label"]]["final_interval"]})
+    for entry in best:
+        entry["vs_first"] = (None if entry is best[0] else paired_difference(
+            finals(methods[entry["label"]]), finals(methods[best[0]["label"]])))
+    return best
 
 
 def hyper_sweeps(methods: dict) -> list[dict]:
