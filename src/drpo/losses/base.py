@@ -129,6 +129,11 @@ class LossInputs:
         # a KL is >= 0; float32 rounding can leave -1e-8 where pi ~ mu
         return log_odds.mul_(one_minus_mu).sub_(log_ratio.mul_(self.anchor_prob)).clamp_(min=0)
 
+    def computed(self, name: str) -> torch.Tensor | None:
+        """A cached tensor (e.g. ``binary_kl``) if a loss already computed it, else None: metrics report a
+        statistic only when it costs nothing."""
+        return self.__dict__.get(name)  # where functools.cached_property stores its value
+
     @cached_property
     def pushed_up(self) -> torch.Tensor:
         """A > 0: the advantage pushes pi up. [B, 1] or [B, T] bool"""
@@ -380,7 +385,7 @@ def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
         torch.count_nonzero(w > 1 + AMPLIFIED_TOLERANCE) / n, torch.dot((w - 1).abs_(), mask) / n,
         w_mean, w_min, w_max, r_mean, r_max, shift_mean, shift_max,
     ]
-    binary_kl = vars(x).get("binary_kl")  # cached by the losses that mask on it; for the others, ~12 passes
+    binary_kl = x.computed("binary_kl")  # only the losses that mask on it pay its ~12 passes
     if binary_kl is not None:
         keys.append("shift/binary_kl")
         stats.append(torch.dot(binary_kl.reshape(-1), mask) / n)
