@@ -10,30 +10,17 @@ import torch
 pytest.importorskip("trl", reason="TRL is not installed (pip install -e '.[trl]' -c constraints.txt)")
 
 from datasets import Dataset  # noqa: E402  (datasets and transformers come with TRL)
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from tiny_letters import letter_model, letter_tokenizer  # noqa: E402
 
 from drpo.integrations.trl import DRPOConfig, DRPOTrainer  # noqa: E402
 from drpo.losses import aggregate, get_loss  # noqa: E402
 
-WORDS = ["<pad>", "<eos>", "<unk>", *"abcdefghij"]
 OUR_METRICS = ["loss/weight_mean", "loss/corrective_frac", "loss/masked_frac", "ratio/max", "shift/abs_mean"]
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """A word-level tokenizer over ten letters, built in memory."""
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-
-
-def tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                         pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False)
-    return Qwen2ForCausalLM(config)
+    return letter_tokenizer()
 
 
 def count_a(completions, **kwargs) -> list[float]:
@@ -51,7 +38,7 @@ def make_trainer(tokenizer, tmp_path, **overrides) -> DRPOTrainer:
     )
     args = DRPOConfig(**{**settings, **overrides})
     dataset = Dataset.from_dict({"prompt": ["a b c", "d e f", "g h", "i j a"] * 2})
-    return DRPOTrainer(model=tiny_model(), reward_funcs=count_a, args=args, train_dataset=dataset,
+    return DRPOTrainer(model=letter_model(), reward_funcs=count_a, args=args, train_dataset=dataset,
                        processing_class=tokenizer)
 
 

@@ -70,25 +70,16 @@ def test_trl_writer_through_a_training_run(tmp_path):
     """Two real DRPOTrainer steps with drpo_dump_log_probs: every loss call's mu, pi_old and pi, by global step."""
     pytest.importorskip("trl", reason="TRL is not installed (pip install -e '.[trl]' -c constraints.txt)")
     from datasets import Dataset
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from tiny_letters import letter_model, letter_tokenizer
 
     from drpo.integrations.trl import DRPOConfig, DRPOTrainer
 
-    words = ["<pad>", "<eos>", "<unk>", *"abcdefghij"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0, eos_token_id=1, bos_token_id=None))
     path = tmp_path / "trl_log_probs.jsonl"
     args = DRPOConfig(output_dir=str(tmp_path / "out"), drpo_loss="drpo", drpo_loss_kwargs={"delta": 0.15},
                       drpo_dump_log_probs=str(path), per_device_train_batch_size=4, num_generations=4,
                       max_completion_length=8, steps_per_generation=2, max_steps=2, learning_rate=1e-2, use_cpu=True,
                       report_to="none", logging_steps=1, save_strategy="no", seed=0)
-    trainer = DRPOTrainer(model=model, args=args, processing_class=tokenizer,
+    trainer = DRPOTrainer(model=letter_model(), args=args, processing_class=letter_tokenizer(),
                           reward_funcs=lambda completions, **kw: [c.count("a") / 8 for c in completions],
                           train_dataset=Dataset.from_dict({"prompt": ["a b c", "d e f", "g h", "i j a"] * 2}))
     trainer.train()

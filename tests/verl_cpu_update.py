@@ -138,24 +138,6 @@ def cpu_platform():
     return PlatformCPU()
 
 
-def save_tiny_qwen2(path: str) -> None:
-    """A random one-layer Qwen2 and a word-level tokenizer over ten letters, saved as verl loads models."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    words = ["<pad>", "<eos>", "<unk>", *"abcdefghij"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                            unk_token="<unk>").save_pretrained(path)
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                         pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False)
-    Qwen2ForCausalLM(config).save_pretrained(path)
-
-
 def rollout_batch():
     """4 sequences as verl's trainer holds them: left-padded prompts, right-padded responses, mu, A."""
     import torch
@@ -255,11 +237,12 @@ def main() -> None:
     set_platform(cpu_platform())
     torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     import verl
+    from tiny_letters import save_letter_model
 
     config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     results = {}
     with tempfile.TemporaryDirectory() as model_path:
-        save_tiny_qwen2(model_path)
+        save_letter_model(model_path)
         for loss_mode, (overrides, hyper, agg_mode) in CASES.items():
             results[loss_mode] = {"verl": verl_update(config_dir, model_path, loss_mode, overrides, agg_mode),
                                   "reference": reference(model_path, loss_mode, hyper, agg_mode)}
