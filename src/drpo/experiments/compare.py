@@ -22,6 +22,9 @@ How a sweep runs, top to bottom:
 
 Layout: SWEEP_DIR/sweep.yaml (the grid), SWEEP_DIR/runs/{condition}/{method}/seed{k}/ (normal run
 directories, plus worker.log), SWEEP_DIR/report.md, SWEEP_DIR/figures/, SWEEP_DIR/results.json.
+A finished run needs only its config.yaml, metrics.jsonl and summary.json to be reused and reported: the
+published sweeps keep those in git (docs/results/*/runs; .gitignore drops checkpoints, logs and plots), so
+a sweep longer than one working session continues from another checkout with the same command.
 """
 
 from __future__ import annotations
