@@ -107,11 +107,15 @@ def plot_final_accuracy(path: Path, results: dict) -> Path:
 
 def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
     """One condition, every swept loss hyper-parameter (results['sweeps']): final accuracy (mean, t interval),
-    steps to target ('never' drawn above the last step) and collapsed seeds, against the value (log scale)."""
+    steps to target ('never' drawn above the last step), collapsed seeds, and the paired difference of final
+    accuracy to the baseline (the interval that decides; the unpaired one also holds the base models' spread),
+    the pull part's gradient-norm share (diagnose_pull=true) and the shares of amplified and corrective
+    tokens, against the value (log scale)."""
     import matplotlib.pyplot as plt
 
     cond = results["conditions"][condition]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, grid = plt.subplots(2, 3, figsize=(18, 9))
+    axes = list(grid.flat)
     last_step = max((n["last_step"] for m in cond["methods"].values() for n in m["per_seed"].values()), default=1)
     sweeps = results["sweeps"]
     for i, (color, sweep) in enumerate(zip(_colors(len(sweeps)), sweeps, strict=True)):
@@ -132,9 +136,23 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
         never = [x for x, s in zip(xs, steps, strict=True) if s is None]
         axes[1].scatter(never, [1.1 * last_step] * len(never), color=color, marker="x", s=60)
         axes[2].plot(xs, [m["collapsed"] / m["seeds"] for _, m in points], color=color, marker="o", label=label)
+        paired = [(x, m["vs_baseline"] or _ZERO) for x, (_, m) in zip(xs, points, strict=True)
+                  if m["vs_baseline"] is None or m["vs_baseline"]["mean"] is not None]
+        axes[3].errorbar([x for x, _ in paired], [d["mean"] for _, d in paired],
+                         yerr=[[d["mean"] - (d["low"] if d["low"] is not None else d["mean"]) for _, d in paired],
+                               [(d["high"] if d["high"] is not None else d["mean"]) - d["mean"] for _, d in paired]],
+                         color=color, marker="o", capsize=3, label=label)
+        axes[4].plot(xs, [m["pull_to_pg"]["mean"] if m["pull_to_pg"]["mean"] is not None else math.nan
+                          for _, m in points], color=color, marker="o", label=label)
+        for key, style in (("amplified_frac", "-"), ("corrective_frac", "--")):
+            axes[5].plot(xs, [100 * m[key]["mean"] if m[key]["mean"] is not None else math.nan for _, m in points],
+                         style, color=color, marker="o", label=label if style == "-" else None)
     titles = (f"final eval accuracy (mean, {round(100 * results['level'])}% t interval)",
               f"steps to target {cond['target']:.3f}" + " (x: never)" if cond["target"] is not None else "steps to target",
-              "collapsed seeds (fraction)")
+              "collapsed seeds (fraction)",
+              f"final - {results['baseline']}, paired over seeds ({round(100 * results['level'])}% t)",
+              "pull / pg: gradient norm of the (w - 1) part over the w = 1 part",
+              "tokens with w > 1 (solid) and w < 0 (dashed), % (mean over steps)")
     values = sorted({p["value"] for sweep in sweeps for p in sweep["points"]})
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log")
@@ -144,10 +162,14 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
         ax.set_title(title)
     axes[1].set_ylim(0, 1.2 * last_step)
     axes[2].set_ylim(-0.05, 1.05)
+    axes[3].axhline(0, color="grey", lw=0.8)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8)
     fig.suptitle(f"{condition}: trust-region width swept (each point: its seeds)")
     return _save(fig, path)
+
+
+_ZERO = {"mean": 0.0, "low": None, "high": None}  # the baseline against itself
 
 
 def weight_figure_losses(methods: dict) -> tuple[list[str], list[str]]:
