@@ -35,7 +35,7 @@ def _cache(tmp_path_factory, monkeypatch):
 # ----------------------------------------------------------------------------- methods and conditions
 def test_method_specs():
     drpo = parse_method("drpo")
-    assert (drpo.label, drpo.loss, drpo.hyper) == ("drpo", "drpo", {"delta": 0.15})
+    assert (drpo.label, drpo.loss, drpo.hyper) == ("drpo", "drpo", {"delta": 0.5})
     custom = parse_method("drpo:delta=0.3")
     assert custom.label == "drpo:delta=0.3" and custom.slug == "drpo_delta=0.3"
     assert custom.overrides() == ["loss=drpo", "loss.delta=0.3"]
@@ -63,7 +63,7 @@ def test_default_methods_are_the_issue_list():
     built = {label: parse_method(label).build() for label in METHODS}
     assert built["ppo_clip_higher"].hyper.eps_low == 0.2 and built["ppo_clip_higher"].hyper.eps_high == 0.28
     assert built["minirl"].hyper.anchor == "recompute"
-    assert built["drpo"].hyper.delta == 0.15 and built["drpo_reference"].hyper.delta == 12.5
+    assert built["drpo"].hyper.delta == 0.5 and built["drpo_reference"].hyper.delta == 12.5
     assert {b.name for b in built.values()} == {"pg_is", "cispo", "ppo_clip", "spo", "dppo_binary_tv",
                                                "dppo_binary_kl", "drpo"}
 
@@ -238,13 +238,13 @@ def test_each_swept_loss_at_its_best_setting_is_paired_against_the_first():
 
 def test_hyper_sweeps_are_found_in_the_methods():
     methods = {label: {**parse_method(label).to_dict(), "canonical": parse_method(label).canonical}
-               for label in ("drpo", "drpo:delta=0.05", "drpo:delta=0.5", "drpo_reference", "pg_is",
+               for label in ("drpo", "drpo:delta=0.05", "drpo:delta=0.15", "drpo_reference", "pg_is",
                              "dppo_binary_tv", "dppo_binary_tv:delta_low=0.3,delta_high=0.3",
                              "dppo_binary_tv:delta_low=0.05,delta_high=0.05", "ppo_clip_higher", "minirl")}
     sweeps = {s["loss"]: s for s in hyper_sweeps(methods)}
     assert set(sweeps) == {"drpo", "dppo_binary_tv"}  # ppo_clip's two differ in the anchor: no sweep
     assert [(p["value"], p["label"]) for p in sweeps["drpo"]["points"]] == [
-        (0.05, "drpo:delta=0.05"), (0.15, "drpo"), (0.5, "drpo:delta=0.5"), (12.5, "drpo_reference")]
+        (0.05, "drpo:delta=0.05"), (0.15, "drpo:delta=0.15"), (0.5, "drpo"), (12.5, "drpo_reference")]
     assert sweeps["dppo_binary_tv"]["parameter"] == "delta_low=delta_high"
     assert [p["value"] for p in sweeps["dppo_binary_tv"]["points"]] == [0.05, 0.15, 0.3]
     uneven = {**methods, "dppo_binary_tv:delta_low=0.1": {"loss": "dppo_binary_tv", "hyper": {"delta_low": 0.1}}}
@@ -313,7 +313,7 @@ def test_tiny_sweep_report_reuse_and_resume(tmp_path):
     torch.set_num_threads(1)  # as in the workers
     try:
         Trainer(load_config(None, [*CONDITIONS["fp32"]["overrides"], *SWEEP_OVERRIDES, *TINY, "loss=drpo",
-                                   "loss.delta=0.15", "seed=0", f"out={tmp_path / 'direct'}"])).train()
+                                   "loss.delta=0.5", "seed=0", f"out={tmp_path / 'direct'}"])).train()
     finally:
         torch.set_num_threads(threads)
     assert comparable(read_jsonl(tmp_path / "direct" / "metrics.jsonl")) == comparable(
@@ -374,7 +374,7 @@ def test_report_of_a_delta_sweep_from_files_alone(tmp_path):
     from drpo.experiments.report import write_report
     from drpo.experiments.runs import run_dir
 
-    methods = parse_methods(["drpo:delta=0.05", "drpo", "drpo:delta=0.5"])
+    methods = parse_methods(["drpo:delta=0.05", "drpo", "drpo:delta=0.15"])
     conditions = get_conditions(["fp8"])
     write_grid(tmp_path, methods, [0, 1], conditions, ["steps=2"], None)
     for method in methods:
@@ -400,9 +400,9 @@ def test_report_of_a_delta_sweep_from_files_alone(tmp_path):
     # finals 0.4, 0.5: 0.45 -+ 12.706 * 0.0707 / sqrt(2); the seed mean reaches the target 0.3 + 0.15 at step 2
     assert "| fp8 | 0.05 | drpo:delta=0.05 | 2 | 0.450 [-0.185, 1.085] | 2 | 0/2 |" in report
     assert "Each evaluation: 1200 held-out prompts" in report and "Baseline: drpo." in report
-    row = parse_table(report, "fp8")["drpo:delta=0.5"]  # extremes over steps; the pull ratio's mean over steps
+    row = parse_table(report, "fp8")["drpo:delta=0.15"]  # extremes over steps; the pull ratio's mean over steps
     assert (row["w min / max"], row["pull / pg"]) == ("-1.00 / 3.00", "0.30 ± 0.00")
     assert row["final - baseline"] == "+0.000 [+0.000, +0.000] not separable"
     assert (tmp_path / "figures" / "fp8_sweep.png").stat().st_size > 0
-    assert main(["report", str(tmp_path), "--baseline", "drpo:delta=0.5"]) == 0
-    assert "Baseline: drpo:delta=0.5." in (tmp_path / "report.md").read_text()
+    assert main(["report", str(tmp_path), "--baseline", "drpo:delta=0.15"]) == 0
+    assert "Baseline: drpo:delta=0.15." in (tmp_path / "report.md").read_text()

@@ -404,7 +404,8 @@ def test_shift_and_binary_kl_come_from_the_log_probs_not_the_clamped_ratio(dtype
     """mu = 1e-12, pi = 0.5: log r = 26.9 is past the +-20 clamp, but pi - mu is 0.5, not mu * (e^20 - 1)."""
     def token(name, pi, mu, adv):
         log_prob = torch.tensor([[math.log(pi)]], dtype=dtype, requires_grad=True)
-        out = get_loss(name)(log_prob=log_prob, rollout_log_prob=torch.tensor([[math.log(mu)]], dtype=dtype),
+        hyper = {"delta": 0.15} if name == "drpo" else {}
+        out = get_loss(name, **hyper)(log_prob=log_prob, rollout_log_prob=torch.tensor([[math.log(mu)]], dtype=dtype),
                              advantages=torch.tensor([adv], dtype=dtype), response_mask=torch.ones(1, 1))
         (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
         return out.weight.item(), grad.item(), out.metrics

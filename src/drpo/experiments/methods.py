@@ -1,6 +1,6 @@
 """The methods a sweep compares: a label, a loss registry name (or preset) and its hyper-parameters.
 
-    parse_method("drpo")              -> the default entry: drpo with delta=0.15
+    parse_method("drpo")              -> the default entry: drpo with delta=0.5
     parse_method("drpo:delta=0.3")    -> drpo with delta=0.3, labelled "drpo:delta=0.3"
     parse_method("dppo_topk_tv")      -> any registry name or preset of drpo.losses, default hyper-parameters
     parse_method("ppo_clip:eps_high=0.28,dual_clip=3")
@@ -23,7 +23,7 @@ METHODS: dict[str, tuple[str, dict]] = {
     "spo": ("spo", {}),
     "dppo_binary_tv": ("dppo_binary_tv", {}),
     "dppo_binary_kl": ("dppo_binary_kl", {}),
-    "drpo": ("drpo", {"delta": 0.15}),  # zero-crossing of w at the Binary-TV boundary
+    "drpo": ("drpo", {"delta": 0.5}),  # the loss's default: best in the delta sweep (docs/results/delta)
     "drpo_reference": ("drpo", {"delta": 12.5}),  # the public reference's value: a very weak regularizer
 }
 

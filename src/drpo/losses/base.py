@@ -27,7 +27,7 @@ import torch
 from drpo.validation import describe_fields, format_validation_error
 
 # w > 1 + this counts as amplified: an fp32 recompute of the same weights leaves |pi - mu| ~ 1e-7, i.e. w - 1 ~ 1e-6
-# at delta 0.15, which amplifies nothing; a bf16 behavior policy (|pi - mu| ~ 1e-3) is well above it
+# at delta 0.15 (1e-6 / delta in general), which amplifies nothing; a bf16 behavior policy (|pi - mu| ~ 1e-3) is well above it
 AMPLIFIED_TOLERANCE = 1e-3
 LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 4.9e8: past that the ratio carries no information, only overflow risk
 

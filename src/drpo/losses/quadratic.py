@@ -28,9 +28,9 @@ def spo(x: LossInputs, h: SpoHyper):
 
 class DrpoHyper(Hyper):
     delta: float = pydantic.Field(
-        0.15, gt=0.0,
-        description="probability-shift width: w reaches 0 at abs(pi - mu) = delta, the Binary-TV boundary "
-        "(0.15 matches dppo_binary_tv; the public reference uses 12.5, a very weak regularizer)",
+        0.5, gt=0.0,
+        description="probability-shift width: w reaches 0 at abs(pi - mu) = delta (0.15: dppo_binary_tv's boundary; "
+        "0.5 learned best in the delta sweep, docs/results/delta; the public reference uses 12.5, a very weak pull)",
     )
 
 
