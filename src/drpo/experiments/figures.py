@@ -125,12 +125,9 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
             continue
         nudge = 1.06 ** (i - (len(sweeps) - 1) / 2)  # losses sharing a value stay apart on the log axis
         xs = [x * nudge for x, _ in points]
-        means = [m["final_interval"]["mean"] for _, m in points]
-        low = [m["final_interval"]["mean"] - (m["final_interval"]["low"] if m["final_interval"]["low"] is not None
-                                              else m["final_interval"]["mean"]) for _, m in points]
-        high = [(m["final_interval"]["high"] if m["final_interval"]["high"] is not None
-                 else m["final_interval"]["mean"]) - m["final_interval"]["mean"] for _, m in points]
-        axes[0].errorbar(xs, means, yerr=[low, high], color=color, marker="o", capsize=3, label=label)
+        finals = [m["final_interval"] for _, m in points]
+        axes[0].errorbar(xs, [f["mean"] for f in finals], yerr=_error_bars(finals), color=color, marker="o", capsize=3,
+                         label=label)
         steps = [m["steps_to_target"] for _, m in points]
         axes[1].plot(xs, [s if s is not None else math.nan for s in steps], color=color, marker="o", label=label)
         never = [x for x, s in zip(xs, steps, strict=True) if s is None]
@@ -139,9 +136,7 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
         paired = [(x, m["vs_baseline"] or _ZERO) for x, (_, m) in zip(xs, points, strict=True)
                   if m["vs_baseline"] is None or m["vs_baseline"]["mean"] is not None]
         axes[3].errorbar([x for x, _ in paired], [d["mean"] for _, d in paired],
-                         yerr=[[d["mean"] - (d["low"] if d["low"] is not None else d["mean"]) for _, d in paired],
-                               [(d["high"] if d["high"] is not None else d["mean"]) - d["mean"] for _, d in paired]],
-                         color=color, marker="o", capsize=3, label=label)
+                         yerr=_error_bars([d for _, d in paired]), color=color, marker="o", capsize=3, label=label)
         axes[4].plot(xs, [m["pull_to_pg"]["mean"] if m["pull_to_pg"]["mean"] is not None else math.nan
                           for _, m in points], color=color, marker="o", label=label)
         for key, style in (("amplified_frac", "-"), ("corrective_frac", "--")):
@@ -170,6 +165,12 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
 
 
 _ZERO = {"mean": 0.0, "low": None, "high": None}  # the baseline against itself
+
+
+def _error_bars(intervals: list[dict]) -> list[list[float]]:
+    """matplotlib's [below, above] from {'mean', 'low', 'high'} intervals (no bar where there is no interval)."""
+    return [[i["mean"] - (i["low"] if i["low"] is not None else i["mean"]) for i in intervals],
+            [(i["high"] if i["high"] is not None else i["mean"]) - i["mean"] for i in intervals]]
 
 
 def weight_figure_losses(methods: dict) -> tuple[list[str], list[str]]:

@@ -105,9 +105,8 @@ def summarize(grid: dict, runs: list[Run], target: float | None = None, baseline
         results["conditions"][condition] = {
             "about": spec["about"], "overrides": spec["overrides"], "target": cond_target, "methods": methods,
             "weak_base_seeds": weak, "mechanism": _mechanism(crun), "mismatch": _condition_mismatch(numbers),
-            "eval_prompts": sorted({n["eval_prompts"] for n in numbers.values() if n["eval_prompts"]})}
-    for cond in results["conditions"].values():
-        cond["sweep_best"] = best_settings(results["sweeps"], cond["methods"])
+            "eval_prompts": sorted({n["eval_prompts"] for n in numbers.values() if n["eval_prompts"]}),
+            "sweep_best": best_settings(results["sweeps"], methods)}
     results["verdict"] = verdict(results)
     return results
 
