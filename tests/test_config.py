@@ -1,8 +1,10 @@
 """Config: defaults, YAML plus overrides, and errors that name the key and the allowed values."""
 
 import pytest
+import yaml
 
-from drpo.config import ConfigError, help_text, load_config
+from drpo.config import ConfigError, config_changes, help_text, load_config
+from drpo.losses.quadratic import DrpoHyper
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -24,7 +26,27 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["loss=spo", "loss.eps=0.3", "seed=3"])
     path = tmp_path / "config.yaml"
     path.write_text(cfg.to_yaml())
-    assert load_config(path) == cfg
+    loaded = load_config(path)
+    assert config_changes(yaml.safe_load(cfg.to_yaml()), loaded) == {}
+    assert loaded.loss.build().hyper == cfg.loss.build().hyper and loaded.seed == 3
+
+
+def test_a_run_records_every_loss_hyper_so_a_new_default_does_not_re_mean_it(tmp_path):
+    """config.yaml writes the defaults out: a run made at delta 0.5 without saying so stays a delta-0.5 run
+    when the default moves, and resuming or reusing it under the new default is refused."""
+    saved = yaml.safe_load(load_config(None, ["loss=drpo_reference"]).to_yaml())
+    assert saved["loss"] == {"name": "drpo_reference", "aggregation": "token-mean", "horizon": None,
+                             "delta": 12.5, "anchor": "rollout"}
+    saved = yaml.safe_load(load_config(None, ["loss=drpo"]).to_yaml())
+    assert saved["loss"]["delta"] == DrpoHyper.model_fields["delta"].default
+    saved["loss"]["delta"] = 0.15  # as if written when 0.15 was the default
+    assert config_changes(saved, load_config(None, ["loss=drpo"])) == {
+        "loss.delta": (0.15, DrpoHyper.model_fields["delta"].default)}
+    assert config_changes(saved, load_config(None, ["loss=drpo", "loss.delta=0.15"])) == {}
+    del saved["loss"]["delta"], saved["loss"]["anchor"]  # a run saved before hyper-parameters were written out
+    assert config_changes(saved, load_config(None, ["loss=drpo"])) == {}
+    assert list(config_changes(saved, load_config(None, ["loss=ppo_clip"]))) == [
+        "loss.delta", "loss.eps_high", "loss.eps_low", "loss.name"]
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -182,7 +182,7 @@ def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path):
     written = (run_dir / "config.yaml").read_text()
     changed = load_config(None, [*TINY, *CHEAP, f"out={run_dir}", "steps=2", f"resume={run_dir}", "optim.lr=0.002",
                                  "loss.delta=0.3"])
-    with pytest.raises(ConfigError, match=r"only steps .* and out.*loss.delta: None -> 0.3; optim.lr: 0.0001 -> 0.002"):
+    with pytest.raises(ConfigError, match=r"only steps .* and out.*loss.delta: 0.5 -> 0.3; optim.lr: 0.0001 -> 0.002"):
         Trainer(changed).train()
     assert (run_dir / "config.yaml").read_text() == written  # a refused resume leaves the run as it was
     extended = load_config(None, [*TINY, *CHEAP, f"out={tmp_path / 'r2'}", "steps=2", f"resume={run_dir}"])

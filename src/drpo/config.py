@@ -304,7 +304,7 @@ class RunConfig(Section):
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(_with_resolved_loss(self.model_dump(mode="json")), sort_keys=False)
 
 
 class ConfigError(ValueError):
@@ -408,10 +408,29 @@ def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple[Any, Any]]
     """{dotted key: (saved value, value in ``config``)} for every setting that differs. A key missing on one
     side counts as its default, so a run saved before a field existed matches a config leaving it at its default."""
     defaults = _flatten(RunConfig().model_dump(mode="json"))
-    before, now = _flatten(saved), _flatten(config.model_dump(mode="json"))
+    before = _flatten(_with_resolved_loss(saved))
+    now = _flatten(_with_resolved_loss(config.model_dump(mode="json")))
     pairs = {key: (before.get(key, defaults.get(key)), now.get(key, defaults.get(key)))
              for key in sorted(set(before) | set(now))}
     return {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}
+
+
+def _with_resolved_loss(tree: dict) -> dict:
+    """``tree`` (a dumped RunConfig) with every hyper-parameter of its loss written out, defaults included: a
+    run records what it ran with, so a later change of a default cannot re-mean it. A run saved before this
+    (only the keys set by hand) resolves against today's defaults; a key the loss no longer knows stays as
+    written, so that it shows as a change."""
+    from drpo.losses import get_loss
+
+    section = dict(tree.get("loss", {}))
+    fields = set(LossConfig.model_fields)
+    written = {key: value for key, value in section.items() if key not in fields}
+    try:
+        resolved = get_loss(section.get("name", LossConfig.model_fields["name"].default),
+                            **written).hyper.model_dump(mode="json")
+    except ValueError:
+        resolved = written
+    return {**tree, "loss": {**{k: v for k, v in section.items() if k in fields}, **resolved}}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
