@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from drpo.cli import main
+from drpo.losses.quadratic import DrpoHyper
 from drpo.mismatch import LogProbFileError, analyse, pair_stats, read_log_probs, step_metrics, write_log_probs
 from drpo.mismatch.format import records_from_batch
 from drpo.mismatch.references import REFERENCES
@@ -64,16 +65,19 @@ def test_masked_fractions_by_hand():
     DRPO at delta 0.15: w = 1 - sign(A) (pi - mu) / 0.15 = [1, .47, -.33, 1, 2.33] for A > 0.
     """
     pi, mu = np.log(PI), np.log(MU)
-    up = trust_region_stats(pi, mu, np.ones(5))
-    down = trust_region_stats(pi, mu, -np.ones(5))
+    up = trust_region_stats(pi, mu, np.ones(5), drpo_delta=0.15)
+    down = trust_region_stats(pi, mu, -np.ones(5), drpo_delta=0.15)
     for label in ("ppo_clip 0.2", "ppo_clip 0.2/0.28", "dppo_binary_tv 0.15", "dppo_binary_kl 0.05"):
         assert up[f"masked/{label}"] == pytest.approx(0.2), label
         assert down[f"masked/{label}"] == pytest.approx(0.2), label
     assert (up["drpo/w_gt_1"], up["drpo/w_lt_0"]) == pytest.approx((0.2, 0.2))
     assert (down["drpo/w_gt_1"], down["drpo/w_lt_0"]) == pytest.approx((0.4, 0.2))
     assert up["drpo/w_min"] == pytest.approx(1 - 0.2 / 0.15) and up["drpo/w_max"] == pytest.approx(1 + 0.2 / 0.15)
-    unsigned = trust_region_stats(pi, mu, None)  # no advantages: the mean over A = +1 and A = -1
+    unsigned = trust_region_stats(pi, mu, None, drpo_delta=0.15)  # no advantages: the mean over A = +1 and -1
     assert unsigned["drpo/w_gt_1"] == pytest.approx(0.3) and unsigned["masked/ppo_clip 0.2"] == pytest.approx(0.2)
+    default = trust_region_stats(pi, mu, np.ones(5))  # DRPO at the loss's default delta: no token past it here
+    delta = DrpoHyper.model_fields["delta"].default
+    assert default["drpo/delta"] == delta and default["drpo/w_max"] == pytest.approx(1 + 0.2 / delta)
 
 
 def test_file_analysis_pairs_and_trend(tmp_path):
@@ -136,9 +140,12 @@ def test_bad_input_names_sequence_and_field(tmp_path):
 def test_cli_reports_files_and_errors(tmp_path, capsys):
     write_log_probs(tmp_path / "a" / "log_probs.jsonl", [record(step=s) for s in range(3)])
     write_log_probs(tmp_path / "b.jsonl", [record(log_prob=np.log(PI).tolist())])
-    assert main(["mismatch", str(tmp_path / "a"), str(tmp_path / "b.jsonl"), "--out", str(tmp_path / "out")]) == 0
+    assert main(["mismatch", str(tmp_path / "a"), str(tmp_path / "b.jsonl"), "--delta", "0.3",
+                 "--out", str(tmp_path / "out")]) == 0
     report = (tmp_path / "out" / "mismatch.md").read_text()
     assert "| a | pi_old vs mu | 15 |" in report and "## Published figures" in report
+    # DRPO's weights at the delta asked for, and the command that reproduces the report says so
+    assert "| DRPO (delta 0.3): w min / max |" in report and "b.jsonl --delta 0.3 --out" in report
     assert (tmp_path / "out" / "mismatch.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "out" / "mismatch.json").read_text())
     assert [s["label"] for s in saved["sources"]] == ["a", "b"]

@@ -94,7 +94,7 @@ def cmd_mismatch(args) -> int:
     if overrides and len(overrides) < len(args.inputs):
         raise ValueError("give log-prob files (or run directories), or key=value overrides of a model "
                          "(model mode), not both")
-    command = ["drpo", "mismatch", *args.inputs]
+    command = ["drpo", "mismatch", *args.inputs, *(["--delta", f"{args.delta:g}"] if args.delta is not None else [])]
     if overrides:
         from drpo.config import load_config
         from drpo.mismatch.model import measure_precisions
@@ -103,7 +103,7 @@ def cmd_mismatch(args) -> int:
         config = load_config(None, overrides)
         sources = measure_precisions(config, args.precisions, args.prompts, args.samples,
                                      console=Console(stderr=True))
-        analyses = [analyse(source) for source in sources]
+        analyses = [analyse(source, args.delta) for source in sources]
         for analysis in analyses:
             analysis.extra["rounds"] = PRECISION_ROUNDS[analysis.label]
         command += ["--precisions", *args.precisions, "--prompts", str(args.prompts), "--samples", str(args.samples)]
@@ -113,7 +113,7 @@ def cmd_mismatch(args) -> int:
         sources = [read_log_probs(path) for path in args.inputs]
         for source, label in zip(sources, distinct_labels([source.path for source in sources]), strict=True):
             source.label = label
-        analyses = [analyse(source) for source in sources]
+        analyses = [analyse(source, args.delta) for source in sources]
     console = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the whole table
     console.print(rich_table(analyses))
     for analysis in analyses:
@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="log-prob files (.jsonl, .parquet) or run directories with log_probs.jsonl; or, "
                           "for the model mode, run-config overrides such as model=tiny task=arith")
     mismatch.add_argument("--out", help="directory for mismatch.md, mismatch.png and mismatch.json")
+    mismatch.add_argument("--delta", type=float, help="DRPO's delta for the weight figures (default: the loss's "
+                          "default); set it to the delta you train with")
     mismatch.add_argument("--precisions", nargs="+", default=list(DEFAULT_PRECISIONS),
                           help="model mode: rollout precisions to compare with the fp32 trainer")
     mismatch.add_argument("--prompts", type=int, default=32, help="model mode: held-out prompts")

@@ -122,15 +122,17 @@ def markdown(analyses: list[Analysis], command: str | None = None, figure: str |
                              fmt("", b.get("abs_p_mean")), fmt("", b.get("abs_p_max")),
                              fmt("ratio_outside_0.9_1.1", b.get("ratio_outside_0.9_1.1")),
                              fmt("abs_p_gt_0.05", b.get("abs_p_gt_0.05"))] for b in a.buckets[a.main_pair]])
+    deltas = sorted({a.trust["drpo/delta"] for a in analyses})
+    drpo = f"DRPO (delta {' / '.join(f'{delta:g}' for delta in deltas)})"
     lines += ["## What each trust region does with these tokens", "",
               "Computed by `drpo.losses` on the tokens as they are (pi, or pi_old when the file has no pi, against "
-              "mu): the share of tokens whose gradient weight is 0, and DRPO's weight at delta 0.15. Without "
-              "advantages in the file, each share is the mean over A = +1 and A = -1.", ""]
+              f"mu): the share of tokens whose gradient weight is 0, and the weight of {drpo} (`--delta` sets it). "
+              "Without advantages in the file, each share is the mean over A = +1 and A = -1.", ""]
     trust_rows = [[f"masked by {label}", *(fmt(f"masked/{label}", a.trust[f"masked/{label}"]) for a in analyses)]
                   for label, _, _ in TRUST_REGIONS]
-    trust_rows += [["DRPO (delta 0.15): share w > 1", *(fmt("drpo/w_gt_1", a.trust["drpo/w_gt_1"]) for a in analyses)],
-                   ["DRPO (delta 0.15): share w < 0", *(fmt("drpo/w_lt_0", a.trust["drpo/w_lt_0"]) for a in analyses)],
-                   ["DRPO (delta 0.15): w min / max",
+    trust_rows += [[f"{drpo}: share w > 1", *(fmt("drpo/w_gt_1", a.trust["drpo/w_gt_1"]) for a in analyses)],
+                   [f"{drpo}: share w < 0", *(fmt("drpo/w_lt_0", a.trust["drpo/w_lt_0"]) for a in analyses)],
+                   [f"{drpo}: w min / max",
                     *(f"{a.trust['drpo/w_min']:.3g} / {a.trust['drpo/w_max']:.3g}" for a in analyses)]]
     lines += _md_table(["", *labels], trust_rows)
     lines += ["## Trend over steps", "",

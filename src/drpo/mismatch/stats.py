@@ -45,7 +45,6 @@ TRUST_REGIONS = (
     ("dppo_binary_tv 0.15", "dppo_binary_tv", {}),
     ("dppo_binary_kl 0.05", "dppo_binary_kl", {}),
 )
-DRPO_DELTA = 0.15
 JUMP_FACTOR = 2.0  # a step's mean |pi - mu| above this multiple of the first steps' median is flagged
 JUMP_FLOOR = 1e-4  # ... and above it by at least this much (fp32 noise doubling is not a jump)
 
@@ -96,12 +95,13 @@ def bucket_stats(target: np.ndarray, anchor: np.ndarray) -> list[dict[str, float
 
 
 @torch.no_grad()
-def trust_region_stats(log_prob: np.ndarray, rollout_log_prob: np.ndarray,
-                       advantage: np.ndarray | None) -> dict[str, float]:
+def trust_region_stats(log_prob: np.ndarray, rollout_log_prob: np.ndarray, advantage: np.ndarray | None,
+                       drpo_delta: float | None = None) -> dict[str, float]:
     """What each trust region does with these tokens, computed by drpo.losses on them.
 
     ``masked/<label>``: the share of tokens whose gradient weight is 0; ``drpo/...``: DRPO's weight at
-    delta 0.15 (share above 1, share below 0 = corrective, min, max). The masks depend on the advantage's
+    ``drpo_delta`` (default: the loss's default), its share above 1, share below 0 (corrective), min, max, and
+    ``drpo/delta`` the delta used. The masks depend on the advantage's
     sign (a token is dropped only when it moved the way its advantage pushes); without advantages each
     figure is the mean over A = +1 and A = -1, i.e. advantages of random sign.
     """
@@ -120,7 +120,9 @@ def trust_region_stats(log_prob: np.ndarray, rollout_log_prob: np.ndarray,
     for label, name, hyper in TRUST_REGIONS:
         weights = mean_over_signs(get_loss(name, **hyper))
         out[f"masked/{label}"] = float(np.mean([(w == 0).double().mean().item() for w in weights]))
-    weights = torch.cat(mean_over_signs(get_loss("drpo", delta=DRPO_DELTA)), dim=1)  # [1, N * signs]
+    drpo = get_loss("drpo", **({} if drpo_delta is None else {"delta": drpo_delta}))
+    weights = torch.cat(mean_over_signs(drpo), dim=1)  # [1, N * signs]
+    out["drpo/delta"] = drpo.hyper.delta
     out["drpo/w_gt_1"] = (weights > 1).double().mean().item()
     out["drpo/w_lt_0"] = (weights < 0).double().mean().item()
     out["drpo/w_min"], out["drpo/w_max"] = weights.min().item(), weights.max().item()
@@ -147,8 +149,9 @@ class Analysis:
     extra: dict[str, str] = field(default_factory=dict)  # e.g. {"rounds": ...} in the model mode
 
 
-def analyse(data: TokenLogProbs) -> Analysis:
-    """All statistics of one source; the trust regions see log pi if present, else log pi_old, against mu."""
+def analyse(data: TokenLogProbs, drpo_delta: float | None = None) -> Analysis:
+    """All statistics of one source; the trust regions (DRPO at ``drpo_delta``, default: the loss's default) see
+    log pi if present, else log pi_old, against mu."""
     pairs, buckets = {}, {}
     for name, (target, anchor, _) in PAIRS.items():
         t, a = getattr(data, target), getattr(data, anchor)
@@ -158,7 +161,7 @@ def analyse(data: TokenLogProbs) -> Analysis:
     main = "engine" if "engine" in pairs else "total"
     trust_pair = "total" if "total" in pairs else "engine"
     target = data.log_prob if trust_pair == "total" else data.old_log_prob
-    trust = trust_region_stats(target, data.rollout_log_prob, data.advantage)
+    trust = trust_region_stats(target, data.rollout_log_prob, data.advantage, drpo_delta)
     trend = step_trend(getattr(data, PAIRS[main][0]), data.rollout_log_prob, data.step)
     return Analysis(label=data.label, tokens=data.num_tokens, sequences=data.num_sequences,
                     steps=len(np.unique(data.step)), fields=data.fields(), pairs=pairs, buckets=buckets,
