@@ -122,11 +122,12 @@ def markdown(analyses: list[Analysis], command: str | None = None, figure: str |
                              fmt("", b.get("abs_p_mean")), fmt("", b.get("abs_p_max")),
                              fmt("ratio_outside_0.9_1.1", b.get("ratio_outside_0.9_1.1")),
                              fmt("abs_p_gt_0.05", b.get("abs_p_gt_0.05"))] for b in a.buckets[a.main_pair]])
-    deltas = sorted({a.trust["drpo/delta"] for a in analyses})
-    drpo = f"DRPO (delta {' / '.join(f'{delta:g}' for delta in deltas)})"
+    deltas = " / ".join(f"{delta:g}" for delta in sorted({a.trust["drpo/delta"] for a in analyses}))
+    drpo = f"DRPO (delta {deltas})"
     lines += ["## What each trust region does with these tokens", "",
               "Computed by `drpo.losses` on the tokens as they are (pi, or pi_old when the file has no pi, against "
-              f"mu): the share of tokens whose gradient weight is 0, and the weight of {drpo} (`--delta` sets it). "
+              f"mu): the share of tokens whose gradient weight is 0, and DRPO's weight at delta {deltas} (`--delta` sets "
+              "it). "
               "Without advantages in the file, each share is the mean over A = +1 and A = -1.", ""]
     trust_rows = [[f"masked by {label}", *(fmt(f"masked/{label}", a.trust[f"masked/{label}"]) for a in analyses)]
                   for label, _, _ in TRUST_REGIONS]
