@@ -303,8 +303,12 @@ class RunConfig(Section):
                              "model.moe=true (a dense or hf: model has no such term here)")
         return self
 
+    def recorded(self) -> dict:
+        """What a run's config.yaml holds: the dumped config with every loss hyper-parameter written out."""
+        return _with_resolved_loss(self.model_dump(mode="json"))
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(_with_resolved_loss(self.model_dump(mode="json")), sort_keys=False)
+        return yaml.safe_dump(self.recorded(), sort_keys=False)
 
 
 class ConfigError(ValueError):
@@ -409,7 +413,7 @@ def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple[Any, Any]]
     side counts as its default, so a run saved before a field existed matches a config leaving it at its default."""
     defaults = _flatten(RunConfig().model_dump(mode="json"))
     before = _flatten(_with_resolved_loss(saved))
-    now = _flatten(_with_resolved_loss(config.model_dump(mode="json")))
+    now = _flatten(config.recorded())
     pairs = {key: (before.get(key, defaults.get(key)), now.get(key, defaults.get(key)))
              for key in sorted(set(before) | set(now))}
     return {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}
@@ -418,19 +422,14 @@ def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple[Any, Any]]
 def _with_resolved_loss(tree: dict) -> dict:
     """``tree`` (a dumped RunConfig) with every hyper-parameter of its loss written out, defaults included: a
     run records what it ran with, so a later change of a default cannot re-mean it. A run saved before this
-    (only the keys set by hand) resolves against today's defaults; a key the loss no longer knows stays as
-    written, so that it shows as a change."""
-    from drpo.losses import get_loss
-
-    section = dict(tree.get("loss", {}))
-    fields = set(LossConfig.model_fields)
-    written = {key: value for key, value in section.items() if key not in fields}
+    (only the keys set by hand) resolves against today's defaults; a loss section that no longer validates
+    stays as written, so that its keys show as changes."""
+    section = tree.get("loss", {})
     try:
-        resolved = get_loss(section.get("name", LossConfig.model_fields["name"].default),
-                            **written).hyper.model_dump(mode="json")
-    except ValueError:
-        resolved = written
-    return {**tree, "loss": {**{k: v for k, v in section.items() if k in fields}, **resolved}}
+        resolved = LossConfig(**section).build().hyper.model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError included
+        return tree
+    return {**tree, "loss": {**section, **resolved}}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

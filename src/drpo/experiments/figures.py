@@ -137,11 +137,10 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
                   if m["vs_baseline"] is None or m["vs_baseline"]["mean"] is not None]
         axes[3].errorbar([x for x, _ in paired], [d["mean"] for _, d in paired],
                          yerr=_error_bars([d for _, d in paired]), color=color, marker="o", capsize=3, label=label)
-        axes[4].plot(xs, [m["pull_to_pg"]["mean"] if m["pull_to_pg"]["mean"] is not None else math.nan
-                          for _, m in points], color=color, marker="o", label=label)
+        axes[4].plot(xs, [_mean_or_nan(m["pull_to_pg"]) for _, m in points], color=color, marker="o", label=label)
         for key, style in (("amplified_frac", "-"), ("corrective_frac", "--")):
-            axes[5].plot(xs, [100 * m[key]["mean"] if m[key]["mean"] is not None else math.nan for _, m in points],
-                         style, color=color, marker="o", label=label if style == "-" else None)
+            axes[5].plot(xs, [100 * _mean_or_nan(m[key]) for _, m in points], style, color=color, marker="o",
+                         label=label if style == "-" else None)
     titles = (f"final eval accuracy (mean, {round(100 * results['level'])}% t interval)",
               f"steps to target {cond['target']:.3f}" + " (x: never)" if cond["target"] is not None else "steps to target",
               "collapsed seeds (fraction)",
@@ -165,6 +164,11 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
 
 
 _ZERO = {"mean": 0.0, "low": None, "high": None}  # the baseline against itself
+
+
+def _mean_or_nan(stat: dict) -> float:
+    """A {'mean', ...} statistic as a plotted value: NaN (a gap) where no run logged it."""
+    return stat["mean"] if stat["mean"] is not None else math.nan
 
 
 def _error_bars(intervals: list[dict]) -> list[list[float]]:

@@ -126,9 +126,8 @@ def markdown(analyses: list[Analysis], command: str | None = None, figure: str |
     drpo = f"DRPO (delta {deltas})"
     lines += ["## What each trust region does with these tokens", "",
               "Computed by `drpo.losses` on the tokens as they are (pi, or pi_old when the file has no pi, against "
-              f"mu): the share of tokens whose gradient weight is 0, and DRPO's weight at delta {deltas} (`--delta` sets "
-              "it). "
-              "Without advantages in the file, each share is the mean over A = +1 and A = -1.", ""]
+              f"mu): the share of tokens whose gradient weight is 0, and DRPO's weight at delta {deltas} (`--delta` "
+              "sets it). Without advantages in the file, each share is the mean over A = +1 and A = -1.", ""]
     trust_rows = [[f"masked by {label}", *(fmt(f"masked/{label}", a.trust[f"masked/{label}"]) for a in analyses)]
                   for label, _, _ in TRUST_REGIONS]
     trust_rows += [[f"{drpo}: share w > 1", *(fmt("drpo/w_gt_1", a.trust["drpo/w_gt_1"]) for a in analyses)],
