@@ -17,6 +17,7 @@ from drpo.experiments.collapse import detect_collapse
 from drpo.experiments.compare import run_sweep, split_cli_lists
 from drpo.experiments.conditions import CONDITIONS, SWEEP_OVERRIDES, get_conditions
 from drpo.experiments.methods import METHODS, parse_method, parse_methods
+from drpo.experiments.outcomes import accuracy_area, late_accuracy
 from drpo.experiments.report import TABLE_HEADER, parse_table
 from drpo.experiments.results import hyper_sweeps, summarize
 from drpo.experiments.runs import Run
@@ -148,20 +149,22 @@ def test_verdict_from_paired_intervals_on_constructed_runs():
     results = summarize(constructed_grid(), constructed_runs())
     assert results["baseline"] == "drpo"
     a, b = results["verdict"]["conditions"]["a"], results["verdict"]["conditions"]["b"]
-    assert a[0] == ("a: highest mean final eval accuracy: tv, 0.510 ± 0.095 (3 seeds); not separable from it "
+    assert a[0] == ("a: highest mean late accuracy (mean eval accuracy over the last 20% of steps): tv, 0.510 ± 0.095 (3 seeds; final evaluation alone: "
+                    "0.510 ± 0.095); not separable from it "
                     "(paired 95% t interval of the difference contains 0, or one seed): pg. No method wins.")
     assert a[1] == "No method collapsed."
     assert a[2] == ("First to reach the target accuracy 0.450 (seed-mean curve): tv at step 10; never reached by drpo "
                     "and pg.")
     # hand: mean 0.11 -+ 4.303 * 0.01 / sqrt(3); mean 0.0233 -+ 4.303 * 0.0751 / sqrt(3)
-    assert a[3] == ("Against drpo (final accuracy, method - drpo, paired over seeds, 95% t interval): better: "
+    assert a[3] == ("Against drpo (late accuracy, method - drpo, paired over seeds, 95% t interval): better: "
                     "tv +0.110 [+0.085, +0.135]; not separable: pg +0.023 [-0.163, +0.210].")
-    assert b[0] == ("b: highest mean final eval accuracy: drpo, 0.600 ± 0.100 (3 seeds), better than every other "
+    assert b[0] == ("b: highest mean late accuracy (mean eval accuracy over the last 20% of steps): drpo, 0.600 ± 0.100 (3 seeds; final evaluation alone: "
+                    "0.600 ± 0.100), better than every other "
                     "method (paired 95% t intervals): drpo wins.")
-    assert b[3] == ("Against drpo (final accuracy, method - drpo, paired over seeds, 95% t interval): worse: "
+    assert b[3] == ("Against drpo (late accuracy, method - drpo, paired over seeds, 95% t interval): worse: "
                     "tv -0.200 [-0.200, -0.200] and pg -0.193 [-0.231, -0.155].")
     assert results["verdict"]["overall"] == [
-        "drpo won 1 of 2 conditions (b) (better than every other method on final accuracy).",
+        "drpo won 1 of 2 conditions (b) (better than every other method on late accuracy).",
         "It was separably behind the highest mean in a (best: tv, ahead by +0.110 [+0.085, +0.135]).",
         "drpo never collapsed."]
     tv = results["conditions"]["a"]["methods"]["tv"]["vs_baseline"]
@@ -173,7 +176,8 @@ def test_a_gap_larger_than_any_fixed_threshold_is_not_separable_when_the_seeds_d
     finals = {"stale_strong": {"drpo": [0.297, 0.469, 0.266], "tv": [0.391, 0.398, 0.254], "pg": [0.1, 0.1, 0.1]}}
     results = summarize(constructed_grid(finals), constructed_runs(finals, start=0.1))
     sentences = results["verdict"]["conditions"]["stale_strong"]
-    assert sentences[0] == ("stale_strong: highest mean final eval accuracy: tv, 0.348 ± 0.081 (3 seeds); not "
+    assert sentences[0] == ("stale_strong: highest mean late accuracy (mean eval accuracy over the last 20% of steps): tv, 0.348 ± 0.081 (3 seeds; "
+                            "final evaluation alone: 0.348 ± 0.081); not "
                             "separable from it (paired 95% t interval of the difference contains 0, or one seed): "
                             "drpo. No method wins.")
     # d = 0.094, -0.071, -0.012: mean 0.0037, sd 0.0836, half-width 4.303 * 0.0836 / sqrt(3) = 0.2076
@@ -181,11 +185,33 @@ def test_a_gap_larger_than_any_fixed_threshold_is_not_separable_when_the_seeds_d
     assert sentences[-1].endswith("not separable: tv +0.004 [-0.204, +0.211] and pg -0.244 [-0.516, +0.028].")
 
 
+def test_outcomes_by_hand():
+    curve = [(0, 0.3), (20, 0.5), (40, 0.4), (60, 0.4), (80, 0.2), (100, 0.6)]
+    assert late_accuracy(curve) == pytest.approx(0.4)  # steps 80 and 100: the last 20% of 100 steps
+    assert late_accuracy([*curve[:4], (70, 0.1), (80, 0.2), (90, 0.3), (100, 0.6)]) == pytest.approx(1.1 / 3)
+    # trapezoids: 20 * (0.8 + 0.9 + 0.8 + 0.6 + 0.8) / 2 = 39, over 100 steps
+    assert accuracy_area(curve) == pytest.approx(0.39)
+    assert late_accuracy([]) is None and accuracy_area([(5, 0.7)]) == 0.7
+
+
+def test_the_verdict_reads_late_accuracy_not_the_last_evaluation():
+    """drpo ends higher on every seed but sat lower over the last 20% of steps: the verdict follows the latter."""
+    def run(method, seed, at_80, at_100):
+        return Run("c", method, seed, Path("."), [{"step": 0, "eval/accuracy": 0.3}, {"step": 80, "eval/accuracy": at_80},
+                                                   {"step": 100, "eval/accuracy": at_100}], {})
+    runs = [run("drpo", s, 0.2, 0.5 + 0.01 * s) for s in range(3)] + [run("tv", s, 0.5, 0.45 + 0.02 * s) for s in range(3)]
+    grid = {"methods": {m: METHOD_SPECS[m] for m in ("drpo", "tv")}, "seeds": [0, 1, 2],
+            "conditions": {"c": {"about": "", "overrides": []}}}
+    tv = summarize(grid, runs)["conditions"]["c"]["methods"]["tv"]
+    assert tv["vs_baseline"]["verdict"] == "better" and tv["vs_baseline"]["mean"] == pytest.approx(0.13)
+    assert tv["final_vs_baseline"]["verdict"] == "worse" and tv["final_vs_baseline"]["mean"] == pytest.approx(-0.04)
+
+
 def test_verdict_with_one_seed_separates_nothing():
     finals = {c: {m: v[:1] for m, v in by_method.items()} for c, by_method in FINALS.items()}
     results = summarize(constructed_grid(finals, seeds=[0]), constructed_runs(finals))
     b = results["verdict"]["conditions"]["b"]
-    assert b[0].endswith("(1 seed); not separable from it (paired 95% t interval of the difference contains 0, or "
+    assert b[0].endswith("(1 seed; final evaluation alone: 0.600); not separable from it (paired 95% t interval of the difference contains 0, or "
                          "one seed): tv and pg. No method wins.")
     assert "tv -0.200 (1 paired seed, no interval)" in b[3]
 
@@ -208,13 +234,13 @@ def test_a_base_model_that_missed_its_target_is_flagged_not_ranked():
     out = summarize(constructed_grid(), runs)["verdict"]
     assert out["conditions"]["a"] == [
         "a: not judged. The base model of seed 1 missed its warm-up target (summary.json: "
-        "base_model.missed_target), so RL from it had little or no reward signal and the highest final accuracy "
+        "base_model.missed_target), so RL from it had little or no reward signal and the highest late accuracy "
         "would rank noise; raise warmup.steps or use an easier task."]
-    assert out["overall"][0] == "drpo won 1 of 1 condition (b) (better than every other method on final accuracy)."
+    assert out["overall"][0] == "drpo won 1 of 1 condition (b) (better than every other method on late accuracy)."
 
 
 def test_each_swept_loss_at_its_best_setting_is_paired_against_the_first():
-    """Two losses each swept over 3 values: the best of each (highest mean final) and their paired difference."""
+    """Two losses each swept over 3 values: the best of each (highest mean late accuracy) and their paired difference."""
     specs = {**{f"drpo{d}": {"loss": "drpo", "hyper": {"delta": d}, "canonical": "drpo"} for d in (0.05, 0.15, 0.5)},
              **{f"tv{d}": {"loss": "dppo_binary_tv", "hyper": {"delta_low": d, "delta_high": d},
                            "canonical": "dppo_binary_tv"} for d in (0.1, 0.2, 0.3)}}
@@ -269,7 +295,11 @@ def expected_row(records, target):
     corrective = [r["loss/corrective_frac"] for r in records if "loss/corrective_frac" in r]
     amplified = [r["loss/amplified_frac"] for r in records if "loss/amplified_frac" in r]
     time_s = sum(r["time/rollout_s"] + r["time/update_s"] for r in records if "time/rollout_s" in r)
-    return {"seeds": "1", "start": f"{evals[0][1]:.3f}", "best": f"{max(a for _, a in evals):.3f}",
+    late = [acc for step, acc in evals if step >= 0.8 * evals[-1][0]]  # the last 20% of steps
+    area = sum((s1 - s0) * (a0 + a1) / 2 for (s0, a0), (s1, a1) in zip(evals, evals[1:], strict=False))
+    area /= evals[-1][0]
+    return {"seeds": "1", "late": f"{sum(late) / len(late):.3f}", "area": f"{area:.3f}",
+            "start": f"{evals[0][1]:.3f}", "best": f"{max(a for _, a in evals):.3f}",
             "final": f"{evals[-1][1]:.3f}", "steps to target": str(reached[0]) if reached else "never",
             "peak mean abs(pi-mu)": f"{max(mismatch):.2e}", "masked %": f"{100 * sum(masked) / len(masked):.2f}",
             "corrective %": f"{100 * sum(corrective) / len(corrective):.2f}",
@@ -299,7 +329,7 @@ def test_tiny_sweep_report_reuse_and_resume(tmp_path):
     assert main(args) == 0
 
     for name in ("report.md", "results.json", "sweep.yaml", "figures/fp32_curves.png", "figures/fp32_trust_region.png",
-                 "figures/final_accuracy.png", "figures/weights.png"):
+                 "figures/late_accuracy.png", "figures/weights.png"):
         assert (sweep / name).is_file() and (sweep / name).stat().st_size > 0, name
     for method in ("drpo", "pg_is"):
         run = sweep / "runs" / "fp32" / method / "seed0"
@@ -319,11 +349,13 @@ def test_tiny_sweep_report_reuse_and_resume(tmp_path):
     assert comparable(read_jsonl(tmp_path / "direct" / "metrics.jsonl")) == comparable(
         read_jsonl(sweep / "runs" / "fp32" / "drpo" / "seed0" / "metrics.jsonl"))
 
-    # the verdict names the method with the highest final accuracy in the runs' own metrics; one seed separates
+    # the verdict names the method with the highest late accuracy in the runs' own metrics; one seed separates
     # nothing
     results = json.loads((sweep / "results.json").read_text())
     first = results["verdict"]["conditions"]["fp32"][0]
-    assert f"highest mean final eval accuracy: {max(finals, key=finals.get)}, " in first
+    lates = {m: json.loads((sweep / "results.json").read_text())["conditions"]["fp32"]["methods"][m]["late"]["mean"]
+             for m in finals}
+    assert f"highest mean late accuracy (mean eval accuracy over the last 20% of steps): {max(lates, key=lates.get)}, " in first
     assert first.endswith("No method wins.") and first in report
 
     # a second call reuses the finished run and resumes the one marked interrupted (no retraining)
@@ -361,7 +393,7 @@ def test_tiny_sweep_report_reuse_and_resume(tmp_path):
     assert "Collapsed: pg_is (1/1 seeds)." in sentences
     assert main(["report", str(sweep), "--target", "0.05"]) == 0
     assert "Target accuracy for *steps to target*: fixed eval accuracy 0.050" in (sweep / "report.md").read_text()
-    assert sentences[-1] == ("Against drpo (final accuracy, method - drpo, paired over seeds, 95% t interval): not "
+    assert sentences[-1] == ("Against drpo (late accuracy, method - drpo, paired over seeds, 95% t interval): not "
                              f"separable: pg_is {0.1 - finals['drpo']:+.3f} (1 paired seed, no interval).")
     assert table["pg_is"]["final - baseline"] == f"{0.1 - finals['drpo']:+.3f} (1 paired seed, no interval) not separable"
     assert table["drpo"]["final - baseline"] == "baseline"
@@ -398,7 +430,7 @@ def test_report_of_a_delta_sweep_from_files_alone(tmp_path):
     assert "fp8 behavior policy (rounds bf16 model; Linear weights (per tensor)" in row
     assert row.endswith("| 2.00e-02 | 6.00e-02 | 3.00e-01 |")
     # finals 0.4, 0.5: 0.45 -+ 12.706 * 0.0707 / sqrt(2); the seed mean reaches the target 0.3 + 0.15 at step 2
-    assert "| fp8 | 0.05 | drpo:delta=0.05 | 2 | 0.450 [-0.185, 1.085] | 2 | 0/2 |" in report
+    assert "| fp8 | 0.05 | drpo:delta=0.05 | 2 | 0.450 [-0.185, 1.085] | 0.450 [-0.185, 1.085] | 2 | 0/2 |" in report
     assert "Each evaluation: 1200 held-out prompts" in report and "Baseline: drpo." in report
     row = parse_table(report, "fp8")["drpo:delta=0.15"]  # extremes over steps; the pull ratio's mean over steps
     assert (row["w min / max"], row["pull / pg"]) == ("-1.00 / 3.00", "0.30 ± 0.00")

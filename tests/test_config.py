@@ -73,3 +73,16 @@ def test_missing_file_and_help():
     for key in ("out=", "steps=", "seed=", "loss.name", "loss.<hyper>", "model.name", "task.name",
                 "rollout.precision=", "rollout.lag=", "updates_per_batch=", "resume="):
         assert key in text
+
+
+def test_late_evaluations_are_denser_counted_back_from_the_end():
+    config = load_config(None, ["steps=100"])
+    assert [s for s in range(1, 101) if config.eval.due(s, 100)] == [20, 40, 60, 70, 80, 90, 100]
+    config = load_config(None, ["eval.late_every=null"])
+    assert [s for s in range(1, 101) if config.eval.due(s, 100)] == [20, 40, 60, 80, 100]
+    config = load_config(None, ["eval.every=25", "eval.late_every=5", "eval.late_fraction=0.1"])
+    assert [s for s in range(1, 51) if config.eval.due(s, 50)] == [25, 45, 50]
+    with pytest.raises(ConfigError, match="late_fraction"):
+        load_config(None, ["eval.late_fraction=1.5"])
+    with pytest.raises(ConfigError, match="late_every"):
+        load_config(None, ["eval.late_every=0"])

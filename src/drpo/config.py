@@ -246,9 +246,26 @@ class WarmupConfig(Section):
 
 class EvalConfig(Section):
     every: int = pydantic.Field(20, ge=1, description="evaluate every N RL steps (and at the start and end)")
+    late_every: int | None = pydantic.Field(
+        10, ge=1, description="also evaluate every N steps, counted back from the last step, over the last "
+        "late_fraction of the run (null: only every), so the primary outcome of `drpo compare` (mean accuracy over "
+        "the last 20% of steps, drpo.experiments.outcomes) averages several evaluations")
+    late_fraction: float = pydantic.Field(
+        0.3, gt=0.0, le=1.0, description="the share of the run, at its end, where late_every applies")
     prompts: int = pydantic.Field(256, ge=1, description="held-out prompts per evaluation")
     samples: int = pydantic.Field(
         4, ge=0, description="k samples per prompt for eval/sampled_accuracy (0: greedy accuracy only, for slow models)")
+
+    def due(self, step: int, steps: int) -> bool:
+        """Whether RL step ``step`` (1..steps) of a ``steps``-step run evaluates: every ``every`` steps, at the
+        end, and every ``late_every`` steps back from the end over the last ``late_fraction`` of the run.
+
+        >>> [s for s in range(1, 101) if EvalConfig().due(s, 100)]
+        [20, 40, 60, 70, 80, 90, 100]
+        """
+        late = (self.late_every is not None and step >= (1 - self.late_fraction) * steps - 1e-9
+                and (steps - step) % self.late_every == 0)
+        return step % self.every == 0 or step == steps or late
 
 
 class RunConfig(Section):

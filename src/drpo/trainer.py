@@ -332,7 +332,7 @@ class Trainer:
                 while self.step < cfg.steps and not self.stop_requested:
                     metrics = self.train_step()
                     self.step += 1
-                    if self.step % cfg.eval.every == 0 or self.step == cfg.steps:
+                    if cfg.eval.due(self.step, cfg.steps):
                         metrics.update(self.evaluate())
                         self.best_accuracy = max(self.best_accuracy, metrics["eval/accuracy"])
                     logger.log({"step": self.step, **metrics})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from drpo.experiments.outcomes import LATE_WINDOW
 from drpo.experiments.runs import Run, seed_mean_curve
 
 
@@ -75,8 +76,9 @@ def plot_trust_region(path: Path, condition: str, runs_by_method: dict[str, list
     return _save(fig, path)
 
 
-def plot_final_accuracy(path: Path, results: dict) -> Path:
-    """Grouped bars: mean final eval accuracy per condition and method, error bar: t interval of the mean."""
+def plot_outcome(path: Path, results: dict) -> Path:
+    """Grouped bars: mean late accuracy (the primary outcome) per condition and method, error bar: t interval
+    of the mean."""
     import matplotlib.pyplot as plt
 
     conditions = list(results["conditions"])
@@ -87,7 +89,7 @@ def plot_final_accuracy(path: Path, results: dict) -> Path:
     for i, (color, label) in enumerate(zip(_colors(len(labels)), labels, strict=True)):
         xs, means, errors = [], [], [[], []]
         for j, condition in enumerate(conditions):
-            interval = results["conditions"][condition]["methods"][label]["final_interval"]
+            interval = results["conditions"][condition]["methods"][label]["late_interval"]
             if interval["mean"] is None:
                 continue
             xs.append(j + (i - (len(labels) - 1) / 2) * width)
@@ -99,15 +101,17 @@ def plot_final_accuracy(path: Path, results: dict) -> Path:
         ax.bar(xs, means, width, yerr=errors, color=color, label=label, capsize=2)
     ax.set_ylim(0, 1.15 * top)
     ax.set_xticks(range(len(conditions)), conditions)
-    ax.set_ylabel("final eval accuracy")
+    ax.set_ylabel(f"late accuracy (last {round(100 * LATE_WINDOW)}% of steps)")
     ax.legend(fontsize=7, ncol=3)
-    ax.set_title(f"final eval accuracy (mean over seeds, error bar: {round(100 * results['level'])}% t interval)")
+    ax.set_title(f"late eval accuracy: mean over the last {round(100 * LATE_WINDOW)}% of steps (mean over seeds, "
+                 f"error bar: {round(100 * results['level'])}% t interval)", fontsize=9)
     return _save(fig, path)
 
 
 def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
-    """One condition, every swept loss hyper-parameter (results['sweeps']): final accuracy (mean, t interval),
-    steps to target ('never' drawn above the last step), collapsed seeds, and the paired difference of final
+    """One condition, every swept loss hyper-parameter (results['sweeps']): late accuracy (the primary outcome;
+    mean, t interval), steps to target ('never' drawn above the last step), collapsed seeds, and the paired
+    difference of late
     accuracy to the baseline (the interval that decides; the unpaired one also holds the base models' spread),
     the pull part's gradient-norm share (diagnose_pull=true) and the shares of amplified and corrective
     tokens, against the value (log scale)."""
@@ -125,8 +129,8 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
             continue
         nudge = 1.06 ** (i - (len(sweeps) - 1) / 2)  # losses sharing a value stay apart on the log axis
         xs = [x * nudge for x, _ in points]
-        finals = [m["final_interval"] for _, m in points]
-        axes[0].errorbar(xs, [f["mean"] for f in finals], yerr=_error_bars(finals), color=color, marker="o", capsize=3,
+        lates = [m["late_interval"] for _, m in points]
+        axes[0].errorbar(xs, [f["mean"] for f in lates], yerr=_error_bars(lates), color=color, marker="o", capsize=3,
                          label=label)
         steps = [m["steps_to_target"] for _, m in points]
         axes[1].plot(xs, [s if s is not None else math.nan for s in steps], color=color, marker="o", label=label)
@@ -141,10 +145,11 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
         for key, style in (("amplified_frac", "-"), ("corrective_frac", "--")):
             axes[5].plot(xs, [100 * _mean_or_nan(m[key]) for _, m in points], style, color=color, marker="o",
                          label=label if style == "-" else None)
-    titles = (f"final eval accuracy (mean, {round(100 * results['level'])}% t interval)",
+    titles = (f"late eval accuracy (last {round(100 * LATE_WINDOW)}% of steps; mean, "
+              f"{round(100 * results['level'])}% t interval)",
               f"steps to target {cond['target']:.3f}" + " (x: never)" if cond["target"] is not None else "steps to target",
               "collapsed seeds (fraction)",
-              f"final - {results['baseline']}, paired over seeds ({round(100 * results['level'])}% t)",
+              f"late - {results['baseline']}, paired over seeds ({round(100 * results['level'])}% t)",
               "pull / pg: gradient norm of the (w - 1) part over the w = 1 part",
               "tokens with w > 1 (solid) and w < 0 (dashed), % (mean over steps)")
     values = sorted({p["value"] for sweep in sweeps for p in sweep["points"]})

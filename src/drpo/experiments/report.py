@@ -23,11 +23,13 @@ from pathlib import Path
 from drpo.experiments.collapse import __doc__ as COLLAPSE_DOC
 from drpo.experiments.figures import (
     plot_condition,
-    plot_final_accuracy,
     plot_hyper_sweep,
+    plot_outcome,
     plot_trust_region,
     weight_figure_losses,
 )
+from drpo.experiments.outcomes import LATE_WINDOW
+from drpo.experiments.outcomes import __doc__ as OUTCOMES_DOC
 from drpo.experiments.results import summarize
 from drpo.experiments.runs import load_grid, load_runs
 from drpo.experiments.stats import __doc__ as STATS_DOC
@@ -55,7 +57,7 @@ def write_report(sweep_dir: str | Path, target: float | None = None, baseline: s
         plot_trust_region(figures / f"{condition}_trust_region.png", condition, by_method)
         if results["sweeps"]:
             plot_hyper_sweep(figures / f"{condition}_sweep.png", results, condition)
-    plot_final_accuracy(figures / "final_accuracy.png", results)
+    plot_outcome(figures / "late_accuracy.png", results)
     drawn, not_drawn = weight_figure_losses(grid["methods"])
     if drawn:
         plot_weight_curves(figures / "weights.png", losses=drawn)
@@ -76,15 +78,18 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
         lines += [f"**Missing or unfinished runs ({len(results['missing'])})**, left out of every number below: "
                   + ", ".join(results["missing"]), ""]
     lines += ["## Verdict", "", f"Generated from the numbers in results.json (drpo.experiments.verdict). Every "
-              f"comparison is a paired difference of final eval accuracy over seeds (a seed fixes the base model "
-              f"and the prompts) with its two-sided {level}% Student t interval: *better* or *worse* when the "
-              "interval excludes 0, *not separable* otherwise (or with one seed); no fixed threshold. Baseline: "
-              f"{results['baseline']}. {_eval_size(conditions)}", ""]
+              f"comparison is a paired difference over seeds (a seed fixes the base model and the prompts) of the "
+              f"primary outcome, *late accuracy*: the mean eval accuracy over the evaluations in the last "
+              f"{round(100 * LATE_WINDOW)}% of a run's steps (definition at the end), with its two-sided {level}% "
+              "Student t interval: *better* or *worse* when the interval excludes 0, *not separable* otherwise "
+              "(or with one seed); no fixed threshold. The area under the accuracy curve (learning speed) and "
+              "collapse (stability) are the other two outcomes; the final evaluation alone stays a column. "
+              f"Baseline: {results['baseline']}. {_eval_size(conditions)}", ""]
     for condition in conditions:
         lines += [" ".join(results["verdict"]["conditions"].get(condition, [])), ""]
     if results["verdict"]["overall"]:
         lines += ["**Overall.** " + " ".join(results["verdict"]["overall"]), ""]
-    lines += ["![final accuracy](figures/final_accuracy.png)", "", "## Methods", "",
+    lines += ["![late accuracy](figures/late_accuracy.png)", "", "## Methods", "",
               "| method | loss | hyper-parameters |", "|---|---|---|"]
     for label, m in methods.items():
         hyper = ", ".join(f"{k}={v}" for k, v in m["hyper"].items()) or "defaults"
@@ -102,8 +107,8 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
     for condition, cond in conditions.items():
         lines += condition_section(condition, cond, results["baseline"], level)
     if results["sweeps"]:
-        lines += ["## Swept hyper-parameters", "", f"Final accuracy: mean over seeds with the {level}% t interval of "
-                  "the mean; steps to target on the seed-mean curve.", ""]
+        lines += ["## Swept hyper-parameters", "", f"Late accuracy (primary) and final accuracy: mean over seeds with "
+                  f"the {level}% t interval of the mean; steps to target on the seed-mean curve.", ""]
         for sweep in results["sweeps"]:
             lines += sweep_table(sweep, results)
         if len(results["sweeps"]) > 1:
@@ -115,7 +120,8 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
                   "![gradient weights](figures/weights.png)", ""]
     if not_drawn:
         lines += [f"Not drawn (custom hyper-parameters or top-k losses): {', '.join(not_drawn)}.", ""]
-    lines += ["## Statistics", "", "From drpo.experiments.stats:", "", STATS_DOC.strip(), "",
+    lines += ["## Outcomes", "", "From drpo.experiments.outcomes:", "", OUTCOMES_DOC.strip(), "",
+              "## Statistics", "", "From drpo.experiments.stats:", "", STATS_DOC.strip(), "",
               "## Collapse definition", "", "From drpo.experiments.collapse:", "", COLLAPSE_DOC.strip(), ""]
     return "\n".join(lines)
 
@@ -124,9 +130,12 @@ CONDITIONS_HEADER = ("| condition | overrides | what it does | what it rounds an
                      "| p99 abs(pi-mu) | max abs(pi-mu) |")
 
 COLUMNS = """Columns of the tables (mean ± sample std over seeds; no std with one seed):
-*start / best / final*: greedy eval accuracy at step 0, its maximum, at the last evaluation;
-*final - baseline*: the paired difference of final accuracy against the baseline over the seeds both finished,
-with its {level}% t interval, and the verdict it gives (better / worse / not separable);
+*late*: the primary outcome, mean greedy eval accuracy over the evaluations in the last 20% of the steps;
+*late - baseline*: its paired difference against the baseline over the seeds both finished, with its {level}% t
+interval, and the verdict it gives (better / worse / not separable); *area*: area under the eval accuracy curve
+over the steps, divided by the span (the run's time-averaged accuracy: learning speed); *start / best / final*:
+greedy eval accuracy at step 0, its maximum, at the last evaluation; *final - baseline*: the paired difference
+of final accuracy alone, for comparison;
 *steps to target*: first eval step at which the seed-mean accuracy reaches the target (steps all seeds logged);
 *collapsed*: seeds collapsed (definition at the end); *peak mean abs(pi-mu)*: the largest per-step mean
 abs(pi - mu) of the sampled tokens at rollout time; *masked / corrective / amplified %*: tokens with gradient
@@ -136,7 +145,8 @@ seeds); *pull / pg*: with diagnose_pull=true, the gradient norm of the loss's pu
 its policy-gradient part (w = 1), averaged over steps (drpo.diagnostics); *time (s)*: rollout + update seconds summed over steps (evaluation
 excluded; parallel workers share the machine, so compare times within one sweep only)."""
 
-TABLE_HEADER = ("| method | seeds | start | best | final | final - baseline | steps to target | collapsed "
+TABLE_HEADER = ("| method | seeds | late | late - baseline | area | start | best | final | final - baseline "
+                "| steps to target | collapsed "
                 "| peak mean abs(pi-mu) | masked % | corrective % | amplified % | mean abs(w-1) | w min / max "
                 "| pull / pg | time (s) |")
 
@@ -153,9 +163,9 @@ def condition_section(condition: str, cond: dict, baseline: str, level: int) -> 
             continue
         steps = m["steps_to_target"]
         collapsed = f"{m['collapsed']}/{m['seeds']}" if m["collapsed"] else "no"
-        d = m.get("vs_baseline")
-        vs = "baseline" if label == baseline else ("-" if d is None else f"{format_difference(d)} {d['verdict']}")
-        lines.append(f"| {label} | {m['seeds']} | {plus_minus(m['start'])} | {plus_minus(m['best'])} | {plus_minus(m['final'])} | {vs} "
+        vs, final_vs = (_versus(m.get(key), label == baseline) for key in ("vs_baseline", "final_vs_baseline"))
+        lines.append(f"| {label} | {m['seeds']} | {plus_minus(m['late'])} | {vs} | {plus_minus(m['auc'])} "
+                     f"| {plus_minus(m['start'])} | {plus_minus(m['best'])} | {plus_minus(m['final'])} | {final_vs} "
                      f"| {'never' if steps is None else steps} | {collapsed} | {plus_minus(m['peak_mismatch'], '.2e')} "
                      f"| {_pct(m['masked_frac'])} | {_pct(m['corrective_frac'])} | {_pct(m['amplified_frac'])} "
                      f"| {plus_minus(m['weight_dev'], '.3f')} | {_range(m['weight_min'], m['weight_max'])} "
@@ -171,18 +181,19 @@ def condition_section(condition: str, cond: dict, baseline: str, level: int) -> 
 
 
 def sweep_table(sweep: dict, results: dict) -> list[str]:
-    """One swept loss hyper-parameter: per condition and value, final accuracy, steps to target, collapses."""
+    """One swept loss hyper-parameter: per condition and value, late and final accuracy, steps to target,
+    collapses."""
     lines = [f"{sweep['loss']}, {sweep['parameter']} swept:", "",
-             "| condition | " + sweep["parameter"] + " | method | seeds | final | steps to target | collapsed |",
-             "|---|---|---|---|---|---|---|"]
+             "| condition | " + sweep["parameter"] + " | method | seeds | late | final | steps to target | collapsed |",
+             "|---|---|---|---|---|---|---|---|"]
     for condition, cond in results["conditions"].items():
         for point in sweep["points"]:
             m = cond["methods"][point["label"]]
             if m["seeds"] == 0:
                 continue
-            final = _interval(m["final_interval"])
+            late, final = _interval(m["late_interval"]), _interval(m["final_interval"])
             steps = m["steps_to_target"]
-            lines.append(f"| {condition} | {point['value']:g} | {point['label']} | {m['seeds']} | {final} "
+            lines.append(f"| {condition} | {point['value']:g} | {point['label']} | {m['seeds']} | {late} | {final} "
                          f"| {'never' if steps is None else steps} | {m['collapsed']}/{m['seeds']} |")
     return [*lines, ""]
 
@@ -190,16 +201,16 @@ def sweep_table(sweep: dict, results: dict) -> list[str]:
 def best_table(results: dict, level: int) -> list[str]:
     """Each swept loss at its best value per condition, paired against the first loss's best."""
     first = results["sweeps"][0]["loss"]
-    lines = [f"Each loss at its best setting (highest mean final accuracy in that condition), paired against "
+    lines = [f"Each loss at its best setting (highest mean late accuracy in that condition), paired against "
              f"{first} at its best over seeds, {level}% t interval. The best is chosen on the same runs it is "
              "scored on, so it is optimistic, the more so the more values a loss was given.", "",
-             f"| condition | loss | best setting | final | best - {first}'s best |", "|---|---|---|---|---|"]
+             f"| condition | loss | best setting | late | best - {first}'s best |", "|---|---|---|---|---|"]
     for condition, cond in results["conditions"].items():
         for entry in cond["sweep_best"]:
             d = entry["vs_first"]
             vs = "reference" if d is None else f"{format_difference(d)} {d['verdict']}"
             lines.append(f"| {condition} | {entry['loss']} | {entry['parameter']}={entry['value']:g} "
-                         f"| {_interval(entry['final'])} | {vs} |")
+                         f"| {_interval(entry['late'])} | {vs} |")
     return [*lines, ""]
 
 
@@ -213,6 +224,12 @@ def parse_table(markdown: str, condition: str) -> dict[str, dict[str, str]]:
         cells = [c.strip() for c in row.strip("|").split("|")]
         table[cells[0]] = dict(zip(header, cells, strict=True))
     return table
+
+
+def _versus(d: dict | None, is_baseline: bool) -> str:
+    if is_baseline:
+        return "baseline"
+    return "-" if d is None else f"{format_difference(d)} {d['verdict']}"
 
 
 def _eval_size(conditions: dict) -> str:

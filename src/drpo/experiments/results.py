@@ -1,12 +1,15 @@
 """results.json: the numbers of a sweep, per condition and method, computed from the runs' files only.
 
-Per run (:func:`run_numbers`): eval accuracy at the start, its best and final values, the trust-region
+Per run (:func:`run_numbers`): eval accuracy at the start, its best and final values, the primary outcome
+(late accuracy: mean over the last evaluations) and the area under the accuracy curve
+(drpo.experiments.outcomes), the trust-region
 metrics averaged over steps (masked w = 0, corrective w < 0, amplified w > 1, mean |w - 1|, and with
 diagnose_pull=true the gradient-norm ratio of the pull part to the policy-gradient part), the extremes of
 the weight over steps, the mismatch
 the run measured (mean, p99 and max of |pi - mu| at rollout time), rollout + update seconds, the collapse
 verdict. Per condition and method: mean and sample std over seeds, steps to target (seed-mean curve), and
-the paired difference of final accuracy against the baseline (drpo.experiments.stats). Per condition: the
+the paired differences of late accuracy (the verdict's), area and final accuracy against the baseline
+(drpo.experiments.stats). Per condition: the
 mechanism it injects (what the behavior policy rounds, updates per batch, lag), the mismatch measured by
 its runs, the evaluation size. Per sweep of one loss hyper-parameter (:func:`hyper_sweeps`): one point per
 value. The verdict (drpo.experiments.verdict) is generated from these numbers.
@@ -19,9 +22,10 @@ import statistics
 
 from drpo.experiments.collapse import as_number, detect_collapse
 from drpo.experiments.methods import HEADLINE_LOSS
+from drpo.experiments.outcomes import PRIMARY, accuracy_area, late_accuracy
 from drpo.experiments.runs import Run, seed_mean_curve, series
 from drpo.experiments.stats import LEVEL, mean_interval, mean_std, paired_difference
-from drpo.experiments.verdict import finals, verdict
+from drpo.experiments.verdict import per_seed_values, verdict
 
 TARGET_MARGIN = 0.15  # default target: start accuracy + this
 MIN_SWEEP_POINTS = 3  # a loss hyper-parameter taking this many values in one sweep gets its own figure
@@ -29,11 +33,12 @@ MIN_SWEEP_POINTS = 3  # a loss hyper-parameter taking this many values in one sw
 STEP_MEANS = {"masked_frac": "loss/masked_frac", "corrective_frac": "loss/corrective_frac",
               "amplified_frac": "loss/amplified_frac", "weight_dev": "loss/weight_dev",
               "pull_to_pg": "diagnose/pull_to_pg"}  # the last only with diagnose_pull=true
-TABLE_KEYS = ("start", "best", "final", "peak_mismatch", *STEP_MEANS, "weight_min", "weight_max", "time_s")
+TABLE_KEYS = ("start", "best", "final", "late", "auc", "peak_mismatch", *STEP_MEANS, "weight_min", "weight_max", "time_s")
 
 
 def run_numbers(run: Run) -> dict:
-    evals = [v for _, v in series(run.records, "eval/accuracy")]
+    curve = series(run.records, "eval/accuracy")
+    evals = [v for _, v in curve]
     mismatch = [v for _, v in series(run.records, "mismatch/abs_mean")]
     p99 = [v for _, v in series(run.records, "mismatch/abs_p_p99")]
     extremes = [abs(v) for key in ("mismatch/max", "mismatch/min") for _, v in series(run.records, key)]
@@ -45,6 +50,8 @@ def run_numbers(run: Run) -> dict:
         "start": evals[0] if evals else None,
         "best": max(evals) if evals else None,
         "final": evals[-1] if evals else None,
+        "late": late_accuracy(curve),
+        "auc": accuracy_area(curve),
         "peak_mismatch": max(mismatch) if mismatch else None,
         **{name: _mean([v for _, v in series(run.records, key)]) for name, key in STEP_MEANS.items()},
         "weight_min": min((v for _, v in series(run.records, "loss/weight_min")), default=None),
@@ -96,11 +103,13 @@ def summarize(grid: dict, runs: list[Run], target: float | None = None, baseline
             entry["collapsed"] = sum(n["collapse"]["collapsed"] for n in per_seed.values())
             entry["steps_to_target"] = steps_to_target(mruns, cond_target) if mruns and cond_target is not None else None
             entry["final_interval"] = mean_interval([n["final"] for n in per_seed.values()])
+            entry["late_interval"] = mean_interval([n["late"] for n in per_seed.values()])
             entry["per_seed"] = per_seed
             methods[label] = entry
         for label, entry in methods.items():  # paired against the baseline on the seeds both finished
-            entry["vs_baseline"] = (None if label == base or base not in methods else paired_difference(
-                finals(entry), finals(methods[base])))
+            for key, outcome in (("vs_baseline", PRIMARY), ("final_vs_baseline", "final"), ("auc_vs_baseline", "auc")):
+                entry[key] = (None if label == base or base not in methods else paired_difference(
+                    per_seed_values(entry, outcome), per_seed_values(methods[base], outcome)))
         weak = sorted({r.seed for r in crun if (r.summary.get("base_model") or {}).get("missed_target")})
         results["conditions"][condition] = {
             "about": spec["about"], "overrides": spec["overrides"], "target": cond_target, "methods": methods,
@@ -112,21 +121,21 @@ def summarize(grid: dict, runs: list[Run], target: float | None = None, baseline
 
 
 def best_settings(sweeps: list[dict], methods: dict) -> list[dict]:
-    """Each swept loss at its best value in one condition (highest mean final accuracy), and the paired
-    difference of each best against the first sweep's best: [{'loss', 'parameter', 'value', 'label', 'final',
-    'vs_first'}]. The best is picked on the same runs it is scored on, so it is biased upward, the more so
+    """Each swept loss at its best value in one condition (highest mean late accuracy, the primary outcome), and
+    the paired difference of each best against the first sweep's best: [{'loss', 'parameter', 'value', 'label',
+    'late', 'vs_first'}]. The best is picked on the same runs it is scored on, so it is biased upward, the more so
     the more values were tried; comparing two losses each at its best is fair only with similar grids."""
     best = []
     for sweep in sweeps:
-        scored = [(methods[p["label"]]["final"]["mean"], p) for p in sweep["points"]
-                  if methods.get(p["label"], {}).get("seeds") and methods[p["label"]]["final"]["mean"] is not None]
+        scored = [(methods[p["label"]][PRIMARY]["mean"], p) for p in sweep["points"]
+                  if methods.get(p["label"], {}).get("seeds") and methods[p["label"]][PRIMARY]["mean"] is not None]
         if scored:
             point = max(scored, key=lambda item: item[0])[1]
             best.append({"loss": sweep["loss"], "parameter": sweep["parameter"], "value": point["value"],
-                         "label": point["label"], "final": methods[point["label"]]["final_interval"]})
+                         "label": point["label"], "late": methods[point["label"]]["late_interval"]})
     for entry in best:
         entry["vs_first"] = (None if entry is best[0] else paired_difference(
-            finals(methods[entry["label"]]), finals(methods[best[0]["label"]])))
+            per_seed_values(methods[entry["label"]]), per_seed_values(methods[best[0]["label"]])))
     return best
 
 

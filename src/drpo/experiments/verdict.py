@@ -1,12 +1,13 @@
 """The verdict of a sweep: sentences generated from results.json's numbers, nothing written by hand.
 
-Every comparison is a paired difference of final eval accuracy over seeds (drpo.experiments.stats) with
-its two-sided t interval; wins and losses are decided by the interval alone:
+Every comparison is a paired difference over seeds (drpo.experiments.stats), with its two-sided t interval,
+of the primary outcome: late accuracy, the mean eval accuracy over the last 20% of a run's steps
+(drpo.experiments.outcomes); wins and losses are decided by the interval alone:
 
 - *better* / *worse*: the interval of (method - reference) lies above / below 0;
 - *not separable*: it contains 0, or fewer than 2 seeds are paired (no interval).
 
-Per condition: the method with the highest mean final accuracy and which methods are not separable from
+Per condition: the method with the highest mean late accuracy and which methods are not separable from
 it (the top group; a method *wins* the condition only when it is better than every other), the collapses,
 the first to reach the target, then every method against the named baseline (results['baseline']). Over
 conditions: where the baseline won, sat in the top group, or was separably behind the leader.
@@ -14,7 +15,10 @@ conditions: where the baseline won, sat in the top group, or was separably behin
 
 from __future__ import annotations
 
+from drpo.experiments.outcomes import LATE_WINDOW, PRIMARY
 from drpo.experiments.stats import paired_difference
+
+OUTCOME = f"late accuracy (mean eval accuracy over the last {round(100 * LATE_WINDOW)}% of steps)"
 
 
 def verdict(results: dict) -> dict:
@@ -25,7 +29,7 @@ def verdict(results: dict) -> dict:
     standing = {}  # condition -> (leader, top group, leader's difference to the baseline)
     for condition, cond in results["conditions"].items():
         methods = {label: m for label, m in cond["methods"].items()
-                   if m["seeds"] > 0 and m["final"]["mean"] is not None}
+                   if m["seeds"] > 0 and m[PRIMARY]["mean"] is not None}
         if not methods:
             out["conditions"][condition] = [f"{condition}: no finished runs."]
             continue
@@ -34,10 +38,11 @@ def verdict(results: dict) -> dict:
             out["conditions"][condition] = [
                 f"{condition}: not judged. The base model of seed {seeds} missed its warm-up target "
                 "(summary.json: base_model.missed_target), so RL from it had little or no reward signal and the "
-                "highest final accuracy would rank noise; raise warmup.steps or use an easier task."]
+                "highest late accuracy would rank noise; raise warmup.steps or use an easier task."]
             continue
-        leader = max(methods, key=lambda label: methods[label]["final"]["mean"])
-        to_leader = {label: paired_difference(finals(m), finals(methods[leader]), results.get("level", 0.95))
+        leader = max(methods, key=lambda label: methods[label][PRIMARY]["mean"])
+        to_leader = {label: paired_difference(per_seed_values(m), per_seed_values(methods[leader]),
+                                              results.get("level", 0.95))
                      for label, m in methods.items() if label != leader}
         top = [leader] + [label for label, d in to_leader.items() if d["verdict"] != "worse"]
         standing[condition] = (leader, top, to_leader.get(base))
@@ -57,8 +62,8 @@ def verdict(results: dict) -> dict:
 def _leader_sentence(condition: str, leader: str, top: list[str], methods: dict, level: int) -> str:
     seeds = sorted({m["seeds"] for m in methods.values()})
     seed_text = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1 else "varying seeds"
-    final = methods[leader]["final"]
-    text = f"{condition}: highest mean final eval accuracy: {leader}, {plus_minus(final)} ({seed_text})"
+    text = (f"{condition}: highest mean {OUTCOME}: {leader}, {plus_minus(methods[leader][PRIMARY])} ({seed_text}; "
+            f"final evaluation alone: {plus_minus(methods[leader]['final'])})")
     if len(methods) == 1:
         return text + "."
     if top == [leader]:
@@ -82,10 +87,10 @@ def _baseline_sentence(base: str, methods: dict, level: int) -> str:
     for label, m in methods.items():
         if label == base:
             continue
-        d = paired_difference(finals(m), finals(methods[base]), level / 100)
+        d = paired_difference(per_seed_values(m), per_seed_values(methods[base]), level / 100)
         groups[d["verdict"]].append(f"{label} {format_difference(d)}")
     parts = [f"{name}: {_join(items)}" for name, items in groups.items() if items]
-    return (f"Against {base} (final accuracy, method - {base}, paired over seeds, {level}% t interval): "
+    return (f"Against {base} (late accuracy, method - {base}, paired over seeds, {level}% t interval): "
             + "; ".join(parts) + ".")
 
 
@@ -93,7 +98,7 @@ def _overall(base: str, results: dict, standing: dict) -> list[str]:
     won, top, behind, collapsed = [], [], [], []
     for condition, (leader, group, to_leader) in standing.items():
         m = results["conditions"][condition]["methods"].get(base)
-        if not m or m["seeds"] == 0 or m["final"]["mean"] is None:
+        if not m or m["seeds"] == 0 or m[PRIMARY]["mean"] is None:
             continue
         if group == [base]:
             won.append(condition)
@@ -109,7 +114,7 @@ def _overall(base: str, results: dict, standing: dict) -> list[str]:
     if total == 0:
         return []
     sentences = [f"{base} won {len(won)} of {total} condition{'s' if total > 1 else ''}"
-                 + (f" ({_join(won)})" if won else "") + " (better than every other method on final accuracy)."]
+                 + (f" ({_join(won)})" if won else "") + " (better than every other method on late accuracy)."]
     if top:
         sentences.append(f"It was not separable from the highest mean in {_join(top)}.")
     if behind:
@@ -127,9 +132,10 @@ def format_difference(d: dict) -> str:
     return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
-def finals(entry: dict) -> dict[int, float]:
-    """seed -> final eval accuracy of one method's entry (seeds are strings once read back from JSON)."""
-    return {int(seed): n["final"] for seed, n in entry["per_seed"].items()}
+def per_seed_values(entry: dict, outcome: str = PRIMARY) -> dict[int, float]:
+    """seed -> one outcome ('late', 'final', 'auc') of one method's entry (seeds are strings once read back
+    from JSON)."""
+    return {int(seed): n[outcome] for seed, n in entry["per_seed"].items()}
 
 
 def _neg(value: float | None) -> float | None:
