@@ -21,6 +21,7 @@ from drpo.experiments.outcomes import accuracy_area, late_accuracy
 from drpo.experiments.report import TABLE_HEADER, parse_table
 from drpo.experiments.results import hyper_sweeps, summarize
 from drpo.experiments.runs import Run
+from drpo.losses import DRPO_DELTA
 from drpo.metrics import TIMING_PREFIXES
 from drpo.trainer import Trainer
 
@@ -36,7 +37,7 @@ def _cache(tmp_path_factory, monkeypatch):
 # ----------------------------------------------------------------------------- methods and conditions
 def test_method_specs():
     drpo = parse_method("drpo")
-    assert (drpo.label, drpo.loss, drpo.hyper) == ("drpo", "drpo", {"delta": 0.5})
+    assert (drpo.label, drpo.loss, drpo.hyper) == ("drpo", "drpo", {"delta": DRPO_DELTA})
     custom = parse_method("drpo:delta=0.3")
     assert custom.label == "drpo:delta=0.3" and custom.slug == "drpo_delta=0.3"
     assert custom.overrides() == ["loss=drpo", "loss.delta=0.3"]
@@ -64,7 +65,7 @@ def test_default_methods_are_the_issue_list():
     built = {label: parse_method(label).build() for label in METHODS}
     assert built["ppo_clip_higher"].hyper.eps_low == 0.2 and built["ppo_clip_higher"].hyper.eps_high == 0.28
     assert built["minirl"].hyper.anchor == "recompute"
-    assert built["drpo"].hyper.delta == 0.5 and built["drpo_reference"].hyper.delta == 12.5
+    assert built["drpo"].hyper.delta == DRPO_DELTA and built["drpo_reference"].hyper.delta == 12.5
     assert {b.name for b in built.values()} == {"pg_is", "cispo", "ppo_clip", "spo", "dppo_binary_tv",
                                                "dppo_binary_kl", "drpo"}
 
@@ -343,7 +344,7 @@ def test_tiny_sweep_report_reuse_and_resume(tmp_path):
     torch.set_num_threads(1)  # as in the workers
     try:
         Trainer(load_config(None, [*CONDITIONS["fp32"]["overrides"], *SWEEP_OVERRIDES, *TINY, "loss=drpo",
-                                   "loss.delta=0.5", "seed=0", f"out={tmp_path / 'direct'}"])).train()
+                                   f"loss.delta={DRPO_DELTA}", "seed=0", f"out={tmp_path / 'direct'}"])).train()
     finally:
         torch.set_num_threads(threads)
     assert comparable(read_jsonl(tmp_path / "direct" / "metrics.jsonl")) == comparable(

@@ -242,3 +242,20 @@ def test_example_script_parses_its_command_line(tmp_path):
         "--drpo_loss_kwargs", '{"delta_low": 0.1, "delta_high": 0.2}', "--loss_type", "dr_grpo"])
     assert args.drpo_loss == "dppo_binary_tv" and args.drpo_loss_kwargs == {"delta_low": 0.1, "delta_high": 0.2}
     assert args.loss_type == "dr_grpo"
+
+
+def test_config_says_where_each_hyper_parameter_came_from(tmp_path, caplog):
+    from drpo.losses import DRPO_DELTA
+
+    with caplog.at_level("INFO", logger="drpo.integrations.trl"):
+        DRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+        DRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", drpo_loss="dppo_binary_tv",
+                   drpo_loss_kwargs='{"delta_high": 0.2}')
+    assert [r.getMessage() for r in caplog.records] == [
+        f"drpo: DRPOTrainer runs get_loss('drpo', anchor='rollout', delta={DRPO_DELTA}): anchor: drpo's default, "
+        "delta: drpo's default",
+        "drpo: DRPOTrainer runs get_loss('dppo_binary_tv', anchor='rollout', trunc=20.0, delta_low=0.15, "
+        "delta_high=0.2): anchor: drpo's default, trunc: drpo's default, delta_low: drpo's default, delta_high from "
+        "drpo_loss_kwargs"]
+    with pytest.warns(UserWarning, match="delta=12.5 >= 1, so the trust region cannot bind"):
+        DRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", drpo_loss="drpo_reference")

@@ -306,3 +306,44 @@ def test_example_recipe_config_composes():
     assert cfg.algorithm.adv_estimator == "grpo" and cfg.algorithm.norm_adv_by_std_in_grpo is False
     assert cfg.actor_rollout_ref.rollout.val_kwargs.n == 16 and cfg.actor_rollout_ref.rollout.val_kwargs.do_sample
     assert omega_conf_to_dataclass(actor).policy_loss.loss_mode == "drpo"  # verl accepts it as an ActorConfig
+
+
+def test_verl_defaults_are_named_not_silently_used(actor_dictconfig, caplog):
+    """loss_mode=drpo with no clip_ratio: verl's ActorConfig hands the PPO default 0.2 as delta; the adapter
+    logs the loss it runs with the field each value came from, once, and warns with the recommended value."""
+    from drpo.losses import DRPO_DELTA
+
+    assert adapter.verl_defaults() == {"clip_ratio": 0.2, "clip_ratio_low": 0.2, "clip_ratio_high": 0.2,
+                                       "clip_ratio_c": 3.0}
+    adapter._ANNOUNCED.clear()
+    config = omega_conf_to_dataclass(OmegaConf.merge(actor_dictconfig, {"policy_loss": {"loss_mode": "drpo"}}))
+    log_prob, old_log_prob, advantages, mask = random_batch()
+    with caplog.at_level("WARNING", logger="drpo.integrations.verl"):
+        for _ in range(2):
+            get_policy_loss_fn("drpo")(old_log_prob, log_prob, advantages, mask, config=config)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == ("drpo: verl loss_mode 'drpo' runs get_loss('drpo', anchor='rollout', delta=0.2): "
+                           "anchor: drpo's default, delta from actor.clip_ratio")
+    assert messages[1:] == [f"drpo: loss_mode 'drpo': delta=0.2 is verl's own default for actor.clip_ratio (PPO's "
+                            f"setting), not drpo's: the recommended delta is {DRPO_DELTA}, set "
+                            f"actor_rollout_ref.actor.clip_ratio={DRPO_DELTA}"]  # once, not per call
+
+    caplog.clear()
+    tv = omega_conf_to_dataclass(OmegaConf.merge(actor_dictconfig, {"policy_loss": {"loss_mode": "dppo_binary_tv"},
+                                                                     "clip_ratio_low": 0.15, "clip_ratio_high": 0.15}))
+    with caplog.at_level("WARNING", logger="drpo.integrations.verl"):
+        adapter.hyper_from_config("dppo_binary_tv", tv)
+    warned = [r.getMessage() for r in caplog.records][1:]
+    assert len(warned) == 1 and "trunc=3.0 is verl's own default for actor.clip_ratio_c" in warned[0]
+    assert warned[0].endswith("set actor_rollout_ref.actor.clip_ratio_c=20.0")
+
+    caplog.clear()
+    set_ = omega_conf_to_dataclass(OmegaConf.merge(actor_dictconfig, {"policy_loss": {"loss_mode": "drpo"},
+                                                                       "clip_ratio": DRPO_DELTA}))
+    wide = omega_conf_to_dataclass(OmegaConf.merge(actor_dictconfig, {"policy_loss": {"loss_mode": "drpo"},
+                                                                      "clip_ratio": 12.5}))
+    with caplog.at_level("WARNING", logger="drpo.integrations.verl"):
+        adapter.hyper_from_config("drpo", set_)
+        assert len(caplog.records) == 1  # the resolved line only
+        adapter.hyper_from_config("drpo", wide)
+    assert "delta=12.5 >= 1, so the trust region cannot bind" in caplog.records[-1].getMessage()

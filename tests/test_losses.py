@@ -13,7 +13,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drpo.losses import AGGREGATIONS, ALIASES, LOSSES, PRESETS, aggregate, get_loss
+from drpo.losses import (
+    AGGREGATIONS,
+    ALIASES,
+    LOSSES,
+    PRESETS,
+    aggregate,
+    cannot_bind,
+    get_loss,
+    warn_if_cannot_bind,
+)
 from drpo.losses import dppo as dppo_module
 
 
@@ -496,3 +505,38 @@ def test_topk_partition_is_decided_by_token_ids():
     torch.testing.assert_close(kl, torch.tensor([[inside_kl, outside_kl]]), rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="response_ids"):
         get_loss("dppo_topk_tv")(**{**kwargs, "response_ids": None})
+
+
+# ----------------------------------------------------------------------------- a trust region that cannot bind
+def _weights(loss, pi: torch.Tensor, mu: torch.Tensor, sign: float) -> torch.Tensor:
+    advantages = torch.full((1, pi.numel()), sign, dtype=torch.float64)
+    out = loss(log_prob=pi.log().reshape(1, -1), rollout_log_prob=mu.log().reshape(1, -1), advantages=advantages,
+               response_mask=torch.ones(1, pi.numel(), dtype=torch.bool))
+    return out.weight.reshape(-1)
+
+
+def test_drpo_cannot_bind_from_delta_1_and_its_weight_stays_in_the_stated_bound():
+    grid = torch.linspace(1e-4, 1 - 1e-4, 200, dtype=torch.float64)
+    pi, mu = grid.repeat_interleave(len(grid)), grid.repeat(len(grid))  # every pair: |pi - mu| up to 0.9998
+    assert cannot_bind(get_loss("drpo")) is None and cannot_bind(get_loss("drpo", delta=0.99)) is None
+    assert (_weights(get_loss("drpo", delta=0.99), pi, mu, 1.0) < 0).any()  # below 1 it binds
+    for delta in (1.0, 2.0, 12.5):
+        message = cannot_bind(get_loss("drpo", delta=delta))
+        assert f"within ({1 - 1 / delta:.3g}, {1 + 1 / delta:.3g})" in message and "recommended" in message
+        for sign in (1.0, -1.0):
+            w = _weights(get_loss("drpo", delta=delta), pi, mu, sign)
+            assert (w > 1 - 1 / delta - 1e-9).all() and (w < 1 + 1 / delta + 1e-9).all() and (w > 0).all()
+    assert "(0.5, 1]" in cannot_bind(get_loss("drpo_clipped", delta=2.0))
+    assert "cannot bind" in cannot_bind(get_loss("drpo_reference"))
+
+
+def test_spo_from_eps_1_cannot_bind_on_tokens_pushed_down_only():
+    r = torch.tensor([1e-6, 0.5, 1.0, 3.0, 40.0], dtype=torch.float64)
+    mu = torch.full_like(r, 0.02)
+    spo = get_loss("spo", eps=2.0)
+    assert "above 0.5" in cannot_bind(spo) and "pushed up" in cannot_bind(spo)
+    assert (_weights(spo, r * mu, mu, -1.0) > 0.5 - 1e-6).all()  # A < 0: w = 1 + (r - 1)/eps > 1 - 1/eps
+    assert (_weights(spo, r * mu, mu, 1.0) < 0).any()  # A > 0: w = 0 at r = 3, negative past it
+    assert cannot_bind(get_loss("spo")) is None and cannot_bind(get_loss("ppo_clip", eps_high=5.0)) is None
+    with pytest.warns(UserWarning, match="eps=2 >= 1"):
+        warn_if_cannot_bind(spo)

@@ -13,6 +13,7 @@ from drpo import policy as policy_module
 from drpo import trainer as trainer_module
 from drpo.cli import main
 from drpo.config import ConfigError, load_config
+from drpo.losses import DRPO_DELTA
 from drpo.metrics import TIMING_PREFIXES, read_metrics
 from drpo.policy import build_policy
 from drpo.trainer import NonFiniteError, Trainer
@@ -181,8 +182,8 @@ def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path):
     assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["step"] == 1  # no pickled code
     written = (run_dir / "config.yaml").read_text()
     changed = load_config(None, [*TINY, *CHEAP, f"out={run_dir}", "steps=2", f"resume={run_dir}", "optim.lr=0.002",
-                                 "loss.delta=0.3"])
-    with pytest.raises(ConfigError, match=r"only steps .* and out.*loss.delta: 0.5 -> 0.3; optim.lr: 0.0001 -> 0.002"):
+                                 "loss.delta=0.15"])
+    with pytest.raises(ConfigError, match=rf"only steps .* and out.*loss.delta: {DRPO_DELTA} -> 0.15; optim.lr: 0.0001 -> 0.002"):
         Trainer(changed).train()
     assert (run_dir / "config.yaml").read_text() == written  # a refused resume leaves the run as it was
     extended = load_config(None, [*TINY, *CHEAP, f"out={tmp_path / 'r2'}", "steps=2", f"resume={run_dir}"])

@@ -4,9 +4,10 @@ Every GRPOConfig flag works, plus --drpo_loss and --drpo_loss_kwargs. One GPU, v
 
     pip install "drpo[trl]" math-verify vllm
     accelerate launch examples/trl/train_drpo.py --output_dir runs/trl-drpo \
-        --drpo_loss drpo --drpo_loss_kwargs '{"delta": 0.15}' --loss_type dr_grpo \
+        --drpo_loss drpo --loss_type dr_grpo \
         --use_vllm --vllm_mode colocate --steps_per_generation 4 --bf16
 
+DRPO runs at the recommended delta (drpo.losses.DRPO_DELTA); --drpo_loss_kwargs '{"delta": 0.15}' changes it.
 With vLLM, mu is vLLM's sampling log-prob of each token; without it, mu is TRL's pi_old
 (computed when one generation batch feeds several optimizer steps: steps_per_generation >
 gradient_accumulation_steps, or num_iterations > 1). Our metrics (loss/*, ratio/*, shift/*)

@@ -4,7 +4,7 @@
 #   seq-mean-token-sum-norm over 8192; advantages not divided by the group std; math-verify reward;
 #   AIME 2024 avg@16 every 10 steps.
 # Needs: pip install "drpo[verl]" math-verify, plus vLLM for verl's rollout (see README.md, "Scaling out").
-# Usage:  DELTA=0.15 bash examples/verl/run_drpo_qwen3_4b_base.sh [more hydra overrides]
+# Usage:  bash examples/verl/run_drpo_qwen3_4b_base.sh [more hydra overrides]   (DELTA=12.5: the paper's setting)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,8 +12,9 @@ DATA_DIR="${DATA_DIR:-$HOME/data/drpo}"
 TRAIN_FILE="${TRAIN_FILE:-$DATA_DIR/dapo-math-17k.parquet}"
 VAL_FILE="${VAL_FILE:-$DATA_DIR/aime-2024.parquet}"
 MODEL="${MODEL:-Qwen/Qwen3-4B-Base}"
-# delta: 12.5 is the paper's stated setting (a weak pull towards mu); 0.15 is a Binary-TV-sized trust region
-DELTA="${DELTA:-12.5}"
+# delta: drpo's recommended value (drpo.losses.DRPO_DELTA) unless DELTA is set; 12.5 is the paper's stated
+# setting, a pull that cannot bind (docs/method.md)
+DELTA="${DELTA:-$(python -c 'from drpo.losses import DRPO_DELTA; print(DRPO_DELTA)')}"
 NGPUS="${NGPUS:-8}"
 
 # The datasets verl's DAPO recipe uses, fetched once (needs huggingface_hub's `hf` CLI, installed with verl).

@@ -28,6 +28,7 @@ def cmd_train(args) -> int:
         # continue the run as it was configured; overrides given now still apply (e.g. a larger steps=)
         config = load_config(f"{config.resume}/config.yaml", [*overrides, f"out={config.resume}"])
     console = Console(stderr=True)
+    _warn_if_cannot_bind(console, config.loss.build())
     console.print(f"[bold]drpo train[/]: loss {config.loss.build()!r}, model {config.model.name}"
                   f"{' (MoE)' if config.model.moe else ''}, task {config.task.name}, rollout {config.rollout.precision}"
                   f" lag {config.rollout.lag}, {config.updates_per_batch} update(s)/batch -> {config.out}")
@@ -44,7 +45,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_losses(args) -> int:
-    from drpo.losses import ALIASES, LOSSES, PRESETS
+    from drpo.losses import ALIASES, LOSSES, PRESETS, get_loss
     from drpo.losses.base import hyper_summary
 
     table = Table(title="drpo.losses registry", show_lines=False)
@@ -57,8 +58,18 @@ def cmd_losses(args) -> int:
         table.add_row(label, hyper_summary(spec), spec.summary)
     for name, (base, hyper) in PRESETS.items():
         table.add_row(f"{name} [preset]", ", ".join(f"{k}={v!r}" for k, v in hyper.items()), f"preset of {base}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for name in [*LOSSES, *PRESETS]:  # at its defaults (a preset: its setting), as `loss=NAME` builds it
+        _warn_if_cannot_bind(console, get_loss(name), name)
     return 0
+
+
+def _warn_if_cannot_bind(console: Console, loss, label: str | None = None) -> None:
+    from drpo.losses import cannot_bind
+
+    if (message := cannot_bind(loss)) is not None:
+        console.print(f"[yellow]warning[/]{f' ({label})' if label else ''}: {message}", highlight=False)
 
 
 def cmd_weights(args) -> int:

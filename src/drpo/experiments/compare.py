@@ -38,6 +38,7 @@ from drpo.experiments.jobs import base_models_to_warm, plan, reset_run_dir, writ
 from drpo.experiments.methods import parse_methods
 from drpo.experiments.report import write_report
 from drpo.experiments.workers import EXIT_NON_FINITE, run_processes, run_worker, warm_up_worker
+from drpo.losses import cannot_bind
 
 
 @dataclass
@@ -71,6 +72,9 @@ def run_sweep(out: str | Path = "runs/compare", methods: list[str] | None = None
         raise ValueError("--seeds and --workers must be at least 1")
     seed_list = list(range(seeds))
     overrides = [*SWEEP_OVERRIDES, *overrides]  # stored in sweep.yaml and shown in the report with the user's
+    for method in methods_:
+        if (message := cannot_bind(method.build())) is not None:
+            console.print(f"[yellow]warning[/] ({method.label}): {message}", highlight=False)
     jobs = plan(out, methods_, seed_list, conditions_, list(overrides))
     write_grid(out, methods_, seed_list, conditions_, list(overrides), target)
 

@@ -1,6 +1,6 @@
 """The methods a sweep compares: a label, a loss registry name (or preset) and its hyper-parameters.
 
-    parse_method("drpo")              -> the default entry: drpo with delta=0.5
+    parse_method("drpo")              -> the default entry: drpo at the recommended delta (drpo.losses.DRPO_DELTA)
     parse_method("drpo:delta=0.3")    -> drpo with delta=0.3, labelled "drpo:delta=0.3"
     parse_method("dppo_topk_tv")      -> any registry name or preset of drpo.losses, default hyper-parameters
     parse_method("ppo_clip:eps_high=0.28,dual_clip=3")
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from drpo.losses.quadratic import DRPO_DELTA
+
 # label -> (loss registry name or preset, hyper-parameters). Edit freely: the order is the report's order.
 METHODS: dict[str, tuple[str, dict]] = {
     "pg_is": ("pg_is", {}),  # no trust region
@@ -23,7 +25,7 @@ METHODS: dict[str, tuple[str, dict]] = {
     "spo": ("spo", {}),
     "dppo_binary_tv": ("dppo_binary_tv", {}),
     "dppo_binary_kl": ("dppo_binary_kl", {}),
-    "drpo": ("drpo", {"delta": 0.5}),  # the loss's default: best in the delta sweep (docs/results/delta)
+    "drpo": ("drpo", {"delta": DRPO_DELTA}),  # the loss's default: best in the delta sweep (docs/results/delta)
     "drpo_reference": ("drpo", {"delta": 12.5}),  # the public reference's value: a very weak regularizer
 }
 

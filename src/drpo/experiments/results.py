@@ -72,7 +72,7 @@ def steps_to_target(runs: list[Run], target: float) -> int | None:
 
 def baseline_label(methods: dict, baseline: str | None = None) -> str | None:
     """The method every other is compared with: ``baseline`` if given, else the method labelled like the headline
-    loss (drpo, delta 0.5), else the first on that loss (e.g. drpo:delta=0.3), else the first method."""
+    loss (drpo, at the recommended delta), else the first on that loss (e.g. drpo:delta=0.3), else the first method."""
     if baseline is not None:
         if baseline not in methods:
             raise ValueError(f"baseline '{baseline}' is not a method of this sweep: {', '.join(methods)}")
@@ -159,7 +159,7 @@ def hyper_sweeps(methods: dict) -> list[dict]:
         points, seen = [], set()
         for (label, _), value in sorted(zip(members, (next(iter(v)) for v in values), strict=True),
                                         key=lambda item: item[1]):
-            if value not in seen:  # two labels of one setting (drpo, drpo:delta=0.5): the first one drawn
+            if value not in seen:  # two labels of one setting (drpo, drpo:delta=0.3): the first one drawn
                 seen.add(value)
                 points.append({"value": value, "label": label})
         if len(points) >= MIN_SWEEP_POINTS:

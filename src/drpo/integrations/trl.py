@@ -1,7 +1,7 @@
 """TRL adapter: a GRPOTrainer whose policy loss is any loss of drpo.losses.
 
     from drpo.integrations.trl import DRPOConfig, DRPOTrainer
-    args = DRPOConfig(output_dir="out", drpo_loss="drpo", drpo_loss_kwargs={"delta": 0.15}, loss_type="dr_grpo")
+    args = DRPOConfig(output_dir="out", drpo_loss="drpo", loss_type="dr_grpo")  # the recommended delta
     DRPOTrainer(model=..., reward_funcs=..., args=args, train_dataset=...).train()
 
 What changes against GRPOTrainer: only the per-token policy loss. Sampling, rewards, advantages,
@@ -32,20 +32,28 @@ log-prob from vLLM and does not hand the loss its logits), ``importance_sampling
 (our losses are per token), TRL's entropy bonus (``entropy_coef``, ``use_adaptive_entropy``), and
 TRL's clipping settings ``epsilon``, ``epsilon_high``, ``delta`` (the trust region is the loss's:
 ``drpo_loss_kwargs``).
+
+No silent defaults: TRL's PPO widths never reach our loss (set, they are refused above); DRPOConfig logs
+the bound loss with where each hyper-parameter came from (``drpo_loss_kwargs`` or drpo's own default,
+e.g. the recommended delta ``drpo.losses.DRPO_DELTA``) and warns when the trust region cannot bind
+(drpo.losses.checks).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from drpo.losses import LossOutput, get_loss
+from drpo.losses import PRESETS, LossOutput, get_loss, resolved, warn_if_cannot_bind
 from drpo.mismatch.dump import CallDump
+
+logger = logging.getLogger(__name__)
 
 NORMALISATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
 CLIPPING = ("epsilon", "epsilon_high", "delta")  # TRL's PPO trust region; ours is drpo_loss's
@@ -70,7 +78,8 @@ class DRPOConfig(GRPOConfig):
     )
     drpo_loss_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "hyper-parameters of drpo_loss, a dict or a JSON string, e.g. '{\"delta\": 0.15}'"},
+        metadata={"help": "hyper-parameters of drpo_loss, a dict or a JSON string, e.g. '{\"delta\": 0.15}' (unset: "
+                  "the loss's defaults, DRPO at the recommended delta drpo.losses.DRPO_DELTA)"},
     )
     drpo_dump_log_probs: str | None = field(
         default=None,
@@ -84,6 +93,10 @@ class DRPOConfig(GRPOConfig):
             self.drpo_loss_kwargs = json.loads(self.drpo_loss_kwargs)
         self.drpo_loss_kwargs = dict(self.drpo_loss_kwargs or {})
         loss = get_loss(self.drpo_loss, **self.drpo_loss_kwargs)  # unknown names and bad values fail here
+        sources = {**dict.fromkeys(PRESETS.get(self.drpo_loss, ("", {}))[1], f"the preset {self.drpo_loss}"),
+                   **dict.fromkeys(self.drpo_loss_kwargs, "drpo_loss_kwargs")}
+        logger.info("drpo: DRPOTrainer runs %s", resolved(loss, sources))
+        warn_if_cannot_bind(loss)
         if loss.spec.needs_topk:
             raise ValueError(f"drpo_loss='{self.drpo_loss}' needs the rollout's top-k log-probs and the current "
                              "logits, which TRL does not provide; use dppo_binary_tv or dppo_binary_kl")

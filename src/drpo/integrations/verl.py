@@ -12,8 +12,14 @@ does not change with the data-parallel size or the micro-batch split.
 
 Anchor: verl hands a policy loss one reference log-prob, ``old_log_prob``. With
 ``algorithm.rollout_correction.bypass_mode=true`` (v1 trainer) it *is* the rollout engine's log-prob
-mu, so the trust region is anchored on mu as in PAPER.md; without bypass it is pi_old, recomputed
+mu, so the trust region is anchored on mu as docs/method.md describes; without bypass it is pi_old, recomputed
 by the trainer (the MiniRL "recompute" anchor). The adapter passes it as ``rollout_log_prob``.
+
+No silent defaults: verl's trust-region fields default to PPO's values (clip_ratio 0.2, clip_ratio_c 3.0),
+not ours. At the first call of each setting the adapter logs the bound loss and the verl field each
+hyper-parameter came from, and warns for each field still at verl's own default, with our recommended value
+and the override that sets it (``hyper_from_config``), and when the trust region cannot bind
+(drpo.losses.checks).
 
 Not registered: the Top-K DPPO variants (verl's policy-loss call carries no logits and its rollout
 records no top-k log-probs, so they cannot work honestly), and names verl already owns (``cispo``).
@@ -24,6 +30,7 @@ module reports as a warning whenever verl loads it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.metadata
@@ -35,7 +42,7 @@ from typing import Any
 import torch
 from verl.trainer.ppo import core_algos
 
-from drpo.losses import LOSSES, get_loss
+from drpo.losses import LOSSES, cannot_bind, get_loss, resolved
 from drpo.mismatch.dump import env_dump
 
 logger = logging.getLogger(__name__)
@@ -61,7 +68,8 @@ NOT_REGISTERED: dict[str, str] = {
 
 
 def hyper_from_config(name: str, config: Any) -> dict[str, Any]:
-    """Read our hyper-parameters for loss ``name`` from a verl ActorConfig (or DictConfig)."""
+    """Read our hyper-parameters for loss ``name`` from a verl ActorConfig (or DictConfig); the first time a
+    setting is read, log it with the verl field of each value and warn about verl defaults (:func:`check_hyper`)."""
     hyper = {}
     for ours, field in VERL_HYPER_FIELDS[name].items():
         value = config.get(field, None)
@@ -69,7 +77,46 @@ def hyper_from_config(name: str, config: Any) -> dict[str, Any]:
             raise ValueError(f"verl loss_mode '{name}': {ours} comes from actor config field '{field}', which is "
                              "not set; set actor_rollout_ref.actor." + field)
         hyper[ours] = value
+    key = (name, tuple(sorted(hyper.items())))
+    if key not in _ANNOUNCED:  # once per setting, not on every micro-batch
+        _ANNOUNCED.add(key)
+        resolved_line, warnings_ = check_hyper(name, hyper)
+        logger.warning("drpo: verl loss_mode '%s' runs %s", name, resolved_line)  # WARNING: verl hides INFO
+        for message in warnings_:
+            logger.warning("drpo: %s", message)
     return hyper
+
+
+_ANNOUNCED: set[tuple] = set()
+
+
+@functools.cache
+def verl_defaults() -> dict[str, Any]:
+    """verl's own ActorConfig defaults of the fields our hyper-parameters ride on (PPO's values, not ours)."""
+    from verl.workers.config import ActorConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ActorConfig)}
+    return {field: defaults[field] for spec in VERL_HYPER_FIELDS.values() for field in spec.values()
+            if field in defaults}
+
+
+def check_hyper(name: str, hyper: dict[str, Any]) -> tuple[str, list[str]]:
+    """(the bound loss and the verl field each hyper-parameter came from, the warnings): one per field still at
+    verl's own default where ours differs, naming our recommended value and the override that sets it, and
+    one when the trust region cannot bind."""
+    loss = get_loss(name, **hyper)
+    fields = VERL_HYPER_FIELDS[name]
+    ours = LOSSES[name].hyper.model_fields
+    found = []
+    for key, field in fields.items():
+        recommended = ours[key].default
+        if hyper[key] == verl_defaults().get(field) and hyper[key] != recommended:
+            found.append(f"loss_mode '{name}': {key}={hyper[key]} is verl's own default for actor.{field} (PPO's "
+                         f"setting), not drpo's: the recommended {key} is {recommended}, set "
+                         f"actor_rollout_ref.actor.{field}={recommended}")
+    if (message := cannot_bind(loss)) is not None:
+        found.append(message)
+    return resolved(loss, {key: f"actor.{field}" for key, field in fields.items()}), found
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,7 +1,7 @@
 """Policy losses of the divergence-aware trust-region family, registered by name.
 
     from drpo.losses import get_loss, aggregate
-    loss = get_loss("drpo", delta=0.15)
+    loss = get_loss("drpo")                      # the recommended delta (DRPO_DELTA); delta=... to change it
     out = loss(log_prob=..., rollout_log_prob=..., advantages=..., response_mask=...)
     aggregate(out.per_token, response_mask, mode="token-mean").backward()
 
@@ -15,10 +15,12 @@ from drpo.losses import ratio, quadratic, dppo  # noqa: F401
 # isort: on
 from drpo.losses.aggregate import AGGREGATIONS, aggregate
 from drpo.losses.base import ALIASES, LOSSES, Loss, LossInputs, LossOutput, LossSpec, get_loss, register_loss
+from drpo.losses.checks import cannot_bind, resolved, warn_if_cannot_bind
 from drpo.losses.presets import PRESETS
+from drpo.losses.quadratic import DRPO_DELTA
 from drpo.losses.weights import weight_curve
 
 __all__ = [
-    "AGGREGATIONS", "ALIASES", "LOSSES", "PRESETS", "Loss", "LossInputs", "LossOutput", "LossSpec",
-    "aggregate", "get_loss", "register_loss", "weight_curve",
+    "AGGREGATIONS", "ALIASES", "DRPO_DELTA", "LOSSES", "PRESETS", "Loss", "LossInputs", "LossOutput", "LossSpec",
+    "aggregate", "cannot_bind", "get_loss", "register_loss", "resolved", "warn_if_cannot_bind", "weight_curve",
 ]

@@ -26,11 +26,18 @@ def spo(x: LossInputs, h: SpoHyper):
     return objective, weight
 
 
+# The recommended delta, the one place every entry point reads it from (drpo train, drpo compare's `drpo`, the TRL
+# and verl adapters, the verl recipe's launch script): the highest late accuracy of the delta sweep
+# (docs/results/delta, docs/method.md). The public reference's 12.5 is the drpo_reference preset.
+DRPO_DELTA = 0.3
+
+
 class DrpoHyper(Hyper):
     delta: float = pydantic.Field(
-        0.5, gt=0.0,
+        DRPO_DELTA, gt=0.0,
         description="probability-shift width: w reaches 0 at abs(pi - mu) = delta (0.15: dppo_binary_tv's boundary; "
-        "0.5 learned best in the delta sweep, docs/results/delta; the public reference uses 12.5, a very weak pull)",
+        "0.3 learned best in the delta sweep, docs/results/delta; the public reference uses 12.5, a very weak pull: "
+        "above 1 the weight cannot reach 0)",
     )
 
 
