@@ -1,5 +1,5 @@
 """drpo.diagnostics: the gradient of a loss split into its policy-gradient part (w = 1) and pull part (w - 1),
-checked against the gradients written out by hand from PAPER.md's weight."""
+checked against the gradients written out by hand from docs/method.md's weight (Eq. 1)."""
 
 from __future__ import annotations
 

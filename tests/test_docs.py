@@ -46,3 +46,46 @@ def test_the_readme_says_first_which_drpo_this_is():
     opening = "\n".join((ROOT / "README.md").read_text().splitlines()[:12])
     assert "Divergence Regularized Policy Optimization" in opening and "2606.09821" in opening
     assert "Decoupled Reward Policy Optimization" in opening and "2510.04474" in opening
+
+
+# the spec file and the tracker are not in the repository: a pointer to them leads a reader nowhere
+UNREACHABLE = re.compile("PAPER" + r"\.md|\.\./shared/|\b[Ii]ssues? \d+")  # "issue #N" of a public repo is a URL
+
+
+def source_files() -> list[Path]:
+    files = [ROOT / "README.md", ROOT / "pyproject.toml"]
+    for top in TOP_LEVEL:
+        files += [p for p in (ROOT / top).rglob("*") if p.is_file() and p.suffix in (".md", ".py", ".sh", ".yaml", ".yml")
+                  and "runs" not in p.relative_to(ROOT).parts]
+    return sorted(files)
+
+
+def test_nothing_points_to_files_or_trackers_outside_the_repository():
+    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in source_files()
+             for n, line in enumerate(p.read_text().splitlines(), 1) if UNREACHABLE.search(line)]
+    assert not found, "point to a file in the repository (docs/method.md, docs/results/...) instead:\n" + "\n".join(found)
+
+
+def test_every_entry_point_reads_the_recommended_delta():
+    """drpo train, drpo compare, TRL's and verl's defaults, the verl recipe and the examples: one delta, DRPO_DELTA."""
+    import yaml
+
+    from drpo.config import load_config
+    from drpo.experiments.methods import parse_method
+    from drpo.losses import DRPO_DELTA, get_loss
+    from drpo.losses.quadratic import DrpoHyper
+
+    assert DrpoHyper.model_fields["delta"].default == DRPO_DELTA == get_loss("drpo").hyper.delta
+    assert load_config(None, []).loss.build().hyper.delta == DRPO_DELTA  # drpo train
+    assert parse_method("drpo").build().hyper.delta == DRPO_DELTA  # drpo compare
+    for example in ("examples/hf/qwen2.5-math-1.5b.yaml", "examples/smollm2/drpo_arith.yaml"):
+        loss = yaml.safe_load((ROOT / example).read_text())["loss"]
+        assert loss["name"] == "drpo" and "delta" not in loss, example
+    assert '"delta"' not in (ROOT / "examples/trl/train_drpo.py").read_text().split('"""')[1].split("DRPO runs at")[0]
+    recipe = yaml.safe_load((ROOT / "examples/verl/drpo_qwen3_4b_base.yaml").read_text())
+    assert "clip_ratio" not in recipe["actor_rollout_ref"]["actor"]  # the launch script passes it
+    script = (ROOT / "examples/verl/run_drpo_qwen3_4b_base.sh").read_text()
+    assert "from drpo.losses import DRPO_DELTA" in script and 'actor_rollout_ref.actor.clip_ratio="$DELTA"' in script
+    readme = (ROOT / "README.md").read_text()
+    assert f"**The default is {DRPO_DELTA:g}**" in readme
+    assert f"**DRPO's default is delta {DRPO_DELTA:g}**" in (ROOT / "docs/method.md").read_text()

@@ -1,7 +1,7 @@
-"""The loss contract checked against independent truth: PAPER.md's formulas written out here by hand.
+"""The loss contract checked against independent truth: docs/method.md's formulas written out here by hand.
 
 For every loss and random inputs, autograd's d(per_token)/d(log_prob) must equal -w * r * A, and w
-must equal the formula of PAPER.md computed below from pi, mu, A alone (never from drpo's internals).
+must equal the formula of docs/method.md computed below from pi, mu, A alone (never from drpo's internals).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def make_batch(seed: int, batch: int, length: int, max_log_ratio: float = 2.0, r
 
 
 def expected_weight(name: str, hyper, pi, ref, adv):
-    """PAPER.md's gradient-weight column from probabilities (ref: mu, or pi_old). Returns (w, ratio)."""
+    """docs/method.md's gradient-weight column from probabilities (ref: mu, or pi_old). Returns (w, ratio)."""
     r = pi / ref
     s = torch.sign(adv * (r - 1))
     if name == "pg_is":
@@ -82,7 +82,7 @@ DENSE = sorted(name for name, spec in LOSSES.items() if not spec.needs_topk)
 
 
 def reference_objective(name: str, hyper, log_pi, log_ref, adv):
-    """PAPER.md's objective column in plain autograd-able torch; .detach() is the paper's sg()."""
+    """docs/method.md's objective column in plain autograd-able torch; .detach() is the paper's sg()."""
     pi, ref = log_pi.exp(), log_ref.exp()
     r = pi / ref
     r_sg = r.detach()
@@ -406,7 +406,7 @@ def test_metrics_count_masked_and_corrective_tokens():
     assert tv.metrics["loss/masked_frac"] == pytest.approx(1 / 3)
 
 
-# --- past the log-ratio clamp and on the boundary (issue 12, items 1 and 4) ---------------------------
+# --- past the log-ratio clamp and on the boundary ---------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_shift_and_binary_kl_come_from_the_log_probs_not_the_clamped_ratio(dtype):
@@ -449,7 +449,7 @@ def test_tokens_on_the_boundary_count_as_masked(name, hyper, mu, shift, dtype):
     assert out.metrics["loss/masked_frac"] == 1 and out.metrics["loss/corrective_frac"] == 0
 
 
-# --- Top-K at the edges (issue 12, items 2 and 3) ----------------------------------------------------
+# --- Top-K at the edges ------------------------------------------------------------------------------
 
 def kl_by_hand(mu: list[float], pi: list[float]) -> float:
     return sum(m * math.log(m / p) for m, p in zip(mu, pi, strict=True) if m > 0)

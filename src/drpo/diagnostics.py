@@ -1,6 +1,6 @@
-"""Why does a trust region learn slower? The gradient of its loss split into two parts (issue 11).
+"""Why does a trust region learn slower? The gradient of its loss split into two parts.
 
-Every loss of drpo.losses has the gradient -w_t * r_t * A_t per token (PAPER.md). Write w = 1 + (w - 1):
+Every loss of drpo.losses has the gradient -w_t * r_t * A_t per token (docs/method.md, Eq. 1). Write w = 1 + (w - 1):
 
 - the *policy-gradient part*, weight 1: the plain importance-sampled policy gradient r * A;
 - the *pull part*, weight w - 1: what the trust region changes. For DRPO it is exactly the pull term

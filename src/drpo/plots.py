@@ -20,7 +20,7 @@ def plot_weight_curves(path: str | Path, losses: Sequence[str] = WEIGHT_FIGURE_L
                        mus: Sequence[float] = (0.9, 0.3, 0.01)) -> Path:
     """w_t against pi - mu, one panel per (mu, sign of A), one line per loss (default hyper-parameters).
 
-    The picture of PAPER.md's table: PPO and DPPO cut to 0, SPO's ratio-based weight dives for rare
+    The picture of docs/method.md's table of weights: PPO and DPPO cut to 0, SPO's ratio-based weight dives for rare
     tokens, DRPO falls linearly to 0 at the Binary-TV boundary and turns corrective past it.
     """
     path = Path(path)

@@ -4,14 +4,14 @@ Every policy loss in this package is a pure function ``fn(x: LossInputs, hyper) 
 
 - ``objective`` [B, T]: the value of the per-token objective J_t to *maximise* (None for the surrogate
   J_t = sg(w_t * r_t) * A_t * log pi_t, which the wrapper forms from the gradient);
-- ``weight``    [B, T]: the analytic gradient weight w_t of PAPER.md, such that
+- ``weight``    [B, T]: the analytic gradient weight w_t of docs/method.md (Eq. 1), such that
   ``d J_t / d log_prob_t = w_t * r_t * A_t`` with r_t = pi_t / anchor_t (the untruncated ratio).
 
 The wrapper (:class:`Loss`) checks the inputs, builds :class:`LossInputs` once, masks, computes the
 metrics every loss reports, and attaches the gradient -w_t * r_t * A_t to ``per_token`` through a
 one-multiply backward (:class:`_AnalyticGradient`). The loss is memory-bound elementwise work, so this
 saves the whole autograd graph of the objective; tests/test_losses.py checks that the attached gradient
-equals autograd through PAPER.md's objectives written out independently.
+equals autograd through docs/method.md's objectives written out independently.
 """
 
 from __future__ import annotations

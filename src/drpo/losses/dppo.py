@@ -80,7 +80,7 @@ def topk_divergences(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """TV and KL(mu || pi) over a partition of the vocabulary: mu's top-k tokens, the sampled token when
     it is not one of them, and one "rest" bucket for everything else.
 
-    PAPER.md's partition is top-k plus rest. Giving a sampled token outside the top-k a bucket of its own
+    DPPO's partition is top-k plus rest (docs/method.md, Eq. 8). Giving a sampled token outside the top-k a bucket of its own
     refines it, and a divergence over a finer partition is never smaller (data processing), so the
     estimate is closer to the full-vocabulary divergence; it also makes the sampled token, whose gradient
     the mask decides, always count. "Outside" is decided by token ids (``x.response_ids``), never by

@@ -2,7 +2,7 @@
 drpo_clipped, an ablation of DRPO (its weight capped at 1) registered beside it.
 
 DRPO is SPO with eps replaced by the token-adaptive width delta / mu that the Binary-TV bound
-abs(pi - mu) <= delta implies, which keeps its gradient weight bounded for every token (PAPER.md).
+abs(pi - mu) <= delta implies, which keeps its gradient weight bounded for every token (docs/method.md, Eqs. 5, 9-11).
 Nothing is truncated or stopped here: the gradient is that of the whole objective.
 """
 
@@ -43,7 +43,7 @@ class DrpoHyper(Hyper):
 
 @register_loss("drpo", DrpoHyper, "DRPO: advantage-weighted quadratic pull-back past the TV boundary abs(pi-mu) = delta")
 def drpo(x: LossInputs, h: DrpoHyper):
-    """J = r*A - abs(A) * mu/(2*delta) * (r-1)^2   (paper Eq. 8; mu*(r-1)^2 = (pi-mu)^2/mu).
+    """J = r*A - abs(A) * mu/(2*delta) * (r-1)^2   (docs/method.md, Eq. 9; mu*(r-1)^2 = (pi-mu)^2/mu).
 
     w = 1 - sign(A*(r-1)) * abs(pi-mu)/delta = 1 - sign(A)*(pi-mu)/delta, within [1 - 1/delta, 1 + 1/delta]:
     1 at pi = mu, 0 on the Binary-TV boundary in the direction A pushes, negative (corrective) past it.
@@ -67,7 +67,7 @@ def drpo_clipped(x: LossInputs, h: DrpoHyper):
     - moving back towards mu (against A): w = 1, as in DPPO, where DRPO gives up to 1 + 1/delta;
     - moving the way A pushes: DRPO's weight, falling from 1 to 0 on the Binary-TV boundary abs(pi-mu) = delta
       and corrective (negative) past it.
-    It isolates one part of DRPO's weight (issue 11): whether amplifying the converging tokens slows learning.
+    It isolates one part of DRPO's weight (docs/results/README.md, delta sweep): whether amplifying the converging tokens slows learning.
     """
     adv = x.advantages
     sign = adv.sign()
