@@ -87,5 +87,28 @@ def test_every_entry_point_reads_the_recommended_delta():
     script = (ROOT / "examples/verl/run_drpo_qwen3_4b_base.sh").read_text()
     assert "from drpo.losses import DRPO_DELTA" in script and 'actor_rollout_ref.actor.clip_ratio="$DELTA"' in script
     readme = (ROOT / "README.md").read_text()
-    assert f"**The default is {DRPO_DELTA:g}**" in readme
+    assert f"**The default is {DRPO_DELTA:g}**" in readme and f"actor_rollout_ref.actor.clip_ratio={DRPO_DELTA:g} " in readme
+    assert f"DRPO's delta is {DRPO_DELTA:g}, `drpo.losses.DRPO_DELTA`" in readme
     assert f"**DRPO's default is delta {DRPO_DELTA:g}**" in (ROOT / "docs/method.md").read_text()
+
+
+# every number README.md and docs/ quote from a results directory, rendered from its file (tests/doc_claims.py)
+def test_published_tables_match_their_results_files():
+    from doc_claims import TABLES
+
+    for document, renderers in TABLES.items():
+        text = (ROOT / document).read_text()
+        for render in renderers:
+            table = render()
+            assert table in text, (f"{document} no longer holds this table as its results file gives it (`python "
+                                   f"tests/doc_claims.py` prints the current one):\n{table}")
+
+
+@pytest.mark.parametrize("claim", range(len(__import__("doc_claims").CLAIMS)))
+def test_numbers_in_prose_match_their_results_files(claim):
+    from doc_claims import CLAIMS, render_claim
+
+    document, text, file, keys, formats = CLAIMS[claim]
+    expected = render_claim(text, file, keys, formats)
+    assert expected in " ".join((ROOT / document).read_text().split()), (
+        f"{document} should say, from docs/results/{file}: {expected}")

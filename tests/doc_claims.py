@@ -1,0 +1,315 @@
+"""The numbers README.md and docs/ quote from a results directory, rendered from the results files.
+
+Tables are rendered whole from results.json (``TABLES``: document -> renderers); single figures in prose
+are claims (``CLAIMS``: document, text with {} fields, results file, the keys that fill them). tests/test_docs.py
+checks that each rendered table and claim appears verbatim in its document, so a number that drifts from its
+file fails a test. `python tests/doc_claims.py` prints the tables, to paste after a sweep is republished.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEPT = (0.05, 0.1, 0.15, 0.3, 0.5, 1, 12.5)  # the delta sweep's values, in the table's order
+DRPO_LABELS = {0.05: "drpo:delta=0.05", 0.1: "drpo:delta=0.1", 0.15: "drpo:delta=0.15", 0.3: "drpo:delta=0.3",
+               0.5: "drpo", 1: "drpo:delta=1", 12.5: "drpo_reference"}
+TV_LABELS = {d: f"dppo_binary_tv:delta_low={d:g},delta_high={d:g}" for d in (0.05, 0.1, 0.3, 0.5, 1)} | {
+    0.15: "dppo_binary_tv"}
+
+
+@cache
+def results(sweep: str) -> dict:
+    return json.loads((ROOT / "docs" / "results" / sweep / "results.json").read_text())
+
+
+def get(data: dict, key: str):
+    """'conditions.fp8.methods.drpo.late.mean' -> the value (labels may hold dots: try the longest key first)."""
+    parts = key.split(".")
+    while parts:
+        if isinstance(data, list):
+            data, parts = data[int(parts[0])], parts[1:]
+            continue
+        for n in range(len(parts), 0, -1):
+            head = ".".join(parts[:n])
+            if isinstance(data, dict) and head in data:
+                data, parts = data[head], parts[n:]
+                break
+        else:
+            raise KeyError(key)
+    return data
+
+
+def diff(d: dict | None) -> str:
+    """A paired difference as the documents write it: '+0.050 [+0.009, +0.092]'."""
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def _mismatch(value: float) -> str:
+    return f"{value:.3f}" if value >= 0.01 else f"{value:.1e}"
+
+
+def _versus(m: dict, outcome: str) -> str:
+    """'better' / 'worse' when the paired interval of ``outcome`` against the baseline excludes 0, else ''."""
+    d = m["vs_baseline" if outcome == "late" else f"{outcome}_vs_baseline"]
+    return "" if d is None or d["verdict"] == "not separable" else f" {d['verdict']}"
+
+
+def _collapsed(m: dict) -> str:
+    return f" ({m['collapsed']}/{m['seeds']} C)" if m["collapsed"] else ""
+
+
+# ----------------------------------------------------------------------------- README.md
+def readme_delta_table() -> str:
+    """DRPO's and DPPO-TV's late accuracy per delta, against DRPO at 0.5 (the delta sweep's baseline)."""
+    r = results("delta")
+    lines = ["| delta | " + " | ".join(f"{d:g}" for d in SWEPT) + " |", "|---" * (len(SWEPT) + 1) + "|"]
+    rows = [("DRPO, fp8", "fp8", DRPO_LABELS, "late"), ("DRPO, stale_strong", "stale_strong", DRPO_LABELS, "late"),
+            ("DPPO-TV, fp8", "fp8", TV_LABELS, "late"), ("DPPO-TV, stale_strong", "stale_strong", TV_LABELS, "late"),
+            ("DRPO, fp8, final evaluation alone", "fp8", DRPO_LABELS, "final"),
+            ("DRPO, stale_strong, final evaluation alone", "stale_strong", DRPO_LABELS, "final")]
+    for name, condition, labels, outcome in rows:
+        cells = []
+        for d in SWEPT:
+            if d not in labels:
+                cells.append("-")
+                continue
+            m = r["conditions"][condition]["methods"][labels[d]]
+            cell = f"{m[outcome]['mean']:.3f}" + ("" if labels[d] == r["baseline"] else _versus(m, outcome))
+            cells.append(cell + _collapsed(m))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def readme_offpolicy_table() -> str:
+    """Per condition: the mismatch, DRPO (0.5)'s late (and final) accuracy, the highest late mean, who is separably
+    behind or ahead of DRPO on late accuracy, the collapses."""
+    r = results("offpolicy")
+    base = r["baseline"]
+    lines = ["| condition | mean abs(pi-mu) | DRPO (0.5): late (final) | highest late mean | separably behind DRPO "
+             "| separably ahead of DRPO | collapsed (seeds of 5) |", "|---|---|---|---|---|---|---|"]
+    for condition, cond in r["conditions"].items():
+        methods = cond["methods"]
+        drpo = methods[base]
+        leader = max(methods, key=lambda label: methods[label]["late"]["mean"])
+        behind = [label for label, m in methods.items() if m["vs_baseline"] and m["vs_baseline"]["verdict"] == "worse"]
+        ahead = [label for label, m in methods.items() if m["vs_baseline"] and m["vs_baseline"]["verdict"] == "better"]
+        collapsed = sorted(((m["collapsed"], label) for label, m in methods.items() if m["collapsed"]), reverse=True)
+        lines.append(f"| {condition} | {_mismatch(cond['mismatch']['abs_mean'])} "
+                     f"| {drpo['late']['mean']:.3f} ({drpo['final']['mean']:.3f}) "
+                     f"| {leader} {methods[leader]['late']['mean']:.3f} "
+                     f"| {f'{len(behind)} of {len(methods) - 1}: ' + ', '.join(behind) if behind else 'none'} "
+                     f"| {', '.join(ahead) or 'none'} "
+                     f"| {', '.join(f'{label} {n}' for n, label in collapsed) or 'none'} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- docs/results/README.md
+def results_delta_table(outcome: str) -> str:
+    """Per delta: DRPO and DPPO-TV under both conditions, ``outcome`` (late or final) with the paired difference
+    to the baseline (DRPO at 0.5) where its interval excludes 0."""
+    r = results("delta")
+    lines = ["| delta | DRPO, fp8 | DRPO, stale_strong | DPPO-TV, fp8 | DPPO-TV, stale_strong |", "|---|---|---|---|---|"]
+    key = "vs_baseline" if outcome == "late" else f"{outcome}_vs_baseline"
+    for d in SWEPT:
+        cells = []
+        for labels, condition in ((DRPO_LABELS, "fp8"), (DRPO_LABELS, "stale_strong"), (TV_LABELS, "fp8"),
+                                  (TV_LABELS, "stale_strong")):
+            if d not in labels:
+                cells.append("-")
+                continue
+            m = r["conditions"][condition]["methods"][labels[d]]
+            cell = f"{m[outcome]['mean']:.3f}"
+            if m[key] is not None and m[key]["verdict"] != "not separable":
+                cell += f" ({diff(m[key])})"
+            cells.append(cell + (f", {m['collapsed']}/{m['seeds']} C" if m["collapsed"] else ""))
+        lines.append(f"| {d:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_offpolicy_table(outcome: str) -> str:
+    """Per method and condition: ``outcome`` mean ± std, the paired difference to DRPO (0.5) where it separates,
+    collapsed seeds."""
+    r = results("offpolicy")
+    conditions = list(r["conditions"])
+    key = "vs_baseline" if outcome == "late" else f"{outcome}_vs_baseline"
+    lines = ["| method | " + " | ".join(conditions) + " |", "|---" * (len(conditions) + 1) + "|"]
+    for label in r["methods"]:
+        cells = []
+        for condition in conditions:
+            m = r["conditions"][condition]["methods"][label]
+            cell = f"{m[outcome]['mean']:.3f} ± {m[outcome]['std']:.3f}"
+            if m[key] is not None and m[key]["verdict"] != "not separable":
+                cell += f" ({diff(m[key])})"
+            cells.append(cell + (f", {m['collapsed']}/{m['seeds']} C" if m["collapsed"] else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def mechanism_table() -> str:
+    """Why DRPO at 0.15 learned slower: per (method, condition) of the delta sweep, the weight's statistics
+    averaged over steps, the pull's gradient share and late accuracy."""
+    r = results("delta")
+    lines = ["| method | condition | w > 1 % | w < 0 % | masked % | mean abs(w-1) | w min / max | pull / pg | late |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for condition in ("fp8", "stale_strong"):
+        for label in ("drpo:delta=0.05", "drpo:delta=0.15", "drpo_clipped:delta=0.15", "drpo:delta=0.3", "drpo",
+                      "dppo_binary_tv"):
+            m = r["conditions"][condition]["methods"][label]
+            lines.append(f"| {label} | {condition} | {100 * m['amplified_frac']['mean']:.1f} "
+                         f"| {100 * m['corrective_frac']['mean']:.2f} | {100 * m['masked_frac']['mean']:.2f} "
+                         f"| {m['weight_dev']['mean']:.3f} | {m['weight_min']['mean']:.2f} / {m['weight_max']['mean']:.2f} "
+                         f"| {m['pull_to_pg']['mean']:.2f} | {m['late']['mean']:.3f} |")
+    return "\n".join(lines)
+
+
+def mismatch_table(sweep: str) -> str:
+    """What each condition's non-collapsed runs measured at rollout time: mean and p99 of abs(pi - mu) (mean over
+    runs of each run's mean over steps) and its max over runs and steps."""
+    lines = ["| condition | mean abs(pi-mu) | p99 | max |", "|---|---|---|---|"]
+    for condition, cond in results(sweep)["conditions"].items():
+        mm = cond["mismatch"]
+        lines.append(f"| {condition} | {_mismatch(mm['abs_mean'])} | {_mismatch(mm['p99'])} | {mm['max']:.2f} |")
+    return "\n".join(lines)
+
+
+TABLES = {
+    "README.md": (readme_delta_table, readme_offpolicy_table),
+    "docs/results/README.md": (lambda: mismatch_table("delta"), lambda: mismatch_table("offpolicy"),
+                               lambda: results_delta_table("late"), lambda: results_delta_table("final"),
+                               lambda: results_offpolicy_table("late"), lambda: results_offpolicy_table("final"),
+                               mechanism_table),
+}
+
+D = "conditions.{}.methods.{}."  # prefix of one method's entry in one condition
+# (document, text with {} fields, results file under docs/results/, keys filling the fields in order, formats)
+CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
+    ("README.md", "0.3 against 0.5 under strong staleness: {}", "delta/results.json",
+     (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline",), ("diff",)),
+    ("README.md", "under fp8 {}", "delta/results.json",
+     (D.format("fp8", "drpo:delta=0.3") + "vs_baseline",), ("diff",)),
+    ("README.md", "PPO clip-higher has the highest late mean ({}, {} against DRPO)", "offpolicy/results.json",
+     (D.format("stale_strong", "ppo_clip_higher") + "late.mean", D.format("stale_strong", "ppo_clip_higher")
+      + "vs_baseline"), (".3f", "diff")),
+    ("README.md", "DPPO-TV {}, DPPO-KL {}", "offpolicy/results.json",
+     (D.format("stale_strong", "dppo_binary_tv") + "vs_baseline", D.format("stale_strong", "dppo_binary_kl")
+      + "vs_baseline"), ("diff", "diff")),
+    ("README.md", "pg_is ({} and {})", "offpolicy/results.json",
+     (D.format("fp8", "pg_is") + "vs_baseline", D.format("moe_bf16", "pg_is") + "vs_baseline"), ("diff", "diff")),
+    ("README.md", "0.15 by {} under moderate staleness", "offpolicy/results.json",
+     (D.format("stale", "drpo:delta=0.15") + "vs_baseline",), ("diff",)),
+    ("README.md", "pull part's gradient norm was {}x the policy gradient's under fp8 and {}x under strong staleness "
+     "at delta 0.15, against {}x and {}x at 0.5", "delta/results.json",
+     (D.format("fp8", "drpo:delta=0.15") + "pull_to_pg.mean", D.format("stale_strong", "drpo:delta=0.15")
+      + "pull_to_pg.mean", D.format("fp8", "drpo") + "pull_to_pg.mean", D.format("stale_strong", "drpo")
+      + "pull_to_pg.mean"), (".2f", ".2f", ".2f", ".2f")),
+    ("README.md", "changed late accuracy by {} (fp8) and {} (staleness)", "delta/results.json",
+     ("clipped_vs_0.15:fp8", "clipped_vs_0.15:stale_strong"), ("diff", "diff")),
+    ("docs/results/README.md", "DRPO at 0.3 against 0.5: {} under strong staleness and {} under fp8",
+     "delta/results.json", (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline",
+                            D.format("fp8", "drpo:delta=0.3") + "vs_baseline"), ("diff", "diff")),
+    ("docs/results/README.md", "area under the curve {} (stale_strong) and {} (fp8)", "delta/results.json",
+     (D.format("stale_strong", "drpo:delta=0.3") + "auc_vs_baseline", D.format("fp8", "drpo:delta=0.3")
+      + "auc_vs_baseline"), ("diff", "diff")),
+    ("docs/results/README.md", "final evaluation alone {} (stale_strong) and {} (fp8)", "delta/results.json",
+     (D.format("stale_strong", "drpo:delta=0.3") + "final_vs_baseline", D.format("fp8", "drpo:delta=0.3")
+      + "final_vs_baseline"), ("diff", "diff")),
+    ("docs/results/README.md", "DRPO at 0.5 ended at {} on the final evaluation, {} over the last two",
+     "offpolicy/results.json", (D.format("stale_strong", "drpo") + "final.mean",
+                                D.format("stale_strong", "drpo") + "late.mean"), (".3f", ".3f")),
+    ("docs/results/README.md", "the paired differences of the area under the curve: PPO clip-higher {}, DPPO-TV {}",
+     "offpolicy/results.json", (D.format("stale_strong", "ppo_clip_higher") + "auc_vs_baseline",
+                                D.format("stale_strong", "dppo_binary_tv") + "auc_vs_baseline"), ("diff", "diff")),
+    ("docs/results/README.md", "at 0.15 by {} (stale)", "offpolicy/results.json",
+     (D.format("stale", "drpo:delta=0.15") + "vs_baseline",), ("diff",)),
+    ("docs/results/README.md", "0.3 is ahead of DPPO-TV at its best (0.1) by {} under strong staleness",
+     "delta/results.json", ("conditions.stale_strong.sweep_best.1.vs_first",), ("-diff",)),
+    ("docs/results/README.md", "seed 0: {:.3f} at step 40, {:.3f} at step 100", "offpolicy/runs/stale_strong/drpo/seed0",
+     ("eval@40", "eval@100"), (".3f", ".3f")),
+    ("README.md", "fp8 rollouts (mean |pi - mu| {}, p99 {:.3f}, max {:.2f}) and strong staleness (8 updates per batch on "
+     "rollouts 4 steps old: mean {:.3f}, p99 {:.2f}, max {:.2f})", "delta/results.json",
+     tuple(f"conditions.{c}.mismatch.{k}" for c in ("fp8", "stale_strong") for k in ("abs_mean", "p99", "max")),
+     ("sci", ".3f", ".2f", ".3f", ".2f", ".2f")),
+    ("README.md", "start {:.3f};", "delta/results.json", (D.format("fp8", "drpo") + "start.mean",), (".3f",)),
+    ("docs/results/README.md", "(start {:.3f} ± {:.3f} for every method)", "delta/results.json",
+     (D.format("fp8", "drpo") + "start.mean", D.format("fp8", "drpo") + "start.std"), (".3f", ".3f")),
+    ("docs/results/README.md", "(start {:.3f} ± {:.3f} in the dense conditions, {:.3f} under moe_bf16", "offpolicy/results.json",
+     (D.format("stale", "drpo") + "start.mean", D.format("stale", "drpo") + "start.std",
+      D.format("moe_bf16", "drpo") + "start.mean"), (".3f", ".3f", ".3f")),
+    ("README.md", "had DRPO at 0.5 separably ahead of {:.0f} of 10 methods under strong staleness",
+     "offpolicy/results.json", ("count:final:worse:stale_strong",), ("d",)),
+    ("docs/results/README.md", "DRPO is separably ahead of {:.0f} of 10 (pg_is, CISPO, MiniRL, SPO, drpo_reference, "
+     "drpo_clipped) where the final-evaluation table said {:.0f}", "offpolicy/results.json",
+     ("count:late:worse:stale_strong", "count:final:worse:stale_strong"), ("d", "d")),
+    ("docs/results/README.md", "DRPO at 0.5 has the highest late mean and is separably ahead of {:.0f} of 10",
+     "offpolicy/results.json", ("count:late:worse:stale",), ("d",)),
+    ("README.md", "DRPO's step-100 value ({:.3f}) was a high draw, after {:.3f} at step 80",
+     "offpolicy/runs/stale_strong/drpo", ("seedmean@100", "seedmean@80"), (".3f", ".3f")),
+    ("docs/results/README.md", "seed-mean {:.3f} at step 40, {:.3f} at step 80 (below the start, {:.3f}) and {:.3f} "
+     "at step 100", "offpolicy/runs/stale_strong/drpo", ("seedmean@40", "seedmean@80", "seedmean@0", "seedmean@100"),
+     (".3f", ".3f", ".3f", ".3f")),
+    ("README.md", "gain {:.1f} to {:.0f} points of greedy accuracy (the least: ppo_clip_higher's seed 0, {:.1f})",
+     "smollm2/compare/results.json", ("gain.*.min", "gain.*.max", "gain.ppo_clip_higher.min"), (".1f", ".0f", ".1f")),
+    ("docs/results/smollm2/README.md", "Every method gains {:.1f} to {:.0f} points in 12 steps",
+     "smollm2/compare/results.json", ("gain.*.min", "gain.*.max"), (".1f", ".0f")),
+]
+
+
+def value(file: str, key: str):
+    """The value of ``key`` in docs/results/``file`` (a few derived keys: see below)."""
+    path = ROOT / "docs" / "results" / file
+    if key.startswith("seedmean@"):  # a method's directory of seed runs: the seed-mean eval accuracy at one step
+        step = int(key[9:])
+        values = [value(f"{file}/{seed.name}", f"eval@{step}") for seed in sorted(path.glob("seed*"))]
+        return sum(values) / len(values)
+    if key.startswith("eval@"):  # a run directory: its eval accuracy at one step
+        step = int(key[5:])
+        records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        return next(r["eval/accuracy"] for r in records if r["step"] == step and "eval/accuracy" in r)
+    data = json.loads(path.read_text())
+    if key.startswith("gain."):  # per seed: final minus start accuracy, in points
+        _, who, end = key.split(".")
+        cond = next(iter(data["conditions"].values()))
+        gains = [100 * (n["final"] - n["start"]) for label, m in cond["methods"].items() if who in ("*", label)
+                 for n in m["per_seed"].values()]
+        return min(gains) if end == "min" else max(gains)
+    if key.startswith("count:"):  # count:OUTCOME:VERDICT:CONDITION, how many methods the baseline comparison so judged
+        _, outcome, verdict, condition = key.split(":")
+        field = "vs_baseline" if outcome == "late" else f"{outcome}_vs_baseline"
+        return sum(1 for m in data["conditions"][condition]["methods"].values()
+                   if m[field] is not None and m[field]["verdict"] == verdict)
+    if key.startswith("clipped_vs_0.15:"):  # drpo_clipped against DRPO at 0.15 in one condition, on late accuracy
+        from drpo.experiments.stats import paired_difference
+        from drpo.experiments.verdict import per_seed_values
+
+        methods = data["conditions"][key.split(":", 1)[1]]["methods"]
+        return paired_difference(per_seed_values(methods["drpo_clipped:delta=0.15"]),
+                                 per_seed_values(methods["drpo:delta=0.15"]))
+    return get(data, key)
+
+
+def render_claim(text: str, file: str, keys: tuple[str, ...], formats: tuple[str, ...]) -> str:
+    values = []
+    for key, fmt in zip(keys, formats, strict=True):
+        v = value(file, key)
+        if fmt == "diff":
+            values.append(diff(v))
+        elif fmt == "sci":  # 8.5e-3
+            values.append(f"{v:.1e}".replace("e-0", "e-"))
+        elif fmt == "-diff":  # the difference the other way round
+            values.append(diff({"mean": -v["mean"], "low": -v["high"], "high": -v["low"]}))
+        else:
+            values.append(format(v, fmt))
+    for fmt in (".3f", ".2f", ".1f", ".0f"):
+        text = text.replace("{:" + fmt + "}", "{}")
+    return text.format(*values)
+
+
+if __name__ == "__main__":
+    for document, renderers in TABLES.items():
+        for render in renderers:
+            print(f"{document}:\n\n{render()}\n")
+    for document, text, file, keys, formats in CLAIMS:
+        print(f"{document}: {render_claim(text, file, keys, formats)}")
