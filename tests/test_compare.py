@@ -271,7 +271,7 @@ def test_hyper_sweeps_are_found_in_the_methods():
     sweeps = {s["loss"]: s for s in hyper_sweeps(methods)}
     assert set(sweeps) == {"drpo", "dppo_binary_tv"}  # ppo_clip's two differ in the anchor: no sweep
     assert [(p["value"], p["label"]) for p in sweeps["drpo"]["points"]] == [
-        (0.05, "drpo:delta=0.05"), (0.15, "drpo:delta=0.15"), (0.5, "drpo"), (12.5, "drpo_reference")]
+        (0.05, "drpo:delta=0.05"), (0.15, "drpo:delta=0.15"), (DRPO_DELTA, "drpo"), (12.5, "drpo_reference")]
     assert sweeps["dppo_binary_tv"]["parameter"] == "delta_low=delta_high"
     assert [p["value"] for p in sweeps["dppo_binary_tv"]["points"]] == [0.05, 0.15, 0.3]
     uneven = {**methods, "dppo_binary_tv:delta_low=0.1": {"loss": "dppo_binary_tv", "hyper": {"delta_low": 0.1}}}
