@@ -540,3 +540,12 @@ def test_spo_from_eps_1_cannot_bind_on_tokens_pushed_down_only():
     assert cannot_bind(get_loss("spo")) is None and cannot_bind(get_loss("ppo_clip", eps_high=5.0)) is None
     with pytest.warns(UserWarning, match="eps=2 >= 1"):
         warn_if_cannot_bind(spo)
+
+
+def test_drpo_losses_names_the_preset_that_cannot_bind(capsys):
+    from drpo.cli import main
+
+    assert main(["losses"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning (drpo_reference): get_loss('drpo', anchor='rollout', delta=12.5): delta=12.5 >= 1" in out
+    assert out.count("cannot bind") == 1  # every registry default binds

@@ -8,6 +8,7 @@ imports the trainer: a report can be rebuilt anywhere the files are. Only finish
 (summary.json present, not interrupted); the report lists the others as missing.
 
     runs.py      reading the sweep's files
+    outcomes.py  the three outcomes: late accuracy (primary), area under the accuracy curve, collapse
     results.py   the numbers (results.json): per run, per condition x method, per swept hyper-parameter
     stats.py     paired differences over seeds and their t intervals
     verdict.py   the sentences generated from the numbers
