@@ -9,6 +9,7 @@ file fails a test. `python tests/doc_claims.py` prints the tables, to paste afte
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 
@@ -245,6 +246,20 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      ("count:late:worse:stale_strong", "count:final:worse:stale_strong"), ("d", "d")),
     ("docs/results/README.md", "DRPO at 0.5 has the highest late mean and is separably ahead of {:.0f} of 10",
      "offpolicy/results.json", ("count:late:worse:stale",), ("d",)),
+    *[("README.md", "| " + name + " | {:.3g} | {:.3g} | {:.3g} | {:.3g} | {:.2f}% | {:.2f}% | {:.2f}% | {:.3g} |",
+        "mismatch/mismatch.json", tuple(f"sources.{i}.pairs.engine.{k}" for k in (
+            "abs_p_mean", "abs_p_p99", "abs_p_p99.9", "abs_p_max", "abs_p_gt_0.05", "abs_p_gt_0.15",
+            "ratio_outside_0.9_1.1", "kl_k3")), (".3g",) * 4 + ("%.2f",) * 3 + (".3g",))
+      for i, name in enumerate(("bf16", "fp8 (W8A8)"))],
+    ("README.md", "under fp8, {:.1f}% of the sampled tokens have a ratio outside [0.9, 1.1]", "mismatch/mismatch.json",
+     ("sources.1.pairs.engine.ratio_outside_0.9_1.1",), ("%.1f",)),
+    ("README.md", "On this mismatch alone ppo_clip (0.2) masks {:.2f}% of the tokens; the divergence masks "
+     "(dppo_binary_tv 0.15, dppo_binary_kl 0.05) mask {:.2f}%", "mismatch/mismatch.json",
+     ("sources.1.trust.masked/ppo_clip 0.2", "sources.1.trust.masked/dppo_binary_tv 0.15"), ("%.2f", "%.2f")),
+    ("README.md", "give mean |pi - mu| {:.2g} (bf16), {:.1g} (fp16), {:.2g} (fp8 W8A8) and {:.2g} (int8 W8A8), with "
+     "{:.1f}% and {:.1f}% of the tokens past 0.15", "smollm2/mismatch/mismatch.json",
+     tuple(f"sources.{i}.pairs.engine.abs_p_mean" for i in range(4)) + tuple(
+         f"sources.{i}.pairs.engine.abs_p_gt_0.15" for i in (2, 3)), (".2g", ".1g", ".2g", ".2g", "%.1f", "%.1f")),
     ("README.md", "DRPO's step-100 value ({:.3f}) was a high draw, after {:.3f} at step 80",
      "offpolicy/runs/stale_strong/drpo", ("seedmean@100", "seedmean@80"), (".3f", ".3f")),
     ("docs/results/README.md", "seed-mean {:.3f} at step 40, {:.3f} at step 80 (below the start, {:.3f}) and {:.3f} "
@@ -298,13 +313,13 @@ def render_claim(text: str, file: str, keys: tuple[str, ...], formats: tuple[str
             values.append(diff(v))
         elif fmt == "sci":  # 8.5e-3
             values.append(f"{v:.1e}".replace("e-0", "e-"))
+        elif fmt.startswith("%"):  # a share, written in percent
+            values.append(format(100 * v, fmt[1:]))
         elif fmt == "-diff":  # the difference the other way round
             values.append(diff({"mean": -v["mean"], "low": -v["high"], "high": -v["low"]}))
         else:
             values.append(format(v, fmt))
-    for fmt in (".3f", ".2f", ".1f", ".0f"):
-        text = text.replace("{:" + fmt + "}", "{}")
-    return text.format(*values)
+    return re.sub(r"\{:[^}]*\}", "{}", text).format(*values)
 
 
 if __name__ == "__main__":
