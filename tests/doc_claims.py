@@ -189,7 +189,7 @@ D = "conditions.{}.methods.{}."  # prefix of one method's entry in one condition
 CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
     ("README.md", "0.3 against 0.5 under strong staleness: {}", "delta/results.json",
      (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline",), ("diff",)),
-    ("README.md", "under fp8 {}", "delta/results.json",
+    ("README.md", "level with it under fp8: {}", "delta/results.json",
      (D.format("fp8", "drpo:delta=0.3") + "vs_baseline",), ("diff",)),
     ("README.md", "PPO clip-higher has the highest late mean ({}, {} against DRPO)", "offpolicy/results.json",
      (D.format("stale_strong", "ppo_clip_higher") + "late.mean", D.format("stale_strong", "ppo_clip_higher")
