@@ -111,12 +111,12 @@ def test_a_finished_run_made_before_a_config_field_existed_is_reused(tmp_path):
     config = load_config(None, [*TINY, "loss=drpo", f"out={tmp_path}"])
     saved = config.model_dump(mode="json")
     del saved["model"]["autocast"], saved["rollout"]["ignore_eos"]  # fields added after the run was made
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    (tmp_path / "summary.json").write_text(json.dumps({"interrupted": False, "steps": config.steps}))
-    assert _action(tmp_path, config) == ("done", None)
-    action, conflict = _action(tmp_path, load_config(None, [*TINY, "loss=drpo", "rollout.ignore_eos=true"]))
+    files = {"config.yaml": yaml.safe_dump(saved),
+             "summary.json": json.dumps({"interrupted": False, "steps": config.steps})}
+    assert _action(files, False, config) == ("done", None)
+    action, conflict = _action(files, False, load_config(None, [*TINY, "loss=drpo", "rollout.ignore_eos=true"]))
     assert action == "new" and conflict == "differs in rollout.ignore_eos"
-    action, conflict = _action(tmp_path, load_config(None, [*TINY, "loss=drpo", "eval.prompts=8"]))
+    action, conflict = _action(files, False, load_config(None, [*TINY, "loss=drpo", "eval.prompts=8"]))
     assert conflict == "differs in eval.prompts"
 
 
