@@ -3,10 +3,10 @@ every run's files in the repository at a tenth of their size.
 
 The archive holds each finished run's config.yaml, metrics.jsonl and summary.json, byte for byte, under
 the run's path (runs/{condition}/{method}/seed{k}/...): ``tar xJf runs.tar.xz`` in SWEEP_DIR restores the
-run directories. One file for all the runs because the logs of a sweep share most of their text: xz over
-the whole sweep keeps half what per-run files compressed one by one would (and no file-system block per
-small file). Its bytes depend only on the runs' bytes (sorted names, no times or owners), so packing
-unchanged runs rewrites nothing.
+run directories. One file for all the runs because the logs of a sweep share much of their text: the
+published sweeps' 310 distinct runs (42 MB of files) take 6.5 MB this way, against 9.6 MB gzipped file by
+file (before a file-system block for each of the 930 files). Its bytes depend only on the runs' bytes
+(sorted names, no times or owners), so packing unchanged runs rewrites nothing.
 
 SWEEP_DIR/shared_runs.txt (optional) names other sweep directories, one per line, relative to this one,
 whose archived runs this sweep also uses: a run found nowhere else is read from their archives at the
