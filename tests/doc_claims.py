@@ -13,6 +13,8 @@ import re
 from functools import cache
 from pathlib import Path
 
+from drpo.experiments.archive import RunArchive
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEPT = (0.05, 0.1, 0.15, 0.3, 0.5, 1, 12.5)  # the delta sweep's values, in the table's order
 DRPO_LABELS = {0.05: "drpo:delta=0.05", 0.1: "drpo:delta=0.1", 0.15: "drpo:delta=0.15", 0.3: "drpo:delta=0.3",
@@ -272,16 +274,24 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
 ]
 
 
+def _sweep_dir(path: Path) -> Path:
+    """The sweep directory of a path under SWEEP_DIR/runs/..."""
+    return next(p.parent for p in path.parents if p.name == "runs")
+
+
 def value(file: str, key: str):
     """The value of ``key`` in docs/results/``file`` (a few derived keys: see below)."""
     path = ROOT / "docs" / "results" / file
     if key.startswith("seedmean@"):  # a method's directory of seed runs: the seed-mean eval accuracy at one step
         step = int(key[9:])
-        values = [value(f"{file}/{seed.name}", f"eval@{step}") for seed in sorted(path.glob("seed*"))]
+        seeds = sorted({name.split("/")[3] for name in RunArchive(_sweep_dir(path)).archived()
+                        if name.startswith(f"{path.relative_to(_sweep_dir(path)).as_posix()}/seed")})
+        values = [value(f"{file}/{seed}", f"eval@{step}") for seed in seeds]
         return sum(values) / len(values)
-    if key.startswith("eval@"):  # a run directory: its eval accuracy at one step
+    if key.startswith("eval@"):  # a run directory (read from its sweep's archive): its eval accuracy at one step
         step = int(key[5:])
-        records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        text = RunArchive(_sweep_dir(path)).files(path)["metrics.jsonl"]
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
         return next(r["eval/accuracy"] for r in records if r["step"] == step and "eval/accuracy" in r)
     data = json.loads(path.read_text())
     if key.startswith("gain."):  # per seed: final minus start accuracy, in points

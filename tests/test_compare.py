@@ -1,10 +1,12 @@
 """`drpo compare` and its report: method specs, condition presets, the generated verdict, and a tiny sweep
-end to end (its table checked against the runs' metrics.jsonl, its figures, reuse and resume)."""
+end to end (its table checked against the runs' metrics.jsonl, its figures and archive, reuse and resume),
+one sweep shared by the tests that read it."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import yaml
 
 from drpo.cli import main
 from drpo.config import load_config
+from drpo.experiments.archive import read_archive
 from drpo.experiments.collapse import detect_collapse
 from drpo.experiments.compare import run_sweep, split_cli_lists
 from drpo.experiments.conditions import CONDITIONS, SWEEP_OVERRIDES, get_conditions
@@ -113,12 +116,12 @@ def test_a_finished_run_made_before_a_config_field_existed_is_reused(tmp_path):
     config = load_config(None, [*TINY, "loss=drpo", f"out={tmp_path}"])
     saved = config.model_dump(mode="json")
     del saved["model"]["autocast"], saved["rollout"]["ignore_eos"]  # fields added after the run was made
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    (tmp_path / "summary.json").write_text(json.dumps({"interrupted": False, "steps": config.steps}))
-    assert _action(tmp_path, config) == ("done", None)
-    action, conflict = _action(tmp_path, load_config(None, [*TINY, "loss=drpo", "rollout.ignore_eos=true"]))
+    files = {"config.yaml": yaml.safe_dump(saved),
+             "summary.json": json.dumps({"interrupted": False, "steps": config.steps})}
+    assert _action(files, False, config) == ("done", None)
+    action, conflict = _action(files, False, load_config(None, [*TINY, "loss=drpo", "rollout.ignore_eos=true"]))
     assert action == "new" and conflict == "differs in rollout.ignore_eos"
-    action, conflict = _action(tmp_path, load_config(None, [*TINY, "loss=drpo", "eval.prompts=8"]))
+    action, conflict = _action(files, False, load_config(None, [*TINY, "loss=drpo", "eval.prompts=8"]))
     assert conflict == "differs in eval.prompts"
 
 
@@ -323,23 +326,40 @@ def check_report(sweep, methods):
     return report, table, finals
 
 
-def test_tiny_sweep_report_reuse_and_resume(tmp_path):
-    sweep = tmp_path / "sweep"
-    args = ["compare", "--methods", "drpo", "pg_is", "--seeds", "1", "--conditions", "fp32", "--workers", "2",
-            "--out", str(sweep), *TINY]
-    assert main(args) == 0
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """drpo and pg_is, 1 seed, fp32, 2 workers, through the CLI: made once, read by the tests below (those that
+    change it work on a copy)."""
+    sweep = tmp_path_factory.mktemp("tiny") / "sweep"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DRPO_CACHE", str(tmp_path_factory.getbasetemp() / "drpo-cache"))
+        assert main(["compare", "--methods", "drpo", "pg_is", "--seeds", "1", "--conditions", "fp32", "--workers",
+                     "2", "--out", str(sweep), *TINY]) == 0
+    return sweep
 
+
+@pytest.fixture
+def sweep_copy(tiny_sweep, tmp_path):
+    return Path(shutil.copytree(tiny_sweep, tmp_path / "sweep"))
+
+
+def test_a_sweep_writes_its_runs_report_and_archive(tiny_sweep):
     for name in ("report.md", "results.json", "sweep.yaml", "figures/fp32_curves.png", "figures/fp32_trust_region.png",
-                 "figures/late_accuracy.png", "figures/weights.png"):
-        assert (sweep / name).is_file() and (sweep / name).stat().st_size > 0, name
+                 "figures/late_accuracy.png", "figures/weights.png", "runs.tar.xz"):
+        assert (tiny_sweep / name).is_file() and (tiny_sweep / name).stat().st_size > 0, name
+    archived = read_archive(tiny_sweep / "runs.tar.xz")
     for method in ("drpo", "pg_is"):
-        run = sweep / "runs" / "fp32" / method / "seed0"
+        run = tiny_sweep / "runs" / "fp32" / method / "seed0"
         summary = json.loads((run / "summary.json").read_text())
         assert summary["steps"] == 4 and not summary["interrupted"]
         assert load_config(run / "config.yaml").loss.name == method
-    report, table, finals = check_report(sweep, ["drpo", "pg_is"])
+        for name in ("config.yaml", "metrics.jsonl", "summary.json"):  # the run's files, byte for byte
+            assert archived[f"runs/fp32/{method}/seed0/{name}"] == (run / name).read_bytes()
+    check_report(tiny_sweep, ["drpo", "pg_is"])
 
-    # a worker's run is the run `drpo train` makes with the same overrides (same base model, same numbers)
+
+def test_a_worker_run_is_the_run_drpo_train_makes(tiny_sweep, tmp_path):
+    """Same base model, same numbers as `drpo train` with the same overrides."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the workers
     try:
@@ -348,38 +368,53 @@ def test_tiny_sweep_report_reuse_and_resume(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert comparable(read_jsonl(tmp_path / "direct" / "metrics.jsonl")) == comparable(
-        read_jsonl(sweep / "runs" / "fp32" / "drpo" / "seed0" / "metrics.jsonl"))
+        read_jsonl(tiny_sweep / "runs" / "fp32" / "drpo" / "seed0" / "metrics.jsonl"))
 
-    # the verdict names the method with the highest late accuracy in the runs' own metrics; one seed separates
-    # nothing
-    results = json.loads((sweep / "results.json").read_text())
+
+def test_the_verdict_names_the_highest_late_accuracy_and_one_seed_separates_nothing(tiny_sweep):
+    report, _, _ = check_report(tiny_sweep, ["drpo", "pg_is"])
+    results = json.loads((tiny_sweep / "results.json").read_text())
     first = results["verdict"]["conditions"]["fp32"][0]
-    lates = {m: json.loads((sweep / "results.json").read_text())["conditions"]["fp32"]["methods"][m]["late"]["mean"]
-             for m in finals}
+    lates = {m: row["late"]["mean"] for m, row in results["conditions"]["fp32"]["methods"].items()}
     assert f"highest mean late accuracy (mean eval accuracy over the last 20% of steps): {max(lates, key=lates.get)}, " in first
     assert first.endswith("No method wins.") and first in report
 
-    # a second call reuses the finished run and resumes the one marked interrupted (no retraining)
-    kept = sweep / "runs" / "fp32" / "drpo" / "seed0"
+
+def test_a_second_call_reuses_finished_runs_and_resumes_interrupted_ones(sweep_copy):
+    kept = sweep_copy / "runs" / "fp32" / "drpo" / "seed0"
     before = {p.name: p.stat().st_mtime_ns for p in (kept / "metrics.jsonl", kept / "checkpoints" / "latest.pt")}
-    marked = sweep / "runs" / "fp32" / "pg_is" / "seed0" / "summary.json"
-    summary = json.loads(marked.read_text())
-    marked.write_text(json.dumps({**summary, "interrupted": True}))
-    outcome = run_sweep(sweep, ["drpo", "pg_is"], 1, ["fp32"], TINY, workers=1)
+    marked = sweep_copy / "runs" / "fp32" / "pg_is" / "seed0" / "summary.json"
+    marked.write_text(json.dumps({**json.loads(marked.read_text()), "interrupted": True}))
+    outcome = run_sweep(sweep_copy, ["drpo", "pg_is"], 1, ["fp32"], TINY, workers=1)
     assert outcome.reused == ["fp32/drpo/seed0"] and outcome.resumed == ["fp32/pg_is/seed0"]
     assert outcome.started == [] and outcome.exit_code == 0
     assert {p.name: p.stat().st_mtime_ns for p in (kept / "metrics.jsonl", kept / "checkpoints" / "latest.pt")} == before
     assert not json.loads(marked.read_text())["interrupted"]
-    check_report(sweep, ["drpo", "pg_is"])
+    check_report(sweep_copy, ["drpo", "pg_is"])
 
-    # a different config in the same directory is an error, not a silent reuse
+
+def test_a_sweep_continues_from_its_archive_alone(sweep_copy):
+    """What a published sweep's checkout holds (.gitignore drops the run directories): every run is reused, the
+    report comes out the same, and the archive is not rewritten."""
+    report, archive = (sweep_copy / "report.md").read_text(), (sweep_copy / "runs.tar.xz").read_bytes()
+    shutil.rmtree(sweep_copy / "runs")
+    outcome = run_sweep(sweep_copy, ["drpo", "pg_is"], 1, ["fp32"], TINY, workers=1)
+    assert outcome.reused == ["fp32/drpo/seed0", "fp32/pg_is/seed0"] and outcome.started == outcome.resumed == []
+    assert not (sweep_copy / "runs").exists()
+    assert (sweep_copy / "report.md").read_text() == report and (sweep_copy / "runs.tar.xz").read_bytes() == archive
+
+
+def test_a_different_config_in_the_same_directory_is_an_error_not_a_reuse(tiny_sweep):
     with pytest.raises(ValueError, match=r"(?s)different config.*eval.prompts"):
-        run_sweep(sweep, ["drpo", "pg_is"], 1, ["fp32"], [*TINY, "eval.prompts=8"], workers=1)
+        run_sweep(tiny_sweep, ["drpo", "pg_is"], 1, ["fp32"], [*TINY, "eval.prompts=8"], workers=1)
     with pytest.raises(ValueError, match="compare sets"):
-        run_sweep(sweep, ["drpo"], 1, ["fp32"], [*TINY, "loss.delta=0.3"], workers=1)
+        run_sweep(tiny_sweep, ["drpo"], 1, ["fp32"], [*TINY, "loss.delta=0.3"], workers=1)
 
-    # `drpo report` rebuilds from the files alone: change pg_is's metrics and the table and verdict follow
-    metrics = sweep / "runs" / "fp32" / "pg_is" / "seed0" / "metrics.jsonl"
+
+def test_drpo_report_rebuilds_from_the_run_files_alone(sweep_copy):
+    """Change pg_is's metrics and the table, the collapse verdict and the paired difference follow."""
+    _, _, finals = check_report(sweep_copy, ["drpo", "pg_is"])
+    metrics = sweep_copy / "runs" / "fp32" / "pg_is" / "seed0" / "metrics.jsonl"
     records = read_jsonl(metrics)
     evals = [r for r in records if "eval/accuracy" in r]
     evals[0]["eval/accuracy"], evals[1]["eval/accuracy"], evals[-1]["eval/accuracy"] = 0.9, 0.1, 0.1  # 2 evals low
@@ -387,13 +422,13 @@ def test_tiny_sweep_report_reuse_and_resume(tmp_path):
         r["mismatch/abs_mean"] = 1e-3 if r["step"] < 3 else 0.5
     metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
     os.utime(metrics)
-    assert main(["report", str(sweep)]) == 0
-    report, table, finals = check_report(sweep, ["drpo", "pg_is"])
+    assert main(["report", str(sweep_copy)]) == 0
+    report, table, finals = check_report(sweep_copy, ["drpo", "pg_is"])
     assert table["pg_is"]["collapsed"] == "1/1" and "pg_is, seed 0: eval accuracy fell from its best 0.900" in report
-    sentences = json.loads((sweep / "results.json").read_text())["verdict"]["conditions"]["fp32"]
+    sentences = json.loads((sweep_copy / "results.json").read_text())["verdict"]["conditions"]["fp32"]
     assert "Collapsed: pg_is (1/1 seeds)." in sentences
-    assert main(["report", str(sweep), "--target", "0.05"]) == 0
-    assert "Target accuracy for *steps to target*: fixed eval accuracy 0.050" in (sweep / "report.md").read_text()
+    assert main(["report", str(sweep_copy), "--target", "0.05"]) == 0
+    assert "Target accuracy for *steps to target*: fixed eval accuracy 0.050" in (sweep_copy / "report.md").read_text()
     assert sentences[-1] == ("Against drpo (late accuracy, method - drpo, paired over seeds, 95% t interval): not "
                              f"separable: pg_is {0.1 - finals['drpo']:+.3f} (1 paired seed, no interval).")
     assert table["pg_is"]["final - baseline"] == f"{0.1 - finals['drpo']:+.3f} (1 paired seed, no interval) not separable"

@@ -9,6 +9,7 @@
     collapse.py    the written, tested definition of a collapsed run
     report.py      report.md, figures/*.png and results.json from the runs' files only, built from:
     runs.py        reading a sweep's files (sweep.yaml, each run's metrics, summary, config)
+    archive.py     a sweep's finished runs in one runs.tar.xz, read where the run directories are absent
     results.py     the numbers: per run, per condition x method, per swept loss hyper-parameter
     stats.py       paired differences over seeds and their t intervals
     verdict.py     the sentences generated from the numbers (wins by interval, never by threshold)

@@ -18,13 +18,16 @@ How a sweep runs, top to bottom:
 3. warm up each distinct base model once (cached by config hash in $DRPO_CACHE), then the runs, each in
    its own spawned process (cpu_count // workers torch threads each), ``workers`` at a time. Ctrl-C stops the workers
    politely (they checkpoint); the same command continues where it stopped.
-4. report: drpo.experiments.report reads the run files and writes report.md, figures/, results.json.
+4. pack: the finished runs' config.yaml, metrics.jsonl and summary.json go into SWEEP_DIR/runs.tar.xz
+   (drpo.experiments.archive; also when interrupted). The run directories stay.
+5. report: drpo.experiments.report reads the run files and writes report.md, figures/, results.json.
 
 Layout: SWEEP_DIR/sweep.yaml (the grid), SWEEP_DIR/runs/{condition}/{method}/seed{k}/ (normal run
-directories, plus worker.log), SWEEP_DIR/report.md, SWEEP_DIR/figures/, SWEEP_DIR/results.json.
-A finished run needs only its config.yaml, metrics.jsonl and summary.json to be reused and reported: the
-published sweeps keep those in git (docs/results/*/runs; .gitignore drops checkpoints, logs and plots), so
-a sweep longer than one working session continues from another checkout with the same command.
+directories, plus worker.log), SWEEP_DIR/runs.tar.xz, SWEEP_DIR/report.md, SWEEP_DIR/figures/,
+SWEEP_DIR/results.json. A finished run needs only its three files to be reused and reported, and they are
+read from its directory or, where that is absent, from the archive: the published sweeps keep only the
+archive in git (.gitignore drops docs/results/*/runs/), so a sweep longer than one working session
+continues from another checkout with the same command (its finished runs reused, the rest started over).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drpo.experiments.archive import pack
 from drpo.experiments.conditions import SWEEP_OVERRIDES, get_conditions
 from drpo.experiments.jobs import base_models_to_warm, plan, reset_run_dir, write_grid
 from drpo.experiments.methods import parse_methods
@@ -107,6 +111,7 @@ def run_sweep(out: str | Path = "runs/compare", methods: list[str] | None = None
         codes = run_processes(tasks, workers, console)
     except KeyboardInterrupt:
         outcome.interrupted = True
+        pack(out)
         console.print(f"[yellow]interrupted[/]: unfinished runs checkpointed; run the same command to continue "
                       f"(finished runs are reused), or `drpo report {out}` for a report of what is done")
         return outcome
@@ -119,6 +124,7 @@ def run_sweep(out: str | Path = "runs/compare", methods: list[str] | None = None
         else:
             outcome.failed.append(job.name)
             console.print(f"[red]failed[/] {job.name} (exit {code}): see {job.path / 'error.txt'} and worker.log")
+    pack(out)
     outcome.report = write_report(out)
     verdict = json.loads((out / "results.json").read_text())["verdict"]
     for sentences in [*verdict["conditions"].values(), verdict["overall"]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from drpo.experiments.archive import RunArchive, is_finished
 from drpo.experiments.methods import Method
 from drpo.experiments.runs import run_dir
 
@@ -39,6 +40,7 @@ def plan(out: Path, methods: list[Method], seeds: list[int], conditions: dict[st
     from drpo.config import load_config
 
     _check_overrides(overrides)
+    archive = RunArchive(out)
     jobs, conflicts = [], []
     for condition, spec in conditions.items():
         for seed in seeds:
@@ -47,7 +49,8 @@ def plan(out: Path, methods: list[Method], seeds: list[int], conditions: dict[st
                 path = run_dir(out, condition, method.slug, seed)
                 config = load_config(None, [*args, f"out={path}"])  # validates before any work starts
                 job = Job(condition, method, seed, args, path, config.steps)
-                job.action, conflict = _action(path, config)
+                job.action, conflict = _action(archive.files(path), (path / "checkpoints" / "latest.pt").is_file(),
+                                               config)
                 jobs.append(job)
                 if conflict:
                     conflicts.append(f"{job.name}: {conflict}")
@@ -65,23 +68,22 @@ def _check_overrides(overrides: list[str]) -> None:
                              "--methods (e.g. drpo:delta=0.3), seeds with --seeds, the directory with --out")
 
 
-def _action(path: Path, config) -> tuple[str, str | None]:
-    """(new | resume | extend | done, a conflict message or None) for one run directory. A field added to the
-    config since the run was made counts as unchanged at its default, so a sweep resumes across versions."""
+def _action(files: dict[str, str], checkpoint: bool, config) -> tuple[str, str | None]:
+    """(new | resume | extend | done, a conflict message or None) for one run, from its files (on disk or
+    archived: RunArchive.files) and whether it has a checkpoint. A field added to the config since the run
+    was made counts as unchanged at its default, so a sweep resumes across versions."""
     from drpo.config import config_changes
 
-    stored_path, summary_path = path / "config.yaml", path / "summary.json"
-    checkpoint = (path / "checkpoints" / "latest.pt").is_file()
-    if not stored_path.is_file():
+    if "config.yaml" not in files:
         return "new", None
-    stored = yaml.safe_load(stored_path.read_text())
+    stored = yaml.safe_load(files["config.yaml"])
     changed = [key for key in config_changes(stored, config) if key not in ("out", "resume")]
     if [key for key in changed if key != "steps"]:
-        if not checkpoint and not summary_path.is_file():
+        if not checkpoint and "summary.json" not in files:
             return "new", None  # nothing worth keeping: start over
         return "new", f"differs in {', '.join(changed)}"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    if summary and not summary.get("interrupted"):
+    summary = json.loads(files["summary.json"]) if "summary.json" in files else None
+    if is_finished(summary):
         if summary.get("stopped") or stored["steps"] == config.steps:
             return "done", None
         if stored["steps"] < config.steps and checkpoint:

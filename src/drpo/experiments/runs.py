@@ -1,5 +1,6 @@
 """Reading a sweep's files: the grid (sweep.yaml) and each finished run's metrics.jsonl, summary.json and
-config.yaml, under SWEEP_DIR/runs/{condition}/{method}/seed{k}/. Nothing here imports the trainer."""
+config.yaml, under SWEEP_DIR/runs/{condition}/{method}/seed{k}/ or in the sweep's runs archive
+(drpo.experiments.archive). Nothing here imports the trainer."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from drpo.experiments.archive import RunArchive, is_finished
 from drpo.experiments.collapse import as_number
 
 
@@ -35,25 +37,26 @@ def run_dir(sweep_dir: str | Path, condition: str, slug: str, seed: int) -> Path
     return Path(sweep_dir) / "runs" / condition / slug / f"seed{seed}"
 
 
-def read_records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def parse_records(text: str) -> list[dict]:
+    """metrics.jsonl's text -> one dict per step."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def load_runs(sweep_dir: str | Path, grid: dict) -> tuple[list[Run], list[str]]:
     """Finished runs of the grid, and the 'condition/method/seedK' names of the missing or unfinished ones."""
     runs, missing = [], []
+    archive = RunArchive(sweep_dir)
     for condition in grid["conditions"]:
         for label, method in grid["methods"].items():
             for seed in grid["seeds"]:
                 path = run_dir(sweep_dir, condition, method["slug"], seed)
-                summary_path = path / "summary.json"
-                summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-                if summary is None or summary.get("interrupted") or not (path / "metrics.jsonl").is_file():
+                files = archive.files(path)
+                summary = json.loads(files["summary.json"]) if "summary.json" in files else None
+                if not is_finished(summary) or "metrics.jsonl" not in files:
                     missing.append(f"{condition}/{label}/seed{seed}")
                     continue
-                config_path = path / "config.yaml"
-                config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-                runs.append(Run(condition, label, seed, path, read_records(path / "metrics.jsonl"), summary, config))
+                config = yaml.safe_load(files["config.yaml"]) if "config.yaml" in files else {}
+                runs.append(Run(condition, label, seed, path, parse_records(files["metrics.jsonl"]), summary, config))
     return runs, missing
 
 
