@@ -30,14 +30,14 @@ def make_rows(count: int, seed: int = 0) -> list[dict]:
 
 def exact(completions, answer, **kwargs) -> list[float]:
     """1 for the reversed word, else 0."""
-    return [1.0 if completion == reference else 0.0 for completion, reference in zip(completions, answer)]
+    return [1.0 if completion == reference else 0.0 for completion, reference in zip(completions, answer, strict=True)]
 
 
 def letters_in_place(completions, answer, **kwargs) -> list[float | None]:
     """Partial credit: the fraction of positions right; None ("does not apply") for an empty completion."""
     return [None if not completion else
-            sum(x == y for x, y in zip(completion, reference)) / max(len(completion), len(reference))
-            for completion, reference in zip(completions, answer)]
+            sum(x == y for x, y in zip(completion, reference, strict=False)) / max(len(completion), len(reference))
+            for completion, reference in zip(completions, answer, strict=True)]
 
 
 def main(overrides: list[str]) -> dict:
