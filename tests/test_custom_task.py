@@ -239,9 +239,9 @@ def test_custom_config_keys_lists_and_their_errors():
         load_config(None, ["task=custom", "task.reward=a:f", "task.reward_weights=[1,2]"])
     with pytest.raises(ConfigError, match="must be module:function"):
         load_config(None, ["task=custom", "task.reward=nocolon"])
-    with pytest.raises(ConfigError, match="do not apply to task=arith: reward"):
+    with pytest.raises(ConfigError, match="apply only to task=custom, not to task=arith: reward"):
         load_config(None, ["task.reward=a:f"])
-    with pytest.raises(ConfigError, match="do not apply to task=custom: prompt_template"):
+    with pytest.raises(ConfigError, match="apply only to task=math, not to task=custom: prompt_template"):
         load_config(None, ["task=custom", "task.prompt_template={prompt}!"])
     with pytest.raises(ConfigError, match="report_to"):
         load_config(None, ["report_to=mlflow"])

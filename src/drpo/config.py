@@ -185,8 +185,8 @@ class TaskConfig(Section):
         own = TASK_FIELDS.get(self.name, ())
         changed = self.changed(tuple(k for k in TASK_SPECIFIC_FIELDS if k not in own))
         if changed:
-            raise ValueError(f"these keys do not apply to task={self.name}: {', '.join(changed)} (task=math takes "
-                             f"{', '.join(MATH_TASK_FIELDS)}; task=custom takes {', '.join(CUSTOM_TASK_FIELDS)})")
+            owners = " or ".join(f"task={task}" for task, keys in TASK_FIELDS.items() if set(changed) & set(keys))
+            raise ValueError(f"these keys apply only to {owners}, not to task={self.name}: {', '.join(changed)}")
         if self.name == "custom":
             if self.digits is not None or self.phrasing != "auto" or self.n_eval is not None:
                 raise ValueError("digits, phrasing and n_eval apply to the built-in tasks; task=custom takes "

@@ -113,7 +113,7 @@ def _start_wandb(run_dir: Path, config: dict | None):
                           "report_to=none)") from error
     run_dir.mkdir(parents=True, exist_ok=True)
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "drpo"), name=run_dir.name, dir=str(run_dir),
-                      config=config, reinit="create_new")
+                      config=config)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
