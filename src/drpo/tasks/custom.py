@@ -23,7 +23,7 @@ one call per batch, each column a list with one value per completion, returning 
 ("does not apply"), per completion. Completions are strings, or ``[{"role": "assistant", "content":
 text}]`` when the prompt is chat messages (TRL's conversational format). A function without ``**kwargs``
 gets only the arguments it names. ``log_metric(name, value)`` is passed too (logged as
-``reward/NAME``). verl's ``compute_score(data_source, solution_str, ground_truth, extra_info)`` is called
+``reward/NAME``); TRL's ``trainer_state`` and ``log_extra`` are not (there is no completions table). verl's ``compute_score(data_source, solution_str, ground_truth, extra_info)`` is called
 once per completion with the row's ``data_source`` (else ``"custom"``), ``reward_model.ground_truth``
 (else the ``answer_field`` column) and ``extra_info`` columns; it may return a number or a dict with
 ``score`` (its other numeric keys are logged). Several functions combine as TRL combines them: the
@@ -211,7 +211,9 @@ class RewardFunction:
                  metrics: dict[str, float]) -> list[float]:
         """One score per completion (NaN: not scored); failing samples are found, counted and reported."""
         try:
-            return self._batch(completions, examples, completion_ids, metrics)
+            scores = self._batch(completions, examples, completion_ids, metrics)
+            metrics[f"reward/{self.name}/errors"] = 0.0
+            return scores
         except RewardError:
             raise
         except Exception:  # find the failing samples: retry one at a time
