@@ -423,7 +423,7 @@ def test_the_smollm2_example_runs_one_step_on_a_tiny_chat_model(tmp_path):
     from test_gguf import write_gguf
 
     write_gguf(tmp_path / "tiny.gguf")
-    summary = run_example("smollm2_reverse", f"model=gguf:{tmp_path / 'tiny.gguf'}", f"out={tmp_path / 'smol'}",
+    summary = run_example("smollm2_larger", f"model=gguf:{tmp_path / 'tiny.gguf'}", f"out={tmp_path / 'smol'}",
                           "report_to=none", "steps=1", "rollout.prompts=2", "rollout.group_size=2",
                           "task.max_response_len=4", "eval.prompts=2", "updates_per_batch=1")
     assert summary["steps"] == 1

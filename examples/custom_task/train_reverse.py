@@ -6,7 +6,7 @@
 The rewards use TRL's signature (``completions`` plus the dataset's columns as keyword lists), so they
 would run unchanged in TRL's GRPOTrainer. The built-in model is character-level: its vocabulary grows by
 the characters of the rows (here a to e), and its supervised warm-up imitates the ``answer`` column, so
-rows for it need one (a pretrained model does not: see smollm2_reverse.py).
+rows for it need one (a pretrained model does not: see smollm2_larger.py).
 """
 
 from __future__ import annotations
