@@ -56,11 +56,13 @@ def test_jsonl_parquet_and_a_datasets_directory_give_the_same_rows(tmp_path):
         assert [(r.prompt, r.answer, r.columns) for r in task.train] == [(r.prompt, r.answer, r.columns) for r in jsonl.train]
     assert jsonl.train[0].columns == {k: v for k, v in ROWS[jsonl.train[0].number - 1].items() if k != "prompt"}
     datasets = pytest.importorskip("datasets")
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS[:8]),
-                          "test": datasets.Dataset.from_list(ROWS[8:])}).save_to_disk(str(tmp_path / "saved"))
-    saved = custom(str(tmp_path / "saved"))
-    assert [r.prompt for r in saved.train] == [r["prompt"] for r in ROWS[:8]]
-    assert [r.prompt for r in saved.eval] == [r["prompt"] for r in ROWS[8:]]  # its test split is the held-out one
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS[:8]),
+                                   "test": datasets.Dataset.from_list(ROWS[8:])})
+    splits.save_to_disk(str(tmp_path / "saved"))
+    for saved in (custom(str(tmp_path / "saved")), custom(splits)):
+        assert [r.prompt for r in saved.train] == [r["prompt"] for r in ROWS[:8]]
+        assert [r.prompt for r in saved.eval] == [r["prompt"] for r in ROWS[8:]]  # its test split is the held-out one
+    assert [r.prompt for r in custom(splits["train"], eval_data=splits["test"]).eval] == [r["prompt"] for r in ROWS[8:]]
 
 
 def test_the_held_out_split_is_a_fixed_fraction_drawn_with_the_seed():
@@ -402,7 +404,7 @@ def test_the_reverse_example_runs_on_a_tiny_budget(tmp_path):
 
 
 def test_the_python_api_takes_a_reward_object_and_reads_the_metrics(tmp_path):
-    from drpo import train
+    from drpo import RunConfig, train
 
     calls = []
 
@@ -410,7 +412,7 @@ def test_the_python_api_takes_a_reward_object_and_reads_the_metrics(tmp_path):
         calls.append(len(completions))
         return exact(completions, answer)
 
-    result = train({"task": {"eval_fraction": 0.2}}, reward=counted, dataset=ROWS,
+    result = train(RunConfig(task={"eval_fraction": 0.2, "name": "custom"}), reward=counted, dataset=ROWS,
                    overrides=[f"out={tmp_path / 'api'}", "report_to=none", *TINY_RUN])
     assert result.metrics == read_metrics(tmp_path / "api") and result.series("reward/counted/mean")[0][0] == 1
     assert 4 in calls  # the rollout batch: 2 prompts x 2 samples, one call

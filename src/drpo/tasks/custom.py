@@ -94,8 +94,8 @@ def read_source(source, what: str) -> tuple[str, list, list | None]:
         if path.suffix == ".parquet":
             return f"{what} {path}", _parquet_rows(path), None
         return f"{what} {path}", list(_rows(path, ())), None
-    if hasattr(source, "keys") and hasattr(source, "values") and not isinstance(source, dict):  # a DatasetDict
-        return _split_dict(source, f"{what} (DatasetDict)")
+    if isinstance(source, dict) and source and all(hasattr(split, "to_list") for split in source.values()):
+        return _split_dict(source, f"{what} (DatasetDict)")  # a DatasetDict: {split name: Dataset}
     if hasattr(source, "to_list"):  # a datasets.Dataset
         source = source.to_list()
     if isinstance(source, (list, tuple)):
