@@ -6,6 +6,8 @@
 - rloo: reward minus the mean of the *other* responses of its group (leave-one-out baseline),
         which equals G/(G-1) times the GRPO advantage without std division.
 A group whose responses all got the same reward gets advantage 0: it carries no learning signal.
+A NaN reward (no reward function applies to that response, as TRL's None) is left out of its group's
+baseline and std, and its advantage is 0, as in TRL.
 """
 
 from __future__ import annotations
@@ -35,16 +37,19 @@ def group_advantages(rewards: torch.Tensor, group_index: torch.Tensor, estimator
         raise ValueError(f"num_groups must be >= 1 (the number of prompts), got {num_groups}")
     rewards = rewards.float()
     group_index = group_index.to(rewards.device)
+    scored = ~rewards.isnan()  # [N]
+    rewards = torch.where(scored, rewards, torch.zeros_like(rewards))
 
     def group_sum(values: torch.Tensor) -> torch.Tensor:  # [N] -> [G]
         return torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, group_index, values)
 
-    count = group_sum(torch.ones_like(rewards))  # [G]
+    count = group_sum(scored.float())  # [G] scored responses per group
     mean = (group_sum(rewards) / count.clamp(min=1))[group_index]  # [N]
     if estimator == "rloo":
         size = count[group_index]
-        return torch.where(size > 1, (rewards - mean) * size / (size - 1).clamp(min=1), torch.zeros_like(rewards))
-    advantages = rewards - mean
+        return torch.where(scored & (size > 1), (rewards - mean) * size / (size - 1).clamp(min=1),
+                           torch.zeros_like(rewards))
+    advantages = torch.where(scored, rewards - mean, torch.zeros_like(rewards))
     if std_normalize:
         std = (group_sum(advantages.square()) / (count - 1).clamp(min=1)).sqrt()[group_index]
         advantages = advantages / (std + eps)

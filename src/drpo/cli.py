@@ -20,6 +20,7 @@ from rich.table import Table
 
 def cmd_train(args) -> int:
     from drpo.config import load_config
+    from drpo.tasks.custom import RewardError
     from drpo.trainer import NonFiniteError, Trainer
 
     overrides = list(args.overrides)
@@ -35,7 +36,7 @@ def cmd_train(args) -> int:
     trainer = Trainer(config, console=console)
     try:
         summary = trainer.train(console=console)
-    except NonFiniteError as error:
+    except (NonFiniteError, RewardError) as error:
         console.print(f"[red]stopped[/]: {error}")
         return 3
     start, final, best = (summary[f"eval/accuracy_{k}"] for k in ("start", "final", "best"))

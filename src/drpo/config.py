@@ -12,6 +12,7 @@ the allowed values.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,8 +118,23 @@ HF_MODEL_FIELDS = ("dtype", "autocast", "device", "chat_template", "system_promp
                    "gradient_checkpointing", "micro_batch", "sample_rows", "lora_rank", "lora_alpha")
 
 
+def list_of(value: Any) -> Any:
+    """A list field's value from the command line: ``[a,b]`` (YAML flow list) or one bare item; else as given."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return yaml.safe_load(text)
+            except yaml.YAMLError as error:
+                raise ValueError(f"{value!r} is not a list such as [a,b]: {error}") from None
+        return [value]
+    return value
+
+
 class TaskConfig(Section):
-    name: str = pydantic.Field("arith", description="verifiable task: arith (addition), sort, or math (data file)")
+    name: str = pydantic.Field(
+        "arith", description="verifiable task: arith (addition), sort, math (data file), or custom (your data and "
+        "reward functions)")
     digits: int | None = pydantic.Field(None, ge=1, le=12, description="operand digits (task default if unset)")
     phrasing: Literal["auto", "compact", "chat"] = pydantic.Field(
         "auto", description="arith/sort prompts: compact ('47+38=', the built-in model's) or chat ('What is 47 + 38? "
@@ -127,9 +143,12 @@ class TaskConfig(Section):
         None, ge=1, description="most tokens sampled per response (default: math 1024, chat arith 16, chat sort "
         "8 + 2 x length; compact phrasing: fixed by the problem size)")
     # task=math: problems from a data file, rewarded by math-verify on the last \boxed{} (drpo/tasks/math.py)
-    data: str | None = pydantic.Field(None, description="math problems: .jsonl, .json or .parquet (also `data=FILE`)")
+    data: str | None = pydantic.Field(
+        None, description="math/custom problems: .jsonl, .json or .parquet (custom also: a `datasets` save_to_disk "
+        "directory) (also `data=FILE`)")
     eval_data: str | None = pydantic.Field(
-        None, description="evaluation problems (e.g. AIME); unset: n_eval problems held out of data")
+        None, description="evaluation problems (e.g. AIME); unset: math holds n_eval problems out of data, custom "
+        "eval_fraction of them")
     prompt_field: str = pydantic.Field("prompt", description="field of the problem text or chat messages (dotted: a.b)")
     answer_field: str = pydantic.Field("answer", description="field of the reference answer (dotted: reward_model.ground_truth)")
     prompt_template: str = pydantic.Field(
@@ -142,9 +161,43 @@ class TaskConfig(Section):
         "500, math 100; math with eval_data: unused); eval.prompts takes the first of them")
     max_prompt_len: int = pydantic.Field(512, ge=1, description="math: longer prompts (tokens) are dropped")
     verify_timeout: float = pydantic.Field(5.0, gt=0.0, description="math: seconds math-verify may take per answer")
+    # task=custom: rows of a data file, scored by your reward functions (drpo/tasks/custom.py)
+    reward: list[str] = pydantic.Field(
+        [], description="custom: reward function(s) as module:function or file.py:function, TRL's signature "
+        "f(prompts, completions, **columns) or verl's compute_score(data_source, solution_str, ground_truth, "
+        "extra_info); a list: [mod:f1,mod:f2]")
+    reward_weights: list[float] | None = pydantic.Field(
+        None, description="custom: weight of each reward function, e.g. [1,0.5] (default: 1 each)")
+    reward_style: Literal["auto", "trl", "verl"] = pydantic.Field(
+        "auto", description="custom: how rewards are called; auto: verl's for a function with a solution_str "
+        "parameter, else TRL's")
+    eval_fraction: float = pydantic.Field(
+        0.1, gt=0.0, lt=1.0, description="custom without eval_data: fraction of rows held out for evaluation "
+        "(drawn with seed)")
+
+    @pydantic.field_validator("reward", "reward_weights", mode="before")
+    @classmethod
+    def _cli_list(cls, value):
+        return list_of(value)
 
     @pydantic.model_validator(mode="after")
     def _math_fields_need_math(self):
+        own = TASK_FIELDS.get(self.name, ())
+        changed = self.changed(tuple(k for k in TASK_SPECIFIC_FIELDS if k not in own))
+        if changed:
+            owners = " or ".join(f"task={task}" for task, keys in TASK_FIELDS.items() if set(changed) & set(keys))
+            raise ValueError(f"these keys apply only to {owners}, not to task={self.name}: {', '.join(changed)}")
+        if self.name == "custom":
+            if self.digits is not None or self.phrasing != "auto" or self.n_eval is not None:
+                raise ValueError("digits, phrasing and n_eval apply to the built-in tasks; task=custom takes "
+                                 "eval_data or eval_fraction")
+            for reference in self.reward:
+                if ":" not in reference:
+                    raise ValueError(f"task.reward {reference!r} must be module:function or file.py:function")
+            if self.reward and self.reward_weights is not None and len(self.reward_weights) != len(self.reward):
+                raise ValueError(f"task.reward_weights has {len(self.reward_weights)} weights for "
+                                 f"{len(self.reward)} reward functions")
+            return self
         if self.name == "math":
             if self.data is None:
                 raise ValueError("task=math needs a data file: data=FILE.jsonl (or .json, .parquet)")
@@ -155,20 +208,30 @@ class TaskConfig(Section):
             compile_prompt_pattern(self.prompt_pattern)  # a bad regex fails here, naming it
             if self.phrasing != "auto":
                 raise ValueError("phrasing applies to arith and sort; task=math takes prompt_template")
-            return self
-        changed = self.changed(MATH_TASK_FIELDS)
-        if changed:
-            raise ValueError(f"these keys apply only to task=math, not to task={self.name}: {', '.join(changed)}")
         return self
 
     def chat(self, pretrained_model: bool) -> bool:
         """Whether arith/sort are phrased as questions for a chat model (``phrasing``; auto follows the model)."""
         return self.phrasing == "chat" or (self.phrasing == "auto" and pretrained_model)
 
-    def build(self, seed: int, pretrained_model: bool = False):
-        """The task of drpo.tasks with this section's options, phrased for the model that will answer it."""
+    def build(self, seed: int, pretrained_model: bool = False, **objects):
+        """The task of drpo.tasks with this section's options, phrased for the model that will answer it.
+
+        ``objects``: what a Python caller passes to task=custom instead of references (drpo.api.train):
+        ``reward`` (functions), ``dataset`` and ``eval_dataset`` (rows, a ``datasets.Dataset``, a path)."""
         from drpo.tasks import get_task
 
+        if self.name == "custom":
+            options = {k: getattr(self, k) for k in CUSTOM_TASK_FIELDS if k not in ("data", "eval_data", "reward")}
+            options.update(data=objects.get("dataset", self.data), eval_data=objects.get("eval_dataset", self.eval_data),
+                           reward=objects.get("reward") or self.reward, pretrained_model=pretrained_model)
+            if not pretrained_model:  # the built-in model's block fits the data's longest prompt
+                del options["max_prompt_len"]
+            if self.max_response_len is not None or pretrained_model:
+                options["max_response_len"] = self.max_response_len or DEFAULT_CUSTOM_RESPONSE_LEN
+            return get_task("custom", seed=seed, **options)
+        if objects:
+            raise ValueError(f"reward and dataset objects apply to task=custom, not to task={self.name}")
         if self.name == "math":
             options = {k: getattr(self, k) for k in MATH_TASK_FIELDS}
         else:
@@ -184,6 +247,11 @@ class TaskConfig(Section):
 
 MATH_TASK_FIELDS = ("data", "eval_data", "prompt_field", "answer_field", "prompt_template", "prompt_pattern",
                     "skip_bad_rows", "max_prompt_len", "verify_timeout")
+CUSTOM_TASK_FIELDS = ("data", "eval_data", "prompt_field", "answer_field", "skip_bad_rows", "max_prompt_len",
+                      "reward", "reward_weights", "reward_style", "eval_fraction")
+TASK_FIELDS = {"math": MATH_TASK_FIELDS, "custom": CUSTOM_TASK_FIELDS}
+TASK_SPECIFIC_FIELDS = tuple(dict.fromkeys(MATH_TASK_FIELDS + CUSTOM_TASK_FIELDS))
+DEFAULT_CUSTOM_RESPONSE_LEN = 256  # tokens a pretrained model may write on task=custom unless max_response_len says
 
 
 class RolloutConfig(Section):
@@ -205,11 +273,23 @@ class RolloutConfig(Section):
         "native", description="sampler of mu: native (our KV-cache sampler) or vllm (hf: models on a GPU)")
     vllm_gpu_memory: float = pydantic.Field(
         0.35, gt=0.0, lt=1.0, description="backend=vllm: fraction of GPU memory vLLM may take (the trainer needs the rest)")
+    stop: list[str] = pydantic.Field(
+        [], description="stop strings: a response ends with the token that completes one (kept, as is the text up "
+        "to the string's end); rollouts and evaluation alike, e.g. [</answer>]")
+
+    @pydantic.field_validator("stop", mode="before")
+    @classmethod
+    def _cli_list(cls, value):
+        return list_of(value)
 
     @pydantic.model_validator(mode="after")
     def _vllm_fields_need_vllm(self):
         if self.backend != "vllm" and self.changed(("vllm_gpu_memory",)):
             raise ValueError("vllm_gpu_memory applies only to rollout.backend=vllm")
+        if self.backend == "vllm" and self.stop:
+            raise ValueError("rollout.stop applies to the native sampler; rollout.backend=vllm does not take it yet")
+        if any(not s for s in self.stop):
+            raise ValueError("rollout.stop: a stop string must not be empty")
         if self.backend == "vllm" and self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"rollout.backend=vllm runs in fp32, bf16 or fp16, not {self.precision!r} (the native "
                              "backend simulates fp8/int8)")
@@ -284,7 +364,9 @@ class RunConfig(Section):
         "DRPO: -sign(A)(pi - mu)/delta) on the first update of each step (drpo.diagnostics; 2 extra backwards)")
     checkpoint_every: int = pydantic.Field(50, ge=1, description="checkpoint every N RL steps (and at the end)")
     max_bad_steps: int = pydantic.Field(3, ge=1, description="stop after this many non-finite steps in a row")
-    tensorboard: bool = pydantic.Field(True, description="also log to TensorBoard under OUT/tb")
+    report_to: list[Literal["tensorboard", "wandb", "none"]] = pydantic.Field(
+        ["tensorboard"], description="where metrics go besides metrics.jsonl, as TRL spells it: tensorboard (OUT/tb), "
+        "wandb (project $WANDB_PROJECT or drpo; WANDB_MODE=offline writes OUT/wandb), none; a list: [tensorboard,wandb]")
     dump_log_probs: bool = pydantic.Field(
         False, description="write OUT/log_probs.jsonl each step (mu, pi_old, pi, advantages) for `drpo mismatch`")
     loss: LossConfig = pydantic.Field(default_factory=LossConfig)
@@ -295,6 +377,30 @@ class RunConfig(Section):
     optim: OptimConfig = pydantic.Field(default_factory=OptimConfig)
     warmup: WarmupConfig = pydantic.Field(default_factory=WarmupConfig)
     eval: EvalConfig = pydantic.Field(default_factory=EvalConfig)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _tensorboard_flag(cls, data):
+        # configs written before report_to existed say tensorboard: true/false
+        if isinstance(data, dict) and "tensorboard" in data:
+            data = dict(data)
+            flag = data.pop("tensorboard")
+            data.setdefault("report_to", ["tensorboard"] if flag else ["none"])
+        return data
+
+    @pydantic.field_validator("report_to", mode="before")
+    @classmethod
+    def _cli_list(cls, value):
+        return list_of(value)
+
+    @pydantic.field_validator("report_to")
+    @classmethod
+    def _none_alone(cls, value):
+        if "none" in value and len(value) > 1:
+            raise ValueError(f"report_to={value}: none cannot be combined with a tracker")
+        if "wandb" in value and importlib.util.find_spec("wandb") is None:
+            raise ValueError("report_to=wandb needs wandb: pip install 'drpo[wandb]' (or leave wandb out of report_to)")
+        return list(dict.fromkeys(value))
 
     @pydantic.model_validator(mode="after")
     def _chat_phrasing_needs_a_pretrained_model(self):
@@ -408,7 +514,7 @@ def _section_model(loc: list[str]) -> type[pydantic.BaseModel]:
     return model
 
 
-RESUME_MAY_CHANGE = ("steps", "out", "resume")
+RESUME_MAY_CHANGE = ("steps", "out", "resume", "report_to", "tensorboard")  # trackers do not change the experiment
 
 
 def check_resume(saved: dict, config: RunConfig) -> None:

@@ -1,4 +1,4 @@
-"""Metric keys (DESIGN.md) and where they go: metrics.jsonl, TensorBoard, the console line.
+"""Metric keys (DESIGN.md) and where they go: metrics.jsonl, the trackers of ``report_to``, the console line.
 
 Keys that reports and checks rely on:
     step, reward/mean, eval/accuracy, eval/sampled_accuracy, eval/prompts
@@ -9,12 +9,18 @@ Keys that reports and checks rely on:
     ratio/max, shift/*                                               (from drpo.losses)
     diagnose/pg_grad_norm, diagnose/pull_grad_norm, diagnose/pull_to_pg   (diagnose_pull=true, drpo.diagnostics)
     entropy, response_length/mean, grad_norm, time/rollout_s, time/update_s, throughput/tokens_per_s
+    reward/NAME/mean, reward/NAME/errors, reward/unscored_frac       (task=custom, per reward function)
+
+Trackers (``report_to``, TRL's spelling): tensorboard writes OUT/tb; wandb starts a run in project
+$WANDB_PROJECT (default drpo) named after OUT, with the config, writing under OUT/wandb (WANDB_MODE=offline
+needs no network; `wandb sync` uploads later). Every metric goes to each, at its step.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -56,34 +62,58 @@ def mean_of(dicts: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-class MetricsLogger:
-    """Appends one JSON object per step to metrics.jsonl and mirrors scalars to TensorBoard."""
+TRACKERS = ("tensorboard", "wandb", "none")
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
+
+class MetricsLogger:
+    """Appends one JSON object per step to metrics.jsonl and mirrors the scalars to each tracker of ``report_to``."""
+
+    def __init__(self, run_dir: Path, report_to=("tensorboard",), resume_step: int | None = None,
+                 config: dict | None = None):
+        unknown = sorted(set(report_to) - set(TRACKERS))
+        if unknown:
+            raise ValueError(f"report_to: unknown tracker(s) {', '.join(unknown)}; valid: {', '.join(TRACKERS)}")
         self.path = run_dir / "metrics.jsonl"
         # a new run owns its file; a resumed one drops the steps logged after its checkpoint (they rerun)
         kept = []
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
         self.path.write_text("".join(line + "\n" for line in kept))
-        self.writer = None
-        if tensorboard:
+        self.writer = self.wandb_run = None
+        if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tb"))
+        if "wandb" in report_to:
+            self.wandb_run = _start_wandb(run_dir, config)
 
     def log(self, metrics: dict[str, float]) -> None:
         record = {k: (v if isinstance(v, int) or math.isfinite(v) else str(v)) for k, v in metrics.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        scalars = {k: v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}
         if self.writer is not None:
-            for key, value in metrics.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, metrics["step"])
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, metrics["step"])
+        if self.wandb_run is not None:
+            self.wandb_run.log(scalars, step=metrics["step"])
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def _start_wandb(run_dir: Path, config: dict | None):
+    try:
+        import wandb
+    except ImportError as error:
+        raise ImportError("report_to=wandb needs wandb: pip install 'drpo[wandb]' (or report_to=tensorboard, "
+                          "report_to=none)") from error
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "drpo"), name=run_dir.name, dir=str(run_dir),
+                      config=config)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -20,11 +20,15 @@ from drpo.rollout_vllm import VLLMBehaviorPolicy
 from drpo.warmup import build_builtin_policy
 
 
-def build_policy(config, console=None) -> Policy:
-    """The policy of ``config.model``: pretrained names load as they are, the built-in model is warmed up."""
-    if is_pretrained_name(config.model.name):
-        return build_hf_policy(config, console=console)
-    return build_builtin_policy(config, console=console)
+def build_policy(config, console=None, task=None) -> Policy:
+    """The policy of ``config.model``: pretrained names load as they are, the built-in model is warmed up.
+
+    ``task``: a task built by the caller (drpo.api.train: task=custom with Python objects) instead of config.task's.
+    """
+    build = build_hf_policy if is_pretrained_name(config.model.name) else build_builtin_policy
+    policy = build(config, console=console, task=task)
+    policy.stop = tuple(config.rollout.stop)
+    return policy
 
 
 def build_behavior(config, policy: Policy) -> BehaviorPolicy | VLLMBehaviorPolicy:

@@ -179,6 +179,33 @@ def sampling_log_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: fl
     return log_p
 
 
+class StopStrings:
+    """Ends a response at the token that completes one of ``strings`` in its decoded text: the sampler's stop.
+
+    That token is kept (and its mu log-prob recorded), nothing after it is: the response ends there as at
+    EOS, without one. Each step decodes only the last ``window`` tokens of a row, enough for the longest
+    string (a token holds at least one byte, a character at most four), so the cost stays per token.
+    """
+
+    def __init__(self, strings, decode) -> None:
+        self.strings, self.decode = tuple(strings), decode
+        self.window = 4 * max(len(s) for s in self.strings) + 1
+
+    def ended(self, tokens: list[torch.Tensor], alive: torch.Tensor) -> torch.Tensor:
+        """[N] bool: alive rows whose latest token (``tokens[-1]``) completes a stop string."""
+        tail = torch.stack(tokens[-self.window:], dim=1).tolist()  # [N, w]
+        rows = alive.nonzero()[:, 0].tolist()
+        hits = [row for row in rows if any(s in self.decode(tail[row]) for s in self.strings)]
+        ended = torch.zeros_like(alive)
+        ended[hits] = True
+        return ended
+
+    def cut(self, text: str) -> str:
+        """``text`` up to the end of its first stop string (a token may carry characters past it)."""
+        ends = [text.find(s) + len(s) for s in self.strings if s in text]
+        return text[:min(ends)] if ends else text
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -194,6 +221,7 @@ def generate(
     eos_id: int,
     pad_id: int,
     ignore_eos: bool = False,
+    stop: StopStrings | None = None,
 ) -> RolloutBatch:
     """Sample ``group_size`` responses per prompt from ``model`` (see :meth:`BehaviorPolicy.generate`)."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -238,6 +266,8 @@ def generate(
             topk_log_probs.append(values.clamp(min=TOPK_LOG_PROB_FLOOR).masked_fill(done[:, None], 0.0))
         if not ignore_eos:
             done = done | (token == eos_id)
+        if stop is not None:
+            done = done | stop.ended(tokens, alive)
         if done.all():
             break
         if use_cache:
@@ -361,6 +391,7 @@ class BehaviorPolicy:
         eos_id: int,
         pad_id: int,
         ignore_eos: bool = False,
+        stop: StopStrings | None = None,
     ) -> RolloutBatch:
         """Sample ``group_size`` responses for each prompt (token ids, no padding) with the behavior weights.
 
@@ -370,10 +401,11 @@ class BehaviorPolicy:
         same samples for the same ``generator``, in fp32). A row ends with its EOS, which is part of the
         response; generation stops when every row has ended or after ``max_new_tokens``. ``ignore_eos``
         samples every row to ``max_new_tokens`` through any EOS (vLLM's flag of that name: throughput
-        benchmarks that need equal lengths). ``generator`` must live on the model's device.
+        benchmarks that need equal lengths). ``stop`` ends a row at the token completing a stop string
+        (:class:`StopStrings`). ``generator`` must live on the model's device.
         """
         return generate(self.model, prompts, group_size, max_new_tokens, temperature, top_p, top_k_logprobs,
-                        use_cache, generator, eos_id=eos_id, pad_id=pad_id, ignore_eos=ignore_eos)
+                        use_cache, generator, eos_id=eos_id, pad_id=pad_id, ignore_eos=ignore_eos, stop=stop)
 
 
 def restore_lagged_states(state: dict, precision: str, lag: int) -> deque[dict[str, torch.Tensor]]:

@@ -112,8 +112,12 @@ class VLLMBehaviorPolicy:
         eos_id: int,
         pad_id: int,
         ignore_eos: bool = False,
+        stop=None,
     ) -> RolloutBatch:
-        """``group_size`` samples per prompt from vLLM, as :meth:`BehaviorPolicy.generate` (``use_cache`` is moot)."""
+        """``group_size`` samples per prompt from vLLM, as :meth:`BehaviorPolicy.generate` (``use_cache`` is moot;
+        stop strings are the native sampler's only)."""
+        if stop is not None:
+            raise ValueError("rollout.stop applies to the native sampler, not to rollout.backend=vllm")
         vllm = _import_vllm()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
                                  device=generator.device if generator is not None else "cpu"))

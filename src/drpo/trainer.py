@@ -72,11 +72,12 @@ class UpdateResult:
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, console=None):
+    def __init__(self, config: RunConfig, console=None, task=None):
         self.config = config
         self.run_dir = Path(config.out)
         seed_everything(config.seed)
-        self.policy: Policy = build_policy(config, console=console)  # model, tokenizer, task, base-model warm-up
+        # model, tokenizer, task (``task``: one built by the caller, drpo.api.train), base-model warm-up
+        self.policy: Policy = build_policy(config, console=console, task=task)
         self.model = self.policy.model
         self.task = self.policy.task
         self.loss = config.loss.build()
@@ -113,13 +114,14 @@ class Trainer:
             max_new_tokens=self.task.max_response_len, temperature=cfg.rollout.temperature,
             top_p=cfg.rollout.top_p, top_k_logprobs=self.top_k_logprobs, generator=self.sampler,
             eos_id=self.policy.tokenizer.eos_id, pad_id=self.policy.tokenizer.pad_id,
-            ignore_eos=cfg.rollout.ignore_eos)
+            ignore_eos=cfg.rollout.ignore_eos, stop=self.policy.stopper())
         rollout_s = time.perf_counter() - start
 
         completions = self.policy.decode_responses(batch)
-        rewards = torch.tensor([self.task.reward(text, examples[int(g)])
-                                for text, g in zip(completions, batch.group_index, strict=True)],
-                               device=self.device)  # [N]
+        completion_ids = [ids[:int(n)] for ids, n in zip(batch.response_ids.tolist(), batch.response_mask.sum(-1),
+                                                         strict=True)]
+        scores = self.task.score(completions, [examples[int(g)] for g in batch.group_index], completion_ids)
+        rewards = torch.tensor(scores.rewards, device=self.device)  # [N] NaN: no reward applies (advantage 0)
         advantages = group_advantages(rewards, batch.group_index, cfg.advantage.estimator,
                                       cfg.advantage.std_normalize)  # [N]
 
@@ -154,9 +156,11 @@ class Trainer:
 
         tokens = float(batch.response_mask.sum())
         metrics.update(mean_of([u.metrics for u in updates]))
+        scored = rewards[~rewards.isnan()]
+        metrics.update(scores.metrics)
         metrics.update({
-            "reward/mean": rewards.mean().item(),
-            "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
+            "reward/mean": scored.mean().item() if len(scored) else math.nan,
+            "reward/std": scored.std().item() if len(scored) > 1 else 0.0,
             "response_length/mean": batch.response_mask.sum(-1).float().mean().item(),
             "updates/skipped": float(sum(u.skipped for u in updates)),
             "lr": self.scheduler.get_last_lr()[0],
@@ -250,7 +254,8 @@ class Trainer:
         generator = torch.Generator(self.device).manual_seed(self.config.seed + 10**6 + self.step)  # not training's
         sampled = self.policy.generate_text(prompts, cfg.samples, self.task.max_response_len,
                                             self.config.rollout.temperature, generator)
-        sampled_acc = float(np.mean([self.task.reward(t, examples[i // cfg.samples]) for i, t in enumerate(sampled)]))
+        sampled_acc = float(np.nanmean(self.task.score(sampled, [examples[i // cfg.samples]
+                                                                 for i in range(len(sampled))]).rewards))
         # the sampled accuracy is avg@k (mean over k samples per problem), as in AIME avg@16 reports
         return {"eval/accuracy": greedy_acc, "eval/sampled_accuracy": sampled_acc, f"eval/avg@{cfg.samples}": sampled_acc,
                 "eval/prompts": len(examples)}  # fewer than eval.prompts when the eval split is smaller
@@ -317,7 +322,7 @@ class Trainer:
             resume_step = self.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-        logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step)
+        logger = MetricsLogger(self.run_dir, cfg.report_to, resume_step, config=cfg.recorded())
         if cfg.dump_log_probs:
             self.log_prob_dump = TrainerDump(self.run_dir, f"drpo {cfg.rollout.precision} rollout, lag "
                                              f"{cfg.rollout.lag}", resume_step)

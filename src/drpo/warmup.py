@@ -31,11 +31,13 @@ WARMUP_VERSION = 2  # bump when the warm-up recipe changes, so stale cached base
 WARMUP_PROBE_PROMPTS = 256  # training prompts whose greedy accuracy ends the warm-up
 
 
-def build_builtin_policy(config, console=None) -> Policy:
-    """The built-in transformer on a synthetic task, warm-started (or loaded from the cache)."""
+def build_builtin_policy(config, console=None, task=None) -> Policy:
+    """The built-in transformer on a synthetic task, warm-started (or loaded from the cache).
+
+    ``task``, when given, replaces config.task's (task=custom with Python objects)."""
     torch.manual_seed(config.seed)  # the base model's initialisation depends on the seed alone
-    task = config.task.build(config.seed)
-    tokenizer = CharTokenizer()
+    task = task or config.task.build(config.seed)
+    tokenizer = CharTokenizer(extra_characters=getattr(task, "characters", ""))  # task=custom brings its alphabet
     model = build_model(config.model.name, tokenizer.vocab_size,
                         block_size=task.max_prompt_len + task.max_response_len + 1, moe=config.model.moe)
     policy = Policy(model, tokenizer, task)
@@ -43,15 +45,18 @@ def build_builtin_policy(config, console=None) -> Policy:
     return policy
 
 
-def base_model_key(config) -> str:
-    """Hash of everything the base model depends on: model, task, warm-up recipe, seed."""
+def base_model_key(config, task=None) -> str:
+    """Hash of everything the base model depends on: model, task, warm-up recipe, seed; and, for a task read from
+    data (task=custom), the rows themselves (``task.fingerprint``): the config names the file, not its content."""
     recipe = {"version": WARMUP_VERSION, "model": config.model.model_dump(), "task": config.task.model_dump(),
               "warmup": config.warmup.model_dump(), "seed": config.seed}
+    if getattr(task, "fingerprint", None) is not None:
+        recipe["data"] = task.fingerprint
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_or_warm_up(policy: Policy, config, console=None) -> dict:
-    path = cache_dir() / "base" / f"{base_model_key(config)}.pt"
+    path = cache_dir() / "base" / f"{base_model_key(config, policy.task)}.pt"
     if path.exists():
         saved = load_state_file(path)  # tensors and plain values only: a cache file cannot run code
         policy.model.load_state_dict(saved["model"])

@@ -240,9 +240,17 @@ class HFTokenizer:
         vocab = len(self.hf)  # a call into the Rust tokenizer: once per text, not per token
         return self.hf.decode([i for i in ids if 0 <= i < vocab], skip_special_tokens=True)
 
-    def encode_prompt(self, text: str) -> list[int]:
+    def encode_prompt(self, text: str, messages: tuple | None = None) -> list[int]:
         """A problem as the model sees it: in the chat template as the user turn (plus the system prompt), ready
-        for the assistant's answer; or, with ``chat_template=False``, the plain text with the tokenizer's prefix."""
+        for the assistant's answer; or, with ``chat_template=False``, the plain text with the tokenizer's prefix.
+        ``messages`` (a task=custom prompt given as chat messages) go through the template whole instead."""
+        if messages is not None:
+            if not self.chat_template:
+                raise ValueError("the prompt column holds chat messages, which need model.chat_template=true")
+            messages = list(messages)
+            if self.system_prompt is not None and messages[0]["role"] != "system":
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            return self.encode(self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         if not self.chat_template:
             return self.encode(text, bos=True)
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else [])
@@ -268,7 +276,7 @@ class HFPolicy(Policy):
     keep_logits: bool = True
 
     def encode_prompt(self, example) -> list[int]:
-        return self.tokenizer.encode_prompt(example.prompt)
+        return self.tokenizer.encode_prompt(example.prompt, getattr(example, "messages", None))
 
     def log_probs(self, batch: RolloutBatch, temperature: float) -> SequenceLogProbs:
         if self.micro_batch is None or len(batch) <= self.micro_batch:
@@ -334,8 +342,9 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_hf_policy(config, console=None) -> HFPolicy:
-    """The Policy of a pretrained ``config.model.name`` (hf:PATH, gguf:FILE, smollm2-135m): model, tokenizer, task."""
+def build_hf_policy(config, console=None, task=None) -> HFPolicy:
+    """The Policy of a pretrained ``config.model.name`` (hf:PATH, gguf:FILE, smollm2-135m): model, tokenizer, task
+    (``task`` when given, else config.task's)."""
     from drpo.models.gguf import resolve_model_dir
 
     cfg = config.model
@@ -356,10 +365,10 @@ def build_hf_policy(config, console=None) -> HFPolicy:
         model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     model = HFCausalLM(model).to(resolve_device(cfg.device))
 
-    task = config.task.build(config.seed, pretrained_model=True)
+    task = task or config.task.build(config.seed, pretrained_model=True)
     policy = HFPolicy(model, tokenizer, task, micro_batch=cfg.micro_batch, sample_rows=cfg.sample_rows,
                       keep_logits=config.loss.build().spec.needs_topk)
-    dropped = drop_long_prompts(policy) if task.name == "math" else {}  # other tasks count characters, not tokens
+    dropped = drop_long_prompts(policy) if task.name in ("math", "custom") else {}  # arith/sort count characters
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     policy.base_info = {

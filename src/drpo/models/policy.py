@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from drpo.models.tokenizer import CharTokenizer
-from drpo.rollout import RolloutBatch, generate, sequence_log_probs
+from drpo.rollout import RolloutBatch, StopStrings, generate, sequence_log_probs
 
 
 @dataclass
@@ -27,22 +27,27 @@ class Policy:
     tokenizer: CharTokenizer
     task: object
     base_info: dict = field(default_factory=dict)
+    stop: tuple[str, ...] = ()  # rollout.stop: strings that end a response, in rollouts and evaluation alike
 
     def encode_prompt(self, example) -> list[int]:
         return self.tokenizer.encode(example.prompt, bos=True)
 
+    def stopper(self) -> StopStrings | None:
+        return StopStrings(self.stop, self.tokenizer.decode) if self.stop else None
+
     def decode_responses(self, batch: RolloutBatch) -> list[str]:
-        return [self.tokenizer.decode(row) for row in batch.response_ids.tolist()]
+        texts = [self.tokenizer.decode(row) for row in batch.response_ids.tolist()]
+        return [self.stopper().cut(text) for text in texts] if self.stop else texts
 
     def log_probs(self, batch: RolloutBatch, temperature: float):
         """log pi [N, T], entropy [N, T] and scaled logits [N, T, V] of the batch's responses, with gradients."""
         return sequence_log_probs(self.model, batch, temperature)
 
     def greedy_accuracy(self, examples: list) -> float:
-        """Fraction of ``examples`` whose greedy completion the task's verifier accepts."""
+        """Fraction of ``examples`` whose greedy completion the task's verifier accepts (task=custom: mean reward)."""
         completions = self.generate_text([self.encode_prompt(ex) for ex in examples], 1, self.task.max_response_len,
                                          temperature=0.0)
-        return float(np.mean([self.task.reward(text, ex) for text, ex in zip(completions, examples, strict=True)]))
+        return float(np.nanmean(self.task.score(completions, examples).rewards))
 
     @torch.no_grad()
     def generate_text(self, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float,
@@ -51,6 +56,6 @@ class Policy:
         was_training = self.model.training
         self.model.eval()
         batch = generate(self.model, prompts, samples, max_new_tokens, temperature, generator=generator,
-                         eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
+                         eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id, stop=self.stopper())
         self.model.train(was_training)
         return self.decode_responses(batch)

@@ -26,13 +26,16 @@ class CharTokenizer:
     bos_id = 1
     eos_id = 2
 
-    def __init__(self) -> None:
-        self._id_of = {c: i + len(SPECIAL_TOKENS) for i, c in enumerate(CHARACTERS)}
+    def __init__(self, extra_characters: str = "") -> None:
+        # a custom task's own characters come after the fixed ones, so those keep their ids
+        characters = CHARACTERS + "".join(sorted(set(extra_characters) - set(CHARACTERS)))
+        self._id_of = {c: i + len(SPECIAL_TOKENS) for i, c in enumerate(characters)}
         self._char_of = {i: c for c, i in self._id_of.items()}
+        self.characters = characters
 
     @property
     def vocab_size(self) -> int:
-        return len(SPECIAL_TOKENS) + len(CHARACTERS)
+        return len(SPECIAL_TOKENS) + len(self.characters)
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
         """Token ids of ``text``, with BOS first when ``bos``; raises ValueError on a character outside the vocabulary."""
@@ -40,7 +43,7 @@ class CharTokenizer:
         for position, char in enumerate(text):
             if char not in self._id_of:
                 raise ValueError(f"CharTokenizer cannot encode {char!r} (position {position} of {text!r}); "
-                                 f"the vocabulary is {CHARACTERS!r} plus {', '.join(SPECIAL_TOKENS)}")
+                                 f"the vocabulary is {self.characters!r} plus {', '.join(SPECIAL_TOKENS)}")
             ids.append(self._id_of[char])
         return ids
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import inspect
 
 from drpo.tasks.arith import Arith
-from drpo.tasks.base import Example, Task
+from drpo.tasks.base import Example, Scores, Task
+from drpo.tasks.custom import CustomTask
 from drpo.tasks.math import MathTask
 from drpo.tasks.sort import Sort
 
-_REGISTRY: dict[str, type[Task]] = {"arith": Arith, "sort": Sort, "math": MathTask}
+_REGISTRY: dict[str, type[Task]] = {"arith": Arith, "sort": Sort, "math": MathTask, "custom": CustomTask}
 TASKS: tuple[str, ...] = tuple(_REGISTRY)
-SYNTHETIC_TASKS: tuple[str, ...] = ("arith", "sort")  # generated from a seed; math reads a data file
+SYNTHETIC_TASKS: tuple[str, ...] = ("arith", "sort")  # generated from a seed; math and custom read data
 
 
 def get_task(name: str, seed: int = 0, **options) -> Task:
@@ -31,4 +32,4 @@ def get_task(name: str, seed: int = 0, **options) -> Task:
     return cls(seed=seed, **options)
 
 
-__all__ = ["SYNTHETIC_TASKS", "TASKS", "Arith", "Example", "Sort", "Task", "get_task"]
+__all__ = ["SYNTHETIC_TASKS", "TASKS", "Arith", "CustomTask", "Example", "Scores", "Sort", "Task", "get_task"]

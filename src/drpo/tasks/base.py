@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
 class Example:
     prompt: str  # e.g. "347+85="
     answer: str  # e.g. "432": the reference completion, without EOS
+
+
+class Scores(NamedTuple):
+    rewards: list[float]  # one per completion; NaN: no reward applies to it (left out of its group's baseline)
+    metrics: dict[str, float]  # e.g. reward/NAME/mean per reward function of task=custom
 
 
 class Task:
@@ -95,6 +101,11 @@ class Task:
         if self.chat:
             return 1.0 if self.extract(completion) == example.answer else 0.0
         return 1.0 if completion == example.answer else 0.0
+
+    def score(self, completions: list[str], examples: list[Example],
+              completion_ids: list[list[int]] | None = None) -> Scores:
+        """Rewards of a batch of completions (``examples[i]`` is what ``completions[i]`` answers) and their metrics."""
+        return Scores([self.reward(text, example) for text, example in zip(completions, examples, strict=True)], {})
 
     def target(self, example: Example) -> str:
         """The completion to imitate in supervised warm-up (the trainer appends EOS)."""
