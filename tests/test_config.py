@@ -49,6 +49,15 @@ def test_a_run_records_every_loss_hyper_so_a_new_default_does_not_re_mean_it(tmp
         "loss.delta", "loss.eps_high", "loss.eps_low", "loss.name"]
 
 
+def test_a_run_saved_before_late_evaluations_existed_is_not_taken_for_one_that_had_them():
+    """Runs published before eval.late_every evaluated every eval.every steps only: under today's default they
+    differ (reuse would mix evaluation schedules), and match once the schedule is set back."""
+    saved = yaml.safe_load(load_config(None, []).to_yaml())
+    del saved["eval"]["late_every"], saved["eval"]["late_fraction"]
+    assert config_changes(saved, load_config(None, [])) == {"eval.late_every": (None, 10)}
+    assert config_changes(saved, load_config(None, ["eval.late_every=null"])) == {}
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("stepz=3", "unknown key 'stepz'.*steps=100"),
     ("rollout.precision=fp4", "'rollout.precision' got 'fp4'.*'bf16'.*'fp8'"),

@@ -531,13 +531,20 @@ def check_resume(saved: dict, config: RunConfig) -> None:
                           f"change only steps (to extend it) and out. Changed: {'; '.join(changed)}")
 
 
+# Fields whose default changed what a run does when they were added: a run saved before them ran as this value
+# says, not as today's default (runs evaluated every eval.every steps only had no late evaluations).
+BEFORE_THE_FIELD: dict[str, Any] = {"eval.late_every": None}
+
+
 def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (saved value, value in ``config``)} for every setting that differs. A key missing on one
-    side counts as its default, so a run saved before a field existed matches a config leaving it at its default."""
+    side counts as its default (for the fields of BEFORE_THE_FIELD, in a saved run: as what the run did before the
+    field existed), so a run saved before a field existed matches a config that would do what it did."""
     defaults = _flatten(RunConfig().model_dump(mode="json"))
     before = _flatten(_with_resolved_loss(saved))
     now = _flatten(config.recorded())
-    pairs = {key: (before.get(key, defaults.get(key)), now.get(key, defaults.get(key)))
+    saved_defaults = {**defaults, **BEFORE_THE_FIELD}
+    pairs = {key: (before.get(key, saved_defaults.get(key)), now.get(key, defaults.get(key)))
              for key in sorted(set(before) | set(now))}
     return {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}
 
