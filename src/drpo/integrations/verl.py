@@ -13,7 +13,7 @@ does not change with the data-parallel size or the micro-batch split.
 Anchor: verl hands a policy loss one reference log-prob, ``old_log_prob``. With
 ``algorithm.rollout_correction.bypass_mode=true`` (v1 trainer) it *is* the rollout engine's log-prob
 mu, so the trust region is anchored on mu as in PAPER.md; without bypass it is pi_old, recomputed
-by the trainer (the MiniRL "recompute" anchor). The adapter passes it as ``rollout_log_prob``.
+by the trainer (the "recompute" anchor). The adapter passes it as ``rollout_log_prob``.
 
 Not registered: the Top-K DPPO variants (verl's policy-loss call carries no logits and its rollout
 records no top-k log-probs, so they cannot work honestly), names verl already owns (``cispo``, ``gspo``),
