@@ -12,6 +12,7 @@ said to be an extrapolation.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -105,8 +106,6 @@ def recommend(mismatch: float, default_delta: float, conditions: list[Evidence],
 
 
 def load_evidence(path: Path = EVIDENCE) -> list[Evidence]:
-    import json
-
     if not path.exists():
         raise FileNotFoundError(f"{path}: the committed delta sweep is not here (it ships with the repository, "
                                 "not with an installed package); run `drpo mismatch` from a clone")
