@@ -46,7 +46,8 @@ def test_method_specs():
     assert custom.overrides() == ["loss=drpo", "loss.delta=0.3"]
     assert parse_method("drpo_reference").build().hyper.delta == 12.5
     minirl = parse_method("minirl")
-    assert minirl.canonical == "ppo_clip" and minirl.build().hyper.anchor == "recompute"
+    assert minirl.canonical == "decoupled_ppo" and minirl.build().hyper.anchor == "recompute"
+    assert parse_method("ppo_clip_recompute").canonical == "ppo_clip"
     dual = parse_method("ppo_clip:eps_high=0.28,dual_clip=3")
     assert dual.hyper == {"eps_high": 0.28, "dual_clip": 3} and dual.slug == "ppo_clip_eps_high=0.28_dual_clip=3"
     assert parse_method("dppo_topk_tv").hyper == {}  # any registry name
@@ -69,8 +70,9 @@ def test_default_methods_are_the_issue_list():
     assert built["ppo_clip_higher"].hyper.eps_low == 0.2 and built["ppo_clip_higher"].hyper.eps_high == 0.28
     assert built["minirl"].hyper.anchor == "recompute"
     assert built["drpo"].hyper.delta == DRPO_DELTA and built["drpo_reference"].hyper.delta == 12.5
+    assert built["ppo_tis"].hyper.is_high == 2.0 and built["ppo_mis"].hyper.mode == "mask"
     assert {b.name for b in built.values()} == {"pg_is", "cispo", "ppo_clip", "spo", "dppo_binary_tv",
-                                               "dppo_binary_kl", "drpo"}
+                                               "dppo_binary_kl", "drpo", "decoupled_ppo", "gspo"}
 
 
 def test_conditions_are_trainer_overrides():
@@ -270,7 +272,7 @@ def test_hyper_sweeps_are_found_in_the_methods():
     methods = {label: {**parse_method(label).to_dict(), "canonical": parse_method(label).canonical}
                for label in ("drpo", "drpo:delta=0.05", "drpo:delta=0.15", "drpo_reference", "pg_is",
                              "dppo_binary_tv", "dppo_binary_tv:delta_low=0.3,delta_high=0.3",
-                             "dppo_binary_tv:delta_low=0.05,delta_high=0.05", "ppo_clip_higher", "minirl")}
+                             "dppo_binary_tv:delta_low=0.05,delta_high=0.05", "ppo_clip_higher", "ppo_clip_recompute")}
     sweeps = {s["loss"]: s for s in hyper_sweeps(methods)}
     assert set(sweeps) == {"drpo", "dppo_binary_tv"}  # ppo_clip's two differ in the anchor: no sweep
     assert [(p["value"], p["label"]) for p in sweeps["drpo"]["points"]] == [

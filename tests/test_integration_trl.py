@@ -135,6 +135,10 @@ def test_respects_trl_loss_normalisation(tokenizer, tmp_path, loss_type, mode):
     ({"drpo_loss_kwargs": '{"eps": 0.2}'}, "unknown key 'eps'"),
     ({"loss_type": "sapo"}, "normalisation"),
     ({"entropy_coef": 0.01}, "entropy"),
+    # TRL's own equivalents: the vLLM IS correction, importance_sampling_level="sequence"
+    ({"drpo_loss": "ppo_tis"}, "token_truncate = ppo_tis"),
+    ({"drpo_loss": "minirl"}, "vllm_importance_sampling_mode"),
+    ({"drpo_loss": "gspo"}, "importance_sampling_level='sequence'"),
 ])
 def test_config_rejects_what_cannot_work(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -130,8 +130,9 @@ def test_registered_names_do_not_clash():
     # verl's own losses stay verl's; the Top-K variants are not offered (no top-k data in verl's loss call)
     for theirs in ("vanilla", "dppo_tv", "dppo_kl", "cispo", "bypass_mode"):
         assert not hasattr(POLICY_LOSS_REGISTRY[theirs], "_drpo_loss_name")
-    for name in ("dppo_topk_tv", "dppo_topk_kl"):
+    for name in ("dppo_topk_tv", "dppo_topk_kl", "decoupled_ppo"):
         assert name not in POLICY_LOSS_REGISTRY and name in adapter.NOT_REGISTERED
+    assert not hasattr(POLICY_LOSS_REGISTRY["gspo"], "_drpo_loss_name") and "gspo" in adapter.NOT_REGISTERED
     assert adapter.register() == list(CASES)  # idempotent
 
 

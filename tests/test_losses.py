@@ -7,6 +7,7 @@ must equal the formula of docs/method.md computed below from pi, mu, A alone (ne
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import torch
@@ -48,10 +49,42 @@ def make_batch(seed: int, batch: int, length: int, max_log_ratio: float = 2.0, r
     return log_pi, log_mu, advantages, mask
 
 
-def expected_weight(name: str, hyper, pi, ref, adv):
-    """docs/method.md's gradient-weight column from probabilities (ref: mu, or pi_old). Returns (w, ratio)."""
+def rollout_correction(hyper, ref, mu, mask):
+    """c(rho) of decoupled PPO, rho = pi_old / mu per token or per sequence (product, geometric mean)."""
+    log_rho = torch.log(ref / mu) * mask
+    if hyper.level != "token":
+        log_rho = log_rho.sum(-1, keepdim=True)
+        if hyper.level == "geometric":
+            log_rho = log_rho / mask.sum(-1, keepdim=True)
+    rho = torch.exp(log_rho).expand_as(ref)
+    low = 0.0 if hyper.is_low is None else hyper.is_low
+    high = math.inf if hyper.is_high is None else hyper.is_high
+    if hyper.mode == "truncate":
+        return torch.minimum(torch.maximum(rho, torch.full_like(rho, low)), torch.full_like(rho, high))
+    return rho * ((rho >= low) & (rho <= high))
+
+
+def sequence_ratio(log_pi, log_ref, mask):
+    """GSPO's s_i = (prod_t pi_t / ref_t)^(1/|y_i|), broadcast over the response. [B, T]"""
+    return torch.exp(((log_pi - log_ref) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)).expand_as(log_pi)
+
+
+def gspo_clipped(hyper, s, adv):
+    return ((adv > 0) & (s > 1 + hyper.eps_high)) | ((adv < 0) & (s < 1 - hyper.eps_low))
+
+
+def expected_weight(name: str, hyper, pi, ref, adv, mu=None, mask=None):
+    """docs/method.md's gradient-weight column from probabilities (ref: mu, or pi_old). Returns (w, ratio).
+
+    The framework baselines need mu (decoupled_ppo's IS weight pi_old/mu) and the mask (sequence levels).
+    """
     r = pi / ref
     s = torch.sign(adv * (r - 1))
+    if name == "decoupled_ppo":
+        return expected_weight("ppo_clip", hyper, pi, ref, adv)[0] * rollout_correction(hyper, ref, mu, mask), r
+    if name == "gspo":  # d J / d log pi_t = m * s * A, so w = m * s / r
+        seq = sequence_ratio(pi.log(), ref.log(), mask)
+        return (~gspo_clipped(hyper, seq, adv)).double() * seq / r, r
     if name == "pg_is":
         return (torch.ones_like(r) if hyper.trunc is None else torch.clamp(r, max=hyper.trunc) / r), r
     if name == "ppo_clip":
@@ -81,11 +114,17 @@ def expected_weight(name: str, hyper, pi, ref, adv):
 DENSE = sorted(name for name, spec in LOSSES.items() if not spec.needs_topk)
 
 
-def reference_objective(name: str, hyper, log_pi, log_ref, adv):
+def reference_objective(name: str, hyper, log_pi, log_ref, adv, log_mu=None, mask=None):
     """docs/method.md's objective column in plain autograd-able torch; .detach() is the paper's sg()."""
     pi, ref = log_pi.exp(), log_ref.exp()
     r = pi / ref
     r_sg = r.detach()
+    if name == "decoupled_ppo":  # the IS weight is a constant of the update
+        rho = rollout_correction(hyper, ref, log_mu.exp(), mask)
+        return rho * reference_objective("ppo_clip", hyper, log_pi, log_ref, adv)
+    if name == "gspo":  # GSPO's sequence objective J_i on every token of response i; s carries the gradient
+        seq = sequence_ratio(log_pi, log_ref, mask)
+        return torch.minimum(seq * adv, torch.clamp(seq, 1 - hyper.eps_low, 1 + hyper.eps_high) * adv)
     if name == "drpo":
         return r * adv - adv.abs() * ref / (2 * hyper.delta) * (r - 1) ** 2
     if name == "drpo_clipped":  # the penalty on the side the advantage pushes towards only
@@ -108,30 +147,50 @@ def reference_objective(name: str, hyper, log_pi, log_ref, adv):
 
 HYPERS = {"ppo_clip": [{}, {"eps_high": 0.28, "dual_clip": 3.0}], "pg_is": [{}, {"trunc": 2.0}],
           "dppo_binary_tv": [{}, {"trunc": None, "delta_low": 0.05}], "dppo_binary_kl": [{}, {"trunc": 1.5}],
-          "drpo": [{}, {"delta": 12.5}], "drpo_clipped": [{}, {"delta": 0.05}]}
-CASES = [(name, hyper) for name in DENSE for hyper in HYPERS.get(name, [{}])]
+          "drpo": [{}, {"delta": 12.5}], "drpo_clipped": [{}, {"delta": 0.05}],
+          # every level and mode, with bounds the test's pi_old/mu (a spread of ~0.1 in log) crosses
+          "decoupled_ppo": [{}, {"mode": "mask", "is_low": 0.9, "is_high": 1.1, "dual_clip": 3.0},
+                            {"level": "sequence", "mode": "mask", "is_low": 0.8, "is_high": 1.25},
+                            {"level": "sequence", "is_low": 0.9, "is_high": None},
+                            {"level": "geometric", "mode": "truncate", "is_low": 0.95, "is_high": 1.05}],
+          "gspo": [{}, {"eps_low": 0.2, "eps_high": 0.28}]}
 
 
-@pytest.mark.parametrize(("name", "hyper"), CASES)
-@pytest.mark.parametrize("anchor", ["rollout", "recompute"])
-@settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 5), length=st.integers(1, 9), rare=st.booleans())
-def test_gradient_equals_weight_times_ratio_times_advantage(name, hyper, anchor, seed, batch, length, rare):
+def anchors(name: str) -> tuple[str, ...]:
+    """The anchors a loss accepts (decoupled PPO clips on pi_old only)."""
+    return typing.get_args(LOSSES[name].hyper.model_fields["anchor"].annotation)
+
+
+CASES = [(name, hyper, anchor) for name in DENSE for hyper in HYPERS.get(name, [{}]) for anchor in anchors(name)]
+
+
+def contract_case(name, hyper, anchor, seed, batch, length, rare, dtype=torch.float64):
+    """(out, autograd grad, expected w, expected r, reference objective's grad, advantages, mask); the
+    expected values come from float64 probabilities whatever ``dtype`` the loss runs in."""
     log_pi, log_mu, adv, mask = make_batch(seed, batch, length, rare=rare)
     old = log_mu + 0.1 * torch.randn(log_mu.shape, generator=torch.Generator().manual_seed(seed + 1))
     old = torch.minimum(old, torch.full_like(old, -1e-3))
     loss = get_loss(name, anchor=anchor, **hyper)
-    log_prob = log_pi.clone().requires_grad_()
-    out = loss(log_prob=log_prob, rollout_log_prob=log_mu, advantages=adv, response_mask=mask,
-               old_log_prob=old)
+    log_prob = log_pi.to(dtype).requires_grad_()
+    out = loss(log_prob=log_prob, rollout_log_prob=log_mu.to(dtype), advantages=adv.to(dtype), response_mask=mask,
+               old_log_prob=old.to(dtype))
     (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
 
     log_ref = old if anchor == "recompute" else log_mu
     adv_bt = adv[:, None].expand_as(log_pi)
-    weight, ratio = expected_weight(name, loss.hyper, log_pi.exp(), log_ref.exp(), adv_bt)
+    weight, ratio = expected_weight(name, loss.hyper, log_pi.exp(), log_ref.exp(), adv_bt, log_mu.exp(), mask)
     reference_log_pi = log_pi.clone().requires_grad_()
-    reference = reference_objective(name, loss.hyper, reference_log_pi, log_ref, adv_bt)
+    reference = reference_objective(name, loss.hyper, reference_log_pi, log_ref, adv_bt, log_mu, mask)
     (reference_grad,) = torch.autograd.grad(-(reference * mask).sum(), reference_log_pi)
+    return out, grad, weight, ratio, reference, reference_grad, adv_bt, mask
+
+
+@pytest.mark.parametrize(("name", "hyper", "anchor"), CASES)
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 5), length=st.integers(1, 9), rare=st.booleans())
+def test_gradient_equals_weight_times_ratio_times_advantage(name, hyper, anchor, seed, batch, length, rare):
+    out, grad, weight, ratio, reference, reference_grad, adv_bt, mask = contract_case(
+        name, hyper, anchor, seed, batch, length, rare)
 
     valid = mask.bool()
     torch.testing.assert_close(out.weight[valid], weight[valid], rtol=1e-9, atol=1e-9)
@@ -140,6 +199,19 @@ def test_gradient_equals_weight_times_ratio_times_advantage(name, hyper, anchor,
     torch.testing.assert_close(grad, reference_grad, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(grad[valid], (-weight * ratio * adv_bt)[valid], rtol=1e-9, atol=1e-9)
     assert (grad[~valid] == 0).all() and (out.per_token[~valid] == 0).all() and (out.weight[~valid] == 0).all()
+
+
+@pytest.mark.parametrize(("name", "hyper", "anchor"), CASES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gradient_contract_holds_in_float32(name, hyper, anchor, seed):
+    """The same contract with float32 tensors, against the float64 truth to float32's precision."""
+    out, grad, weight, ratio, _, reference_grad, adv_bt, mask = contract_case(
+        name, hyper, anchor, seed, batch=4, length=7, rare=False, dtype=torch.float32)
+    valid = mask.bool()
+    assert out.weight.dtype == torch.float32
+    torch.testing.assert_close(out.weight[valid].double(), weight[valid], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad.double(), reference_grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad[valid].double(), (-weight * ratio * adv_bt)[valid], rtol=1e-4, atol=1e-5)
 
 
 # --- Top-K -------------------------------------------------------------------------------------------
@@ -292,12 +364,71 @@ def test_cispo_never_drops_a_token():
 
 def test_presets_and_aliases():
     assert get_loss("drpo_reference").hyper.delta == 12.5
-    assert get_loss("minirl").hyper.anchor == "recompute"
+    assert get_loss("minirl").hyper.anchor == "recompute" and get_loss("minirl").name == "decoupled_ppo"
+    assert get_loss("ppo_clip_recompute").hyper.anchor == "recompute"
     assert get_loss("grpo").name == "ppo_clip"
     assert get_loss("drpo_reference", delta=1.0).hyper.delta == 1.0
     assert set(PRESETS) | set(ALIASES) | set(LOSSES) >= {
         "pg_is", "ppo_clip", "grpo", "cispo", "spo", "dppo_binary_tv", "dppo_binary_kl", "dppo_topk_tv",
-        "dppo_topk_kl", "drpo"}
+        "dppo_topk_kl", "drpo", "decoupled_ppo", "gspo", "ppo_tis", "ppo_mis", "ppo_seq_tis", "ppo_seq_mis",
+        "ppo_geo_mis", "minirl", "ppo_clip_recompute"}
+
+
+def test_decoupled_ppo_by_hand():
+    """pi_old/mu = 3 on a token whose r = pi/pi_old = 1.1 (inside the clip): TIS gives w = min(3, 2) = 2, the
+    IcePop mask [0.5, 5] keeps w = 3, [0.5, 2] drops it; PPO's clip still zeroes a token with r = 1.5, A > 0."""
+    mu, old = 0.1, 0.3
+
+    def token(name, pi, adv=1.0, **hyper):
+        log = torch.tensor([[math.log(pi)]], requires_grad=True)
+        out = get_loss(name, **hyper)(log_prob=log, rollout_log_prob=torch.tensor([[math.log(mu)]]),
+                                      old_log_prob=torch.tensor([[math.log(old)]]), advantages=torch.tensor([adv]),
+                                      response_mask=torch.ones(1, 1))
+        (grad,) = torch.autograd.grad(out.per_token.sum(), log)
+        return out.weight.item(), grad.item()
+
+    assert token("ppo_tis", 0.33) == pytest.approx((2.0, -2.0 * 1.1))  # grad = -w r A
+    assert token("ppo_mis", 0.33) == pytest.approx((3.0, -3.0 * 1.1))
+    assert token("ppo_mis", 0.33, is_high=2.0)[0] == 0
+    assert token("ppo_tis", 0.45) == (0.0, 0.0)  # r = 1.5 > 1.2, A > 0: clipped
+    assert token("minirl", 0.33)[0] == pytest.approx(3.0)  # MiniRL's weight is not truncated
+    assert token("ppo_clip_recompute", 0.33)[0] == 1.0  # no correction for mu at all
+
+
+def test_sequence_weights_by_hand():
+    """Two tokens with pi_old/mu = 2 and 1.5 and a padded third: product 3, geometric mean sqrt(3) = 1.732."""
+    log_mu = torch.log(torch.tensor([[0.2, 0.4, 0.5]]))
+    log_old = torch.log(torch.tensor([[0.4, 0.6, 0.9]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+
+    def weights(name, **hyper):
+        return get_loss(name, **hyper)(log_prob=log_old, rollout_log_prob=log_mu, old_log_prob=log_old,
+                                       advantages=torch.tensor([1.0]), response_mask=mask).weight[0].tolist()
+
+    assert weights("ppo_seq_tis") == pytest.approx([2.0, 2.0, 0.0])  # 3 truncated at 2
+    assert weights("ppo_seq_tis", is_high=4.0) == pytest.approx([3.0, 3.0, 0.0])
+    assert weights("ppo_seq_mis") == [0.0, 0.0, 0.0]  # 3 outside [0.5, 2]: the sequence is rejected
+    assert weights("decoupled_ppo", level="geometric", mode="mask", is_low=0.5, is_high=2.0) == pytest.approx(
+        [3 ** 0.5, 3 ** 0.5, 0.0])
+    assert weights("ppo_geo_mis") == [0.0, 0.0, 0.0]  # 1.732 is far outside [0.999, 1.001]
+
+
+def test_gspo_by_hand():
+    """pi/pi_old = 1.0002 and 1.0008 on two tokens: s = sqrt(1.0002 * 1.0008) = 1.0005 > 1 + 4e-4, so A > 0
+    is clipped (w = 0) and A < 0 is not: w_t = s / r_t, gradient s * A on every token of the sequence."""
+    log_old = torch.log(torch.tensor([[0.5, 0.25]]))
+    ratios = torch.tensor([[1.0002, 1.0008]])
+    log_pi = log_old + ratios.log()
+    s = math.sqrt(1.0002 * 1.0008)
+    for adv, expected in ((1.0, [0.0, 0.0]), (-1.0, [s / 1.0002, s / 1.0008])):
+        log = log_pi.clone().requires_grad_()
+        out = get_loss("gspo")(log_prob=log, rollout_log_prob=log_old, old_log_prob=log_old,
+                               advantages=torch.tensor([adv]), response_mask=torch.ones(1, 2))
+        (grad,) = torch.autograd.grad(out.per_token.sum(), log)
+        assert out.weight[0].tolist() == pytest.approx(expected, rel=1e-9)
+        assert grad[0].tolist() == pytest.approx([-w * r * adv for w, r in zip(expected, [1.0002, 1.0008], strict=True)], rel=1e-9)
+        # the per-token loss is the sequence's objective on every token: -min(s A, clip(s) A)
+        assert out.per_token[0].tolist() == pytest.approx([-min(s * adv, min(s, 1.0004) * adv)] * 2, rel=1e-9)
 
 
 # --- aggregation ------------------------------------------------------------------------------------
@@ -375,7 +506,7 @@ def test_extreme_inputs_stay_finite(name, dtype):
                      rollout_topk_log_probs=torch.full((1, 4, 2), -0.7, dtype=dtype),
                      logits=torch.randn(1, 4, 5, dtype=dtype) * 40, response_ids=torch.tensor([[0, 1, 2, 3]]))
     log_prob = log_pi.to(dtype).requires_grad_()
-    out = get_loss(name)(log_prob=log_prob, rollout_log_prob=log_mu.to(dtype),
+    out = get_loss(name)(log_prob=log_prob, rollout_log_prob=log_mu.to(dtype), old_log_prob=log_pi.to(dtype).flip(-1),
                          advantages=torch.tensor([5.0], dtype=dtype), response_mask=torch.ones(1, 4), **extra)
     aggregate(out.per_token, torch.ones(1, 4)).backward()
     assert torch.isfinite(out.per_token).all() and torch.isfinite(log_prob.grad.float()).all()

@@ -192,3 +192,70 @@ def test_references_are_complete():
     for ref in REFERENCES:
         assert ref.url.startswith("https://") and ref.published and ref.source
         assert ref.stat is None or ref.stat in stats, ref.stat
+
+
+# --- which delta for this mismatch (drpo.mismatch.recommend) -----------------------------------------
+
+def sweep_results(finals: dict[str, dict[float, list[float]]], p99: dict[str, float]) -> dict:
+    """A delta sweep's results.json in miniature: per condition, DRPO's final accuracy per delta and seed."""
+    points = [{"value": d, "label": f"drpo:delta={d:g}"} for d in (0.05, 0.5, 2.0)]
+    conditions = {}
+    for name, by_delta in finals.items():
+        methods = {f"drpo:delta={d:g}": {
+            "final": {"mean": float(np.mean(v))}, "seeds": len(v),
+            "per_seed": {str(s): {"final": x, "mismatch": {"p99": p99[name] * (1 + 0.1 * i)}} for s, x in enumerate(v)}}
+            for i, (d, v) in enumerate(by_delta.items())}
+        conditions[name] = {"about": f"{name}: a test condition", "methods": methods}
+    return {"sweeps": [{"loss": "drpo", "points": points}], "conditions": conditions, "level": 0.95,
+            "overrides": ["steps=10"]}
+
+
+def test_recommendation_by_hand():
+    from drpo.mismatch.recommend import evidence, recommend
+
+    # low: 0.05 is worse than the best (0.5) on every seed by 0.2 +- 0.01; 2.0 differs from 0.5 by +-0.01 only
+    # high: only 0.05 is the best; 0.5 and 2.0 are worse by 0.1 +- 0.01 on each seed
+    results = sweep_results({"low": {0.05: [0.30, 0.31, 0.29], 0.5: [0.50, 0.50, 0.50], 2.0: [0.51, 0.49, 0.50]},
+                             "high": {0.05: [0.40, 0.40, 0.40], 0.5: [0.30, 0.31, 0.29], 2.0: [0.29, 0.30, 0.31]}},
+                            {"low": 0.01, "high": 0.5})
+    low, high = evidence(results)
+    assert (low.condition, low.best, low.supported, low.worse) == ("low", 0.5, (0.5, 2.0), (0.05,))
+    assert (high.best, high.supported, high.worse) == (0.05, (0.05,), (0.5, 2.0))
+    assert low.p99 == pytest.approx(0.01 * 1.1) and low.p99_range == pytest.approx((0.01, 0.012))
+    assert low.runs == "10 steps per run" and low.seeds == 3
+    # log-nearest condition; the default (0.5) when supported, else the supported delta nearest to it
+    at_low = recommend(0.011, 0.5, [low, high], "results.json")
+    assert (at_low.evidence.condition, at_low.delta, at_low.placement) == ("low", 0.5, "within")
+    at_high = recommend(0.3, 0.5, [low, high], "results.json")
+    assert (at_high.evidence.condition, at_high.delta, at_high.placement) == ("high", 0.05, "between")
+    assert recommend(1e-4, 0.5, [low, high], "r").placement == "outside"
+    text = " ".join(at_high.lines())
+    assert "Supported delta: 0.05 to 0.05" in text and "Recommended: delta = 0.05" in text and "results.json" in text
+    with pytest.raises(ValueError, match="no delta to recommend"):
+        recommend(0.0, 0.5, [low, high], "r")
+
+
+def test_committed_delta_sweep_supports_the_loss_default():
+    """The evidence `drpo mismatch` cites: both conditions of docs/results/delta hold DRPO's default delta."""
+    from drpo.mismatch.recommend import load_evidence
+
+    conditions = {e.condition: e for e in load_evidence()}
+    assert set(conditions) == {"fp8", "stale_strong"}
+    default = DrpoHyper().delta
+    assert all(default in e.supported for e in conditions.values())
+    assert conditions["fp8"].p99 < conditions["stale_strong"].p99
+
+
+def test_cli_recommends_a_delta_with_its_evidence(tmp_path, capsys):
+    write_log_probs(tmp_path / "a.jsonl", [record(step=s) for s in range(3)])
+    assert main(["mismatch", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    report = (tmp_path / "out" / "mismatch.md").read_text()
+    for text in (printed, report):
+        assert "Which delta for this mismatch?" in text and "docs/results/delta/results.json" in text
+        assert "Recommended: delta = " in text
+    # p99 |pi - mu| of the five tokens is 0.2, between fp8's (0.070) and stale_strong's (0.58) and log-nearer
+    # fp8 (ratio 2.84 against 2.91); both hold the loss default. The table applies the masks at it: Binary-TV
+    # there drops nothing (|pi - mu| <= 0.2 and the default is above it)
+    assert "nearest measured condition 'fp8'" in report and "lies between the measured conditions" in report
+    assert DrpoHyper().delta > 0.2 and f"| masked by dppo_binary_tv {DrpoHyper().delta:g} | 0.00% |" in report

@@ -216,3 +216,25 @@ def test_top_p_below_one_warns_and_the_gap_it_warns_of_is_real(tmp_path):
         trainer = Trainer(config)
     metrics = trainer.train_step()
     assert metrics["mismatch/abs_mean"] > 1e-3 and metrics["mismatch/max"] < 1e-6
+
+
+@pytest.mark.parametrize("loss", ["ppo_tis", "ppo_mis", "ppo_seq_tis", "ppo_seq_mis", "ppo_geo_mis", "minirl", "gspo"])
+def test_framework_baselines_train_on_pi_old_and_mu(tmp_path, loss):
+    """The decoupled losses need both pi_old (recomputed) and mu (the sampler's); a bf16 sampler makes them differ."""
+    trainer = Trainer(load_config(None, [*TINY, *CHEAP, f"out={tmp_path}", f"loss={loss}", "steps=2",
+                                         "rollout.precision=bf16"]))
+    original, seen = trainer.loss, []
+
+    class Spy(type(original)):
+        def __call__(self, **inputs):
+            seen.append(inputs)
+            return super().__call__(**inputs)
+
+    trainer.loss = Spy(original.spec, original.hyper)
+    summary = trainer.train()
+    records = read_metrics(tmp_path)
+    assert summary["steps"] == 2 and len(seen) == 2 * trainer.config.updates_per_batch
+    assert all(torch.isfinite(torch.tensor(r["loss/value"])) for r in records if "loss/value" in r)
+    for inputs in seen:
+        gap = (inputs["old_log_prob"] - inputs["rollout_log_prob"]).abs() * inputs["response_mask"]
+        assert gap.max() > 0, "pi_old must be the trainer's recompute, not mu"

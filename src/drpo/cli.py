@@ -131,9 +131,36 @@ def cmd_mismatch(args) -> int:
     for analysis in analyses:
         if "rounds" in analysis.extra:
             console.print(f"  {analysis.label} rounds {analysis.extra['rounds']}")
+    advice = _print_advice(console, analyses, sources)
     if args.out:
-        print(f"wrote {write_report(analyses, args.out, ' '.join([*command, '--out', args.out]))}")
+        print(f"wrote {write_report(analyses, args.out, ' '.join([*command, '--out', args.out]), advice)}")
     return 0
+
+
+def _print_advice(console, analyses, sources):
+    """The delta the committed sweep supports for each source's mismatch (drpo.mismatch.recommend); returns the
+    advice, or the reason there is none (the evidence ships with the repository only)."""
+    from rich.table import Table
+
+    from drpo.mismatch.recommend import advise
+    from drpo.mismatch.report import advice_rows
+
+    try:
+        advice = advise(analyses, sources)
+    except (FileNotFoundError, ValueError) as error:
+        console.print(f"no delta recommendation: {error}")
+        return str(error)
+    console.print("\n[bold]Which delta for this mismatch?[/bold]")
+    for item in advice:
+        console.print(f"[bold cyan]{item.label}[/bold cyan]: " + " ".join(item.recommendation.lines()))
+    header, rows = advice_rows(advice)
+    table = Table(title="what each trust region does with these tokens at the recommended delta")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    return advice
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -348,6 +348,30 @@ class EvalConfig(Section):
         return step % self.every == 0 or step == steps or late
 
 
+class AdaptiveDeltaConfig(Section):
+    """Experimental: the trust-region width set every step from the measured mismatch (drpo/adaptive.py).
+
+    delta = clamp(multiple * EMA of the quantile of |pi_old - mu|, min_delta, max_delta), for drpo,
+    drpo_clipped (delta) and dppo_binary_tv (delta_low = delta_high), logged as loss/delta. Off by default;
+    the constants are placeholders until measurements choose them.
+    """
+
+    enabled: bool = pydantic.Field(False, description="set the loss's delta from the measured mismatch (experimental)")
+    quantile: float = pydantic.Field(0.99, gt=0.0, lt=1.0, description="quantile of |pi_old - mu| over a step's tokens")
+    multiple: float = pydantic.Field(3.0, gt=0.0, description="delta = multiple x its moving average (placeholder)")
+    ema: float = pydantic.Field(0.9, ge=0.0, lt=1.0, description="weight of the past in the moving average (0: last "
+                                "step only)")
+    min_delta: float = pydantic.Field(0.05, gt=0.0, description="smallest delta the rule may set")
+    max_delta: float = pydantic.Field(1.0, gt=0.0, description="largest delta the rule may set (<= 1 for "
+                                      "dppo_binary_tv)")
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self):
+        if self.min_delta > self.max_delta:
+            raise ValueError(f"adaptive_delta.min_delta={self.min_delta} is above max_delta={self.max_delta}")
+        return self
+
+
 class RunConfig(Section):
     out: str = pydantic.Field("runs/default", description="run directory (config, metrics, checkpoints, plots)")
     steps: int = pydantic.Field(100, ge=0, description="RL steps (one rollout batch and its updates each)")
@@ -377,6 +401,7 @@ class RunConfig(Section):
     optim: OptimConfig = pydantic.Field(default_factory=OptimConfig)
     warmup: WarmupConfig = pydantic.Field(default_factory=WarmupConfig)
     eval: EvalConfig = pydantic.Field(default_factory=EvalConfig)
+    adaptive_delta: AdaptiveDeltaConfig = pydantic.Field(default_factory=AdaptiveDeltaConfig)
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -424,6 +449,22 @@ class RunConfig(Section):
         if self.optim.changed(("moe_aux_coef",)) and not self.model.moe:
             raise ValueError("optim.moe_aux_coef weighs the load-balancing loss of the built-in MoE model; set "
                              "model.moe=true (a dense or hf: model has no such term here)")
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _adaptive_delta_needs_a_boundary_and_pi_old(self):
+        from drpo.adaptive import DELTA_FIELDS
+
+        if not self.adaptive_delta.enabled:
+            return self
+        loss = self.loss.build()
+        if loss.name not in DELTA_FIELDS:
+            raise ValueError(f"adaptive_delta sets the boundary of {', '.join(DELTA_FIELDS)}; loss={self.loss.name} "
+                             "has none: choose one of them or set adaptive_delta.enabled=false")
+        if loss.name == "dppo_binary_tv" and self.adaptive_delta.max_delta > 1:
+            raise ValueError("adaptive_delta.max_delta must be <= 1 for dppo_binary_tv (a probability shift)")
+        if not self.recompute_old_log_prob and loss.hyper.anchor != "recompute":
+            raise ValueError("adaptive_delta measures |pi_old - mu|: set recompute_old_log_prob=true")
         return self
 
     def recorded(self) -> dict:

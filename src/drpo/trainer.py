@@ -31,6 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from drpo.adaptive import DeltaTracker, boundary
 from drpo.advantages import group_advantages
 from drpo.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
 from drpo.config import RunConfig, check_resume
@@ -102,6 +103,9 @@ class Trainer:
         self.log_prob_dump: TrainerDump | None = None  # OUT/log_probs.jsonl when dump_log_probs (set by train)
         self.start_accuracy: float | None = None
         self.best_accuracy: float | None = None
+        adaptive = config.adaptive_delta  # experimental: the loss's boundary from the measured mismatch
+        self.delta_tracker = DeltaTracker(adaptive.quantile, adaptive.multiple, adaptive.ema, adaptive.min_delta,
+                                          adaptive.max_delta) if adaptive.enabled else None
 
     # ----------------------------------------------------------------------------- one RL step
     def train_step(self) -> dict[str, float]:
@@ -128,6 +132,9 @@ class Trainer:
         start = time.perf_counter()
         old_log_prob = None
         metrics: dict[str, float] = {}
+        if self.delta_tracker is not None:  # this step's boundary, from the mismatch of the steps before it
+            self.loss = self.delta_tracker.apply(self.loss)
+            metrics["loss/delta"] = boundary(self.loss)
         # With one update per batch that the loss does not anchor on pi_old, the update's own forward runs on the
         # weights that would be recomputed: pi_old comes from it for free instead of from a separate forward.
         pi_old_from_update = (cfg.recompute_old_log_prob and cfg.updates_per_batch == 1
@@ -146,6 +153,8 @@ class Trainer:
             old_log_prob = torch.empty_like(batch.rollout_log_prob)  # [N, T]
             old_log_prob[rows] = updates[0].log_prob  # back from the mini-batch's shuffled row order
         if old_log_prob is not None:
+            if self.delta_tracker is not None:
+                self.delta_tracker.observe(old_log_prob, batch.rollout_log_prob, batch.response_mask)
             metrics.update(mismatch_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))
             metrics.update(step_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))  # the tail
         if self.log_prob_dump is not None:  # mu, pi_old and each mini-batch's pi, before the weights move on
@@ -269,6 +278,7 @@ class Trainer:
             **global_rng_state(),  # torch, Python, NumPy: plain values, so the checkpoint loads weights_only
             "bad_steps": self.bad_steps, "start_accuracy": self.start_accuracy, "best_accuracy": self.best_accuracy,
             "config": self.config.model_dump(mode="json"),
+            **({"delta_tracker": self.delta_tracker.state_dict()} if self.delta_tracker is not None else {}),
         }
 
     def load_state(self, state: dict) -> None:
@@ -282,6 +292,8 @@ class Trainer:
         set_global_rng_state(state)
         self.bad_steps = state["bad_steps"]
         self.start_accuracy, self.best_accuracy = state["start_accuracy"], state["best_accuracy"]
+        if self.delta_tracker is not None:
+            self.delta_tracker.load_state_dict(state["delta_tracker"])
 
     def checkpoint(self) -> Path:
         return save_checkpoint(self.run_dir / "checkpoints", self.state())

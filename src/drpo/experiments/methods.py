@@ -21,7 +21,15 @@ METHODS: dict[str, tuple[str, dict]] = {
     "pg_is": ("pg_is", {}),  # no trust region
     "cispo": ("cispo", {}),  # clipped stop-gradient IS weight, never drops a token
     "ppo_clip_higher": ("ppo_clip", {"eps_low": 0.2, "eps_high": 0.28}),  # DAPO clip-higher
-    "minirl": ("ppo_clip", {"eps_low": 0.2, "eps_high": 0.28, "anchor": "recompute"}),  # anchored on pi_old
+    # clip-higher on pi/pi_old, nothing for mu (this label was "minirl" in sweeps published before MiniRL was corrected)
+    "ppo_clip_recompute": ("ppo_clip_recompute", {}),
+    # what verl and TRL users run against mismatch: decoupled PPO with a rollout correction pi_old/mu
+    "ppo_tis": ("ppo_tis", {}),  # token TIS at 2 (verl decoupled_token_is)
+    "ppo_mis": ("ppo_mis", {}),  # IcePop's two-sided token mask [0.5, 5] (verl decoupled_token_icepop)
+    "ppo_seq_tis": ("ppo_seq_tis", {}),  # sequence product truncated at 2 (verl decoupled_seq_is)
+    "ppo_seq_mis": ("ppo_seq_mis", {}),  # sequences whose product leaves [0.5, 2] rejected (decoupled_seq_is_rs)
+    "minirl": ("minirl", {}),  # MiniRL as published: clip-higher on pi/pi_old times pi_old/mu
+    "gspo": ("gspo", {}),  # sequence ratio clipped at 1 -3e-4/+4e-4, anchored on pi_old
     "spo": ("spo", {}),
     "dppo_binary_tv": ("dppo_binary_tv", {}),
     "dppo_binary_kl": ("dppo_binary_kl", {}),

@@ -27,6 +27,10 @@ its clip bounds) depends on the anchor:
   vLLM ``vllm_importance_sampling_correction`` must stay True, and a rollout that reports mu without
   that weight (a rollout_func without vLLM) is refused.
 
+Mapped to TRL's own options, not run by DRPOTrainer (``TRL_EQUIVALENTS``): ``decoupled_ppo`` and its
+presets (ppo_tis, ppo_mis, ppo_seq_tis, ppo_seq_mis, ppo_geo_mis, minirl), whose pi_old / mu weight is
+TRL's ``vllm_importance_sampling_mode``, and ``gspo`` (``importance_sampling_level="sequence"``).
+
 Not supported (rejected by DRPOConfig): the Top-K DPPO variants (TRL keeps only the sampled token's
 log-prob from vLLM and does not hand the loss its logits), ``importance_sampling_level="sequence"``
 (our losses are per token), TRL's entropy bonus (``entropy_coef``, ``use_adaptive_entropy``), and
@@ -67,6 +71,17 @@ def _changed(config: GRPOConfig, names: tuple[str, ...]) -> list[str]:
     return [f"{name}={getattr(config, name)!r}" for name in names if getattr(config, name) != defaults[name]]
 
 
+# Losses TRL already has: decoupled PPO's pi_old / mu correction is TRL's vLLM importance-sampling weight
+# and GSPO is GRPOTrainer's sequence-level ratio. Ours beside TRL's would apply the correction twice.
+TRL_EQUIVALENTS: dict[str, str] = {
+    "decoupled_ppo": "decoupled PPO's IS weight pi_old / mu is TRL's vLLM correction: use drpo_loss="
+    "'ppo_clip_recompute' (or ppo_clip with anchor='recompute') and set vllm_importance_sampling_mode "
+    "(token_truncate = ppo_tis, token_mask = ppo_mis, sequence_truncate = ppo_seq_tis, sequence_mask = "
+    "ppo_seq_mis) with vllm_importance_sampling_clip_min / clip_max (the presets' is_low / is_high), or GRPOTrainer",
+    "gspo": "TRL has GSPO: GRPOTrainer with importance_sampling_level='sequence', epsilon=3e-4, epsilon_high=4e-4",
+}
+
+
 @dataclass
 class DRPOConfig(GRPOConfig):
     """GRPOConfig plus our loss: ``drpo_loss`` (a drpo.losses name) and its ``drpo_loss_kwargs``."""
@@ -97,6 +112,8 @@ class DRPOConfig(GRPOConfig):
                    **dict.fromkeys(self.drpo_loss_kwargs, "drpo_loss_kwargs")}
         logger.info("drpo: DRPOTrainer runs %s", resolved(loss, sources))
         warn_if_cannot_bind(loss)
+        if loss.name in TRL_EQUIVALENTS:
+            raise ValueError(f"drpo_loss='{self.drpo_loss}': {TRL_EQUIVALENTS[loss.name]}")
         if loss.spec.needs_topk:
             raise ValueError(f"drpo_loss='{self.drpo_loss}' needs the rollout's top-k log-probs and the current "
                              "logits, which TRL does not provide; use dppo_binary_tv or dppo_binary_kl")

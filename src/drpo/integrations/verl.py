@@ -13,7 +13,7 @@ does not change with the data-parallel size or the micro-batch split.
 Anchor: verl hands a policy loss one reference log-prob, ``old_log_prob``. With
 ``algorithm.rollout_correction.bypass_mode=true`` (v1 trainer) it *is* the rollout engine's log-prob
 mu, so the trust region is anchored on mu as docs/method.md describes; without bypass it is pi_old, recomputed
-by the trainer (the MiniRL "recompute" anchor). The adapter passes it as ``rollout_log_prob``.
+by the trainer (the "recompute" anchor). The adapter passes it as ``rollout_log_prob``.
 
 No silent defaults: verl's trust-region fields default to PPO's values (clip_ratio 0.2, clip_ratio_c 3.0),
 not ours. At the first call of each setting the adapter logs the bound loss and the verl field each
@@ -22,7 +22,8 @@ and the override that sets it (``hyper_from_config``), and when the trust region
 (drpo.losses.checks).
 
 Not registered: the Top-K DPPO variants (verl's policy-loss call carries no logits and its rollout
-records no top-k log-probs, so they cannot work honestly), and names verl already owns (``cispo``).
+records no top-k log-probs, so they cannot work honestly), names verl already owns (``cispo``, ``gspo``),
+and ``decoupled_ppo`` with its presets, which is verl's own rollout correction (``NOT_REGISTERED``).
 
 TRL in the same environment breaks verl's engine (not our losses): see ``trl_conflict``, which this
 module reports as a warning whenever verl loads it.
@@ -64,6 +65,11 @@ NOT_REGISTERED: dict[str, str] = {
     "neither (its vLLM/SGLang rollout records only the sampled token's log-prob)",
     "dppo_topk_kl": "same as dppo_topk_tv",
     "cispo": "verl ships its own 'cispo'; we do not shadow it",
+    # verl's rollout correction is decoupled PPO: loss_mode=vanilla with the IS weight pi_old/mu that
+    # algorithm.rollout_correction computes (the README maps each preset to its options)
+    "decoupled_ppo": "verl's own rollout correction: loss_mode=vanilla with algorithm.rollout_correction.rollout_is "
+    "(token | sequence), rollout_is_threshold (C, or 'low_high' for a mask) and rollout_rs (rejection)",
+    "gspo": "verl ships its own 'gspo' (loss_mode=gspo, clip_ratio_low=3e-4, clip_ratio_high=4e-4)",
 }
 
 

@@ -6,12 +6,13 @@
     aggregate(out.per_token, response_mask, mode="token-mean").backward()
 
 One module per family: ratio.py (pg_is, ppo_clip/grpo, cispo), quadratic.py (spo, drpo),
-dppo.py (Binary-TV/KL and Top-K masks); aggregate.py reduces, base.py holds the contract.
+dppo.py (Binary-TV/KL and Top-K masks), decoupled.py (decoupled PPO with a rollout correction, GSPO);
+aggregate.py reduces, base.py holds the contract.
 """
 
 # isort: off
 # importing registers the losses, in the order `drpo losses` lists them
-from drpo.losses import ratio, quadratic, dppo  # noqa: F401
+from drpo.losses import ratio, quadratic, dppo, decoupled  # noqa: F401
 # isort: on
 from drpo.losses.aggregate import AGGREGATIONS, aggregate
 from drpo.losses.base import ALIASES, LOSSES, Loss, LossInputs, LossOutput, LossSpec, get_loss, register_loss

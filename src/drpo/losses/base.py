@@ -40,7 +40,7 @@ class Hyper(pydantic.BaseModel):
     anchor: Literal["rollout", "recompute"] = pydantic.Field(
         "rollout",
         description="reference of the ratio and trust region: rollout = mu (behavior policy), "
-        "recompute = pi_old (trainer's recomputed log-probs; the MiniRL variants)",
+        "recompute = pi_old (trainer's recomputed log-probs, as decoupled PPO clips)",
     )
 
 

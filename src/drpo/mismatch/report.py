@@ -88,7 +88,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows), ""]
 
 
-def markdown(analyses: list[Analysis], command: str | None = None, figure: str | None = "mismatch.png") -> str:
+def markdown(analyses: list[Analysis], command: str | None = None, figure: str | None = "mismatch.png",
+             advice=None) -> str:
+    """``advice``: recommend.Advice per source, or a sentence saying why there is none."""
     labels = [a.label for a in analyses]
     lines = ["# Training-inference mismatch", ""]
     if command:
@@ -145,8 +147,35 @@ def markdown(analyses: list[Analysis], command: str | None = None, figure: str |
         trend_rows.append([a.label, str(len(values)), fmt("", trend_baseline(a.trend)), fmt("", values[-1]),
                            fmt("", max(values)), flagged or "none"])
     lines += _md_table(["source", "steps", "first steps", "last step", "max", "flagged steps"], trend_rows)
+    if isinstance(advice, str):
+        lines += ["## Which delta for this mismatch?", "", advice, ""]
+    elif advice:
+        lines += advice_section(advice)
     lines += reference_section(analyses)
     return "\n".join(lines)
+
+
+def advice_rows(advice) -> tuple[list[str], list[list[str]]]:
+    """What each trust region does with each source's tokens at the delta recommended for it (recommend.Advice)."""
+    header = ["", *(f"{a.label} (delta {a.recommendation.delta:g})" for a in advice)]
+    keys = [key for key in advice[0].trust if key.startswith("masked/")] if advice else []
+    rows = [[f"masked by {key.removeprefix('masked/')}",
+             *(fmt(key, a.trust.get(key)) if key in a.trust else "-" for a in advice)] for key in keys]
+    rows += [["DRPO: share w > 1", *(fmt("drpo/w_gt_1", a.trust["drpo/w_gt_1"]) for a in advice)],
+             ["DRPO: share w < 0", *(fmt("drpo/w_lt_0", a.trust["drpo/w_lt_0"]) for a in advice)],
+             ["DRPO: w min / max", *(f"{a.trust['drpo/w_min']:.3g} / {a.trust['drpo/w_max']:.3g}" for a in advice)]]
+    return header, rows
+
+
+def advice_section(advice) -> list[str]:
+    lines = ["## Which delta for this mismatch?", "",
+             "From each source's p99 |pi - mu| (its main comparison), the delta this project's delta sweep supports "
+             "at the nearest mismatch it measured, with the evidence it rests on.", ""]
+    for a in advice:
+        lines += [f"**{a.label}**: " + " ".join(a.recommendation.lines()), ""]
+    lines += ["What each trust region does with these tokens at the recommended delta (DPPO Binary-TV at that "
+              "boundary beside the fixed ones):", ""]
+    return lines + _md_table(*advice_rows(advice))
 
 
 def reference_section(analyses: list[Analysis]) -> list[str]:
@@ -215,7 +244,7 @@ def plot(analyses: list[Analysis], path: str | Path) -> Path:
     return path
 
 
-def write_report(analyses: list[Analysis], out_dir: str | Path, command: str | None = None) -> Path:
+def write_report(analyses: list[Analysis], out_dir: str | Path, command: str | None = None, advice=None) -> Path:
     """OUT/mismatch.md, OUT/mismatch.png and OUT/mismatch.json (every statistic); returns the markdown's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +253,7 @@ def write_report(analyses: list[Analysis], out_dir: str | Path, command: str | N
     payload = {"command": command, "sources": [asdict(a) for a in analyses]}
     (out / "mismatch.json").write_text(json.dumps(_finite(payload), indent=1))
     path = out / "mismatch.md"
-    path.write_text(markdown(analyses, command))
+    path.write_text(markdown(analyses, command, advice=advice))
     return path
 
 

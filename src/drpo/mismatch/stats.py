@@ -96,12 +96,12 @@ def bucket_stats(target: np.ndarray, anchor: np.ndarray) -> list[dict[str, float
 
 @torch.no_grad()
 def trust_region_stats(log_prob: np.ndarray, rollout_log_prob: np.ndarray, advantage: np.ndarray | None,
-                       drpo_delta: float | None = None) -> dict[str, float]:
+                       drpo_delta: float | None = None, tv_delta: float | None = None) -> dict[str, float]:
     """What each trust region does with these tokens, computed by drpo.losses on them.
 
     ``masked/<label>``: the share of tokens whose gradient weight is 0; ``drpo/...``: DRPO's weight at
     ``drpo_delta`` (default: the loss's default), its share above 1, share below 0 (corrective), min, max, and
-    ``drpo/delta`` the delta used. The masks depend on the advantage's
+    ``drpo/delta`` the delta used; ``tv_delta`` adds DPPO Binary-TV at that boundary. The masks depend on the advantage's
     sign (a token is dropped only when it moved the way its advantage pushes); without advantages each
     figure is the mean over A = +1 and A = -1, i.e. advantages of random sign.
     """
@@ -117,7 +117,9 @@ def trust_region_stats(log_prob: np.ndarray, rollout_log_prob: np.ndarray, advan
     def mean_over_signs(loss) -> list[torch.Tensor]:
         return [loss(log_prob=pi, rollout_log_prob=mu, advantages=a, response_mask=mask).weight for a in signs]
 
-    for label, name, hyper in TRUST_REGIONS:
+    regions = [*TRUST_REGIONS, *([(f"dppo_binary_tv {tv_delta:g}", "dppo_binary_tv",
+                                   {"delta_low": tv_delta, "delta_high": tv_delta})] if tv_delta is not None else [])]
+    for label, name, hyper in regions:
         weights = mean_over_signs(get_loss(name, **hyper))
         out[f"masked/{label}"] = float(np.mean([(w == 0).double().mean().item() for w in weights]))
     drpo = get_loss("drpo", **({} if drpo_delta is None else {"delta": drpo_delta}))

@@ -1,0 +1,72 @@
+"""An experimental trust-region width set from the mismatch measured during training (``adaptive_delta``).
+
+Every step the trainer measures |pi_old - mu| of the sampled tokens; the tracker keeps an exponential
+moving average of a high quantile of it and sets DRPO's delta (or DPPO Binary-TV's delta_low = delta_high)
+to a multiple of that average, clamped to [min_delta, max_delta]:
+
+    q_t     = quantile(|pi_old - mu| over the step's valid tokens, quantile)
+    m_t     = q_1                               at the first step measured
+            = ema * m_(t-1) + (1 - ema) * q_t   after it
+    delta_t = clamp(multiple * m_t, min_delta, max_delta)
+
+The delta of step t+1 comes from the measurements up to step t (the first step runs at the loss's own
+delta): with one update per batch pi_old is the update's own forward, known only after it.
+
+The constants of ``AdaptiveDeltaConfig`` are placeholders until measurements choose them: the committed
+delta sweep (docs/results/delta) found the same best fixed delta, 0.5, at a p99 |pi_old - mu| of 0.07 (fp8)
+and of 0.58 (strong staleness), which no single multiple of the p99 reproduces.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from drpo.losses import Loss
+
+# the loss hyper-parameters the tracker sets, per loss it supports
+DELTA_FIELDS: dict[str, tuple[str, ...]] = {
+    "drpo": ("delta",), "drpo_clipped": ("delta",), "dppo_binary_tv": ("delta_low", "delta_high"),
+}
+
+
+class DeltaTracker:
+    """The moving quantile of |pi_old - mu| and the delta it sets (see the module docstring)."""
+
+    def __init__(self, quantile: float, multiple: float, ema: float, min_delta: float, max_delta: float):
+        self.quantile, self.multiple, self.ema = quantile, multiple, ema
+        self.min_delta, self.max_delta = min_delta, max_delta
+        self.average: float | None = None  # m_t; None before the first measurement
+
+    @torch.no_grad()
+    def observe(self, old_log_prob: torch.Tensor, rollout_log_prob: torch.Tensor, mask: torch.Tensor) -> float:
+        """Fold one step's tokens ([B, T] log pi_old, log mu, 0/1 mask) into the average; returns q_t."""
+        gap = (old_log_prob.double().exp() - rollout_log_prob.double().exp()).abs()[mask.bool()]  # [N]
+        if gap.numel() == 0:
+            return float("nan")
+        q = torch.quantile(gap, self.quantile).item()
+        self.average = q if self.average is None else self.ema * self.average + (1 - self.ema) * q
+        return q
+
+    @property
+    def delta(self) -> float | None:
+        """delta_t, or None before the first measurement (the loss keeps its own)."""
+        if self.average is None:
+            return None
+        return min(self.max_delta, max(self.min_delta, self.multiple * self.average))
+
+    def apply(self, loss: Loss) -> Loss:
+        """``loss`` with its boundary set to :attr:`delta` (unchanged before the first measurement)."""
+        if self.delta is None:
+            return loss
+        return Loss(loss.spec, loss.hyper.model_copy(update=dict.fromkeys(DELTA_FIELDS[loss.name], self.delta)))
+
+    def state_dict(self) -> dict:
+        return {"average": self.average}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.average = state["average"]
+
+
+def boundary(loss: Loss) -> float:
+    """The boundary ``loss`` runs at: DRPO's delta, or Binary-TV's delta_high (= delta_low under the tracker)."""
+    return getattr(loss.hyper, DELTA_FIELDS[loss.name][-1])

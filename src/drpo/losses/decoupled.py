@@ -1,0 +1,108 @@
+"""The baselines frameworks ship against training-inference mismatch: decoupled PPO with a rollout
+correction (verl's rollout correction, TRL's vLLM importance-sampling correction) and GSPO.
+
+Decoupled PPO has three policies: mu, the sampler (rollout_log_prob); pi_old, the trainer's recompute of
+the weights that sampled (old_log_prob); and pi. PPO's clip acts on r = pi / pi_old, the anchor; mu enters
+only through the importance weight rho = pi_old / mu, a constant of the update (no gradient flows through
+it), corrected in one of two ways:
+
+- truncate (TIS): rho -> clamp(rho, is_low, is_high) (verl rollout_is_threshold=C; TRL *_truncate);
+- mask (MIS, IcePop): rho -> 0 outside [is_low, is_high] (verl "lower_upper" thresholds and rejection
+  sampling rollout_rs; TRL *_mask),
+
+per token, per sequence (rho_seq = prod_t rho_t, verl rollout_is="sequence", TRL sequence_*), or per
+sequence by the geometric mean exp(mean_t log rho_t) (verl's seq_mean_k1 rejection, "Geo-RS").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+import torch
+
+from drpo.losses.base import LOG_RATIO_CLAMP, Hyper, LossInputs, register_loss
+from drpo.losses.ratio import PpoClipHyper, ppo_clip
+
+
+class DecoupledPpoHyper(PpoClipHyper):
+    anchor: Literal["recompute"] = pydantic.Field(
+        "recompute", description="PPO's clip is on pi/pi_old (old_log_prob, recomputed by the trainer); mu enters "
+        "only through the IS weight pi_old/mu")
+    level: Literal["token", "sequence", "geometric"] = pydantic.Field(
+        "token", description="IS weight per token, per sequence (product over the response) or per sequence by "
+        "the geometric mean")
+    mode: Literal["truncate", "mask"] = pydantic.Field(
+        "truncate", description="truncate: clamp the IS weight to [is_low, is_high] (TIS); mask: zero it outside "
+        "(MIS, IcePop)")
+    is_low: float | None = pydantic.Field(None, gt=0.0, description="lower bound of the IS weight (None: none)")
+    is_high: float | None = pydantic.Field(
+        2.0, gt=0.0, description="upper bound of the IS weight (2.0: verl's rollout_is_threshold; None: none)")
+
+    @pydantic.model_validator(mode="after")
+    def _ordered_bounds(self):
+        if self.is_low is not None and self.is_high is not None and self.is_low >= self.is_high:
+            raise ValueError(f"is_low={self.is_low} must be below is_high={self.is_high}")
+        return self
+
+
+def rollout_weight(x: LossInputs, level: str) -> torch.Tensor:
+    """rho = pi_old / mu per token [B, T], or per sequence [B, 1] (product or geometric mean over the
+    response); the log is clamped at +-20 like the ratio's, so a sequence's product cannot overflow."""
+    log_rho = (x.anchor_log_prob - x.rollout_log_prob).mul_(x.mask_f)  # [B, T], 0 on padding
+    if level != "token":
+        log_rho = log_rho.sum(-1, keepdim=True)  # [B, 1]
+        if level == "geometric":
+            log_rho = log_rho.div_(x.mask_f.sum(-1, keepdim=True).clamp_(min=1))
+    return log_rho.clamp_(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp_()
+
+
+@register_loss("decoupled_ppo", DecoupledPpoHyper,
+               "decoupled PPO: clip on pi/pi_old times a truncated or masked IS weight pi_old/mu (token/sequence)")
+def decoupled_ppo(x: LossInputs, h: DecoupledPpoHyper):
+    """J = sg(c(rho)) * min(r*A, clip(r, 1-eps_low, 1+eps_high)*A), r = pi/pi_old, rho = pi_old/mu.
+
+    c truncates rho to [is_low, is_high] or zeroes it outside; rho is per token or one value per sequence.
+    w = c(rho) * m, m = PPO's 0/1 clip mask on r (dual-clip included): d J / d log pi = c(rho) * m * r * A.
+    Sources: verl's rollout correction in decoupled mode (trainer/ppo/rollout_corr_helper.py), TRL's
+    vllm_importance_sampling_mode (GRPOTrainer), Yao et al. 2025 "Your efficient RL framework secretly
+    brings you off-policy RL training" (TIS), IcePop (Ring-1T, 2025: the two-sided token mask).
+    """
+    objective, mask = ppo_clip(x, h)
+    rho = rollout_weight(x, h.level)  # [B, T] or [B, 1]
+    if h.mode == "truncate":
+        if h.is_low is not None or h.is_high is not None:
+            rho = rho.clamp_(min=h.is_low, max=h.is_high)
+    else:
+        low = 0.0 if h.is_low is None else h.is_low
+        high = torch.inf if h.is_high is None else h.is_high
+        rho = rho.mul_((rho >= low) & (rho <= high))
+    return objective.mul_(rho), mask.mul_(rho)
+
+
+class GspoHyper(Hyper):
+    anchor: Literal["rollout", "recompute"] = pydantic.Field(
+        "recompute", description="reference of the sequence ratio: recompute = pi_old (the paper's pi_theta_old, "
+        "as verl computes it), rollout = mu")
+    eps_low: float = pydantic.Field(3e-4, gt=0.0, lt=1.0, description="lower clip of the sequence ratio (paper: 3e-4)")
+    eps_high: float = pydantic.Field(4e-4, gt=0.0, description="upper clip of the sequence ratio (paper: 4e-4)")
+
+
+@register_loss("gspo", GspoHyper, "GSPO: PPO clip on the length-normalised sequence ratio (pi/anchor)^(1/|y|)")
+def gspo(x: LossInputs, h: GspoHyper):
+    """s = exp(mean_t log(pi_t/anchor_t)) per sequence; J_t = min(s*A, clip(s, 1-eps_low, 1+eps_high)*A).
+
+    Zheng et al. 2025, "Group Sequence Policy Optimization" (Eq. 5-7). s depends on every token of the
+    response: d s / d log pi_t = s / |y|. The per-token J_t is GSPO's sequence objective J_i with s entering
+    as sg(s) * pi_t / sg(pi_t) (as verl writes it), so d J_t / d log pi_t = m * s * A and the per-token
+    losses of one response sum to |y| * J_i exactly in value and gradient: aggregation seq-mean-token-mean
+    gives the paper's (1/G) sum_i J_i.
+    w_t = m * s / r_t, r_t = pi_t / anchor_t, m = 0 where the sequence is clipped the way A pushes, else 1.
+    """
+    log_ratio = (x.log_prob - x.anchor_log_prob).mul_(x.mask_f)  # [B, T], unclamped, 0 on padding
+    log_s = log_ratio.sum(-1, keepdim=True).div_(x.mask_f.sum(-1, keepdim=True).clamp_(min=1))  # [B, 1]
+    s = log_s.clamp_(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp_()  # [B, 1]
+    clipped = ((s > 1 + h.eps_high) & x.pushed_up) | ((s < 1 - h.eps_low) & x.pushed_down)  # [B, 1] or [B, T]
+    objective = torch.where(clipped, s.clamp(1 - h.eps_low, 1 + h.eps_high), s) * x.advantages
+    weight = (~clipped) * s / x.ratio  # [B, T]
+    return objective.expand_as(x.ratio).clone(), weight
