@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from drpo.losses import LossOutput, get_loss
+from drpo.losses.base import METRIC_KEYS
 from drpo.mismatch.dump import CallDump
 
 NORMALISATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -212,21 +214,34 @@ class DRPOTrainer(GRPOTrainer):
                 self.current_gradient_accumulation_steps if mode == "train" else 1.0)
 
         self._metrics[mode]["entropy"].append(self._global_mean(entropies, mask))
-        self._log_loss_metrics(out.metrics, mode)
+        self._log_loss_metrics(out.metrics, mask.sum().item(), mode)
         return loss
 
     def _global_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
         totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().to(x.dtype)]), reduction="sum")
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
-    def _log_loss_metrics(self, metrics: dict[str, float], mode: str) -> None:
-        """Our metrics (loss/*, ratio/*, shift/*) into TRL's; max / min keys reduce across processes by max / min."""
-        if not metrics:
-            return
-        keys = sorted(metrics)
-        local = torch.tensor([metrics[k] for k in keys], device=self.accelerator.device)  # [M]
-        gathered = self.accelerator.gather(local.unsqueeze(0))  # [P, M]
-        for i, key in enumerate(keys):
-            column = gathered[:, i]
-            value = column.max() if key.endswith("max") else column.min() if key.endswith("min") else column.mean()
+    def _log_loss_metrics(self, metrics: dict[str, float], tokens: float, mode: str) -> None:
+        """Our metrics (loss/*, ratio/*, shift/*) into TRL's: means weighted by each process's valid tokens, max /
+        min keys the extreme over processes.
+
+        Every process gathers the same keys, NaN for those it has no value of: a micro-batch without a valid token
+        has no metrics, and a process that skipped the gather would leave the others waiting in it for ever.
+        """
+        local = torch.tensor([tokens, *(metrics.get(key, math.nan) for key in METRIC_KEYS)],
+                             dtype=torch.float32, device=self.accelerator.device)  # [1 + M]
+        gathered = self.accelerator.gather(local.unsqueeze(0))  # [P, 1 + M]
+        counts = gathered[:, 0]  # [P]
+        for i, key in enumerate(METRIC_KEYS):
+            column = gathered[:, i + 1]
+            present = ~column.isnan()
+            if not present.any():
+                continue
+            values, weights = column[present], counts[present]
+            if key.endswith("max"):
+                value = values.max()
+            elif key.endswith("min"):
+                value = values.min()
+            else:
+                value = (values * weights).sum() / weights.sum()
             self._metrics[mode][key].append(value.item())

@@ -30,6 +30,11 @@ from drpo.validation import describe_fields, format_validation_error
 # at delta 0.15 (1e-6 / delta in general), which amplifies nothing; a bf16 behavior policy (|pi - mu| ~ 1e-3) is well above it
 AMPLIFIED_TOLERANCE = 1e-3
 LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 4.9e8: past that the ratio carries no information, only overflow risk
+# every key loss_metrics may return (shift/binary_kl only for the losses that compute it), for callers that must
+# hand the same keys to a collective on every process
+METRIC_KEYS = ("loss/masked_frac", "loss/corrective_frac", "loss/amplified_frac", "loss/weight_dev",
+               "loss/weight_mean", "loss/weight_min", "loss/weight_max",
+               "ratio/mean", "ratio/max", "shift/abs_mean", "shift/abs_max", "shift/binary_kl")
 
 
 class Hyper(pydantic.BaseModel):
@@ -377,9 +382,7 @@ def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
     w_mean, w_min, w_max = mean_min_max(weight)
     r_mean, _, r_max = mean_min_max(x.ratio)
     shift_mean, _, shift_max = mean_min_max(abs_shift)
-    keys = ["loss/masked_frac", "loss/corrective_frac", "loss/amplified_frac", "loss/weight_dev",
-            "loss/weight_mean", "loss/weight_min", "loss/weight_max",
-            "ratio/mean", "ratio/max", "shift/abs_mean", "shift/abs_max"]
+    keys = list(METRIC_KEYS[:-1])
     stats = [
         (torch.count_nonzero(w == 0) - padding) / n, torch.count_nonzero(w < 0) / n,
         torch.count_nonzero(w > 1 + AMPLIFIED_TOLERANCE) / n, torch.dot((w - 1).abs_(), mask) / n,
@@ -387,7 +390,7 @@ def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
     ]
     binary_kl = x.computed("binary_kl")  # only the losses that mask on it pay its ~12 passes
     if binary_kl is not None:
-        keys.append("shift/binary_kl")
+        keys.append(METRIC_KEYS[-1])
         stats.append(torch.dot(binary_kl.reshape(-1), mask) / n)
     return dict(zip(keys, torch.stack(stats).tolist(), strict=True))
 
