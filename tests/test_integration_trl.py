@@ -304,3 +304,24 @@ def test_two_processes_one_all_masked_do_not_hang(tmp_path):
     for rank in range(2):
         for key in OUR_METRICS:
             assert results[rank]["logged"][key] == pytest.approx(results[0]["own"][key], rel=1e-5)
+
+
+def test_nan_sampling_log_probs_are_counted(tokenizer, tmp_path):
+    """A NaN sampling log-prob on a valid token falls back to pi_old and is counted in mu/nan_tokens."""
+    trainer = make_trainer(tokenizer, tmp_path)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    batch, length = 2, 4
+    log_prob = torch.full((batch, length), -1.0, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    sampling = torch.full((batch, length), -1.2)
+    sampling[0, 1] = sampling[1, 0] = sampling[1, 3] = float("nan")  # two valid tokens, one padding
+    inputs = {
+        "prompt_ids": torch.zeros(batch, 2, dtype=torch.long), "prompt_mask": torch.ones(batch, 2),
+        "completion_ids": torch.zeros(batch, length, dtype=torch.long), "completion_mask": mask,
+        "advantages": torch.tensor([1.0, -1.0]), "num_items_in_batch": torch.tensor(6.0),
+        "old_per_token_logps": torch.full((batch, length), -1.1), "sampling_per_token_logps": sampling,
+    }
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (log_prob, torch.zeros(batch, length), None)
+    trainer._compute_loss(trainer.model, inputs)
+    assert trainer._metrics["train"]["mu/nan_tokens"] == [2.0]

@@ -12,6 +12,7 @@ the allowed values.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,8 @@ import yaml
 from drpo.tasks.math import DEFAULT_TEMPLATE as DEFAULT_MATH_TEMPLATE
 from drpo.tasks.math import compile_prompt_pattern
 from drpo.validation import describe_fields, format_validation_error
+
+TOPK_LOSS_LOGPROBS = 8  # mu's top-k log-probs recorded for a top-k loss when rollout.top_k_logprobs is 0
 
 
 class Section(pydantic.BaseModel):
@@ -198,7 +201,8 @@ class RolloutConfig(Section):
         1.0, gt=0.0, le=1.0, description="nucleus sampling; < 1 makes mu the truncated distribution while pi is not, "
         "a pi < mu gap on every token that trust regions take for drift (warned; keep 1 for training)")
     top_k_logprobs: int = pydantic.Field(
-        0, ge=0, description="record mu's top-k log-probs per token (set automatically for top-k losses)")
+        0, ge=0, description=f"record mu's top-k log-probs per token (0: {TOPK_LOSS_LOGPROBS} for top-k losses, "
+        "none otherwise)")
     ignore_eos: bool = pydantic.Field(
         False, description="sample every response to task.max_response_len through EOS (throughput benchmarks)")
     backend: Literal["native", "vllm"] = pydantic.Field(
@@ -302,6 +306,13 @@ class RunConfig(Section):
             raise ValueError("optim.moe_aux_coef weighs the load-balancing loss of the built-in MoE model; set "
                              "model.moe=true (a dense or hf: model has no such term here)")
         return self
+
+    @property
+    def top_k_logprobs(self) -> int:
+        """How many of mu's top-k log-probs the rollout records per token."""
+        if self.rollout.top_k_logprobs or not self.loss.build().spec.needs_topk:
+            return self.rollout.top_k_logprobs
+        return TOPK_LOSS_LOGPROBS
 
     def recorded(self) -> dict:
         """What a run's config.yaml holds: the dumped config with every loss hyper-parameter written out."""
@@ -412,7 +423,14 @@ def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple[Any, Any]]
     """{dotted key: (saved value, value in ``config``)} for every setting that differs. A key missing on one
     side counts as its default, so a run saved before a field existed matches a config leaving it at its default."""
     defaults = _flatten(RunConfig().model_dump(mode="json"))
-    before = _flatten(_with_resolved_loss(saved))
+    try:
+        before = _flatten(_with_resolved_loss(saved))
+    except ValueError as error:  # pydantic's ValidationError included
+        # a loss this drpo no longer accepts (renamed, or a key dropped): compared as written, so its keys show as
+        # changes, and said why
+        warnings.warn(f"the saved run's loss settings {saved.get('loss')} do not validate with this drpo, so they "
+                      f"are compared as written: {error}", stacklevel=2)
+        before = _flatten(saved)
     now = _flatten(config.recorded())
     pairs = {key: (before.get(key, defaults.get(key)), now.get(key, defaults.get(key)))
              for key in sorted(set(before) | set(now))}
@@ -423,12 +441,9 @@ def _with_resolved_loss(tree: dict) -> dict:
     """``tree`` (a dumped RunConfig) with every hyper-parameter of its loss written out, defaults included: a
     run records what it ran with, so a later change of a default cannot re-mean it. A run saved before this
     (only the keys set by hand) resolves against today's defaults; a loss section that no longer validates
-    stays as written, so that its keys show as changes."""
+    raises ValueError."""
     section = tree.get("loss", {})
-    try:
-        resolved = LossConfig(**section).build().hyper.model_dump(mode="json")
-    except ValueError:  # pydantic's ValidationError included
-        return tree
+    resolved = LossConfig(**section).build().hyper.model_dump(mode="json")
     return {**tree, "loss": {**section, **resolved}}
 
 

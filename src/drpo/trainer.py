@@ -87,7 +87,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_updates))
         self.behavior = build_behavior(config, self.policy)  # native copy (precision, lag) or vLLM (hf: models)
         self.device = next(self.model.parameters()).device  # cpu, or where an hf: model was put (model.device)
-        self.top_k_logprobs = config.rollout.top_k_logprobs or (8 if self.loss.spec.needs_topk else 0)
+        self.top_k_logprobs = config.top_k_logprobs
         if config.rollout.top_p < 1:
             warnings.warn(TOP_P_WARNING.format(top_p=config.rollout.top_p), stacklevel=2)
         # LoRA adapters stay float32 under peft, so only full fine-tuning trains bf16 weights

@@ -15,7 +15,7 @@ when present, else its old log-probs pi_old (``old_per_token_logps``, computed w
 optimisation are misaligned, or with vLLM and ``vllm_importance_sampling_correction``), else the
 current log-probs detached (on-policy: r = 1). pi_old, for ``anchor="recompute"``, is the old
 log-probs, else the detached current ones. Tokens whose sampling log-prob vLLM could not provide
-(NaN) fall back to pi_old.
+(NaN) fall back to pi_old (r = 1 when there is none); the metric ``mu/nan_tokens`` counts them.
 
 TRL's vLLM importance-sampling weight (pi_old / mu, shaped by ``vllm_importance_sampling_mode`` and
 its clip bounds) depends on the anchor:
@@ -214,6 +214,10 @@ class DRPOTrainer(GRPOTrainer):
                 self.current_gradient_accumulation_steps if mode == "train" else 1.0)
 
         self._metrics[mode]["entropy"].append(self._global_mean(entropies, mask))
+        sampling = inputs.get("sampling_per_token_logps")
+        nan_mu = torch.zeros((), device=mask.device) if sampling is None else (sampling.isnan() & (mask != 0)).sum()
+        # valid tokens whose NaN sampling log-prob fell back to pi_old, summed over processes (each one joins)
+        self._metrics[mode]["mu/nan_tokens"].append(self.accelerator.reduce(nan_mu.float(), reduction="sum").item())
         self._log_loss_metrics(out.metrics, mask.sum().item(), mode)
         return loss
 

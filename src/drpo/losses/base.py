@@ -160,7 +160,8 @@ def snap_boundary(weight: torch.Tensor, width: float) -> torch.Tensor:
     return weight.masked_fill_(weight.abs() <= tolerance, 0.0)
 
 
-# Returns fresh (objective, weight) tensors: the wrapper masks them in place. A loss whose objective is the
+# Returns (objective, weight) tensors, which the wrapper masks in place: one that shares memory with an input or
+# a cached tensor of LossInputs is copied first. A loss whose objective is the
 # surrogate sg(w * r) * A * log pi returns None for it: the wrapper forms it from the gradient in one multiply.
 LossFn = Callable[[LossInputs, Hyper], "tuple[torch.Tensor | None, torch.Tensor]"]
 
@@ -225,7 +226,7 @@ class Loss:
         x = self._check(log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
                         rollout_topk_ids, rollout_topk_log_probs, logits, response_ids)
         with torch.no_grad():
-            objective, weight = self.spec.fn(x, self.hyper)
+            objective, weight = (_owned(t, x) for t in self.spec.fn(x, self.hyper))
             weight = weight.mul_(x.mask_f) if weight.shape == x.mask_f.shape else weight * x.mask_f  # [B, T]
             grad = (weight * x.ratio).mul_(-x.advantages)  # [B, T] d per_token / d log_prob
             # -sg(w r) A log pi, or the loss's own objective, masked and negated
@@ -273,6 +274,15 @@ class Loss:
         )
 
 
+def _owned(tensor: torch.Tensor | None, x: LossInputs) -> torch.Tensor | None:
+    """``tensor``, or a copy of it when it shares memory with a tensor of ``x`` (which masking in place would
+    change: a cached ratio, or the caller's own log-probs)."""
+    if tensor is None:
+        return None
+    shared = {t.untyped_storage().data_ptr() for t in vars(x).values() if isinstance(t, torch.Tensor)}
+    return tensor.clone() if tensor.untyped_storage().data_ptr() in shared else tensor
+
+
 class _AnalyticGradient(torch.autograd.Function):
     """Identity on the per-token loss whose backward is d per_token / d log_prob = grad (one multiply)."""
 
@@ -302,8 +312,11 @@ def _same(loss: str, label: str, tensor, shape, dtype) -> None:
         raise ValueError(f"{loss}: shape mismatch: {label} has shape {tuple(tensor.shape)} but log_prob has "
                          f"{tuple(shape)}" + (" (advantages may also be [B])" if label == "advantages" else ""))
     if dtype is not None and tensor.dtype != dtype:
-        raise TypeError(f"{loss}: dtype mismatch: {label} is {tensor.dtype} but log_prob is {dtype}; "
-                        f"cast both to one dtype")
+        half = (torch.float16, torch.bfloat16)
+        advice = ("cast log_prob up to float32 (log_prob.float()) and keep the others in float32: rounding log-probs "
+                  "to half precision adds errors as large as the mismatch the loss measures"
+                  if dtype in half or tensor.dtype in half else "cast both to one dtype")
+        raise TypeError(f"{loss}: dtype mismatch: {label} is {tensor.dtype} but log_prob is {dtype}; {advice}")
 
 
 def _check_finite(loss: str, label: str, tensor: torch.Tensor) -> None:
