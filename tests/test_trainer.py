@@ -49,7 +49,7 @@ def test_short_run_learns_and_writes_the_run_directory(tmp_path):
         assert (run_dir / name).exists(), name
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 24
     keys = set().union(*records[1:])
-    for key in ("step", "reward/mean", "eval/accuracy", "mismatch/abs_mean", "mismatch/max", "mismatch/min",
+    for key in ("step", "reward/mean", "reward/verifier_errors", "eval/accuracy", "mismatch/abs_mean", "mismatch/max", "mismatch/min",
                 "mismatch/kl", "loss/weight_mean", "loss/corrective_frac", "loss/masked_frac", "ratio/max",
                 "entropy", "response_length/mean", "grad_norm", "time/rollout_s", "time/update_s",
                 "throughput/tokens_per_s"):

@@ -120,6 +120,7 @@ class Trainer:
         rewards = torch.tensor([self.task.reward(text, examples[int(g)])
                                 for text, g in zip(completions, batch.group_index, strict=True)],
                                device=self.device)  # [N]
+        verifier_errors = self.task.verifier_errors(len(rewards))  # raises when most rewards failed
         advantages = group_advantages(rewards, batch.group_index, cfg.advantage.estimator,
                                       cfg.advantage.std_normalize)  # [N]
 
@@ -157,6 +158,7 @@ class Trainer:
         metrics.update({
             "reward/mean": rewards.mean().item(),
             "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
+            "reward/verifier_errors": float(verifier_errors),
             "response_length/mean": batch.response_mask.sum(-1).float().mean().item(),
             "updates/skipped": float(sum(u.skipped for u in updates)),
             "lr": self.scheduler.get_last_lr()[0],
@@ -251,6 +253,7 @@ class Trainer:
         sampled = self.policy.generate_text(prompts, cfg.samples, self.task.max_response_len,
                                             self.config.rollout.temperature, generator)
         sampled_acc = float(np.mean([self.task.reward(t, examples[i // cfg.samples]) for i, t in enumerate(sampled)]))
+        self.task.verifier_errors(len(sampled))  # raises when most failed; a few count as wrong answers here
         # the sampled accuracy is avg@k (mean over k samples per problem), as in AIME avg@16 reports
         return {"eval/accuracy": greedy_acc, "eval/sampled_accuracy": sampled_acc, f"eval/avg@{cfg.samples}": sampled_acc,
                 "eval/prompts": len(examples)}  # fewer than eval.prompts when the eval split is smaller

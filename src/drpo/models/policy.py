@@ -42,7 +42,9 @@ class Policy:
         """Fraction of ``examples`` whose greedy completion the task's verifier accepts."""
         completions = self.generate_text([self.encode_prompt(ex) for ex in examples], 1, self.task.max_response_len,
                                          temperature=0.0)
-        return float(np.mean([self.task.reward(text, ex) for text, ex in zip(completions, examples, strict=True)]))
+        accuracy = float(np.mean([self.task.reward(text, ex) for text, ex in zip(completions, examples, strict=True)]))
+        self.task.verifier_errors(len(examples))  # raises when most failed; a few count as wrong answers here
+        return accuracy
 
     @torch.no_grad()
     def generate_text(self, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float,

@@ -96,6 +96,11 @@ class Task:
             return 1.0 if self.extract(completion) == example.answer else 0.0
         return 1.0 if completion == example.answer else 0.0
 
+    def verifier_errors(self, rewards: int) -> int:
+        """How many of the last ``rewards`` rewards the verifier failed to compute (0.0 given instead of a verdict);
+        the count restarts. A task whose verifier can fail raises when that is most of them."""
+        return 0
+
     def target(self, example: Example) -> str:
         """The completion to imitate in supervised warm-up (the trainer appends EOS)."""
         return example.answer
