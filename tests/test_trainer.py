@@ -215,3 +215,16 @@ def test_top_p_below_one_warns_and_the_gap_it_warns_of_is_real(tmp_path):
         trainer = Trainer(config)
     metrics = trainer.train_step()
     assert metrics["mismatch/abs_mean"] > 1e-3 and metrics["mismatch/max"] < 1e-6
+
+
+def test_resume_into_a_new_directory_carries_the_start_and_best_accuracy(tmp_path):
+    run(tmp_path, "steps=2", name="first")
+    checkpoint = tmp_path / "first" / "checkpoints" / "latest.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["start_accuracy"], state["best_accuracy"] = 0.0123, 0.987  # values no evaluation of this model gives
+    torch.save(state, checkpoint)
+    summary, records = run(tmp_path, "steps=3", f"resume={tmp_path / 'first'}", name="second")
+    assert records[0]["step"] == 3  # the new directory holds only the steps it ran
+    assert summary["eval/accuracy_start"] == 0.0123
+    assert summary["eval/accuracy_best"] == 0.987
+

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,7 +65,7 @@ class MetricsLogger:
         # a new run owns its file; a resumed one drops the steps logged after its checkpoint (they rerun)
         kept = []
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            kept = [line for line in complete_lines(self.path) if json.loads(line)["step"] <= resume_step]
         self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = None
         if tensorboard:
@@ -84,6 +85,21 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def complete_lines(path: Path) -> list[str]:
+    """The non-empty lines of a JSON-lines log that a resumed run keeps. A run killed while writing leaves its last
+    line cut off (no newline, not valid JSON): that line alone is dropped, with a warning."""
+    text = path.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not text.endswith("\n"):
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}: dropped its last line, cut off when the run was stopped while writing it "
+                          f"({len(lines[-1])} characters)", stacklevel=2)
+            lines.pop()
+    return lines
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from drpo.metrics import complete_lines
+
 SEQUENCE_FIELDS = ("rollout_log_prob", "old_log_prob", "log_prob")  # [T] each
 OPTIONAL_FIELDS = ("advantage", "step", "policy_version", "rollout_topk_ids", "rollout_topk_log_probs", "id",
                    "engine")
@@ -266,8 +268,7 @@ class LogProbWriter:
         if self.path.suffix == ".jsonl":
             kept = []
             if resume_step is not None and self.path.exists():
-                kept = [line for line in self.path.read_text().splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                kept = [line for line in complete_lines(self.path) if json.loads(line).get("step", 0) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is not None:
             raise LogProbFileError("a resumed run appends to a .jsonl dump only; parquet files are written whole")
