@@ -102,3 +102,20 @@ def test_resume_drops_a_partial_last_line_and_only_that(tmp_path, name):
         MetricsLogger(tmp_path, tensorboard=False, resume_step=5) if name == "metrics.jsonl" else \
             LogProbWriter(path, resume_step=5)
 
+
+def test_a_resumed_run_hides_the_tensorboard_events_it_logs_again(tmp_path):
+    """Steps logged after the checkpoint and run again on resume appear once in TensorBoard, with their new values."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from drpo.metrics import MetricsLogger
+
+    first = MetricsLogger(tmp_path, tensorboard=True)
+    for step in range(4):
+        first.log({"step": step, "reward/mean": float(step)})
+    first.close()
+    resumed = MetricsLogger(tmp_path, tensorboard=True, resume_step=1)  # checkpoint at step 1, killed at step 3
+    for step in (2, 3):
+        resumed.log({"step": step, "reward/mean": 10.0 * step})
+    resumed.close()
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("reward/mean")] == [(0, 0.0), (1, 1.0), (2, 20.0), (3, 30.0)]

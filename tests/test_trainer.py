@@ -228,3 +228,10 @@ def test_resume_into_a_new_directory_carries_the_start_and_best_accuracy(tmp_pat
     assert summary["eval/accuracy_start"] == 0.0123
     assert summary["eval/accuracy_best"] == 0.987
 
+
+def test_a_new_run_into_a_directory_holding_a_run_is_refused(tmp_path):
+    run(tmp_path, "steps=1", name="old")
+    metrics = (tmp_path / "old" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"out=.*old already holds a run.*resume=.*old.*out=DIR"):
+        run(tmp_path, "steps=1", "seed=1", name="old")
+    assert (tmp_path / "old" / "metrics.jsonl").read_text() == metrics  # left as it was

@@ -419,6 +419,22 @@ def check_resume(saved: dict, config: RunConfig) -> None:
                           f"change only steps (to extend it) and out. Changed: {'; '.join(changed)}")
 
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")  # what makes a directory hold a run
+
+
+def check_out(config: RunConfig) -> None:
+    """Refuse a run into an ``out`` that holds another run (a new run, or one resumed from elsewhere), which it
+    would overwrite: metrics.jsonl truncated, config.yaml replaced, TensorBoard's events mixed with the old ones."""
+    out = Path(config.out)
+    if config.resume is not None and Path(config.resume).resolve() == out.resolve():
+        return
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found:
+        raise ConfigError(f"out={config.out} already holds a run ({', '.join(found)}); continue that run with "
+                          f"resume={config.out} (and steps=N to extend it), or give this one a new directory with "
+                          "out=DIR (or delete the old one first)")
+
+
 def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (saved value, value in ``config``)} for every setting that differs. A key missing on one
     side counts as its default, so a run saved before a field existed matches a config leaving it at its default."""

@@ -71,7 +71,8 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tb"))
+            # a resumed run hides the events of the steps after its checkpoint, which it logs again
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, metrics: dict[str, float]) -> None:
         record = {k: (v if isinstance(v, int) or math.isfinite(v) else str(v)) for k, v in metrics.items()}

@@ -33,7 +33,7 @@ from rich.progress import (
 
 from drpo.advantages import group_advantages
 from drpo.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
-from drpo.config import RunConfig, check_resume
+from drpo.config import RunConfig, check_out, check_resume
 from drpo.diagnostics import pull_gradient_norms
 from drpo.losses import aggregate
 from drpo.metrics import MetricsLogger, mean_of, mismatch_metrics
@@ -313,6 +313,7 @@ class Trainer:
 
         cfg = self.config
         resume_step = None
+        check_out(cfg)
         if cfg.resume:  # before config.yaml is written: a refused resume leaves the run directory as it was
             state = load_checkpoint(Path(cfg.resume) / "checkpoints")
             check_resume(state["config"], cfg)
