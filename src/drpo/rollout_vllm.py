@@ -167,29 +167,47 @@ def batch_from_outputs(prompts: list[list[int]], samples: Sequence[Sequence[tupl
 def hf_state(model: nn.Module, cpu: bool = False) -> dict[str, torch.Tensor]:
     """The weights of an :class:`drpo.models.hf.HFCausalLM` under the names of its Hugging Face checkpoint.
 
-    LoRA adapters are merged into the base weights (and unmerged again); GPT-2 Linear weights converted
-    from Conv1D at load are transposed back to the checkpoint's layout.
+    LoRA adapters are merged into copies of the base weights: merging in place and unmerging again would
+    leave W + dW - dW, which in bf16 is not W, so the frozen weights would drift at every sync. GPT-2 Linear
+    weights converted from Conv1D at load are transposed back to the checkpoint's layout.
     """
     inner = model.hf
-    peft = hasattr(inner, "merge_adapter")
-    if peft:
-        inner.merge_adapter()
-    try:
-        base = inner.get_base_model() if peft else inner
-        transposed = set(getattr(base, "drpo_conv1d_modules", ()))
-        state = {}
-        for name, tensor in base.state_dict().items():
-            if "lora_" in name:
-                continue
-            name = name.replace(".base_layer.", ".")
-            tensor = tensor.detach()
-            if name.rpartition(".")[0] in transposed and name.endswith(".weight"):
-                tensor = tensor.T
-            state[name] = tensor.to("cpu", copy=True) if cpu else tensor.clone() if peft else tensor
-    finally:
-        if peft:
-            inner.unmerge_adapter()
+    peft = hasattr(inner, "get_base_model")
+    base = inner.get_base_model() if peft else inner
+    merged = _merged_lora_weights(base) if peft else {}
+    transposed = set(getattr(base, "drpo_conv1d_modules", ()))
+    state = {}
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        tensor = merged.get(name, tensor).detach()
+        name = name.replace(".base_layer.", ".")
+        if name.rpartition(".")[0] in transposed and name.endswith(".weight"):
+            tensor = tensor.T
+        state[name] = tensor.to("cpu", copy=True) if cpu else tensor
     return state
+
+
+@torch.no_grad()
+def _merged_lora_weights(base: nn.Module) -> dict[str, torch.Tensor]:
+    """{state-dict name of a LoRA layer's base weight: base weight + its active adapters' delta}, new tensors
+    (what peft's merge would write into the weight, rounded the same way)."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = {}
+    for name, module in base.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        weight = module.get_base_layer().weight
+        for adapter in module.active_adapters:
+            if adapter not in module.lora_A:
+                continue
+            if adapter in getattr(module, "lora_variant", {}) or module.lora_bias.get(adapter):
+                raise NotImplementedError(f"{name}: only plain LoRA adapters (no DoRA or other variant, no "
+                                          "lora_bias) are merged for the vLLM rollout")
+            weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+        merged[f"{name}.base_layer.weight"] = weight
+    return merged
 
 
 def _free_port() -> int:
