@@ -46,3 +46,11 @@ def test_the_readme_says_first_which_drpo_this_is():
     opening = "\n".join((ROOT / "README.md").read_text().splitlines()[:12])
     assert "Divergence Regularized Policy Optimization" in opening and "2606.09821" in opening
     assert "Decoupled Reward Policy Optimization" in opening and "2510.04474" in opening
+
+
+def test_the_set_up_says_how_to_get_the_cpu_torch_and_why_the_tests_may_mix_verl_and_trl():
+    set_up = (ROOT / "README.md").read_text().split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    # on a fresh machine PyPI's torch==2.13.0 is the CUDA build: the CPU wheel comes from PyTorch's own index
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in set_up
+    assert 'pip install -c constraints.txt -e ".[test]"' in set_up and "pip install -c constraints.txt -e ." in set_up
+    assert "fresh interpreter where TRL cannot be imported" in set_up
