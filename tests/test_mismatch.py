@@ -192,3 +192,14 @@ def test_references_are_complete():
     for ref in REFERENCES:
         assert ref.url.startswith("https://") and ref.published and ref.source
         assert ref.stat is None or ref.stat in stats, ref.stat
+
+
+def test_the_rank_files_of_a_multi_process_dump_read_as_one_source(tmp_path, capsys):
+    """Each process of a distributed run writes FILE.rank<N>.jsonl; `drpo mismatch FILE.jsonl` reads them all."""
+    for rank in (0, 1, 10):
+        write_log_probs(tmp_path / f"lp.rank{rank}.jsonl", [record(id=f"0/{i}", step=rank) for i in range(rank + 1)])
+    data = read_log_probs(tmp_path / "lp.jsonl")
+    assert data.num_sequences == 1 + 2 + 11 and sorted(set(data.step.tolist())) == [0, 1, 10]
+    assert data.label == "lp" and "3 rank files" in data.path
+    assert main(["mismatch", str(tmp_path / "lp.jsonl")]) == 0
+    assert "lp" in capsys.readouterr().out

@@ -109,10 +109,30 @@ def distinct_labels(paths: list[str]) -> list[str]:
 
 
 def read_log_probs(path: str | Path, label: str | None = None) -> TokenLogProbs:
-    """Read and validate a log-prob file (or a run directory's dump) into a :class:`TokenLogProbs`."""
+    """Read and validate a log-prob file (or a run directory's dump) into a :class:`TokenLogProbs`.
+
+    A FILE that several processes wrote, one FILE.rank<N>.<suffix> each (drpo.mismatch.dump), reads as one
+    source: every rank's sequences, their ids prefixed with rank<N>/.
+    """
+    ranks = rank_files(Path(path))
+    if ranks:
+        records = ({**record, "id": f"{rank.stem.rpartition('.')[2]}/{record['id']}"}
+                   for rank in ranks for record in _read_file(rank))
+        return from_records(records, label or Path(path).stem, f"{path} ({len(ranks)} rank files)")
     path = resolve_path(path)
-    records = _read_jsonl(path) if path.suffix == ".jsonl" else _read_parquet(path)
-    return from_records(records, label or default_label(path), str(path))
+    return from_records(_read_file(path), label or default_label(path), str(path))
+
+
+def rank_files(path: Path) -> list[Path]:
+    """FILE.rank0.<suffix>, FILE.rank1.<suffix>, ... in rank order, when FILE itself does not exist."""
+    if path.exists() or path.suffix not in SUFFIXES:
+        return []
+    found = [(p, p.stem.rpartition(".rank")[2]) for p in path.parent.glob(f"{path.stem}.rank*{path.suffix}")]
+    return [p for p, rank in sorted(((p, int(r)) for p, r in found if r.isdigit()), key=lambda item: item[1])]
+
+
+def _read_file(path: Path):
+    return _read_jsonl(path) if path.suffix == ".jsonl" else _read_parquet(path)
 
 
 def from_records(records, label: str, where: str = "records") -> TokenLogProbs:
