@@ -21,13 +21,19 @@ from drpo.config import load_config
 from drpo.trainer import Trainer
 
 
-def tensor_bytes(value) -> int:
+def tensor_bytes(value, seen: set | None = None) -> int:
+    """Bytes of the tensors in ``value``; a tensor stored under several names (a tied weight) counts once, as
+    torch.save writes it once."""
+    seen = set() if seen is None else seen
     if isinstance(value, torch.Tensor):
+        if value.data_ptr() in seen:
+            return 0
+        seen.add(value.data_ptr())
         return value.numel() * value.element_size()
     if isinstance(value, dict):
-        return sum(tensor_bytes(v) for v in value.values())
+        return sum(tensor_bytes(v, seen) for v in value.values())
     if isinstance(value, (list, tuple)):
-        return sum(tensor_bytes(v) for v in value)
+        return sum(tensor_bytes(v, seen) for v in value)
     return 0
 
 

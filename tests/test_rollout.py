@@ -299,6 +299,10 @@ def test_the_lag_queue_is_stored_in_the_rollout_precision(precision, dtype):
         behavior.sync(policy)
     states = behavior.state_dict()["states"]
     assert len(states) == 3
+    assert all(state["lm_head.weight"] is state["wte.weight"] for state in states)  # the tied weight stored once
+    resumed = BehaviorPolicy(make_policy(seed=1), precision, lag=2)
+    resumed.load_state_dict(behavior.state_dict())
+    assert all(state["lm_head.weight"] is state["wte.weight"] for state in resumed.state_dict()["states"])
     assert {v.dtype for state in states for v in state.values() if v.is_floating_point()} == {dtype}
     if precision != "fp8":  # fp8 rounds the served Linear weights further
         for key, value in behavior.model.state_dict().items():

@@ -385,11 +385,27 @@ def restore_lagged_states(state: dict, precision: str, lag: int) -> deque[dict[s
     if (state["precision"], state["lag"]) != (precision, lag):
         raise ValueError(f"behavior state was saved with precision={state['precision']!r}, lag={state['lag']}; "
                          f"this behavior policy has precision={precision!r}, lag={lag}")
-    return deque(({k: v.clone() for k, v in s.items()} for s in state["states"]), maxlen=lag + 1)
+    return deque((_clone_state(s) for s in state["states"]), maxlen=lag + 1)
+
+
+def _clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` in which a tensor stored under two names (a tied weight) stays one tensor."""
+    clones: dict[int, torch.Tensor] = {}
+    for value in state.values():
+        if id(value) not in clones:
+            clones[id(value)] = value.clone()
+    return {k: clones[id(v)] for k, v in state.items()}
 
 
 def _cpu_state(model: nn.Module, like: nn.Module) -> dict[str, torch.Tensor]:
     """``model``'s state on the CPU, each tensor in the dtype of ``like``'s (the behavior copy, which loading it
-    would round it to anyway)."""
+    would round it to anyway). A tied weight (one tensor under two names) is copied once, and saved once."""
     dtypes = {k: v.dtype for k, v in like.state_dict().items()}
-    return {k: v.detach().to("cpu", dtypes[k], copy=True) for k, v in model.state_dict().items()}
+    copies: dict[tuple, torch.Tensor] = {}
+    state = {}
+    for k, v in model.state_dict().items():
+        tensor = (v.data_ptr(), v.shape, v.stride(), dtypes[k])
+        if tensor not in copies:
+            copies[tensor] = v.detach().to("cpu", dtypes[k], copy=True)
+        state[k] = copies[tensor]
+    return state
