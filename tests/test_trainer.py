@@ -229,9 +229,11 @@ def test_resume_into_a_new_directory_carries_the_start_and_best_accuracy(tmp_pat
     assert summary["eval/accuracy_best"] == 0.987
 
 
-def test_a_new_run_into_a_directory_holding_a_run_is_refused(tmp_path):
+def test_a_new_run_into_a_directory_holding_a_run_is_refused(tmp_path, capsys):
     run(tmp_path, "steps=1", name="old")
     metrics = (tmp_path / "old" / "metrics.jsonl").read_text()
     with pytest.raises(ConfigError, match=r"out=.*old already holds a run.*resume=.*old.*out=DIR"):
-        run(tmp_path, "steps=1", "seed=1", name="old")
+        run(tmp_path, "steps=1", name="old")
+    assert main(["train", *TINY, "steps=1", f"out={tmp_path / 'old'}"]) == 2  # refused before any model is built
+    assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "old" / "metrics.jsonl").read_text() == metrics  # left as it was
