@@ -76,3 +76,46 @@ def test_an_old_checkpoint_converts_once(tmp_path):
     np.random.set_state({**state["numpy_rng"], "state": {**state["numpy_rng"]["state"],
                                                          "key": np.asarray(state["numpy_rng"]["state"]["key"], np.uint32)}})
     assert np.array_equal(np.random.standard_normal(3), expected)
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "log_probs.jsonl"])
+def test_resume_drops_a_partial_last_line_and_only_that(tmp_path, name):
+    """A run killed while writing its log leaves the last line cut off: resuming drops it, says so, and goes on."""
+    import json
+
+    from drpo.metrics import MetricsLogger
+    from drpo.mismatch.format import LogProbWriter
+
+    records = [{"step": step, "rollout_log_prob": [-0.5], "reward/mean": 0.25 * step} for step in range(4)]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    path = tmp_path / name
+    path.write_text(text[:-40])  # killed mid-line: step 3's record is cut
+    with pytest.warns(UserWarning, match="dropped its last line"):
+        if name == "metrics.jsonl":
+            MetricsLogger(tmp_path, report_to=(), resume_step=5)
+        else:
+            LogProbWriter(path, resume_step=5)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:3]
+
+    path.write_text(text.replace('"step": 1,', '"step": 1', 1))  # a damaged line that is not the last: an error
+    with pytest.raises(json.JSONDecodeError):
+        MetricsLogger(tmp_path, report_to=(), resume_step=5) if name == "metrics.jsonl" else \
+            LogProbWriter(path, resume_step=5)
+
+
+def test_a_resumed_run_hides_the_tensorboard_events_it_logs_again(tmp_path):
+    """Steps logged after the checkpoint and run again on resume appear once in TensorBoard, with their new values."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from drpo.metrics import MetricsLogger
+
+    first = MetricsLogger(tmp_path)
+    for step in range(4):
+        first.log({"step": step, "reward/mean": float(step)})
+    first.close()
+    resumed = MetricsLogger(tmp_path, resume_step=1)  # checkpoint at step 1, killed at step 3
+    for step in (2, 3):
+        resumed.log({"step": step, "reward/mean": 10.0 * step})
+    resumed.close()
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("reward/mean")] == [(0, 0.0), (1, 1.0), (2, 20.0), (3, 30.0)]

@@ -95,3 +95,17 @@ def test_late_evaluations_are_denser_counted_back_from_the_end():
         load_config(None, ["eval.late_fraction=1.5"])
     with pytest.raises(ConfigError, match="late_every"):
         load_config(None, ["eval.late_every=0"])
+
+
+def test_a_saved_loss_that_no_longer_validates_is_said_not_swallowed():
+    saved = yaml.safe_load(load_config(None, ["loss=drpo"]).to_yaml())
+    saved["loss"]["eps"] = 0.2  # a key this drpo does not know
+    with pytest.warns(UserWarning, match="(?s)do not validate with this drpo.*unknown key 'eps'"):
+        changes = config_changes(saved, load_config(None, ["loss=drpo"]))
+    assert "loss.eps" in changes
+
+
+def test_top_k_logprobs_default_lives_in_the_config():
+    assert load_config(None, ["loss=dppo_topk_tv"]).top_k_logprobs == 8
+    assert load_config(None, ["loss=dppo_topk_tv", "rollout.top_k_logprobs=4"]).top_k_logprobs == 4
+    assert load_config(None, ["loss=drpo"]).top_k_logprobs == 0

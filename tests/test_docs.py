@@ -112,3 +112,11 @@ def test_numbers_in_prose_match_their_results_files(claim):
     expected = render_claim(text, file, keys, formats)
     assert expected in " ".join((ROOT / document).read_text().split()), (
         f"{document} should say, from docs/results/{file}: {expected}")
+
+
+def test_the_set_up_says_how_to_get_the_cpu_torch_and_why_the_tests_may_mix_verl_and_trl():
+    set_up = (ROOT / "README.md").read_text().split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    # on a fresh machine PyPI's torch==2.13.0 is the CUDA build: the CPU wheel comes from PyTorch's own index
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in set_up
+    assert 'pip install -c constraints.txt -e ".[test]"' in set_up and "pip install -c constraints.txt -e ." in set_up
+    assert "fresh interpreter where TRL cannot be imported" in set_up

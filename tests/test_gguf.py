@@ -188,3 +188,16 @@ def test_real_smollm2_loads_and_takes_one_rl_step(tmp_path):
     assert np.isfinite(metrics["loss/value"]) and np.isfinite(metrics["mismatch/abs_mean"])
     after = trainer.model.state_dict()
     assert any(not torch.equal(after[k], v) for k, v in before.items()) or metrics["reward/std"] == 0
+
+
+def test_a_failed_final_move_is_an_error_not_a_missing_directory(gguf_path, monkeypatch):
+    """When the converted model cannot be moved into the cache and no other process put one there, say so."""
+    path, _ = gguf_path
+
+    def failing_replace(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(gguf_module.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="could not move the converted model.*DRPO_CACHE"):
+        convert_gguf(path)
+    assert not [p for p in gguf_module.cache_root().iterdir() if ".tmp-" in p.name]  # no leftover copy

@@ -347,3 +347,26 @@ def test_math_reward_on_decoded_hf_completions(qwen_dir, data_file):
     completion = policy.tokenizer.decode([*ids, policy.tokenizer.eos_id])
     assert policy.task.reward(completion, Example("?", "2")) == 1.0
     assert policy.task.reward(completion, Example("?", "3")) == 0.0
+
+
+def test_lora_sync_to_vllm_leaves_the_bf16_base_weights_bit_identical():
+    """hf_state merges the adapters into copies: the frozen bf16 weights are exactly as they were after many
+    syncs, and the merged weights are those of peft's own merge."""
+    pytest.importorskip("peft", reason="model.lora_rank needs peft")
+    import copy
+
+    from drpo.models.hf import add_lora
+    from drpo.rollout_vllm import hf_state
+
+    model = HFCausalLM(add_lora(make_model("qwen2", 40), rank=4)).to(torch.bfloat16)
+    torch.manual_seed(1)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # B starts at 0 (no change at all); a trained adapter has moved it
+            parameter.data.normal_(0, 0.5)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    for _ in range(20):
+        state = hf_state(model)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    reference = copy.deepcopy(model.hf).merge_and_unload().state_dict()
+    assert state.keys() == reference.keys()
+    assert all(torch.equal(state[name], reference[name]) for name in reference)

@@ -263,3 +263,86 @@ def test_config_says_where_each_hyper_parameter_came_from(tmp_path, caplog):
         "drpo_loss_kwargs"]
     with pytest.warns(UserWarning, match="delta=12.5 >= 1, so the trust region cannot bind"):
         DRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", drpo_loss="drpo_reference")
+
+
+def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
+    """One of two gloo processes: rank 1's micro-batch has no valid token (all completions masked)."""
+    import os
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # forked: drop the parent's single-process state
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    trainer = make_trainer(letter_tokenizer(), out_dir, per_device_train_batch_size=2, num_generations=4)
+    assert trainer.accelerator.num_processes == 2
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop in a real run
+    g = torch.Generator().manual_seed(rank)
+    batch, length = 2, 4
+    log_prob = (torch.rand(batch, length, generator=g) * 0.98 + 0.01).log().requires_grad_()
+    mask = torch.full((batch, length), 1 - rank)  # rank 1: every completion masked
+    inputs = {
+        "prompt_ids": torch.zeros(batch, 2, dtype=torch.long), "prompt_mask": torch.ones(batch, 2),
+        "completion_ids": torch.zeros(batch, length, dtype=torch.long), "completion_mask": mask,
+        "advantages": torch.tensor([1.0, -1.0]), "num_items_in_batch": torch.tensor(8.0),
+        "old_per_token_logps": (torch.rand(batch, length, generator=g) * 0.98 + 0.01).log(),
+    }
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (log_prob, torch.zeros(batch, length), None)
+    for _ in range(2):  # the second call's collectives must pair with the other rank's second call
+        trainer._compute_loss(trainer.model, inputs)
+    trainer.accelerator.wait_for_everyone()
+    own = trainer.drpo_per_token(log_prob, inputs, mask).metrics
+    logged = {key: values[-1] for key, values in trainer._metrics["train"].items()}
+    torch.save({"own": own, "logged": logged}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_two_processes_one_all_masked_do_not_hang(tmp_path):
+    """With two processes, a rank whose micro-batch is all masked still joins the metrics gather."""
+    import multiprocessing
+    import socket
+
+    # fork, not spawn: a spawned process would import TRL again (seconds each)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_two_rank_worker, args=(rank, port, str(tmp_path))) for rank in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    hung = [worker for worker in workers if worker.is_alive()]
+    for worker in hung:
+        worker.kill()
+    assert not hung, "a rank hung in a collective"
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert results[1]["own"] == {}  # rank 1 has no valid token: no metrics of its own
+    # both ranks log the same values, which are rank 0's: a rank without tokens weighs nothing
+    for rank in range(2):
+        for key in OUR_METRICS:
+            assert results[rank]["logged"][key] == pytest.approx(results[0]["own"][key], rel=1e-5)
+
+
+def test_nan_sampling_log_probs_are_counted(tokenizer, tmp_path):
+    """A NaN sampling log-prob on a valid token falls back to pi_old and is counted in mu/nan_tokens."""
+    trainer = make_trainer(tokenizer, tmp_path)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    batch, length = 2, 4
+    log_prob = torch.full((batch, length), -1.0, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    sampling = torch.full((batch, length), -1.2)
+    sampling[0, 1] = sampling[1, 0] = sampling[1, 3] = float("nan")  # two valid tokens, one padding
+    inputs = {
+        "prompt_ids": torch.zeros(batch, 2, dtype=torch.long), "prompt_mask": torch.ones(batch, 2),
+        "completion_ids": torch.zeros(batch, length, dtype=torch.long), "completion_mask": mask,
+        "advantages": torch.tensor([1.0, -1.0]), "num_items_in_batch": torch.tensor(6.0),
+        "old_per_token_logps": torch.full((batch, length), -1.1), "sampling_per_token_logps": sampling,
+    }
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (log_prob, torch.zeros(batch, length), None)
+    trainer._compute_loss(trainer.model, inputs)
+    assert trainer._metrics["train"]["mu/nan_tokens"] == [2.0]

@@ -680,3 +680,31 @@ def test_drpo_losses_names_the_preset_that_cannot_bind(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "warning (drpo_reference): get_loss('drpo', anchor='rollout', delta=12.5): delta=12.5 >= 1" in out
     assert out.count("cannot bind") == 1  # every registry default binds
+
+
+def test_a_half_precision_dtype_mismatch_says_to_cast_pi_up_not_mu_down():
+    log_prob = torch.full((1, 3), -1.0, dtype=torch.bfloat16)
+    mu = torch.full((1, 3), -1.0)  # float32, as the adapters keep it on purpose
+    with pytest.raises(TypeError, match=r"cast log_prob up to float32.*keep the others in float32"):
+        get_loss("drpo")(log_prob=log_prob, rollout_log_prob=mu, advantages=torch.ones(1), response_mask=torch.ones(1, 3))
+
+
+def test_a_loss_returning_a_cached_tensor_does_not_corrupt_the_cache():
+    """The wrapper masks the returned weight in place: a loss that hands back LossInputs' own ratio must not see
+    that ratio masked (the output ratio, the gradient and the metrics all read it)."""
+    from drpo.losses.base import Hyper, register_loss
+
+    register_loss("test_ratio_weight", Hyper, "w = r")(lambda x, hyper: (None, x.ratio))
+    try:
+        log_prob = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+        mu = torch.tensor([[-1.5, -1.0, -0.7]])
+        mask = torch.tensor([[1.0, 1.0, 0.0]])
+        out = get_loss("test_ratio_weight")(log_prob=log_prob, rollout_log_prob=mu, advantages=torch.ones(1),
+                                            response_mask=mask)
+        ratio = (log_prob.detach() - mu).exp()
+        torch.testing.assert_close(out.ratio, ratio)  # unmasked, as for every loss
+        torch.testing.assert_close(out.weight, ratio * mask)
+        (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
+        torch.testing.assert_close(grad, -(ratio * ratio * mask))  # -w r A, with w = r
+    finally:
+        LOSSES.pop("test_ratio_weight", None)

@@ -218,3 +218,32 @@ def test_config_keys_and_registry(tmp_path):
         load_config(None, ["task=math", f"data={data}", "task.prompt_template=no placeholder"])
     with pytest.raises(ConfigError, match="not a valid regular expression"):
         load_config(None, ["task=math", f"data={data}", "task.prompt_pattern=(unclosed"])
+
+
+def test_verifier_errors_are_counted_not_taken_for_wrong_answers(task, monkeypatch):
+    """A broken verifier (here an API change: TypeError) gives 0.0 but is counted; most of a batch failing stops."""
+    import math_verify
+    import sympy
+
+    real_verify = math_verify.verify
+    failing = set()
+
+    def verify(gold, pred, **kwargs):
+        if str(pred[0]) in failing:
+            raise TypeError("verify() got an unexpected keyword argument")
+        if str(pred[0]) == "7":
+            raise sympy.SympifyError("7")  # a parse failure: a wrong answer, not an error
+        return real_verify(gold, pred, **kwargs)
+
+    monkeypatch.setattr(math_verify, "verify", verify)
+    example = Example("What is 1+1?", "2")
+    failing.add("3")
+    rewards = [task.reward(rf"\boxed{{{answer}}}", example) for answer in ("2", "3", "7", "5")]
+    assert rewards == [1.0, 0.0, 0.0, 0.0]
+    assert task.verifier_errors(4) == 1
+    assert task.verifier_errors(4) == 0  # the count restarts
+    failing.update({"4", "5"})
+    for answer in ("2", "3", "4", "5"):
+        task.reward(rf"\boxed{{{answer}}}", example)
+    with pytest.raises(RuntimeError, match="failed on 3 of 4 answers.*TypeError"):
+        task.verifier_errors(4)

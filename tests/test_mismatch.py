@@ -259,3 +259,14 @@ def test_cli_recommends_a_delta_with_its_evidence(tmp_path, capsys):
     # there drops nothing (|pi - mu| <= 0.2 and the default is above it)
     assert "nearest measured condition 'fp8'" in report and "lies between the measured conditions" in report
     assert DrpoHyper().delta > 0.2 and f"| masked by dppo_binary_tv {DrpoHyper().delta:g} | 0.00% |" in report
+
+
+def test_the_rank_files_of_a_multi_process_dump_read_as_one_source(tmp_path, capsys):
+    """Each process of a distributed run writes FILE.rank<N>.jsonl; `drpo mismatch FILE.jsonl` reads them all."""
+    for rank in (0, 1, 10):
+        write_log_probs(tmp_path / f"lp.rank{rank}.jsonl", [record(id=f"0/{i}", step=rank) for i in range(rank + 1)])
+    data = read_log_probs(tmp_path / "lp.jsonl")
+    assert data.num_sequences == 1 + 2 + 11 and sorted(set(data.step.tolist())) == [0, 1, 10]
+    assert data.label == "lp" and "3 rank files" in data.path
+    assert main(["mismatch", str(tmp_path / "lp.jsonl")]) == 0
+    assert "lp" in capsys.readouterr().out

@@ -62,6 +62,8 @@ def test_verl_writer_through_verls_ppo_loss(env_dump_file, tmp_path):
     assert np.allclose(written.log_prob[first], log_prob[mask].numpy())
     assert np.allclose(written.advantage[first], advantages[mask].numpy())
     assert written.fields() == ["rollout_log_prob", "log_prob", "advantage"]
+    # without IS weights the loss cannot tell bypass mode (mu) from decoupled mode (pi_old): the file says so
+    assert written.engines == ["verl: rollout_log_prob column = verl's old_log_prob = mu in bypass mode, else pi_old"]
     assert main(["mismatch", str(env_dump_file), "--out", str(tmp_path / "report")]) == 0
     assert "total: pi vs mu" in (tmp_path / "report" / "mismatch.md").read_text()
 

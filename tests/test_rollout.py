@@ -284,3 +284,26 @@ def test_entropy_of_known_distributions():
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, -1e4, -1e4, -1e4]]])  # uniform over 4; one certain token
     entropy = entropy_of_logits(logits, logits.logsumexp(-1))
     torch.testing.assert_close(entropy, torch.tensor([[torch.log(torch.tensor(4.0)).item(), 0.0]]))
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp8", torch.bfloat16),
+                                              ("fp16", torch.float16), ("fp32", torch.float32)])
+def test_the_lag_queue_is_stored_in_the_rollout_precision(precision, dtype):
+    """The stale copies (in memory and in checkpoints) take the precision they are served in, and serve the same
+    weights as the policy of lag syncs ago rounded once."""
+    policy = make_policy()
+    behavior = BehaviorPolicy(policy, precision, lag=2)
+    old = {k: v.clone() for k, v in policy.state_dict().items()}
+    for version in (1.0, 2.0):
+        _perturb(policy, version)
+        behavior.sync(policy)
+    states = behavior.state_dict()["states"]
+    assert len(states) == 3
+    assert all(state["lm_head.weight"] is state["wte.weight"] for state in states)  # the tied weight stored once
+    resumed = BehaviorPolicy(make_policy(seed=1), precision, lag=2)
+    resumed.load_state_dict(behavior.state_dict())
+    assert all(state["lm_head.weight"] is state["wte.weight"] for state in resumed.state_dict()["states"])
+    assert {v.dtype for state in states for v in state.values() if v.is_floating_point()} == {dtype}
+    if precision != "fp8":  # fp8 rounds the served Linear weights further
+        for key, value in behavior.model.state_dict().items():
+            assert torch.equal(value, old[key].to(value.dtype)), key

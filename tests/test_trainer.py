@@ -50,7 +50,7 @@ def test_short_run_learns_and_writes_the_run_directory(tmp_path):
         assert (run_dir / name).exists(), name
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 24
     keys = set().union(*records[1:])
-    for key in ("step", "reward/mean", "eval/accuracy", "mismatch/abs_mean", "mismatch/max", "mismatch/min",
+    for key in ("step", "reward/mean", "reward/verifier_errors", "eval/accuracy", "mismatch/abs_mean", "mismatch/max", "mismatch/min",
                 "mismatch/kl", "loss/weight_mean", "loss/corrective_frac", "loss/masked_frac", "ratio/max",
                 "entropy", "response_length/mean", "grad_norm", "time/rollout_s", "time/update_s",
                 "throughput/tokens_per_s"):
@@ -238,3 +238,25 @@ def test_framework_baselines_train_on_pi_old_and_mu(tmp_path, loss):
     for inputs in seen:
         gap = (inputs["old_log_prob"] - inputs["rollout_log_prob"]).abs() * inputs["response_mask"]
         assert gap.max() > 0, "pi_old must be the trainer's recompute, not mu"
+
+
+def test_resume_into_a_new_directory_carries_the_start_and_best_accuracy(tmp_path):
+    run(tmp_path, "steps=2", name="first")
+    checkpoint = tmp_path / "first" / "checkpoints" / "latest.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["start_accuracy"], state["best_accuracy"] = 0.0123, 0.987  # values no evaluation of this model gives
+    torch.save(state, checkpoint)
+    summary, records = run(tmp_path, "steps=3", f"resume={tmp_path / 'first'}", name="second")
+    assert records[0]["step"] == 3  # the new directory holds only the steps it ran
+    assert summary["eval/accuracy_start"] == 0.0123
+    assert summary["eval/accuracy_best"] == 0.987
+
+
+def test_a_new_run_into_a_directory_holding_a_run_is_refused(tmp_path, capsys):
+    run(tmp_path, "steps=1", name="old")
+    metrics = (tmp_path / "old" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"out=.*old already holds a run.*resume=.*old.*out=DIR"):
+        run(tmp_path, "steps=1", name="old")
+    assert main(["train", *TINY, "steps=1", f"out={tmp_path / 'old'}"]) == 2  # refused before any model is built
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "old" / "metrics.jsonl").read_text() == metrics  # left as it was

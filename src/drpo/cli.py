@@ -19,7 +19,7 @@ from rich.table import Table
 
 
 def cmd_train(args) -> int:
-    from drpo.config import load_config
+    from drpo.config import check_out, load_config
     from drpo.tasks.custom import RewardError
     from drpo.trainer import NonFiniteError, Trainer
 
@@ -28,6 +28,7 @@ def cmd_train(args) -> int:
     if config.resume:
         # continue the run as it was configured; overrides given now still apply (e.g. a larger steps=)
         config = load_config(f"{config.resume}/config.yaml", [*overrides, f"out={config.resume}"])
+    check_out(config)  # before the base model is built: a refusal costs nothing
     console = Console(stderr=True)
     _warn_if_cannot_bind(console, config.loss.build())
     console.print(f"[bold]drpo train[/]: loss {config.loss.build()!r}, model {config.model.name}"

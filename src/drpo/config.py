@@ -13,6 +13,7 @@ the allowed values.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,8 @@ import yaml
 from drpo.tasks.math import DEFAULT_TEMPLATE as DEFAULT_MATH_TEMPLATE
 from drpo.tasks.math import compile_prompt_pattern
 from drpo.validation import describe_fields, format_validation_error
+
+TOPK_LOSS_LOGPROBS = 8  # mu's top-k log-probs recorded for a top-k loss when rollout.top_k_logprobs is 0
 
 
 class Section(pydantic.BaseModel):
@@ -266,7 +269,8 @@ class RolloutConfig(Section):
         1.0, gt=0.0, le=1.0, description="nucleus sampling; < 1 makes mu the truncated distribution while pi is not, "
         "a pi < mu gap on every token that trust regions take for drift (warned; keep 1 for training)")
     top_k_logprobs: int = pydantic.Field(
-        0, ge=0, description="record mu's top-k log-probs per token (set automatically for top-k losses)")
+        0, ge=0, description=f"record mu's top-k log-probs per token (0: {TOPK_LOSS_LOGPROBS} for top-k losses, "
+        "none otherwise)")
     ignore_eos: bool = pydantic.Field(
         False, description="sample every response to task.max_response_len through EOS (throughput benchmarks)")
     backend: Literal["native", "vllm"] = pydantic.Field(
@@ -466,6 +470,12 @@ class RunConfig(Section):
         if not self.recompute_old_log_prob and loss.hyper.anchor != "recompute":
             raise ValueError("adaptive_delta measures |pi_old - mu|: set recompute_old_log_prob=true")
         return self
+    @property
+    def top_k_logprobs(self) -> int:
+        """How many of mu's top-k log-probs the rollout records per token."""
+        if self.rollout.top_k_logprobs or not self.loss.build().spec.needs_topk:
+            return self.rollout.top_k_logprobs
+        return TOPK_LOSS_LOGPROBS
 
     def recorded(self) -> dict:
         """What a run's config.yaml holds: the dumped config with every loss hyper-parameter written out."""
@@ -575,6 +585,20 @@ def check_resume(saved: dict, config: RunConfig) -> None:
 # Fields whose default changed what a run does when they were added: a run saved before them ran as this value
 # says, not as today's default (runs evaluated every eval.every steps only had no late evaluations).
 BEFORE_THE_FIELD: dict[str, Any] = {"eval.late_every": None}
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")  # what makes a directory hold a run
+
+
+def check_out(config: RunConfig) -> None:
+    """Refuse a run into an ``out`` that holds another run (a new run, or one resumed from elsewhere), which it
+    would overwrite: metrics.jsonl truncated, config.yaml replaced, TensorBoard's events mixed with the old ones."""
+    out = Path(config.out)
+    if config.resume is not None and Path(config.resume).resolve() == out.resolve():
+        return
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found:
+        raise ConfigError(f"out={config.out} already holds a run ({', '.join(found)}); continue that run with "
+                          f"resume={config.out} (and steps=N to extend it), or give this one a new directory with "
+                          "out=DIR (or delete the old one first)")
 
 
 def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple[Any, Any]]:
@@ -582,7 +606,14 @@ def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple[Any, Any]]
     side counts as its default (for the fields of BEFORE_THE_FIELD, in a saved run: as what the run did before the
     field existed), so a run saved before a field existed matches a config that would do what it did."""
     defaults = _flatten(RunConfig().model_dump(mode="json"))
-    before = _flatten(_with_resolved_loss(saved))
+    try:
+        before = _flatten(_with_resolved_loss(saved))
+    except ValueError as error:  # pydantic's ValidationError included
+        # a loss this drpo no longer accepts (renamed, or a key dropped): compared as written, so its keys show as
+        # changes, and said why
+        warnings.warn(f"the saved run's loss settings {saved.get('loss')} do not validate with this drpo, so they "
+                      f"are compared as written: {error}", stacklevel=2)
+        before = _flatten(saved)
     now = _flatten(config.recorded())
     saved_defaults = {**defaults, **BEFORE_THE_FIELD}
     pairs = {key: (before.get(key, saved_defaults.get(key)), now.get(key, defaults.get(key)))
@@ -594,12 +625,9 @@ def _with_resolved_loss(tree: dict) -> dict:
     """``tree`` (a dumped RunConfig) with every hyper-parameter of its loss written out, defaults included: a
     run records what it ran with, so a later change of a default cannot re-mean it. A run saved before this
     (only the keys set by hand) resolves against today's defaults; a loss section that no longer validates
-    stays as written, so that its keys show as changes."""
+    raises ValueError."""
     section = tree.get("loss", {})
-    try:
-        resolved = LossConfig(**section).build().hyper.model_dump(mode="json")
-    except ValueError:  # pydantic's ValidationError included
-        return tree
+    resolved = LossConfig(**section).build().hyper.model_dump(mode="json")
     return {**tree, "loss": {**section, **resolved}}
 
 

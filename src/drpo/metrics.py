@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,13 +78,14 @@ class MetricsLogger:
         # a new run owns its file; a resumed one drops the steps logged after its checkpoint (they rerun)
         kept = []
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            kept = [line for line in complete_lines(self.path) if json.loads(line)["step"] <= resume_step]
         self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = self.wandb_run = None
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tb"))
+            # a resumed run hides the events of the steps after its checkpoint, which it logs again
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
         if "wandb" in report_to:
             self.wandb_run = _start_wandb(run_dir, config)
 
@@ -114,6 +116,21 @@ def _start_wandb(run_dir: Path, config: dict | None):
     run_dir.mkdir(parents=True, exist_ok=True)
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "drpo"), name=run_dir.name, dir=str(run_dir),
                       config=config)
+
+
+def complete_lines(path: Path) -> list[str]:
+    """The non-empty lines of a JSON-lines log that a resumed run keeps. A run killed while writing leaves its last
+    line cut off (no newline, not valid JSON): that line alone is dropped, with a warning."""
+    text = path.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not text.endswith("\n"):
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}: dropped its last line, cut off when the run was stopped while writing it "
+                          f"({len(lines[-1])} characters)", stacklevel=2)
+            lines.pop()
+    return lines
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -313,10 +313,12 @@ class BehaviorPolicy:
     """The policy run in ``precision``, serving the weights of ``lag`` syncs ago.
 
     In another precision, or with a lag, it is a copy of the policy (``copy.deepcopy``, made once). With
-    lag > 0 each :meth:`sync` stores the policy's fp32 state on the CPU in a queue of the last ``lag + 1``
-    states and loads the oldest, rounding it to ``precision``; until ``lag`` syncs have happened the oldest
-    is the initial policy, and :meth:`state_dict` holds the queue, so a trainer checkpoint resumes with
-    exactly the stale weights it had. With lag 0 nothing is stored: each sync loads the policy's weights
+    lag > 0 each :meth:`sync` stores the policy's state on the CPU, rounded to the copy's precision (what
+    loading it would round it to: bf16 for bf16/fp8/int8, fp16, fp32 for fp32/fp8_all), in a queue of the
+    last ``lag + 1`` states and loads the oldest; until ``lag`` syncs have happened the oldest is the initial
+    policy, and :meth:`state_dict` holds the queue, so a trainer checkpoint resumes with exactly the stale
+    weights it had. That queue costs (lag + 1) x parameters x 2 bytes in bf16, in memory and in each
+    checkpoint file. With lag 0 nothing is stored: each sync loads the policy's weights
     into the copy directly, and when the copy would equal the policy (fp32, or the policy's own half
     dtype) there is no copy at all: mu is sampled from the policy's own module, as a colocated engine
     shares the trainer's weights.
@@ -342,14 +344,15 @@ class BehaviorPolicy:
             self._quantized = quantized_linears(self.model, precision)
             for module in self._quantized:
                 module.register_forward_pre_hook(lambda _, args: (round_input(args[0]), *args[1:]))
-        self._states: deque[dict[str, torch.Tensor]] = deque([_cpu_state(policy)] if lag else [], maxlen=lag + 1)
+        self._states: deque[dict[str, torch.Tensor]] = deque([_cpu_state(policy, self.model)] if lag else [],
+                                                             maxlen=lag + 1)
         self._serve()
 
     def sync(self, policy: nn.Module) -> None:
         """Record the policy's new weights (after an optimizer step) and serve those of ``lag`` syncs ago."""
         self.policy = policy
         if self.lag:
-            self._states.append(_cpu_state(policy))
+            self._states.append(_cpu_state(policy, self.model))
         self._serve()
 
     def _serve(self) -> None:
@@ -414,8 +417,27 @@ def restore_lagged_states(state: dict, precision: str, lag: int) -> deque[dict[s
     if (state["precision"], state["lag"]) != (precision, lag):
         raise ValueError(f"behavior state was saved with precision={state['precision']!r}, lag={state['lag']}; "
                          f"this behavior policy has precision={precision!r}, lag={lag}")
-    return deque(({k: v.clone() for k, v in s.items()} for s in state["states"]), maxlen=lag + 1)
+    return deque((_clone_state(s) for s in state["states"]), maxlen=lag + 1)
 
 
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+def _clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` in which a tensor stored under two names (a tied weight) stays one tensor."""
+    clones: dict[int, torch.Tensor] = {}
+    for value in state.values():
+        if id(value) not in clones:
+            clones[id(value)] = value.clone()
+    return {k: clones[id(v)] for k, v in state.items()}
+
+
+def _cpu_state(model: nn.Module, like: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state on the CPU, each tensor in the dtype of ``like``'s (the behavior copy, which loading it
+    would round it to anyway). A tied weight (one tensor under two names) is copied once, and saved once."""
+    dtypes = {k: v.dtype for k, v in like.state_dict().items()}
+    copies: dict[tuple, torch.Tensor] = {}
+    state = {}
+    for k, v in model.state_dict().items():
+        tensor = (v.data_ptr(), v.shape, v.stride(), dtypes[k])
+        if tensor not in copies:
+            copies[tensor] = v.detach().to("cpu", dtypes[k], copy=True)
+        state[k] = copies[tensor]
+    return state

@@ -62,6 +62,7 @@ class VLLMBehaviorPolicy:
             raise ValueError(f"lag must be >= 0, got {lag}")
         vllm = _import_vllm()
         self.precision, self.lag = precision, lag
+        self.dtype = getattr(torch, VLLM_DTYPES[precision])  # the engine's: lagged copies are stored in it
         self.policy = policy
         # a one-process "distributed" engine inside this process, so load_weights reaches the model directly
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "localhost")):
@@ -72,7 +73,7 @@ class VLLMBehaviorPolicy:
                             logprobs_mode="processed_logprobs", distributed_executor_backend="external_launcher")
         self._states: deque[dict[str, torch.Tensor]] = deque(maxlen=lag + 1)
         if lag:
-            self._states.append(hf_state(policy, cpu=True))
+            self._states.append(hf_state(policy, cpu=True, dtype=self.dtype))
         self._push(self._states[0] if lag else hf_state(policy))
 
     # ------------------------------------------------------------------------------------------- weights
@@ -80,7 +81,7 @@ class VLLMBehaviorPolicy:
         """Record the policy's new weights and serve those of ``lag`` syncs ago (with lag 0: push them now)."""
         self.policy = policy
         if self.lag:
-            self._states.append(hf_state(policy, cpu=True))
+            self._states.append(hf_state(policy, cpu=True, dtype=self.dtype))
             self._push(self._states[0])
         else:
             self._push(hf_state(policy))
@@ -168,32 +169,54 @@ def batch_from_outputs(prompts: list[list[int]], samples: Sequence[Sequence[tupl
     )
 
 
-def hf_state(model: nn.Module, cpu: bool = False) -> dict[str, torch.Tensor]:
-    """The weights of an :class:`drpo.models.hf.HFCausalLM` under the names of its Hugging Face checkpoint.
+def hf_state(model: nn.Module, cpu: bool = False, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The weights of an :class:`drpo.models.hf.HFCausalLM` under the names of its Hugging Face checkpoint
+    (``cpu``: copies on the CPU, floating ones in ``dtype`` when given).
 
-    LoRA adapters are merged into the base weights (and unmerged again); GPT-2 Linear weights converted
-    from Conv1D at load are transposed back to the checkpoint's layout.
+    LoRA adapters are merged into copies of the base weights: merging in place and unmerging again would
+    leave W + dW - dW, which in bf16 is not W, so the frozen weights would drift at every sync. GPT-2 Linear
+    weights converted from Conv1D at load are transposed back to the checkpoint's layout.
     """
     inner = model.hf
-    peft = hasattr(inner, "merge_adapter")
-    if peft:
-        inner.merge_adapter()
-    try:
-        base = inner.get_base_model() if peft else inner
-        transposed = set(getattr(base, "drpo_conv1d_modules", ()))
-        state = {}
-        for name, tensor in base.state_dict().items():
-            if "lora_" in name:
-                continue
-            name = name.replace(".base_layer.", ".")
-            tensor = tensor.detach()
-            if name.rpartition(".")[0] in transposed and name.endswith(".weight"):
-                tensor = tensor.T
-            state[name] = tensor.to("cpu", copy=True) if cpu else tensor.clone() if peft else tensor
-    finally:
-        if peft:
-            inner.unmerge_adapter()
+    peft = hasattr(inner, "get_base_model")
+    base = inner.get_base_model() if peft else inner
+    merged = _merged_lora_weights(base) if peft else {}
+    transposed = set(getattr(base, "drpo_conv1d_modules", ()))
+    state = {}
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        tensor = merged.get(name, tensor).detach()
+        name = name.replace(".base_layer.", ".")
+        if name.rpartition(".")[0] in transposed and name.endswith(".weight"):
+            tensor = tensor.T
+        if cpu:
+            tensor = tensor.to("cpu", dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype,
+                               copy=True)
+        state[name] = tensor
     return state
+
+
+@torch.no_grad()
+def _merged_lora_weights(base: nn.Module) -> dict[str, torch.Tensor]:
+    """{state-dict name of a LoRA layer's base weight: base weight + its active adapters' delta}, new tensors
+    (what peft's merge would write into the weight, rounded the same way)."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = {}
+    for name, module in base.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        weight = module.get_base_layer().weight
+        for adapter in module.active_adapters:
+            if adapter not in module.lora_A:
+                continue
+            if adapter in getattr(module, "lora_variant", {}) or module.lora_bias.get(adapter):
+                raise NotImplementedError(f"{name}: only plain LoRA adapters (no DoRA or other variant, no "
+                                          "lora_bias) are merged for the vLLM rollout")
+            weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+        merged[f"{name}.base_layer.weight"] = weight
+    return merged
 
 
 def _free_port() -> int:

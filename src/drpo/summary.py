@@ -18,9 +18,10 @@ def write_summary(trainer, wall_s: float, interrupted: bool) -> dict:
         "steps": trainer.step,
         "steps_planned": trainer.config.steps,
         "interrupted": interrupted,
-        "eval/accuracy_start": evals[0]["eval/accuracy"] if evals else None,
+        # from the trainer, not the file: a run resumed into a new directory has the earlier evaluations only there
+        "eval/accuracy_start": trainer.start_accuracy,
         "eval/accuracy_final": evals[-1]["eval/accuracy"] if evals else None,
-        "eval/accuracy_best": max((r["eval/accuracy"] for r in evals), default=None),
+        "eval/accuracy_best": trainer.best_accuracy,
         "eval/sampled_accuracy_final": evals[-1].get("eval/sampled_accuracy") if evals else None,
         "reward/mean_first": next((r["reward/mean"] for r in records if "reward/mean" in r), None),
         "reward/mean_last": next((r["reward/mean"] for r in reversed(records) if "reward/mean" in r), None),

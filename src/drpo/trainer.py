@@ -34,7 +34,7 @@ from rich.progress import (
 from drpo.adaptive import DeltaTracker, boundary
 from drpo.advantages import group_advantages
 from drpo.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
-from drpo.config import RunConfig, check_resume
+from drpo.config import RunConfig, check_out, check_resume
 from drpo.diagnostics import pull_gradient_norms
 from drpo.losses import aggregate
 from drpo.metrics import MetricsLogger, mean_of, mismatch_metrics
@@ -89,7 +89,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_updates))
         self.behavior = build_behavior(config, self.policy)  # native copy (precision, lag) or vLLM (hf: models)
         self.device = next(self.model.parameters()).device  # cpu, or where an hf: model was put (model.device)
-        self.top_k_logprobs = config.rollout.top_k_logprobs or (8 if self.loss.spec.needs_topk else 0)
+        self.top_k_logprobs = config.top_k_logprobs
         if config.rollout.top_p < 1:
             warnings.warn(TOP_P_WARNING.format(top_p=config.rollout.top_p), stacklevel=2)
         # LoRA adapters stay float32 under peft, so only full fine-tuning trains bf16 weights
@@ -126,6 +126,7 @@ class Trainer:
                                                          strict=True)]
         scores = self.task.score(completions, [examples[int(g)] for g in batch.group_index], completion_ids)
         rewards = torch.tensor(scores.rewards, device=self.device)  # [N] NaN: no reward applies (advantage 0)
+        verifier_errors = self.task.verifier_errors(len(rewards))  # raises when most rewards failed
         advantages = group_advantages(rewards, batch.group_index, cfg.advantage.estimator,
                                       cfg.advantage.std_normalize)  # [N]
 
@@ -170,6 +171,7 @@ class Trainer:
         metrics.update({
             "reward/mean": scored.mean().item() if len(scored) else math.nan,
             "reward/std": scored.std().item() if len(scored) > 1 else 0.0,
+            "reward/verifier_errors": float(verifier_errors),
             "response_length/mean": batch.response_mask.sum(-1).float().mean().item(),
             "updates/skipped": float(sum(u.skipped for u in updates)),
             "lr": self.scheduler.get_last_lr()[0],
@@ -265,6 +267,7 @@ class Trainer:
                                             self.config.rollout.temperature, generator)
         sampled_acc = float(np.nanmean(self.task.score(sampled, [examples[i // cfg.samples]
                                                                  for i in range(len(sampled))]).rewards))
+        self.task.verifier_errors(len(sampled))  # raises when most failed; a few count as wrong answers here
         # the sampled accuracy is avg@k (mean over k samples per problem), as in AIME avg@16 reports
         return {"eval/accuracy": greedy_acc, "eval/sampled_accuracy": sampled_acc, f"eval/avg@{cfg.samples}": sampled_acc,
                 "eval/prompts": len(examples)}  # fewer than eval.prompts when the eval split is smaller
@@ -327,6 +330,7 @@ class Trainer:
 
         cfg = self.config
         resume_step = None
+        check_out(cfg)
         if cfg.resume:  # before config.yaml is written: a refused resume leaves the run directory as it was
             state = load_checkpoint(Path(cfg.resume) / "checkpoints")
             check_resume(state["config"], cfg)

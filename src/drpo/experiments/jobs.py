@@ -94,7 +94,7 @@ def _action(files: dict[str, str], checkpoint: bool, config) -> tuple[str, str |
 
 def reset_run_dir(path: Path) -> None:
     """A run directory that starts over: drop what an earlier, unresumable attempt left (metrics append)."""
-    for name in ("metrics.jsonl", "summary.json", "error.txt"):
+    for name in ("config.yaml", "metrics.jsonl", "log_probs.jsonl", "summary.json", "error.txt"):
         (path / name).unlink(missing_ok=True)
     for name in ("tb", "plots", "checkpoints"):
         shutil.rmtree(path / name, ignore_errors=True)

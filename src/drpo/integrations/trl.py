@@ -15,7 +15,7 @@ when present, else its old log-probs pi_old (``old_per_token_logps``, computed w
 optimisation are misaligned, or with vLLM and ``vllm_importance_sampling_correction``), else the
 current log-probs detached (on-policy: r = 1). pi_old, for ``anchor="recompute"``, is the old
 log-probs, else the detached current ones. Tokens whose sampling log-prob vLLM could not provide
-(NaN) fall back to pi_old.
+(NaN) fall back to pi_old (r = 1 when there is none); the metric ``mu/nan_tokens`` counts them.
 
 TRL's vLLM importance-sampling weight (pi_old / mu, shaped by ``vllm_importance_sampling_mode`` and
 its clip bounds) depends on the anchor:
@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from drpo.losses import PRESETS, LossOutput, get_loss, resolved, warn_if_cannot_bind
+from drpo.losses.base import METRIC_KEYS
 from drpo.mismatch.dump import CallDump
 
 logger = logging.getLogger(__name__)
@@ -242,21 +244,38 @@ class DRPOTrainer(GRPOTrainer):
                 self.current_gradient_accumulation_steps if mode == "train" else 1.0)
 
         self._metrics[mode]["entropy"].append(self._global_mean(entropies, mask))
-        self._log_loss_metrics(out.metrics, mode)
+        sampling = inputs.get("sampling_per_token_logps")
+        nan_mu = torch.zeros((), device=mask.device) if sampling is None else (sampling.isnan() & (mask != 0)).sum()
+        # valid tokens whose NaN sampling log-prob fell back to pi_old, summed over processes (each one joins)
+        self._metrics[mode]["mu/nan_tokens"].append(self.accelerator.reduce(nan_mu.float(), reduction="sum").item())
+        self._log_loss_metrics(out.metrics, mask.sum().item(), mode)
         return loss
 
     def _global_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
         totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().to(x.dtype)]), reduction="sum")
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
-    def _log_loss_metrics(self, metrics: dict[str, float], mode: str) -> None:
-        """Our metrics (loss/*, ratio/*, shift/*) into TRL's; max / min keys reduce across processes by max / min."""
-        if not metrics:
-            return
-        keys = sorted(metrics)
-        local = torch.tensor([metrics[k] for k in keys], device=self.accelerator.device)  # [M]
-        gathered = self.accelerator.gather(local.unsqueeze(0))  # [P, M]
-        for i, key in enumerate(keys):
-            column = gathered[:, i]
-            value = column.max() if key.endswith("max") else column.min() if key.endswith("min") else column.mean()
+    def _log_loss_metrics(self, metrics: dict[str, float], tokens: float, mode: str) -> None:
+        """Our metrics (loss/*, ratio/*, shift/*) into TRL's: means weighted by each process's valid tokens, max /
+        min keys the extreme over processes.
+
+        Every process gathers the same keys, NaN for those it has no value of: a micro-batch without a valid token
+        has no metrics, and a process that skipped the gather would leave the others waiting in it for ever.
+        """
+        local = torch.tensor([tokens, *(metrics.get(key, math.nan) for key in METRIC_KEYS)],
+                             dtype=torch.float32, device=self.accelerator.device)  # [1 + M]
+        gathered = self.accelerator.gather(local.unsqueeze(0))  # [P, 1 + M]
+        counts = gathered[:, 0]  # [P]
+        for i, key in enumerate(METRIC_KEYS):
+            column = gathered[:, i + 1]
+            present = ~column.isnan()
+            if not present.any():
+                continue
+            values, weights = column[present], counts[present]
+            if key.endswith("max"):
+                value = values.max()
+            elif key.endswith("min"):
+                value = values.min()
+            else:
+                value = (values * weights).sum() / weights.sum()
             self._metrics[mode][key].append(value.item())

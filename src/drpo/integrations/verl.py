@@ -157,8 +157,11 @@ def make_policy_loss(name: str):
         )
         dump = env_dump()  # $DRPO_DUMP_LOG_PROBS=FILE: this call's tokens, for `drpo mismatch`
         if dump is not None:
+            # verl hands a policy loss one reference log-prob, never mu beside pi_old: the rollout_log_prob column
+            # is verl's old_log_prob, mu only in bypass mode; with IS weights (decoupled mode) it is surely pi_old
+            held = "pi_old (decoupled mode)" if rollout_is_weights is not None else "mu in bypass mode, else pi_old"
             dump.write(rollout_log_prob=anchor, log_prob=log_prob, mask=response_mask, advantages=advantages,
-                       engine="verl old_log_prob (mu in bypass mode, pi_old otherwise)")
+                       engine=f"verl: rollout_log_prob column = verl's old_log_prob = {held}")
         per_token = out.per_token  # [B, T]
         if rollout_is_weights is not None:
             per_token = per_token * rollout_is_weights

@@ -30,6 +30,11 @@ from drpo.validation import describe_fields, format_validation_error
 # at delta 0.15 (1e-6 / delta in general), which amplifies nothing; a bf16 behavior policy (|pi - mu| ~ 1e-3) is well above it
 AMPLIFIED_TOLERANCE = 1e-3
 LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 4.9e8: past that the ratio carries no information, only overflow risk
+# every key loss_metrics may return (shift/binary_kl only for the losses that compute it), for callers that must
+# hand the same keys to a collective on every process
+METRIC_KEYS = ("loss/masked_frac", "loss/corrective_frac", "loss/amplified_frac", "loss/weight_dev",
+               "loss/weight_mean", "loss/weight_min", "loss/weight_max",
+               "ratio/mean", "ratio/max", "shift/abs_mean", "shift/abs_max", "shift/binary_kl")
 
 
 class Hyper(pydantic.BaseModel):
@@ -155,7 +160,8 @@ def snap_boundary(weight: torch.Tensor, width: float) -> torch.Tensor:
     return weight.masked_fill_(weight.abs() <= tolerance, 0.0)
 
 
-# Returns fresh (objective, weight) tensors: the wrapper masks them in place. A loss whose objective is the
+# Returns (objective, weight) tensors, which the wrapper masks in place: one that shares memory with an input or
+# a cached tensor of LossInputs is copied first. A loss whose objective is the
 # surrogate sg(w * r) * A * log pi returns None for it: the wrapper forms it from the gradient in one multiply.
 LossFn = Callable[[LossInputs, Hyper], "tuple[torch.Tensor | None, torch.Tensor]"]
 
@@ -220,7 +226,7 @@ class Loss:
         x = self._check(log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
                         rollout_topk_ids, rollout_topk_log_probs, logits, response_ids)
         with torch.no_grad():
-            objective, weight = self.spec.fn(x, self.hyper)
+            objective, weight = (_owned(t, x) for t in self.spec.fn(x, self.hyper))
             weight = weight.mul_(x.mask_f) if weight.shape == x.mask_f.shape else weight * x.mask_f  # [B, T]
             grad = (weight * x.ratio).mul_(-x.advantages)  # [B, T] d per_token / d log_prob
             # -sg(w r) A log pi, or the loss's own objective, masked and negated
@@ -268,6 +274,15 @@ class Loss:
         )
 
 
+def _owned(tensor: torch.Tensor | None, x: LossInputs) -> torch.Tensor | None:
+    """``tensor``, or a copy of it when it shares memory with a tensor of ``x`` (which masking in place would
+    change: a cached ratio, or the caller's own log-probs)."""
+    if tensor is None:
+        return None
+    shared = {t.untyped_storage().data_ptr() for t in vars(x).values() if isinstance(t, torch.Tensor)}
+    return tensor.clone() if tensor.untyped_storage().data_ptr() in shared else tensor
+
+
 class _AnalyticGradient(torch.autograd.Function):
     """Identity on the per-token loss whose backward is d per_token / d log_prob = grad (one multiply)."""
 
@@ -297,8 +312,11 @@ def _same(loss: str, label: str, tensor, shape, dtype) -> None:
         raise ValueError(f"{loss}: shape mismatch: {label} has shape {tuple(tensor.shape)} but log_prob has "
                          f"{tuple(shape)}" + (" (advantages may also be [B])" if label == "advantages" else ""))
     if dtype is not None and tensor.dtype != dtype:
-        raise TypeError(f"{loss}: dtype mismatch: {label} is {tensor.dtype} but log_prob is {dtype}; "
-                        f"cast both to one dtype")
+        half = (torch.float16, torch.bfloat16)
+        advice = ("cast log_prob up to float32 (log_prob.float()) and keep the others in float32: rounding log-probs "
+                  "to half precision adds errors as large as the mismatch the loss measures"
+                  if dtype in half or tensor.dtype in half else "cast both to one dtype")
+        raise TypeError(f"{loss}: dtype mismatch: {label} is {tensor.dtype} but log_prob is {dtype}; {advice}")
 
 
 def _check_finite(loss: str, label: str, tensor: torch.Tensor) -> None:
@@ -377,9 +395,7 @@ def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
     w_mean, w_min, w_max = mean_min_max(weight)
     r_mean, _, r_max = mean_min_max(x.ratio)
     shift_mean, _, shift_max = mean_min_max(abs_shift)
-    keys = ["loss/masked_frac", "loss/corrective_frac", "loss/amplified_frac", "loss/weight_dev",
-            "loss/weight_mean", "loss/weight_min", "loss/weight_max",
-            "ratio/mean", "ratio/max", "shift/abs_mean", "shift/abs_max"]
+    keys = list(METRIC_KEYS[:-1])
     stats = [
         (torch.count_nonzero(w == 0) - padding) / n, torch.count_nonzero(w < 0) / n,
         torch.count_nonzero(w > 1 + AMPLIFIED_TOLERANCE) / n, torch.dot((w - 1).abs_(), mask) / n,
@@ -387,7 +403,7 @@ def loss_metrics(x: LossInputs, weight: torch.Tensor) -> dict[str, float]:
     ]
     binary_kl = x.computed("binary_kl")  # only the losses that mask on it pay its ~12 passes
     if binary_kl is not None:
-        keys.append("shift/binary_kl")
+        keys.append(METRIC_KEYS[-1])
         stats.append(torch.dot(binary_kl.reshape(-1), mask) / n)
     return dict(zip(keys, torch.stack(stats).tolist(), strict=True))
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from drpo.metrics import complete_lines
+
 SEQUENCE_FIELDS = ("rollout_log_prob", "old_log_prob", "log_prob")  # [T] each
 OPTIONAL_FIELDS = ("advantage", "step", "policy_version", "rollout_topk_ids", "rollout_topk_log_probs", "id",
                    "engine")
@@ -107,10 +109,30 @@ def distinct_labels(paths: list[str]) -> list[str]:
 
 
 def read_log_probs(path: str | Path, label: str | None = None) -> TokenLogProbs:
-    """Read and validate a log-prob file (or a run directory's dump) into a :class:`TokenLogProbs`."""
+    """Read and validate a log-prob file (or a run directory's dump) into a :class:`TokenLogProbs`.
+
+    A FILE that several processes wrote, one FILE.rank<N>.<suffix> each (drpo.mismatch.dump), reads as one
+    source: every rank's sequences, their ids prefixed with rank<N>/.
+    """
+    ranks = rank_files(Path(path))
+    if ranks:
+        records = ({**record, "id": f"{rank.stem.rpartition('.')[2]}/{record['id']}"}
+                   for rank in ranks for record in _read_file(rank))
+        return from_records(records, label or Path(path).stem, f"{path} ({len(ranks)} rank files)")
     path = resolve_path(path)
-    records = _read_jsonl(path) if path.suffix == ".jsonl" else _read_parquet(path)
-    return from_records(records, label or default_label(path), str(path))
+    return from_records(_read_file(path), label or default_label(path), str(path))
+
+
+def rank_files(path: Path) -> list[Path]:
+    """FILE.rank0.<suffix>, FILE.rank1.<suffix>, ... in rank order, when FILE itself does not exist."""
+    if path.exists() or path.suffix not in SUFFIXES:
+        return []
+    found = [(p, p.stem.rpartition(".rank")[2]) for p in path.parent.glob(f"{path.stem}.rank*{path.suffix}")]
+    return [p for p, rank in sorted(((p, int(r)) for p, r in found if r.isdigit()), key=lambda item: item[1])]
+
+
+def _read_file(path: Path):
+    return _read_jsonl(path) if path.suffix == ".jsonl" else _read_parquet(path)
 
 
 def from_records(records, label: str, where: str = "records") -> TokenLogProbs:
@@ -266,8 +288,7 @@ class LogProbWriter:
         if self.path.suffix == ".jsonl":
             kept = []
             if resume_step is not None and self.path.exists():
-                kept = [line for line in self.path.read_text().splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                kept = [line for line in complete_lines(self.path) if json.loads(line).get("step", 0) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is not None:
             raise LogProbFileError("a resumed run appends to a .jsonl dump only; parquet files are written whole")

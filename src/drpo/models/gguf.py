@@ -120,8 +120,11 @@ def convert_gguf(path: Path, console=None) -> Path:
     tokenizer.save_pretrained(tmp)
     try:
         os.replace(tmp, out)  # atomic: a concurrent run sees no directory or a whole one
-    except OSError:  # another process finished the same conversion first; its copy is as good
+    except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").is_file():  # not another process's finished copy: a real failure
+            raise OSError(f"converting {path.name}: could not move the converted model to {out} ({error}); check "
+                          f"that {out.parent} is writable, or set DRPO_CACHE to another directory") from error
     return out
 
 

@@ -47,7 +47,9 @@ class Policy:
         """Fraction of ``examples`` whose greedy completion the task's verifier accepts (task=custom: mean reward)."""
         completions = self.generate_text([self.encode_prompt(ex) for ex in examples], 1, self.task.max_response_len,
                                          temperature=0.0)
-        return float(np.nanmean(self.task.score(completions, examples).rewards))
+        accuracy = float(np.nanmean(self.task.score(completions, examples).rewards))
+        self.task.verifier_errors(len(examples))  # raises when most failed; a few count as wrong answers here
+        return accuracy
 
     @torch.no_grad()
     def generate_text(self, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float,

@@ -106,6 +106,10 @@ class Task:
               completion_ids: list[list[int]] | None = None) -> Scores:
         """Rewards of a batch of completions (``examples[i]`` is what ``completions[i]`` answers) and their metrics."""
         return Scores([self.reward(text, example) for text, example in zip(completions, examples, strict=True)], {})
+    def verifier_errors(self, rewards: int) -> int:
+        """How many of the last ``rewards`` rewards the verifier failed to compute (0.0 given instead of a verdict);
+        the count restarts. A task whose verifier can fail raises when that is most of them."""
+        return 0
 
     def target(self, example: Example) -> str:
         """The completion to imitate in supervised warm-up (the trainer appends EOS)."""

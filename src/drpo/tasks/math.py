@@ -8,7 +8,8 @@
 The reward is 1.0 when the content of the *last* ``\\boxed{...}`` of the completion is mathematically
 equal to the reference according to math-verify (``1/2``, ``0.5`` and ``\\frac{1}{2}`` are one answer),
 0.0 otherwise: no box, an unclosed box, an empty box, a wrong answer, an answer math-verify cannot parse,
-or a check that runs past ``verify_timeout`` seconds. It never raises.
+or a check that runs past ``verify_timeout`` seconds. It never raises; any other error of the verifier also
+gives 0.0 but is counted (``reward/verifier_errors``), and a batch where most answers fail stops the run.
 
 Data: JSON lines (``.jsonl``), a JSON list (``.json``) or Parquet (``.parquet``); one problem per row.
 ``prompt_field`` and ``answer_field`` name the fields, dotted for nested ones
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from drpo.tasks.base import Example, Task
 
+logger = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "{prompt}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 _BOXED = re.compile(r"\\boxed\s*\{")
@@ -131,8 +133,17 @@ def _parse_reference(answer: str) -> tuple:
     return tuple(parsed or mv.parse(f"\\boxed{{{answer}}}", parsing_timeout=None))
 
 
+# What an unparseable or pathological answer may raise once math-verify has caught its own parse errors (it
+# returns [] for text it cannot read): our time limit, and recursion or sympy errors on deeply nested input. Any
+# other exception is a broken verifier (an API change, a missing module, a bug), not a wrong answer.
+EXPECTED_FAILURES: tuple[type[BaseException], ...] = (VerifierTimeout, RecursionError)
+
+
 def answers_match(predicted: str, reference: str, timeout: float = 5.0) -> bool:
     """Whether the boxed content ``predicted`` equals ``reference`` per math-verify, within ``timeout`` s.
+
+    An answer that takes too long or that math-verify cannot parse does not match; any other error of the
+    verifier propagates (see ``MathTask.reward``, which counts it).
 
     >>> answers_match(r"\\frac{1}{2}", "0.5"), answers_match("1/2", r"\\frac12"), answers_match("3", "4")
     (True, True, False)
@@ -143,8 +154,15 @@ def answers_match(predicted: str, reference: str, timeout: float = 5.0) -> bool:
             gold = _parse_reference(reference)
             pred = mv.parse(f"\\boxed{{{predicted}}}", parsing_timeout=None)
             return bool(gold and pred and mv.verify(list(gold), pred, timeout_seconds=None))
-    except Exception:  # a timeout, or anything math-verify or sympy throws: no answer
+    except EXPECTED_FAILURES + _sympy_errors():
         return False
+
+
+@functools.cache
+def _sympy_errors() -> tuple[type[BaseException], ...]:
+    import sympy
+
+    return (sympy.SympifyError,)
 
 
 # --------------------------------------------------------------------------------------------- the data
@@ -317,6 +335,7 @@ class MathTask(Task):
         self.seed = seed
         self._max_prompt_len, self._max_response_len = max_prompt_len, max_response_len
         self.verify_timeout = verify_timeout
+        self._errors: list[str] = []  # verifier failures since verifier_errors last ran
         options = dict(prompt_field=prompt_field, answer_field=answer_field, prompt_template=prompt_template,
                        skip_bad_rows=skip_bad_rows, prompt_pattern=prompt_pattern)
         train, counts = load_examples(data, **options)
@@ -342,11 +361,32 @@ class MathTask(Task):
         return self._max_response_len
 
     def reward(self, completion: str, example: Example) -> float:
-        """1.0 if the last ``\\boxed{...}`` of ``completion`` equals ``example.answer`` (math-verify), else 0.0."""
+        """1.0 if the last ``\\boxed{...}`` of ``completion`` equals ``example.answer`` (math-verify), else 0.0.
+
+        A verifier error that is not a timeout or a parse failure also gives 0.0, but is counted (and the first
+        one of a batch logged with its traceback): :meth:`verifier_errors` reports them."""
         predicted = last_boxed(completion)
         if predicted is None or not isinstance(example.answer, str):
             return 0.0
-        return 1.0 if answers_match(predicted, example.answer, self.verify_timeout) else 0.0
+        try:
+            return 1.0 if answers_match(predicted, example.answer, self.verify_timeout) else 0.0
+        except Exception as error:  # noqa: BLE001  (counted and reported, see verifier_errors)
+            if not self._errors:
+                logger.warning("math-verify failed on answer %r (reference %r); counted in reward/verifier_errors",
+                               predicted, example.answer, exc_info=True)
+            self._errors.append(f"{type(error).__name__}: {error}")
+            return 0.0
+
+    def verifier_errors(self, rewards: int) -> int:
+        """How many of the last ``rewards`` rewards the verifier failed to compute (0.0 given, not a wrong
+        answer); the count restarts. Raises when that is more than half of them: the run would train on
+        zeros."""
+        errors, self._errors = self._errors, []
+        if len(errors) * 2 > rewards:
+            raise RuntimeError(f"the math verifier failed on {len(errors)} of {rewards} answers (not wrong answers: "
+                               f"errors of math-verify or sympy), e.g. {errors[0]}. Check the installed math-verify "
+                               "(pip install 'math-verify>=0.7') and sympy")
+        return len(errors)
 
     def target(self, example: Example) -> str:
         return f"The answer is $\\boxed{{{example.answer}}}$."
