@@ -16,6 +16,23 @@ from drpo.losses import get_loss, weight_curve  # noqa: E402
 WEIGHT_FIGURE_LOSSES = ("ppo_clip", "spo", "dppo_binary_tv", "drpo")
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as a 256-colour PNG and close it. Line plots need no more colours, and the published figures
+    take a third of the bytes of matplotlib's RGBA files (every clone of the repository carries them); the
+    quantization is deterministic, so a rebuilt report's figures are byte-identical."""
+    import io
+
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    plt.close(fig)
+    Image.open(buffer).convert("RGB").quantize(256).save(path, format="PNG", optimize=True)
+    return path
+
+
 def plot_weight_curves(path: str | Path, losses: Sequence[str] = WEIGHT_FIGURE_LOSSES,
                        mus: Sequence[float] = (0.9, 0.3, 0.01)) -> Path:
     """w_t against pi - mu, one panel per (mu, sign of A), one line per loss (default hyper-parameters).
@@ -42,10 +59,7 @@ def plot_weight_curves(path: str | Path, losses: Sequence[str] = WEIGHT_FIGURE_L
     axes[0][0].legend(fontsize=8, loc="lower left")
     fig.suptitle("Gradient weight w_t: grad = E[w * r * A * grad log pi]")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def _label(loss) -> str:
@@ -82,8 +96,4 @@ def plot_run(run_dir: str | Path, records: list[dict]) -> Path:
             ax.legend(fontsize=7)
     fig.suptitle(run_dir.name)
     fig.tight_layout()
-    path = run_dir / "plots" / "curves.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir / "plots" / "curves.png", dpi=100)

@@ -207,10 +207,7 @@ def _colors(n: int) -> list:
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    from drpo.plots import save_figure
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -201,6 +201,8 @@ def plot(analyses: list[Analysis], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from drpo.plots import save_figure
+
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     (tail, bucket, trend, trust) = axes.ravel()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -237,11 +239,7 @@ def plot(analyses: list[Analysis], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(analyses: list[Analysis], out_dir: str | Path, command: str | None = None, advice=None) -> Path:
