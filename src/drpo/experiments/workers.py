@@ -1,6 +1,6 @@
 """`drpo compare`, stage 3: runs and base-model warm-ups in spawned worker processes, ``workers`` at a
-time, sharing the cores (``cpu_count // workers`` torch threads each), with a live display that follows
-each run's metrics.jsonl.
+time, sharing the cores (``cpu_count // workers`` torch threads each, or ``threads`` when given), with a live
+display that follows each run's metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ EXIT_NON_FINITE = 3  # the worker's exit code when the trainer stopped on non-fi
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def run_processes(tasks: list[tuple], workers: int, console) -> dict[str, int]:
+def run_processes(tasks: list[tuple], workers: int, console, threads: int | None = None) -> dict[str, int]:
     """Run (name, target, args, run_dir, steps) tasks in spawned processes, ``workers`` at a time, with a live
-    display that follows each run's metrics.jsonl. Returns {name: exit code}. Ctrl-C: SIGTERM to the running
-    workers (the trainer checkpoints on it), wait for them, then KeyboardInterrupt."""
+    display that follows each run's metrics.jsonl. Returns {name: exit code}. Each worker runs ``threads``
+    torch/OpenMP threads (default: the cores shared out, ``cpu_count // workers``). Ctrl-C: SIGTERM to the
+    running workers (the trainer checkpoints on it), wait for them, then KeyboardInterrupt."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     context = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // workers)  # 2 small runs x 1 thread, or 1 large run x 2 threads
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)  # 2 small runs x 1 thread, or 1 large x 2
     pending = list(tasks)
     running: dict = {}  # process -> (name, run_dir, steps, progress task id)
     codes: dict[str, int] = {}
