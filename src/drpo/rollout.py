@@ -300,7 +300,7 @@ def generate(
         raise ValueError(f"top_k_logprobs={top_k_logprobs} exceeds the vocabulary size {logits.shape[-1]}")
     tokens, masks, log_probs, topk_ids, topk_log_probs = [], [], [], [], []
     done = torch.zeros(N, dtype=torch.bool, device=device)  # [N] rows that have emitted EOS
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         if temperature == 0:  # greedy: the argmax; its log-prob is reported at temperature 1
             log_p = sampling_log_probs(logits[:, -1])  # [N, V]
             token = log_p.argmax(-1)  # [N]
@@ -318,7 +318,7 @@ def generate(
             topk_log_probs.append(values.clamp(min=TOPK_LOG_PROB_FLOOR).masked_fill(done[:, None], 0.0))
         if not ignore_eos:
             done = done | (token == eos_id)
-        if done.all():
+        if done.all() or step == max_new_tokens - 1:  # no forward for a token that will not be sampled
             break
         if use_cache:
             logits, cache = model(token[:, None], None, cache)  # [N, 1, V]

@@ -81,8 +81,10 @@ class Trainer:
         self.task = self.policy.task
         self.loss = config.loss.build()
         self.horizon = config.loss.horizon or self.task.max_response_len
+        # fused: one pass over each parameter's weight, gradient and moments instead of a dozen foreach passes
+        # (SmolLM2-135M: 0.17 s against 0.83 s of CPU per step, and the recipe steps 4 times per batch)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
-                                           weight_decay=config.optim.weight_decay)
+                                           weight_decay=config.optim.weight_decay, fused=True)
         total_updates = max(1, config.steps * config.updates_per_batch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_updates))
         self.behavior = build_behavior(config, self.policy)  # native copy (precision, lag) or vLLM (hf: models)
