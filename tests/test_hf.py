@@ -334,7 +334,7 @@ def test_bf16_weights_warn_and_bf16_rollouts_share_them(qwen_dir, data_file, tmp
 
 def test_autocast_trains_float32_weights_with_bf16_compute(qwen_dir, data_file, tmp_path):
     overrides = [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2", "rollout.prompts=2",
-                 "rollout.group_size=2", "updates_per_batch=1", f"out={tmp_path}", "tensorboard=false"]
+                 "rollout.group_size=4", "updates_per_batch=1", f"out={tmp_path}", "tensorboard=false"]
     trainer = Trainer(load_config(None, [*overrides, "model.autocast=bf16"]))
     batch = trainer.behavior.generate([trainer.policy.encode_prompt(ex) for ex in trainer.task.train[:2]], 2, 4,
                                       eos_id=trainer.policy.tokenizer.eos_id, pad_id=trainer.policy.tokenizer.pad_id)
