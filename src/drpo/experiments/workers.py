@@ -165,11 +165,12 @@ def run_worker(overrides: list[str], path: str, resume: bool) -> None:
 def _write_stopped_summary(path: Path, config, reason: str) -> None:
     """summary.json of a run the trainer stopped on non-finite losses: finished (a rerun would repeat it)."""
     from drpo.metrics import read_metrics
+    from drpo.summary import peak_rss_gb
 
     records = read_metrics(path) if (path / "metrics.jsonl").is_file() else []
     evals = [r["eval/accuracy"] for r in records if isinstance(r.get("eval/accuracy"), (int, float))]
     summary = {"loss": config.loss.name, "steps": max((r["step"] for r in records), default=0),
                "steps_planned": config.steps, "interrupted": False, "stopped": f"non-finite loss: {reason}",
                "eval/accuracy_start": evals[0] if evals else None, "eval/accuracy_final": evals[-1] if evals else None,
-               "eval/accuracy_best": max(evals, default=None)}
+               "eval/accuracy_best": max(evals, default=None), "memory/peak_rss_gb": round(peak_rss_gb(), 3)}
     (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
