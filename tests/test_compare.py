@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 from pathlib import Path
 
@@ -125,6 +126,30 @@ def test_a_finished_run_made_before_a_config_field_existed_is_reused(tmp_path):
     assert action == "new" and conflict == "differs in rollout.ignore_eos"
     action, conflict = _action(files, False, load_config(None, [*TINY, "loss=drpo", "eval.prompts=8"]))
     assert conflict == "differs in eval.prompts"
+
+
+def _report_threads(path: str) -> None:
+    """A worker target: what a run would compute with (torch's threads, the OpenMP setting its children inherit)."""
+    from drpo.experiments.workers import _child_setup
+
+    _child_setup(None)
+    Path(path).write_text(json.dumps({"torch": torch.get_num_threads(), "omp": os.environ["OMP_NUM_THREADS"],
+                                      "mkl": os.environ["MKL_NUM_THREADS"]}))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_each_worker_runs_the_threads_it_is_given(tmp_path, threads):
+    """`drpo compare --workers 1 --threads 1` leaves the other cores free: the worker's torch and OpenMP threads."""
+    from rich.console import Console
+
+    from drpo.experiments.workers import THREAD_ENV, run_processes
+
+    parent_env = {key: os.environ.get(key) for key in THREAD_ENV}
+    probe = tmp_path / "threads.json"
+    codes = run_processes([("probe", _report_threads, (str(probe),), None, None)], 1, Console(quiet=True), threads)
+    assert codes == {"probe": 0}
+    assert json.loads(probe.read_text()) == {"torch": threads, "omp": str(threads), "mkl": str(threads)}
+    assert {key: os.environ.get(key) for key in THREAD_ENV} == parent_env  # the parent's own setting is restored
 
 
 # ----------------------------------------------------------------------------- the verdict, on constructed runs
@@ -354,6 +379,7 @@ def test_a_sweep_writes_its_runs_report_and_archive(tiny_sweep):
         run = tiny_sweep / "runs" / "fp32" / method / "seed0"
         summary = json.loads((run / "summary.json").read_text())
         assert summary["steps"] == 4 and not summary["interrupted"]
+        assert 0.1 < summary["memory/peak_rss_gb"] < 16  # the worker's own peak: torch and a tiny model
         assert load_config(run / "config.yaml").loss.name == method
         for name in ("config.yaml", "metrics.jsonl", "summary.json"):  # the run's files, byte for byte
             assert archived[f"runs/fp32/{method}/seed0/{name}"] == (run / name).read_bytes()
@@ -364,11 +390,15 @@ def test_a_worker_run_is_the_run_drpo_train_makes(tiny_sweep, tmp_path):
     """Same base model, same numbers as `drpo train` with the same overrides."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the workers
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (Linux reports KiB)
     try:
         Trainer(load_config(None, [*CONDITIONS["fp32"]["overrides"], *SWEEP_OVERRIDES, *TINY, "loss=drpo",
                                    f"loss.delta={DRPO_DELTA}", "seed=0", f"out={tmp_path / 'direct'}"])).train()
     finally:
         torch.set_num_threads(threads)
+    # summary.json logs the peak resident memory of the process that ran it (which only grows)
+    peak = json.loads((tmp_path / "direct" / "summary.json").read_text())["memory/peak_rss_gb"]
+    assert peak_before - 1e-3 <= peak <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 + 1e-3
     assert comparable(read_jsonl(tmp_path / "direct" / "metrics.jsonl")) == comparable(
         read_jsonl(tiny_sweep / "runs" / "fp32" / "drpo" / "seed0" / "metrics.jsonl"))
 

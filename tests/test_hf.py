@@ -19,7 +19,7 @@ from drpo.config import ConfigError, load_config
 from drpo.metrics import read_metrics
 from drpo.models.transformer import KVCache
 from drpo.policy import build_behavior
-from drpo.rollout import BehaviorPolicy, generate, make_batch, sequence_log_probs
+from drpo.rollout import BehaviorPolicy, generate, head_log_probs, make_batch, sequence_log_probs
 from drpo.tasks.base import Example
 from drpo.trainer import Trainer
 
@@ -113,6 +113,50 @@ def test_left_padding_is_exact_and_the_cache_reproduces_the_full_forward(family)
                         use_cache=False)
     assert torch.equal(cached.response_ids, uncached.response_ids)
     torch.testing.assert_close(cached.rollout_log_prob, uncached.rollout_log_prob, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("rows", [1, 3, 1000])
+def test_the_chunked_head_gives_the_log_probs_and_gradients_of_the_full_logits(rows, autocast):
+    """head_log_probs against log_softmax of the full logits (nn.Linear's, under bf16 autocast when asked):
+    log-probs to 1e-5 (fp32 rounding of the same logits); the entropy to 1e-4 (computed as logsumexp - E[logit],
+    two numbers of the logits' size, ~20 here, whose difference loses a few ulps); gradients to 1e-5 in fp32,
+    and under autocast to 1% of their norm (bf16 keeps 8 bits: each chunk's weight gradient is rounded to bf16
+    before the float32 sum, where nn.Linear rounds the whole sum once)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 32, requires_grad=True)  # [B, T, H]
+    weight = torch.randn(VOCAB, 32, requires_grad=True)  # [V, H]
+    targets = torch.randint(0, VOCAB, (2, 5))
+    grad_out = torch.randn(2, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = torch.nn.functional.linear(hidden, weight).float() / 0.7  # [B, T, V]
+        log_p = logits.log_softmax(-1)
+        expected = log_p.gather(-1, targets[..., None])[..., 0]
+        expected_entropy = -(log_p.exp() * log_p).sum(-1)
+        expected_grads = torch.autograd.grad((expected * grad_out).sum(), (hidden, weight))
+        log_prob, entropy = head_log_probs(hidden, weight, targets, 0.7, chunk=rows * VOCAB)
+    assert log_prob.shape == entropy.shape == (2, 5) and not entropy.requires_grad
+    torch.testing.assert_close(log_prob, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(entropy, expected_entropy.detach(), atol=1e-4, rtol=0)
+    for grad, reference in zip(torch.autograd.grad((log_prob * grad_out).sum(), (hidden, weight)), expected_grads,
+                               strict=True):
+        assert grad.dtype == torch.float32
+        if autocast:
+            assert (grad - reference).norm() < 0.01 * reference.norm()
+        else:
+            torch.testing.assert_close(grad, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama", "gpt2"])
+def test_log_probs_without_logits_equal_those_of_the_logits(family):
+    """keep_logits=False runs the head in chunks over the hidden states (no [N, T, V] logits): same log pi."""
+    model = wrapped(family, init=0.5)
+    batch = make_batch([[5, 6, 7], [8, 9]], [[16, 17, 0], [15]], pad_id=0)
+    full = sequence_log_probs(model, batch, 0.8)
+    lean = sequence_log_probs(model, batch, 0.8, keep_logits=False)
+    assert full.logits is not None and lean.logits is None
+    torch.testing.assert_close(lean.log_prob, full.log_prob, atol=1e-5, rtol=0)
+    torch.testing.assert_close(lean.entropy, full.entropy, atol=1e-5, rtol=0)
 
 
 def test_a_used_kvcache_is_refused():
@@ -290,7 +334,7 @@ def test_bf16_weights_warn_and_bf16_rollouts_share_them(qwen_dir, data_file, tmp
 
 def test_autocast_trains_float32_weights_with_bf16_compute(qwen_dir, data_file, tmp_path):
     overrides = [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2", "rollout.prompts=2",
-                 "rollout.group_size=2", "updates_per_batch=1", f"out={tmp_path}", "tensorboard=false"]
+                 "rollout.group_size=4", "updates_per_batch=1", f"out={tmp_path}", "tensorboard=false"]
     trainer = Trainer(load_config(None, [*overrides, "model.autocast=bf16"]))
     batch = trainer.behavior.generate([trainer.policy.encode_prompt(ex) for ex in trainer.task.train[:2]], 2, 4,
                                       eos_id=trainer.policy.tokenizer.eos_id, pad_id=trainer.policy.tokenizer.pad_id)

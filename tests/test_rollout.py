@@ -13,6 +13,7 @@ from drpo.rollout import (
     entropy_of_logits,
     generate,
     left_pad,
+    sample_categorical,
     sampling_log_probs,
     sequence_log_probs,
 )
@@ -307,3 +308,13 @@ def test_the_lag_queue_is_stored_in_the_rollout_precision(precision, dtype):
     if precision != "fp8":  # fp8 rounds the served Linear weights further
         for key, value in behavior.model.state_dict().items():
             assert torch.equal(value, old[key].to(value.dtype)), key
+
+
+def test_inverse_cdf_sampling_draws_each_token_with_its_probability():
+    """sample_categorical (the sampler's draw): frequencies of 40,000 draws within 0.01 of the probabilities
+    (4 standard errors at most), and a token of probability 0 (outside the nucleus) never drawn."""
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.0, 0.0, 0.0, 1.0]]).repeat(20000, 1)  # [40000, 4]
+    tokens = sample_categorical(probs, torch.Generator().manual_seed(0))
+    first = torch.bincount(tokens[0::2], minlength=4) / 20000
+    assert torch.allclose(first, probs[0], atol=0.01) and first[1] == 0
+    assert (tokens[1::2] == 3).all()

@@ -89,7 +89,8 @@ def cmd_compare(args) -> int:
         print(describe_grid())
         return 0
     methods, conditions, overrides = split_cli_lists(args.methods, args.conditions, args.overrides)
-    return run_sweep(args.out, methods, args.seeds, conditions, overrides, args.workers, args.target).exit_code
+    return run_sweep(args.out, methods, args.seeds, conditions, overrides, args.workers, args.target,
+                     threads=args.threads).exit_code
 
 
 def cmd_report(args) -> int:
@@ -192,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--conditions", nargs="+", metavar="NAME", help="condition presets (default: all; see --list)")
     compare.add_argument("--workers", type=int, default=2, help="runs in parallel, one process each, sharing the cores (2: two small runs; 1: one large model on "
                          "every core)")
+    compare.add_argument("--threads", type=int, help="torch/OpenMP threads of each worker (default: cores / workers); "
+                         "--workers 1 --threads 1 leaves the other cores to other work")
     compare.add_argument("--out", default="runs/compare", help="sweep directory (rerun to continue it)")
     compare.add_argument("--target", type=float, help="eval accuracy for 'steps to target' (default: start + 0.15)")
     compare.add_argument("--list", action="store_true", help="print the default methods and the conditions")

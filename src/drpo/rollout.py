@@ -131,15 +131,24 @@ class SequenceLogProbs(NamedTuple):
 ENTROPY_CHUNK = 1 << 22
 
 
-def sequence_log_probs(model: nn.Module, batch: RolloutBatch, temperature: float = 1.0) -> SequenceLogProbs:
+def sequence_log_probs(model: nn.Module, batch: RolloutBatch, temperature: float = 1.0,
+                       keep_logits: bool = True) -> SequenceLogProbs:
     """log pi_theta of the sampled response tokens, by one forward over prompt + response.
 
     pi is softmax(logits / temperature), the sampler's distribution before any top-p truncation.
     log pi(y) = logit(y) - logsumexp(logits): the graph holds the logits alone, not a [N, T, V] log-softmax
     beside them, and the entropy (a metric) is computed without gradients in bounded chunks.
+    With ``keep_logits=False``, a model that exposes ``head_inputs`` (drpo.models.hf.HFCausalLM) never
+    materialises the [N, T, V] logits: :func:`head_log_probs` runs the output head over chunks of positions
+    and keeps only the hidden states for the backward (``logits`` is then None).
     After the call, ``model.aux_loss`` holds the MoE load-balancing loss of this forward.
     """
     T = batch.response_ids.shape[1]
+    head_inputs = None if keep_logits else getattr(model, "head_inputs", None)
+    if head_inputs is not None and (head := head_inputs(batch.input_ids(), batch.attention_mask(), T + 1)):
+        hidden, weight = head  # [N, T + 1, H], [V, H]
+        log_prob, entropy = head_log_probs(hidden[:, :-1], weight, batch.response_ids, temperature)  # [N, T]
+        return SequenceLogProbs(log_prob * batch.response_mask, entropy * batch.response_mask, None)
     # only the last T + 1 positions predict response tokens: the output head (a fifth of a small LM's FLOPs)
     # need not run over the prompt
     logits, _ = model(batch.input_ids(), batch.attention_mask(), logits_to_keep=T + 1)  # [N, T + 1, V]
@@ -162,6 +171,77 @@ def entropy_of_logits(logits: torch.Tensor, log_norm: torch.Tensor) -> torch.Ten
         expected_logit = (chunk - norm[..., None]).exp_().mul_(chunk).sum(-1)  # [rows, T]
         entropy[start:start + rows] = norm - expected_logit
     return entropy
+
+
+# elements of one [rows, V] logits chunk of the output head: 16 MiB of float32, whatever the batch
+HEAD_CHUNK = 1 << 22
+
+
+def head_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                   chunk: int = HEAD_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log softmax(hidden @ weight.T / temperature) at ``targets``, entropy of that softmax), both [...].
+
+    hidden [..., H], weight [V, H] (the output head), targets [...] long. The logits are formed over chunks
+    of at most ``chunk`` elements ([rows, V]) and dropped: the backward recomputes each chunk from the hidden
+    states and the logsumexp, so neither direction holds more than one chunk of logits, and the head's
+    matmul never runs over all positions at once (a bf16 matmul over a 49k-token head and a few thousand
+    positions made oneDNN try a 29 GB scratch allocation). Under autocast the matmul runs in the autocast
+    dtype and its output is rounded to it, as ``nn.Linear`` would under autocast; the softmax is float32.
+    The entropy is a metric: it carries no gradient.
+    """
+    dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else None
+    shape = targets.shape
+    log_prob, entropy = _HeadLogProb.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
+                                           temperature, dtype, max(1, chunk // weight.shape[0]))
+    return log_prob.view(shape), entropy.view(shape)
+
+
+class _HeadLogProb(torch.autograd.Function):
+    """Chunked output head + log-softmax at the targets (see :func:`head_log_probs`). Gradient of log p_y with
+    respect to the logits: onehot(y) - p, divided by the temperature."""
+
+    @staticmethod
+    def _logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
+        logits = (hidden.to(weight.dtype) @ weight.T).float()  # [rows, V]
+        return logits / temperature if temperature != 1.0 else logits
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, dtype, rows):
+        with torch.autocast(hidden.device.type, enabled=False):
+            compute_weight = weight if dtype is None else weight.to(dtype)  # cast once, not per chunk
+            log_prob = torch.empty(hidden.shape[0], device=hidden.device)  # [n]
+            entropy, log_norm = torch.empty_like(log_prob), torch.empty_like(log_prob)
+            for start in range(0, hidden.shape[0], rows):
+                part = slice(start, start + rows)
+                logits = _HeadLogProb._logits(hidden[part], compute_weight, temperature)  # [rows, V]
+                log_norm[part] = norm = logits.logsumexp(-1)
+                log_prob[part] = logits.gather(-1, targets[part, None])[:, 0] - norm
+                entropy[part] = norm - (logits - norm[:, None]).exp_().mul_(logits).sum(-1)
+        ctx.save_for_backward(hidden, weight, compute_weight, targets, log_norm)
+        ctx.temperature, ctx.rows = temperature, rows
+        ctx.mark_non_differentiable(entropy)
+        return log_prob, entropy
+
+    @staticmethod
+    def backward(ctx, grad_log_prob, _grad_entropy):
+        hidden, weight, compute_weight, targets, log_norm = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if ctx.needs_input_grad[1] else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], ctx.rows):
+                part = slice(start, start + ctx.rows)
+                logits = _HeadLogProb._logits(hidden[part], compute_weight, ctx.temperature)  # [rows, V]
+                grad = logits.sub_(log_norm[part, None]).exp_().mul_(-grad_log_prob[part, None])  # -p g
+                grad.scatter_add_(-1, targets[part, None], grad_log_prob[part, None])  # + onehot(y) g
+                if ctx.temperature != 1.0:
+                    grad.div_(ctx.temperature)
+                grad = grad.to(compute_weight.dtype)  # [rows, V]
+                if grad_hidden is not None:
+                    grad_hidden[part] = grad @ compute_weight
+                if grad_weight is not None:
+                    grad_weight += grad.T @ hidden[part].to(compute_weight.dtype)
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
 
 
 def sampling_log_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
@@ -248,14 +328,14 @@ def generate(
         raise ValueError(f"top_k_logprobs={top_k_logprobs} exceeds the vocabulary size {logits.shape[-1]}")
     tokens, masks, log_probs, topk_ids, topk_log_probs = [], [], [], [], []
     done = torch.zeros(N, dtype=torch.bool, device=device)  # [N] rows that have emitted EOS
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         if temperature == 0:  # greedy: the argmax; its log-prob is reported at temperature 1
             log_p = sampling_log_probs(logits[:, -1])  # [N, V]
             token = log_p.argmax(-1)  # [N]
         else:
             log_p = sampling_log_probs(logits[:, -1], temperature, top_p)  # [N, V]
             # finished rows still draw, so the generator advances the same way whatever the rows do
-            token = torch.multinomial(log_p.exp(), 1, generator=generator)[:, 0]  # [N]
+            token = sample_categorical(log_p.exp(), generator)  # [N]
         alive = ~done  # [N]
         tokens.append(token.masked_fill(done, pad_id))
         masks.append(alive.float())
@@ -268,7 +348,7 @@ def generate(
             done = done | (token == eos_id)
         if stop is not None:
             done = done | stop.ended(tokens, alive)
-        if done.all():
+        if done.all() or step == max_new_tokens - 1:  # no forward for a token that will not be sampled
             break
         if use_cache:
             logits, cache = model(token[:, None], None, cache)  # [N, 1, V]
@@ -287,6 +367,15 @@ def generate(
         rollout_topk_ids=torch.stack(topk_ids, dim=1) if top_k_logprobs else None,  # [N, T, K]
         rollout_topk_log_probs=torch.stack(topk_log_probs, dim=1) if top_k_logprobs else None,  # [N, T, K]
     )
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of ``probs`` [N, V], drawn by inverse CDF: one uniform per row, where torch.multinomial
+    draws one exponential per vocabulary entry (83 ms for 64 rows x 49k tokens, 5% of a SmolLM2 step).
+    A token of probability 0 is never drawn (``right=True``: the first index whose CDF exceeds the uniform)."""
+    cdf = probs.cumsum(-1)  # [N, V]
+    uniform = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]  # [N, 1]
+    return torch.searchsorted(cdf, uniform, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)  # [N]
 
 
 def left_pad(sequences: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:

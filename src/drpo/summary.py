@@ -1,8 +1,10 @@
-"""summary.json and plots at the end of a run: start, final and best eval accuracy, steps, wall time."""
+"""summary.json and plots at the end of a run: start, final and best eval accuracy, steps, wall time, peak memory."""
 
 from __future__ import annotations
 
 import json
+import resource
+import sys
 
 from drpo.metrics import read_metrics
 from drpo.plots import plot_run
@@ -28,9 +30,16 @@ def write_summary(trainer, wall_s: float, interrupted: bool) -> dict:
         "mismatch/abs_mean_peak": max((r["mismatch/abs_mean"] for r in records if "mismatch/abs_mean" in r),
                                       default=None),
         "wall_time_s": round(wall_s, 1),
+        "memory/peak_rss_gb": round(peak_rss_gb(), 3),
         "base_model": trainer.policy.base_info,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if records:
         plot_run(run_dir, records)
     return summary
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, in GiB (a resumed run: since it was resumed)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20

@@ -83,8 +83,10 @@ class Trainer:
         self.task = self.policy.task
         self.loss = config.loss.build()
         self.horizon = config.loss.horizon or self.task.max_response_len
+        # fused: one pass over each parameter's weight, gradient and moments instead of a dozen foreach passes
+        # (SmolLM2-135M: 0.17 s against 0.83 s of CPU per step, and the recipe steps 4 times per batch)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
-                                           weight_decay=config.optim.weight_decay)
+                                           weight_decay=config.optim.weight_decay, fused=True)
         total_updates = max(1, config.steps * config.updates_per_batch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_updates))
         self.behavior = build_behavior(config, self.policy)  # native copy (precision, lag) or vLLM (hf: models)
@@ -215,7 +217,6 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip).item()
             skipped = not math.isfinite(grad_norm)
         if skipped:
-            self.optimizer.zero_grad(set_to_none=True)
             self.bad_steps += 1
             if self.bad_steps >= cfg.max_bad_steps:
                 raise NonFiniteError(
@@ -226,6 +227,9 @@ class Trainer:
             self.bad_steps = 0
             self.optimizer.step()
             self.scheduler.step()
+        # gradients freed as soon as they are spent (or refused), not at the next backward: they would otherwise
+        # sit beside the next forward's activations, the rollout and evaluation (0.5 GiB for SmolLM2-135M)
+        self.optimizer.zero_grad(set_to_none=True)
         valid = batch.response_mask.bool()
         metrics = {**out.metrics, **diagnosed, "loss/value": loss.item(), "grad_norm": grad_norm,
                    "entropy": forward.entropy[valid].mean().item()}

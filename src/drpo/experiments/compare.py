@@ -3,6 +3,7 @@
     drpo compare                                             # every method and condition, 3 seeds
     drpo compare --methods drpo dppo_binary_tv cispo --conditions fp8 stale --seeds 2 steps=60
     drpo compare --methods drpo drpo:delta=0.3 spo --out runs/delta --workers 2
+    drpo compare --workers 1 --threads 1 ...                 # one core for the sweep, the other for other work
     drpo report runs/compare                                 # rebuild report.md from the runs
 
 How a sweep runs, top to bottom:
@@ -16,8 +17,8 @@ How a sweep runs, top to bottom:
    extended from its last checkpoint. A run directory made with a different config is an error, not
    silently reused.
 3. warm up each distinct base model once (cached by config hash in $DRPO_CACHE), then the runs, each in
-   its own spawned process (cpu_count // workers torch threads each), ``workers`` at a time. Ctrl-C stops the workers
-   politely (they checkpoint); the same command continues where it stopped.
+   its own spawned process (cpu_count // workers torch threads each, or ``--threads``), ``workers`` at a
+   time. Ctrl-C stops the workers politely (they checkpoint); the same command continues where it stopped.
 4. pack: the finished runs' config.yaml, metrics.jsonl and summary.json go into SWEEP_DIR/runs.tar.xz
    (drpo.experiments.archive; also when interrupted). The run directories stay.
 5. report: drpo.experiments.report reads the run files and writes report.md, figures/, results.json.
@@ -64,16 +65,19 @@ class Outcome:
 # ----------------------------------------------------------------------------- the sweep
 def run_sweep(out: str | Path = "runs/compare", methods: list[str] | None = None, seeds: int = 3,
               conditions: list[str] | None = None, overrides: list[str] = (), workers: int = 2,
-              target: float | None = None, console=None) -> Outcome:
-    """Plan, warm up the base models, run what is not finished, write the report."""
+              target: float | None = None, console=None, threads: int | None = None) -> Outcome:
+    """Plan, warm up the base models, run what is not finished, write the report.
+
+    ``threads``: torch/OpenMP threads of each worker (default cpu_count // workers); with ``workers=1,
+    threads=1`` a long sweep leaves the other cores to other work."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
     out = Path(out)
     methods_ = parse_methods(methods)
     conditions_ = get_conditions(conditions)
-    if seeds < 1 or workers < 1:
-        raise ValueError("--seeds and --workers must be at least 1")
+    if seeds < 1 or workers < 1 or (threads is not None and threads < 1):
+        raise ValueError("--seeds, --workers and --threads must be at least 1")
     seed_list = list(range(seeds))
     overrides = [*SWEEP_OVERRIDES, *overrides]  # stored in sweep.yaml and shown in the report with the user's
     for method in methods_:
@@ -90,11 +94,11 @@ def run_sweep(out: str | Path = "runs/compare", methods: list[str] | None = None
                   f"{len(outcome.reused)} finished (reused), "
                   f"{sum(j.action in ('resume', 'extend') for j in todo)} to resume, "
                   f"{sum(j.action == 'new' for j in todo)} to start; {len(warm)} base model(s) to warm up; "
-                  f"{workers} worker(s)")
+                  f"{workers} worker(s)" + (f" x {threads} thread(s)" if threads else ""))
     try:
         if warm:
             tasks = [(f"warm-up {name}", warm_up_worker, (args,), None, None) for name, args in warm.items()]
-            codes = run_processes(tasks, workers, console)
+            codes = run_processes(tasks, workers, console, threads)
             outcome.failed = [name for name, code in codes.items() if code != 0]
             if outcome.failed:
                 console.print(f"[red]base-model warm-up failed[/] ({', '.join(outcome.failed)}): try one run with "
@@ -108,7 +112,7 @@ def run_sweep(out: str | Path = "runs/compare", methods: list[str] | None = None
                 outcome.resumed.append(job.name)
         tasks = [(job.name, run_worker, (job.overrides, str(job.path), job.action != "new"), job.path, job.steps)
                  for job in todo]
-        codes = run_processes(tasks, workers, console)
+        codes = run_processes(tasks, workers, console, threads)
     except KeyboardInterrupt:
         outcome.interrupted = True
         pack(out)

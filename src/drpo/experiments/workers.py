@@ -1,6 +1,6 @@
 """`drpo compare`, stage 3: runs and base-model warm-ups in spawned worker processes, ``workers`` at a
-time, sharing the cores (``cpu_count // workers`` torch threads each), with a live display that follows
-each run's metrics.jsonl.
+time, sharing the cores (``cpu_count // workers`` torch threads each, or ``threads`` when given), with a live
+display that follows each run's metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ EXIT_NON_FINITE = 3  # the worker's exit code when the trainer stopped on non-fi
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def run_processes(tasks: list[tuple], workers: int, console) -> dict[str, int]:
+def run_processes(tasks: list[tuple], workers: int, console, threads: int | None = None) -> dict[str, int]:
     """Run (name, target, args, run_dir, steps) tasks in spawned processes, ``workers`` at a time, with a live
-    display that follows each run's metrics.jsonl. Returns {name: exit code}. Ctrl-C: SIGTERM to the running
-    workers (the trainer checkpoints on it), wait for them, then KeyboardInterrupt."""
+    display that follows each run's metrics.jsonl. Returns {name: exit code}. Each worker runs ``threads``
+    torch/OpenMP threads (default: the cores shared out, ``cpu_count // workers``). Ctrl-C: SIGTERM to the
+    running workers (the trainer checkpoints on it), wait for them, then KeyboardInterrupt."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     context = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // workers)  # 2 small runs x 1 thread, or 1 large run x 2 threads
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)  # 2 small runs x 1 thread, or 1 large x 2
     pending = list(tasks)
     running: dict = {}  # process -> (name, run_dir, steps, progress task id)
     codes: dict[str, int] = {}
@@ -164,11 +165,12 @@ def run_worker(overrides: list[str], path: str, resume: bool) -> None:
 def _write_stopped_summary(path: Path, config, reason: str) -> None:
     """summary.json of a run the trainer stopped on non-finite losses: finished (a rerun would repeat it)."""
     from drpo.metrics import read_metrics
+    from drpo.summary import peak_rss_gb
 
     records = read_metrics(path) if (path / "metrics.jsonl").is_file() else []
     evals = [r["eval/accuracy"] for r in records if isinstance(r.get("eval/accuracy"), (int, float))]
     summary = {"loss": config.loss.name, "steps": max((r["step"] for r in records), default=0),
                "steps_planned": config.steps, "interrupted": False, "stopped": f"non-finite loss: {reason}",
                "eval/accuracy_start": evals[0] if evals else None, "eval/accuracy_final": evals[-1] if evals else None,
-               "eval/accuracy_best": max(evals, default=None)}
+               "eval/accuracy_best": max(evals, default=None), "memory/peak_rss_gb": round(peak_rss_gb(), 3)}
     (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -41,6 +41,9 @@ from drpo.models.transformer import KVCache
 from drpo.rollout import RolloutBatch, SequenceLogProbs, sequence_log_probs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# model families whose logits are exactly the hidden state times a bias-free head (no logit scale or soft-cap):
+# their log-probs can skip the [B, T, V] logits (HFCausalLM.head_inputs, drpo.rollout.head_log_probs)
+PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 # config attributes that hold a dropout probability in the transformers model families we support
 DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop",
                       "summary_first_dropout", "classifier_dropout")
@@ -128,6 +131,22 @@ class HFCausalLM(nn.Module):
         if past is None:
             return logits, None
         return logits, HFCache(out.past_key_values, mask, n_past + new_mask.sum(-1))
+
+
+    def head_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    last: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(hidden states [B, last, H] entering the output head at the last ``last`` positions, the head's weight
+        [V, H]) of a forward without a cache; None for a model family not known to have a plain head (the
+        caller then takes the logits from :meth:`forward`). The logits are ``hidden @ weight.T``."""
+        model = self.hf.get_base_model() if hasattr(self.hf, "get_base_model") else self.hf  # under peft's LoRA
+        head = model.get_output_embeddings()
+        if (self.config.model_type not in PLAIN_HEAD_MODEL_TYPES or not isinstance(head, nn.Linear)
+                or head.bias is not None):
+            return None
+        mask = attention_mask.long()  # [B, T]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as in forward
+        out = model.base_model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state[:, -last:], head.weight
 
 
 def load_hf_model(path: str | Path, dtype: str = "fp32", attn_implementation: str = "sdpa") -> nn.Module:
@@ -268,7 +287,8 @@ class HFPolicy(Policy):
     activation checkpointing, so the backward recomputes one chunk at a time and peak memory is that of
     ``micro_batch`` rows (logits included: rows x tokens x vocabulary floats) at the cost of a second
     forward. The full logits are returned only when ``keep_logits`` (top-k losses need them); otherwise
-    ``logits`` is None. ``sample_rows``: most rows sampled in one call by :meth:`generate_text`.
+    ``logits`` is None and no [rows, tokens, vocabulary] logits are formed at all (the output head runs over
+    chunks of positions, :func:`drpo.rollout.head_log_probs`). ``sample_rows``: most rows sampled in one call by :meth:`generate_text`.
     """
 
     micro_batch: int | None = None
@@ -280,7 +300,7 @@ class HFPolicy(Policy):
 
     def log_probs(self, batch: RolloutBatch, temperature: float) -> SequenceLogProbs:
         if self.micro_batch is None or len(batch) <= self.micro_batch:
-            return sequence_log_probs(self.model, batch, temperature)
+            return sequence_log_probs(self.model, batch, temperature, self.keep_logits)
         parts = []
         for start in range(0, len(batch), self.micro_batch):
             chunk = batch.select(slice(start, start + self.micro_batch))
@@ -293,8 +313,8 @@ class HFPolicy(Policy):
                                 torch.cat(logits) if self.keep_logits else None)
 
     def _chunk_log_probs(self, chunk: RolloutBatch, temperature: float):
-        out = sequence_log_probs(self.model, chunk, temperature)
-        return out.log_prob, out.entropy, out.logits if self.keep_logits else None
+        out = sequence_log_probs(self.model, chunk, temperature, self.keep_logits)
+        return out.log_prob, out.entropy, out.logits
 
     @torch.no_grad()
     def generate_text(self, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float,
