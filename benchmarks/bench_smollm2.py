@@ -49,19 +49,6 @@ TARGETS = {"step_s": 12.0, "eval_over_estimate": 2.0, "peak_rss_gb": 4.0}
 RESULT_PREFIX = "BENCH_RESULT "
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
-
-
 def child(precision: str, steps: int, eval_prompts: int, seed: int, out: str) -> dict:
     """One recipe run in this process; returns its figures."""
     import torch
@@ -118,7 +105,9 @@ def child(precision: str, steps: int, eval_prompts: int, seed: int, out: str) ->
     tokens = sum(n * length + rows * (new - 1) for n, length, rows, new in final["calls"])
     head_positions = sum(n + rows * (new - 1) for n, length, rows, new in final["calls"])
     flops = 2 * body * tokens + 2 * head * head_positions
-    peak = matmul_peak_gflops()
+    from bench_vs_trl import matmul_peak_gflops  # the same measurement as the TRL comparison's
+
+    peak = matmul_peak_gflops(torch.float32, 2048)
     return {
         "precision": precision, "threads": torch.get_num_threads(), "steps": len(step_s),
         "step_s": statistics.median(step_s[1:] or step_s), "step_s_all": step_s,
