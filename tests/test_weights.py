@@ -1,5 +1,6 @@
 """The gradient-weight curves w(pi - mu) the figures draw, at points computed by hand from each loss's
-formula (mu = 0.2, default hyper-parameters; r = pi / mu)."""
+formula (mu = 0.2, default hyper-parameters but DRPO's delta, fixed at 0.5 so that the hand values do not
+follow the recommended default; r = pi / mu)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ MU = 0.2
 SHIFTS = torch.tensor([-0.3, -0.16, -0.1, 0.0, 0.1, 0.3, 0.5], dtype=torch.float64)  # pi - mu
 R = [None, 0.2, 0.5, 1.0, 1.5, 2.5, 3.5]  # pi / mu; pi = -0.1 is no probability: NaN, left out of the plot
 NAN = math.nan
+HYPER = {"drpo": {"delta": 0.5}, "drpo_clipped": {"delta": 0.5}}
 
 # (loss, advantage): w at each shift
 EXPECTED = {
@@ -39,7 +41,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("loss,advantage", list(EXPECTED), ids=lambda v: str(v))
 def test_weight_curve_at_hand_computed_points(loss, advantage):
-    w = weight_curve(get_loss(loss), MU, SHIFTS, float(advantage))
+    w = weight_curve(get_loss(loss, **HYPER.get(loss, {})), MU, SHIFTS, float(advantage))
     expected = torch.tensor(EXPECTED[loss, advantage], dtype=torch.float64)
     torch.testing.assert_close(w, expected, atol=1e-9, rtol=1e-9, equal_nan=True)
 
