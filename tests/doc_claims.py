@@ -189,6 +189,17 @@ TABLES = {
 D = "conditions.{}.methods.{}."  # prefix of one method's entry in one condition
 # (document, text with {} fields, results file under docs/results/, keys filling the fields in order, formats)
 CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
+    ("README.md", "greedy eval accuracy {:.3f} -> {:.3f} (best {:.3f}) in {} steps", "default/summary.json",
+     ("eval/accuracy_start", "eval/accuracy_final", "eval/accuracy_best", "steps"), (".3f", ".3f", ".3f", "d")),
+    ("README.md", "It took {:.0f} s of wall time, {:.0f} s of them to warm up the base model ({} supervised steps",
+     "default/summary.json", ("wall_time_s", "base_model.warmup_s", "base_model.warmup_steps"), (".0f", ".0f", "d")),
+    ("README.md", "mean |pi - mu| between {} and {} per step, {:.0f}% of tokens weighted above 1",
+     "default/metrics.jsonl.gz", ("min:mismatch/abs_mean", "max:mismatch/abs_mean", "mean:loss/amplified_frac"),
+     ("sci", "sci", "%.0f")),
+    ("README.md", "weights between {:.2f} and {:.2f}", "default/metrics.jsonl.gz",
+     ("min:loss/weight_min", "max:loss/weight_max"), (".2f", ".2f")),
+    ("README.md", "up to {:.1f}% of a step's tokens corrective", "default/metrics.jsonl.gz",
+     ("max:loss/corrective_frac",), ("%.1f",)),
     ("README.md", "0.3 against 0.5 under strong staleness: {}", "delta/results.json",
      (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline",), ("diff",)),
     ("README.md", "level with it under fp8: {}", "delta/results.json",
@@ -293,6 +304,13 @@ def value(file: str, key: str):
         text = RunArchive(_sweep_dir(path)).files(path)["metrics.jsonl"]
         records = [json.loads(line) for line in text.splitlines() if line.strip()]
         return next(r["eval/accuracy"] for r in records if r["step"] == step and "eval/accuracy" in r)
+    if path.suffix == ".gz":  # a run's compressed metrics: the extreme of one key over its steps
+        import gzip
+
+        extreme, metric = key.split(":", 1)
+        values = [r[metric] for r in map(json.loads, gzip.decompress(path.read_bytes()).decode().splitlines())
+                  if metric in r]
+        return {"min": min, "max": max, "mean": lambda v: sum(v) / len(v)}[extreme](values)
     data = json.loads(path.read_text())
     if key.startswith("gain."):  # per seed: final minus start accuracy, in points
         _, who, end = key.split(".")
