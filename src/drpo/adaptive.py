@@ -13,7 +13,7 @@ The delta of step t+1 comes from the measurements up to step t (the first step r
 delta): with one update per batch pi_old is the update's own forward, known only after it.
 
 The constants of ``AdaptiveDeltaConfig`` are placeholders until measurements choose them: the committed
-delta sweep (docs/results/delta) has no delta from 0.15 to 12.5 separable from another under fp8 (p99
+delta sweep (docs/results/delta) has no delta from 0.15 to 12.5 separable from 0.5 under fp8 (p99
 |pi_old - mu| 0.07) and 0.3 best under strong staleness (p99 0.58): a fixed delta near 0.3 serves both, where
 a fixed multiple of the p99 would put the two eight times apart.
 """
