@@ -189,6 +189,14 @@ TABLES = {
 D = "conditions.{}.methods.{}."  # prefix of one method's entry in one condition
 # (document, text with {} fields, results file under docs/results/, keys filling the fields in order, formats)
 CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
+    ("docs/results/README.md", "DRPO: under strong staleness {}, under moderate staleness {}, under fp8 {}",
+     "baselines/results.json", tuple(D.format(c, "ppo_tis") + "vs_baseline" for c in ("stale_strong", "stale", "fp8")),
+     ("diff", "diff", "diff")),
+    ("docs/results/README.md", "by area under the curve, {} (its late accuracy: {}, not separable)",
+     "baselines/results.json", (D.format("stale_strong", "gspo") + "auc_vs_baseline",
+                                D.format("stale_strong", "gspo") + "vs_baseline"), ("diff", "diff")),
+    ("docs/results/README.md", "whose area is {} behind", "baselines/results.json",
+     (D.format("stale_strong", "ppo_clip_higher") + "auc_vs_baseline",), ("diff",)),
     ("README.md", "greedy eval accuracy {:.3f} -> {:.3f} (best {:.3f}) in {} steps", "default/summary.json",
      ("eval/accuracy_start", "eval/accuracy_final", "eval/accuracy_best", "steps"), (".3f", ".3f", ".3f", "d")),
     ("README.md", "It took {:.0f} s of wall time, {:.0f} s of them to warm up the base model ({} supervised steps",
