@@ -286,6 +286,29 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
     ("docs/results/README.md", "seed-mean {:.3f} at step 40, {:.3f} at step 80 (below the start, {:.3f}) and {:.3f} "
      "at step 100", "offpolicy/runs/stale_strong/drpo", ("seedmean@40", "seedmean@80", "seedmean@0", "seedmean@100"),
      (".3f", ".3f", ".3f", ".3f")),
+    ("docs/results/smollm2/README.md", "| held-out greedy accuracy (200 problems) | {:.3f} | **{:.3f}** | {:.3f} | "
+     "{:.3f} | {:.3f} |", "smollm2/metrics.jsonl.gz", tuple(f"@{s}:eval/accuracy" for s in (0, 10, 20, 30, 40)),
+     (".3f",) * 5),
+    ("examples/smollm2/drpo_arith.yaml", "accuracy {:.3f} -> {:.3f} at step 10", "smollm2/metrics.jsonl.gz",
+     ("@0:eval/accuracy", "@10:eval/accuracy"), (".3f", ".3f")),
+    ("docs/results/smollm2/README.md", "**{:.0f} s** in the trainer", "smollm2/summary.json", ("wall_time_s",), (".0f",)),
+    ("docs/results/smollm2/README.md", "A step: rollout {:.1f} s (median;", "smollm2/metrics.jsonl.gz",
+     ("median:time/rollout_s",), (".1f",)),
+    ("docs/results/smollm2/README.md", "update {:.1f} s (four", "smollm2/metrics.jsonl.gz",
+     ("median:time/update_s",), (".1f",)),
+    ("docs/results/smollm2/README.md", "Peak resident memory {:.2f} GiB", "smollm2/summary.json",
+     ("memory/peak_rss_gb",), (".2f",)),
+    ("docs/results/smollm2/README.md", "replies shorten from {:.1f} to", "smollm2/metrics.jsonl.gz",
+     ("@1:response_length/mean",), (".1f",)),
+    ("docs/results/smollm2/README.md", "entropy of pi falls from {:.1f} to {:.2f} nats", "smollm2/metrics.jsonl.gz",
+     ("@1:entropy", "@40:entropy"), (".1f", ".2f")),
+    ("docs/results/smollm2/README.md", "mean |pi - mu| at rollout time {} to {} per step", "smollm2/metrics.jsonl.gz",
+     ("min:mismatch/abs_mean", "max:mismatch/abs_mean"), ("sci", "sci")),
+    ("docs/results/smollm2/README.md", "DRPO's weight ranged from {:.2f} to {:.2f}; on average {:.1f}% of tokens had "
+     "w > 1", "smollm2/metrics.jsonl.gz", ("min:loss/weight_min", "max:loss/weight_max", "mean:loss/amplified_frac"),
+     (".2f", ".2f", "%.1f")),
+    ("docs/results/smollm2/README.md", "{:.2f}% had w < 0 (past the 0.3 boundary, pulled back), up to {:.1f}% in a step",
+     "smollm2/metrics.jsonl.gz", ("mean:loss/corrective_frac", "max:loss/corrective_frac"), ("%.2f", "%.1f")),
     ("README.md", "gain {:.1f} to {:.0f} points of greedy accuracy (the least: ppo_clip_higher's seed 0, {:.1f})",
      "smollm2/compare/results.json", ("gain.*.min", "gain.*.max", "gain.ppo_clip_higher.min"), (".1f", ".0f", ".1f")),
     ("docs/results/smollm2/README.md", "Every method gains {:.1f} to {:.0f} points in 12 steps",
@@ -315,10 +338,14 @@ def value(file: str, key: str):
     if path.suffix == ".gz":  # a run's compressed metrics: the extreme of one key over its steps
         import gzip
 
-        extreme, metric = key.split(":", 1)
-        values = [r[metric] for r in map(json.loads, gzip.decompress(path.read_bytes()).decode().splitlines())
-                  if metric in r]
-        return {"min": min, "max": max, "mean": lambda v: sum(v) / len(v)}[extreme](values)
+        import statistics
+
+        extreme, metric = key.split(":", 1)  # min, max, mean, median over the steps, or @STEP: at one step
+        records = [r for r in map(json.loads, gzip.decompress(path.read_bytes()).decode().splitlines()) if metric in r]
+        if extreme.startswith("@"):
+            return next(r[metric] for r in records if r["step"] == int(extreme[1:]))
+        return {"min": min, "max": max, "mean": statistics.fmean, "median": statistics.median}[extreme](
+            [r[metric] for r in records])
     data = json.loads(path.read_text())
     if key.startswith("gain."):  # per seed: final minus start accuracy, in points
         _, who, end = key.split(".")
