@@ -289,6 +289,13 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
     ("docs/results/smollm2/README.md", "| held-out greedy accuracy (200 problems) | {:.3f} | **{:.3f}** | {:.3f} | "
      "{:.3f} | {:.3f} |", "smollm2/metrics.jsonl.gz", tuple(f"@{s}:eval/accuracy" for s in (0, 10, 20, 30, 40)),
      (".3f",) * 5),
+    *[("docs/benchmarks.md", "| " + name + " | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.1f} | {:.2f} | {:.2f}x | {:.2f} |",
+        "smollm2/benchmark.json", tuple(f"{precision}.{k}" for k in (
+            "rollout_s", "update_s", "step_s", "step_cpu_s", "eval_s", "eval_estimate_s", "eval_over_estimate",
+            "peak_rss_gb")), (".2f",) * 4 + (".1f",) + (".2f",) * 3)
+      for precision, name in (("amp", "amp: `model.autocast=bf16` (the recipe)"), ("fp32", "fp32"))],
+    ("docs/benchmarks.md", "went 0.110 -> {:.3f} in 6 steps with amp against 0.110 -> {:.3f} in fp32",
+     "smollm2/benchmark.json", ("amp.eval_accuracy.1", "fp32.eval_accuracy.1"), (".3f", ".3f")),
     ("examples/smollm2/drpo_arith.yaml", "accuracy {:.3f} -> {:.3f} at step 10", "smollm2/metrics.jsonl.gz",
      ("@0:eval/accuracy", "@10:eval/accuracy"), (".3f", ".3f")),
     ("docs/results/smollm2/README.md", "**{:.0f} s** in the trainer", "smollm2/summary.json", ("wall_time_s",), (".0f",)),
