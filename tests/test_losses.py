@@ -692,7 +692,7 @@ def test_a_half_precision_dtype_mismatch_says_to_cast_pi_up_not_mu_down():
 def test_a_loss_returning_a_cached_tensor_does_not_corrupt_the_cache():
     """The wrapper masks the returned weight in place: a loss that hands back LossInputs' own ratio must not see
     that ratio masked (the output ratio, the gradient and the metrics all read it)."""
-    from drpo.losses.base import Hyper, register_loss
+    from drpo.losses import Hyper, register_loss
 
     register_loss("test_ratio_weight", Hyper, "w = r")(lambda x, hyper: (None, x.ratio))
     try:

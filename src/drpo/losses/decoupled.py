@@ -21,8 +21,9 @@ from typing import Literal
 import pydantic
 import torch
 
-from drpo.losses.base import LOG_RATIO_CLAMP, Hyper, LossInputs, register_loss
+from drpo.losses.inputs import LOG_RATIO_CLAMP, LossInputs
 from drpo.losses.ratio import PpoClipHyper, ppo_clip
+from drpo.losses.registry import Hyper, register_loss
 
 
 class DecoupledPpoHyper(PpoClipHyper):

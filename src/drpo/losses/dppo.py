@@ -13,7 +13,8 @@ from typing import Literal
 import pydantic
 import torch
 
-from drpo.losses.base import Hyper, LossInputs, register_loss
+from drpo.losses.inputs import LossInputs
+from drpo.losses.registry import Hyper, register_loss
 
 
 class DppoHyper(Hyper):

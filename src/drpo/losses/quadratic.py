@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import pydantic
 
-from drpo.losses.base import Hyper, LossInputs, register_loss, snap_boundary
+from drpo.losses.inputs import LossInputs
+from drpo.losses.metrics import snap_boundary
+from drpo.losses.registry import Hyper, register_loss
 
 
 class SpoHyper(Hyper):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pydantic
 import torch
 
-from drpo.losses.base import Hyper, LossInputs, register_loss
+from drpo.losses.inputs import LossInputs
+from drpo.losses.registry import Hyper, register_loss
 
 
 class PgIsHyper(Hyper):
