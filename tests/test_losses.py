@@ -195,7 +195,7 @@ def test_gradient_equals_weight_times_ratio_times_advantage(name, hyper, anchor,
     valid = mask.bool()
     torch.testing.assert_close(out.weight[valid], weight[valid], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(out.ratio[valid], ratio[valid], rtol=1e-9, atol=0)
-    torch.testing.assert_close(out.per_token, -(reference * mask).detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out.per_token, -(weight * ratio * adv_bt * mask), rtol=1e-9, atol=1e-9)  # -sg(w) r A
     torch.testing.assert_close(grad, reference_grad, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(grad[valid], (-weight * ratio * adv_bt)[valid], rtol=1e-9, atol=1e-9)
     assert (grad[~valid] == 0).all() and (out.per_token[~valid] == 0).all() and (out.weight[~valid] == 0).all()
@@ -271,7 +271,7 @@ def test_topk_divergence_is_exact_and_chunk_independent(monkeypatch):
     logits, log_pi_all, log_mu_all, sampled, ids, topk_lp, log_pi, log_mu, adv = topk_case(3, batch=4, length=6)
     tv_ref, kl_ref = naive_topk_divergence(log_pi_all, log_mu_all, sampled, ids)
     loss = get_loss("dppo_topk_tv")
-    x = loss._check(log_pi, log_mu, adv, torch.ones_like(log_pi), None, ids, topk_lp, logits, sampled)
+    x = loss.inputs(log_pi, log_mu, adv, torch.ones_like(log_pi), None, ids, topk_lp, logits, sampled)
     for chunk_elements in (dppo_module.TOPK_CHUNK_ELEMENTS, 13, 1):
         monkeypatch.setattr(dppo_module, "TOPK_CHUNK_ELEMENTS", chunk_elements)
         tv, kl = dppo_module.topk_divergences(x)
@@ -313,7 +313,7 @@ def test_drpo_clipped_caps_only_the_amplified_side():
     assert one_token(loss, 0.65, 0.5, +1.0)[0] == 0.0  # on the boundary
     w, _, grad = one_token(loss, 0.8, 0.5, +1.0)  # past it: DRPO's pull back, -1
     assert w == pytest.approx(-1.0) and grad > 0
-    # converging, the objective is r*A with no penalty: loss -0.8, gradient -r*A = -0.8
+    # converging, w = 1: the per-token loss -w r A = -0.8, and its gradient too
     _, per_token, grad = one_token(loss, 0.4, 0.5, +1.0)
     assert per_token == pytest.approx(-0.8) and grad == pytest.approx(-0.8)
 
@@ -350,7 +350,7 @@ def test_ppo_clip_both_sides_and_dual_clip():
     assert one_token(loss, 0.9, 0.5, -1.0)[0] == 1  # r = 1.8, A<0: still pushed down
     dual = get_loss("ppo_clip", dual_clip=3.0)
     w, per_token, grad = one_token(dual, 0.8, 0.2, -1.0)  # r = 4 > c
-    assert w == 0 and grad == 0 and per_token == pytest.approx(3.0)  # loss = -c*A
+    assert w == 0 and grad == 0 and per_token == 0  # dropped: -w r A = 0 (its own J_t is the constant c*A)
     assert one_token(dual, 0.5, 0.2, -1.0)[0] == 1  # r = 2.5 < c
 
 
@@ -427,8 +427,69 @@ def test_gspo_by_hand():
         (grad,) = torch.autograd.grad(out.per_token.sum(), log)
         assert out.weight[0].tolist() == pytest.approx(expected, rel=1e-9)
         assert grad[0].tolist() == pytest.approx([-w * r * adv for w, r in zip(expected, [1.0002, 1.0008], strict=True)], rel=1e-9)
-        # the per-token loss is the sequence's objective on every token: -min(s A, clip(s) A)
-        assert out.per_token[0].tolist() == pytest.approx([-min(s * adv, min(s, 1.0004) * adv)] * 2, rel=1e-9)
+        # the per-token loss -w r A is -s A on every token of an unclipped sequence (-J_i), 0 on a clipped one
+        assert out.per_token[0].tolist() == pytest.approx([0.0, 0.0] if adv > 0 else [-s * adv] * 2, rel=1e-9)
+
+
+# --- the per-token loss's value (and so loss/value): one meaning, -sg(w) r A, for every loss -----------
+
+# One response, A = +1, three tokens and a padded fourth. mu = (0.5, 0.5, 0.1), pi = (0.4, 0.7, 0.115), so
+# r = pi/mu = (0.8, 1.4, 1.15) and pi - mu = (-0.1, 0.2, 0.015); pi_old = (0.4, 0.6, 0.25) for the losses
+# anchored on it: r = pi/pi_old = (1, 7/6, 0.46), rho = pi_old/mu = (0.8, 1.2, 2.5). Top-k: a vocabulary of
+# 3, mu's top-2 {0, 1}; the sampled token is 0, 0, 2 (outside the top-2: a bucket of its own).
+VALUE_CASE = dict(
+    mu=[[0.5, 0.3, 0.2], [0.5, 0.3, 0.2], [0.6, 0.3, 0.1], [0.5, 0.3, 0.2]],  # per position, over the vocabulary
+    pi=[[0.4, 0.35, 0.25], [0.7, 0.2, 0.1], [0.575, 0.31, 0.115], [0.4, 0.35, 0.25]],
+    sampled=[0, 0, 2, 0], old=[0.4, 0.6, 0.25, 0.4])
+S = (1.0 * (0.7 / 0.6) * 0.46) ** (1 / 3)  # GSPO's s: the geometric mean of r over the three valid tokens
+# (hyper-parameters, per-token loss -w r A by hand on the three valid tokens)
+HAND_VALUES = {
+    "pg_is": ({}, [-0.8, -1.4, -1.15]),  # w = 1
+    "ppo_clip": ({}, [-0.8, 0.0, -1.15]),  # r = 1.4 > 1.2 with A > 0: clipped
+    "cispo": ({}, [-0.8, -1.28, -1.15]),  # w r = clip(r, 0, 1.28)
+    "spo": ({"eps": 0.2}, [-2 * 0.8, -(1 - 0.4 / 0.2) * 1.4, -(1 - 0.15 / 0.2) * 1.15]),  # w = 1 - (r - 1)/eps
+    "drpo": ({"delta": 0.3}, [-(1 + 0.1 / 0.3) * 0.8, -(1 - 0.2 / 0.3) * 1.4, -(1 - 0.015 / 0.3) * 1.15]),
+    "drpo_clipped": ({"delta": 0.3}, [-0.8, -(1 - 0.2 / 0.3) * 1.4, -(1 - 0.015 / 0.3) * 1.15]),  # w <= 1
+    "dppo_binary_tv": ({}, [-0.8, 0.0, -1.15]),  # pi - mu = 0.2 > 0.15 with A > 0: dropped
+    # D = 0.5 log(0.5/0.7) + 0.5 log(0.5/0.3) = 0.087 > 0.05: dropped; the third token's D is 0.0012
+    "dppo_binary_kl": ({}, [-0.8, 0.0, -1.15]),
+    # TV 0.5 (0.2 + 0.1 + 0.1) = 0.2 > 0.15 at the second position: dropped; 0.025 at the third (buckets 0, 1, 2)
+    "dppo_topk_tv": ({}, [-0.8, 0.0, -1.15]),
+    # KL 0.5 log(5/7) + 0.3 log(3/2) + 0.2 log 2 = 0.092 > 0.05: dropped; 0.0017 at the third
+    "dppo_topk_kl": ({}, [-0.8, 0.0, -1.15]),
+    # anchored on pi_old, inside PPO's clip; w = rho truncated at 2: -rho r = -pi/mu where rho < 2
+    "decoupled_ppo": ({}, [-0.8, -1.4, -2 * 0.46]),
+    "gspo": ({}, [-S, -S, -S]),  # w_t r_t = s on every token (A > 0, s < 1: not clipped)
+}
+
+
+def test_every_registered_loss_has_a_hand_computed_value():
+    assert set(HAND_VALUES) == set(LOSSES)
+
+
+@pytest.mark.parametrize("name", sorted(HAND_VALUES))
+def test_per_token_value_is_minus_weight_times_ratio_times_advantage(name):
+    """The value every loss reports, checked by hand: -sg(w) r A per token, 0 on padding; its token mean is
+    the trainer's loss/value (token-mean aggregation), and its gradient equals it (d r / d log pi = r)."""
+    hyper, expected = HAND_VALUES[name]
+    case = VALUE_CASE
+    pi_all, mu_all = torch.tensor(case["pi"]), torch.tensor(case["mu"])  # [T, V]
+    sampled = torch.tensor(case["sampled"])
+    log_prob = pi_all.gather(-1, sampled[:, None]).log().T.clone().requires_grad_()  # [1, T]
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    extra = {}
+    if LOSSES[name].needs_topk:
+        topk_log_probs, topk_ids = mu_all.log().topk(2, dim=-1)
+        extra = dict(rollout_topk_ids=topk_ids[None], rollout_topk_log_probs=topk_log_probs[None],
+                     logits=pi_all.log()[None], response_ids=sampled[None])
+    out = get_loss(name, **hyper)(
+        log_prob=log_prob, rollout_log_prob=mu_all.gather(-1, sampled[:, None]).log().T,
+        old_log_prob=torch.tensor([case["old"]]).log(), advantages=torch.tensor([1.0]), response_mask=mask, **extra)
+
+    torch.testing.assert_close(out.per_token.detach(), torch.tensor([[*expected, 0.0]]), rtol=1e-9, atol=1e-12)
+    assert aggregate(out.per_token, mask).item() == pytest.approx(sum(expected) / 3, rel=1e-9)
+    (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
+    torch.testing.assert_close(grad, out.per_token.detach(), rtol=1e-9, atol=1e-12)
 
 
 # --- aggregation ------------------------------------------------------------------------------------
@@ -605,7 +666,7 @@ def test_topk_rest_bucket_survives_a_top_k_mass_near_one():
                   rollout_topk_log_probs=torch.tensor([[mu_topk]], dtype=torch.float64).log().float(),
                   logits=logits, response_ids=torch.tensor([[1]]))
     loss = get_loss("dppo_topk_kl")
-    tv, kl = dppo_module.topk_divergences(loss._check(**kwargs))
+    tv, kl = dppo_module.topk_divergences(loss.inputs(**kwargs))
     assert kl.item() == pytest.approx(expected_kl, rel=1e-4)
     assert tv.item() == pytest.approx(expected_tv, rel=1e-4)
     assert loss(**kwargs).weight.item() == 1
@@ -627,7 +688,7 @@ def test_topk_partition_is_decided_by_token_ids():
                   advantages=torch.tensor([1.0]), response_mask=torch.ones(1, 2),
                   rollout_topk_ids=torch.tensor([[[0, 1], [0, 1]]]), rollout_topk_log_probs=topk_lp,
                   logits=logits, response_ids=torch.tensor([[1, 2]]))
-    tv, kl = dppo_module.topk_divergences(get_loss("dppo_topk_tv")._check(**kwargs))
+    tv, kl = dppo_module.topk_divergences(get_loss("dppo_topk_tv").inputs(**kwargs))
     inside_tv = 0.5 * (0.1 + 0.05 + 0.05)  # rest: mu 0.3, pi 0.35
     outside_tv = 0.5 * (0.1 + 0.05 + 0.1 + 0.05)
     torch.testing.assert_close(tv, torch.tensor([[inside_tv, outside_tv]]), rtol=1e-6, atol=1e-9)
@@ -694,7 +755,7 @@ def test_a_loss_returning_a_cached_tensor_does_not_corrupt_the_cache():
     that ratio masked (the output ratio, the gradient and the metrics all read it)."""
     from drpo.losses import Hyper, register_loss
 
-    register_loss("test_ratio_weight", Hyper, "w = r")(lambda x, hyper: (None, x.ratio))
+    register_loss("test_ratio_weight", Hyper, "w = r")(lambda x, hyper: x.ratio)
     try:
         log_prob = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
         mu = torch.tensor([[-1.5, -1.0, -0.7]])

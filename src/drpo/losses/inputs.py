@@ -2,8 +2,8 @@
 
 A loss reads pi, the anchor (mu, or pi_old for ``anchor="recompute"``), the advantages and the mask from here,
 and the derived tensors below: the ratio r = pi / anchor, the shift pi - anchor, the binary KL. Each is cached
-(``functools.cached_property``), so a loss and the metrics never compute the same thing twice. Treat them as
-read-only: a loss that changes one in place changes it for the metrics and for the other losses' reads.
+(``functools.cached_property``), so a loss and the metrics never compute the same thing twice. They are
+read-only for a loss: the wrapper and the metrics read them after it.
 """
 
 from __future__ import annotations

@@ -30,10 +30,8 @@ class Hyper(pydantic.BaseModel):
     )
 
 
-# Returns (objective, weight) tensors, which the wrapper masks in place: one that shares memory with an input or
-# a cached tensor of LossInputs is copied first. A loss whose objective is the
-# surrogate sg(w * r) * A * log pi returns None for it: the wrapper forms it from the gradient in one multiply.
-LossFn = Callable[[LossInputs, Hyper], "tuple[torch.Tensor | None, torch.Tensor]"]
+# fn(x, hyper) -> the gradient weight w [B, T]: the contract, and what the wrapper does with w, in drpo.losses.wrapper
+LossFn = Callable[[LossInputs, Hyper], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,42 @@
-"""The wrapper: :class:`Loss`, a registered loss bound to validated hyper-parameters, and ``get_loss``.
+"""The wrapper: :class:`Loss` (a registered loss bound to validated hyper-parameters) and ``get_loss``.
 
-Every policy loss in this package is a pure function ``fn(x: LossInputs, hyper) -> (objective, weight)``:
+The conventions every loss of this package relies on are stated here, once.
 
-- ``objective`` [B, T]: the value of the per-token objective J_t to *maximise* (None for the surrogate
-  J_t = sg(w_t * r_t) * A_t * log pi_t, which the wrapper forms from the gradient);
-- ``weight``    [B, T]: the analytic gradient weight w_t of docs/method.md (Eq. 1), such that
-  ``d J_t / d log_prob_t = w_t * r_t * A_t`` with r_t = pi_t / anchor_t (the untruncated ratio).
+**A loss function** is ``fn(x: LossInputs, hyper) -> weight`` and returns only the gradient weight w_t [B, T]
+of its objective J_t:
 
-The wrapper checks the inputs, builds :class:`LossInputs` once, masks, computes the metrics every loss
-reports, and attaches the gradient -w_t * r_t * A_t to ``per_token`` through a one-multiply backward
-(:class:`_AnalyticGradient`). The loss is memory-bound elementwise work, so this saves the whole autograd
-graph of the objective; tests/test_losses.py checks that the attached gradient equals autograd through
-docs/method.md's objectives written out independently.
+    d J_t / d log pi_t = w_t * r_t * A_t,   r_t = pi_t / anchor_t                      (docs/method.md, Eq. 1)
+
+with r_t untruncated (its log clamped at +-20, ``LOG_RATIO_CLAMP``). It does not mask padding, negate, or
+compute the value of J_t: the wrapper masks and negates, and needs no value of J_t (below). Its docstring
+gives J_t, w_t and the equation of the method they come from. It reads the cached tensors of ``x`` and must
+not change them in place; it may return one of them (the wrapper copies a weight that shares memory with
+``x`` before masking it).
+
+**The wrapper**, the same for every loss:
+
+1. checks the tensors (drpo.losses.input_checks) and picks the anchor: mu (``rollout_log_prob``) for
+   ``anchor="rollout"``, pi_old (``old_log_prob``) for ``anchor="recompute"``;
+2. builds :class:`LossInputs` once and calls ``fn``;
+3. masks: w_t = 0 on padding (``response_mask`` 0);
+4. forms the per-token loss below, 0 on padding, and attaches its gradient -w_t r_t A_t with respect to
+   ``log_prob`` through a one-multiply backward (:class:`_AnalyticGradient`). The loss is memory-bound
+   elementwise work, so this saves the whole autograd graph of J; tests/test_losses.py checks the attached
+   gradient against autograd through every J_t written out independently;
+5. computes the statistics every loss reports from w (drpo.losses.metrics).
+
+**The per-token loss, and what ``loss/value`` means.** For every loss,
+
+    per_token_t = -sg(w_t) * r_t * A_t
+
+(sg: stop-gradient): the negated objective sg(w) r A, whose gradient is the update of that loss (Eq. 1) and
+whose value is defined alike for every loss: minus the importance-weighted advantage the update follows,
+-r_t A_t on a token with w_t = 1 (the importance-sampled objective, PPO's objective inside its clip), 0 on a
+dropped token (w_t = 0), of the opposite sign where the loss pulls a token back (w_t < 0). A method's own
+J_t (PPO's clipped objective, SPO's and DRPO's quadratic penalty, the log-pi surrogate sg(c) A log pi of
+pg_is, CISPO and DPPO) has the same gradient but another value, and no loss computes it. The trainer's
+``loss/value`` is ``per_token`` aggregated as the run aggregates it (plus the MoE load-balancing term when
+the model has one); the TRL and verl adapters hand the same per-token values to their framework.
 """
 
 from __future__ import annotations
@@ -31,7 +56,7 @@ from drpo.validation import format_validation_error
 
 @dataclass(frozen=True)
 class LossOutput:
-    per_token: torch.Tensor  # [B, T] loss to minimise (-J_t), 0 where masked
+    per_token: torch.Tensor  # [B, T] loss to minimise, -sg(w_t) r_t A_t (see above), 0 where masked
     weight: torch.Tensor  # [B, T] analytic gradient weight w_t, detached, 0 where masked
     ratio: torch.Tensor  # [B, T] r_t = pi_t / anchor_t (log-ratio clamped to +-20), detached
     metrics: dict[str, float]
@@ -67,31 +92,30 @@ class Loss:
     ) -> LossOutput:
         """``response_ids`` [B, T] are the sampled token ids; top-k losses need them to tell whether the
         sampled token is one of mu's top-k (by id: two sources' log-probs of one token can differ)."""
-        x = self._check(log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
+        x = self.inputs(log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
                         rollout_topk_ids, rollout_topk_log_probs, logits, response_ids)
         with torch.no_grad():
-            objective, weight = (_owned(t, x) for t in self.spec.fn(x, self.hyper))
+            weight = _owned(self.spec.fn(x, self.hyper), x)
             weight = weight.mul_(x.mask_f) if weight.shape == x.mask_f.shape else weight * x.mask_f  # [B, T]
             grad = (weight * x.ratio).mul_(-x.advantages)  # [B, T] d per_token / d log_prob
-            # -sg(w r) A log pi, or the loss's own objective, masked and negated
-            per_token = grad * x.log_prob if objective is None else objective.mul_(x.mask_f).neg_()  # [B, T]
+            per_token = grad.clone()  # [B, T] -sg(w) r A, equal to its gradient (d r / d log pi = r); a copy, so
+            # a caller may change it in place without touching the backward's saved grad
             metrics = loss_metrics(x, weight)
         if log_prob.requires_grad:
             per_token = _AnalyticGradient.apply(log_prob, per_token, grad)
         return LossOutput(per_token, weight, x.ratio, metrics)
 
-    def _check(self, log_prob, rollout_log_prob, advantages, response_mask, old_log_prob=None,
+    def inputs(self, log_prob, rollout_log_prob, advantages, response_mask, old_log_prob=None,
                rollout_topk_ids=None, rollout_topk_log_probs=None, logits=None, response_ids=None) -> LossInputs:
+        """The checked :class:`LossInputs` a call with these tensors hands to the loss function."""
         return check_inputs(self.name, getattr(self.hyper, "anchor", "rollout"), self.spec.needs_topk,
                             log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
                             rollout_topk_ids, rollout_topk_log_probs, logits, response_ids)
 
 
-def _owned(tensor: torch.Tensor | None, x: LossInputs) -> torch.Tensor | None:
+def _owned(tensor: torch.Tensor, x: LossInputs) -> torch.Tensor:
     """``tensor``, or a copy of it when it shares memory with a tensor of ``x`` (which masking in place would
     change: a cached ratio, or the caller's own log-probs)."""
-    if tensor is None:
-        return None
     shared = {t.untyped_storage().data_ptr() for t in vars(x).values() if isinstance(t, torch.Tensor)}
     return tensor.clone() if tensor.untyped_storage().data_ptr() in shared else tensor
 
