@@ -7,6 +7,7 @@ must equal the formula of docs/method.md computed below from pi, mu, A alone (ne
 from __future__ import annotations
 
 import math
+import re
 import typing
 
 import pytest
@@ -734,11 +735,13 @@ def test_spo_from_eps_1_cannot_bind_on_tokens_pushed_down_only():
         warn_if_cannot_bind(spo)
 
 
-def test_drpo_losses_names_the_preset_that_cannot_bind(capsys):
+def test_drpo_losses_lists_every_loss_and_names_the_preset_that_cannot_bind(capsys):
     from drpo.cli import main
 
     assert main(["losses"]) == 0
-    out = " ".join(capsys.readouterr().out.split())
+    raw = capsys.readouterr().out
+    assert set(re.findall(r"^\S (\w+)", raw, flags=re.MULTILINE)) >= set(LOSSES) | set(PRESETS)  # the name column
+    out = " ".join(raw.split())
     assert "warning (drpo_reference): get_loss('drpo', anchor='rollout', delta=12.5): delta=12.5 >= 1" in out
     assert out.count("cannot bind") == 1  # every registry default binds
 
