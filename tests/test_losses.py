@@ -1,8 +1,9 @@
 """The loss contract checked against independent truth: docs/method.md's formulas written out here by hand.
 
-For every loss and random inputs, autograd's d(per_token)/d(log_prob) must equal -w * r * A, and w
-must equal the formula of docs/method.md computed below from pi, mu, A alone (never from drpo's internals);
-per_token's value, the same for every loss, is -w * r * A (drpo.losses.wrapper), checked by hand per loss.
+For every loss and random inputs, autograd's d(per_token)/d(log_prob) must equal -w * r * A, w must equal the
+formula of docs/method.md computed below from pi, mu, A alone (never from drpo's internals), and per_token's
+value must be -J, minus the method's objective written out below (drpo.losses.wrapper); both are also checked
+by hand per loss.
 """
 
 from __future__ import annotations
@@ -140,11 +141,11 @@ def reference_objective(name: str, hyper, log_pi, log_ref, adv, log_mu=None, mas
         return objective
     if name == "cispo":
         return torch.clamp(r_sg, 1 - hyper.eps_low, 1 + hyper.eps_high) * adv * log_pi
-    coef = r_sg if hyper.trunc is None else torch.clamp(r_sg, max=hyper.trunc)
+    truncation = 1.0 if hyper.trunc is None else torch.clamp(r_sg, max=hyper.trunc) / r_sg  # sg(min(r, C) / r)
     if name == "pg_is":
-        return coef * adv * log_pi
-    mask, _ = expected_weight(name, hyper, pi.detach(), ref, adv)
-    return coef * adv * log_pi * (mask > 0)
+        return truncation * r * adv
+    weight, _ = expected_weight(name, hyper, pi.detach(), ref, adv)
+    return truncation * r * adv * (weight > 0)  # the mask m, a constant of the update
 
 
 HYPERS = {"ppo_clip": [{}, {"eps_high": 0.28, "dual_clip": 3.0}], "pg_is": [{}, {"trunc": 2.0}],
@@ -197,7 +198,7 @@ def test_gradient_equals_weight_times_ratio_times_advantage(name, hyper, anchor,
     valid = mask.bool()
     torch.testing.assert_close(out.weight[valid], weight[valid], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(out.ratio[valid], ratio[valid], rtol=1e-9, atol=0)
-    torch.testing.assert_close(out.per_token, -(weight * ratio * adv_bt * mask), rtol=1e-9, atol=1e-9)  # -sg(w) r A
+    torch.testing.assert_close(out.per_token, -(reference * mask).detach(), rtol=1e-9, atol=1e-9)  # -J
     torch.testing.assert_close(grad, reference_grad, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(grad[valid], (-weight * ratio * adv_bt)[valid], rtol=1e-9, atol=1e-9)
     assert (grad[~valid] == 0).all() and (out.per_token[~valid] == 0).all() and (out.weight[~valid] == 0).all()
@@ -315,7 +316,7 @@ def test_drpo_clipped_caps_only_the_amplified_side():
     assert one_token(loss, 0.65, 0.5, +1.0)[0] == 0.0  # on the boundary
     w, _, grad = one_token(loss, 0.8, 0.5, +1.0)  # past it: DRPO's pull back, -1
     assert w == pytest.approx(-1.0) and grad > 0
-    # converging, w = 1: the per-token loss -w r A = -0.8, and its gradient too
+    # converging, the objective is r*A with no penalty: loss -0.8, gradient -r*A = -0.8
     _, per_token, grad = one_token(loss, 0.4, 0.5, +1.0)
     assert per_token == pytest.approx(-0.8) and grad == pytest.approx(-0.8)
 
@@ -352,7 +353,7 @@ def test_ppo_clip_both_sides_and_dual_clip():
     assert one_token(loss, 0.9, 0.5, -1.0)[0] == 1  # r = 1.8, A<0: still pushed down
     dual = get_loss("ppo_clip", dual_clip=3.0)
     w, per_token, grad = one_token(dual, 0.8, 0.2, -1.0)  # r = 4 > c
-    assert w == 0 and grad == 0 and per_token == 0  # dropped: -w r A = 0 (its own J_t is the constant c*A)
+    assert w == 0 and grad == 0 and per_token == pytest.approx(3.0)  # loss = -c*A
     assert one_token(dual, 0.5, 0.2, -1.0)[0] == 1  # r = 2.5 < c
 
 
@@ -429,11 +430,11 @@ def test_gspo_by_hand():
         (grad,) = torch.autograd.grad(out.per_token.sum(), log)
         assert out.weight[0].tolist() == pytest.approx(expected, rel=1e-9)
         assert grad[0].tolist() == pytest.approx([-w * r * adv for w, r in zip(expected, [1.0002, 1.0008], strict=True)], rel=1e-9)
-        # the per-token loss -w r A is -s A on every token of an unclipped sequence (-J_i), 0 on a clipped one
-        assert out.per_token[0].tolist() == pytest.approx([0.0, 0.0] if adv > 0 else [-s * adv] * 2, rel=1e-9)
+        # the per-token loss is the sequence's objective on every token: -min(s A, clip(s) A)
+        assert out.per_token[0].tolist() == pytest.approx([-min(s * adv, min(s, 1.0004) * adv)] * 2, rel=1e-9)
 
 
-# --- the per-token loss's value (and so loss/value): one meaning, -sg(w) r A, for every loss -----------
+# --- the per-token loss's value (and so loss/value): minus the method's objective, for every loss -----
 
 # One response, A = +1, three tokens and a padded fourth. mu = (0.5, 0.5, 0.1), pi = (0.4, 0.7, 0.115), so
 # r = pi/mu = (0.8, 1.4, 1.15) and pi - mu = (-0.1, 0.2, 0.015); pi_old = (0.4, 0.6, 0.25) for the losses
@@ -444,24 +445,34 @@ VALUE_CASE = dict(
     pi=[[0.4, 0.35, 0.25], [0.7, 0.2, 0.1], [0.575, 0.31, 0.115], [0.4, 0.35, 0.25]],
     sampled=[0, 0, 2, 0], old=[0.4, 0.6, 0.25, 0.4])
 S = (1.0 * (0.7 / 0.6) * 0.46) ** (1 / 3)  # GSPO's s: the geometric mean of r over the three valid tokens
-# (hyper-parameters, per-token loss -w r A by hand on the three valid tokens)
+DROPPED = [-0.8, 0.0, -1.15]  # a DPPO mask dropping the second token: J = m r A, and the gradient -m r A alike
+# (hyper-parameters, the per-token loss -J by hand, its gradient -w r A by hand) on the three valid tokens
 HAND_VALUES = {
-    "pg_is": ({}, [-0.8, -1.4, -1.15]),  # w = 1
-    "ppo_clip": ({}, [-0.8, 0.0, -1.15]),  # r = 1.4 > 1.2 with A > 0: clipped
-    "cispo": ({}, [-0.8, -1.28, -1.15]),  # w r = clip(r, 0, 1.28)
-    "spo": ({"eps": 0.2}, [-2 * 0.8, -(1 - 0.4 / 0.2) * 1.4, -(1 - 0.15 / 0.2) * 1.15]),  # w = 1 - (r - 1)/eps
-    "drpo": ({"delta": 0.3}, [-(1 + 0.1 / 0.3) * 0.8, -(1 - 0.2 / 0.3) * 1.4, -(1 - 0.015 / 0.3) * 1.15]),
-    "drpo_clipped": ({"delta": 0.3}, [-0.8, -(1 - 0.2 / 0.3) * 1.4, -(1 - 0.015 / 0.3) * 1.15]),  # w <= 1
-    "dppo_binary_tv": ({}, [-0.8, 0.0, -1.15]),  # pi - mu = 0.2 > 0.15 with A > 0: dropped
+    "pg_is": ({}, [-0.8, -1.4, -1.15], [-0.8, -1.4, -1.15]),  # J = r A, w = 1
+    # r = 1.4 > 1.2 with A > 0: clipped, J = 1.2 A a constant
+    "ppo_clip": ({}, [-0.8, -1.2, -1.15], [-0.8, 0.0, -1.15]),
+    # J = sg(clip(r, 0, 1.28)) A log pi, w r = clip(r, 0, 1.28)
+    "cispo": ({}, [-0.8 * math.log(0.4), -1.28 * math.log(0.7), -1.15 * math.log(0.115)], [-0.8, -1.28, -1.15]),
+    # J = r A - (r - 1)^2 / (2 eps), w = 1 - (r - 1) / eps
+    "spo": ({"eps": 0.2}, [-(0.8 - 0.04 / 0.4), -(1.4 - 0.16 / 0.4), -(1.15 - 0.0225 / 0.4)],
+            [-2 * 0.8, -(1 - 0.4 / 0.2) * 1.4, -(1 - 0.15 / 0.2) * 1.15]),
+    # J = r A - (pi - mu)^2 / (2 delta mu), w = 1 - (pi - mu) / delta
+    "drpo": ({"delta": 0.3}, [-(0.8 - 0.01 / 0.3), -(1.4 - 0.04 / 0.3), -(1.15 - 0.015 ** 2 / 0.06)],
+             [-(1 + 0.1 / 0.3) * 0.8, -(1 - 0.2 / 0.3) * 1.4, -(1 - 0.015 / 0.3) * 1.15]),
+    # the first token moves back towards mu: no penalty, w = 1
+    "drpo_clipped": ({"delta": 0.3}, [-0.8, -(1.4 - 0.04 / 0.3), -(1.15 - 0.015 ** 2 / 0.06)],
+                     [-0.8, -(1 - 0.2 / 0.3) * 1.4, -(1 - 0.015 / 0.3) * 1.15]),
+    "dppo_binary_tv": ({}, DROPPED, DROPPED),  # pi - mu = 0.2 > 0.15 with A > 0: dropped
     # D = 0.5 log(0.5/0.7) + 0.5 log(0.5/0.3) = 0.087 > 0.05: dropped; the third token's D is 0.0012
-    "dppo_binary_kl": ({}, [-0.8, 0.0, -1.15]),
+    "dppo_binary_kl": ({}, DROPPED, DROPPED),
     # TV 0.5 (0.2 + 0.1 + 0.1) = 0.2 > 0.15 at the second position: dropped; 0.025 at the third (buckets 0, 1, 2)
-    "dppo_topk_tv": ({}, [-0.8, 0.0, -1.15]),
+    "dppo_topk_tv": ({}, DROPPED, DROPPED),
     # KL 0.5 log(5/7) + 0.3 log(3/2) + 0.2 log 2 = 0.092 > 0.05: dropped; 0.0017 at the third
-    "dppo_topk_kl": ({}, [-0.8, 0.0, -1.15]),
-    # anchored on pi_old, inside PPO's clip; w = rho truncated at 2: -rho r = -pi/mu where rho < 2
-    "decoupled_ppo": ({}, [-0.8, -1.4, -2 * 0.46]),
-    "gspo": ({}, [-S, -S, -S]),  # w_t r_t = s on every token (A > 0, s < 1: not clipped)
+    "dppo_topk_kl": ({}, DROPPED, DROPPED),
+    # anchored on pi_old, inside PPO's clip: J = rho r A with rho truncated at 2, w = rho: rho r = pi/mu where rho < 2
+    "decoupled_ppo": ({}, [-0.8, -1.4, -2 * 0.46], [-0.8, -1.4, -2 * 0.46]),
+    # J_t = min(s A, clip(s) A) = s A on every token (A > 0, s < 1: not clipped), w_t r_t = s
+    "gspo": ({}, [-S, -S, -S], [-S, -S, -S]),
 }
 
 
@@ -470,10 +481,10 @@ def test_every_registered_loss_has_a_hand_computed_value():
 
 
 @pytest.mark.parametrize("name", sorted(HAND_VALUES))
-def test_per_token_value_is_minus_weight_times_ratio_times_advantage(name):
-    """The value every loss reports, checked by hand: -sg(w) r A per token, 0 on padding; its token mean is
-    the trainer's loss/value (token-mean aggregation), and its gradient equals it (d r / d log pi = r)."""
-    hyper, expected = HAND_VALUES[name]
+def test_per_token_value_is_minus_the_objective(name):
+    """The value every loss reports, checked by hand: -J per token (the published method's objective), 0 on
+    padding, its token mean the trainer's loss/value (token-mean aggregation); its gradient -w r A."""
+    hyper, expected, expected_grad = HAND_VALUES[name]
     case = VALUE_CASE
     pi_all, mu_all = torch.tensor(case["pi"]), torch.tensor(case["mu"])  # [T, V]
     sampled = torch.tensor(case["sampled"])
@@ -491,7 +502,7 @@ def test_per_token_value_is_minus_weight_times_ratio_times_advantage(name):
     torch.testing.assert_close(out.per_token.detach(), torch.tensor([[*expected, 0.0]]), rtol=1e-9, atol=1e-12)
     assert aggregate(out.per_token, mask).item() == pytest.approx(sum(expected) / 3, rel=1e-9)
     (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
-    torch.testing.assert_close(grad, out.per_token.detach(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grad, torch.tensor([[*expected_grad, 0.0]]), rtol=1e-9, atol=1e-12)
 
 
 # --- aggregation ------------------------------------------------------------------------------------
@@ -755,11 +766,11 @@ def test_a_half_precision_dtype_mismatch_says_to_cast_pi_up_not_mu_down():
 
 
 def test_a_loss_returning_a_cached_tensor_does_not_corrupt_the_cache():
-    """The wrapper masks the returned weight in place: a loss that hands back LossInputs' own ratio must not see
-    that ratio masked (the output ratio, the gradient and the metrics all read it)."""
+    """The wrapper masks the returned objective and weight in place: a loss that hands back LossInputs' own ratio
+    (here as both) must not see that ratio masked (the output ratio, the gradient and the metrics all read it)."""
     from drpo.losses import Hyper, register_loss
 
-    register_loss("test_ratio_weight", Hyper, "w = r")(lambda x, hyper: x.ratio)
+    register_loss("test_ratio_weight", Hyper, "J = w = r")(lambda x, hyper: (x.ratio, x.ratio))
     try:
         log_prob = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
         mu = torch.tensor([[-1.5, -1.0, -0.7]])
@@ -769,6 +780,7 @@ def test_a_loss_returning_a_cached_tensor_does_not_corrupt_the_cache():
         ratio = (log_prob.detach() - mu).exp()
         torch.testing.assert_close(out.ratio, ratio)  # unmasked, as for every loss
         torch.testing.assert_close(out.weight, ratio * mask)
+        torch.testing.assert_close(out.per_token.detach(), -(ratio * mask))  # -J, with J = r
         (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
         torch.testing.assert_close(grad, -(ratio * ratio * mask))  # -w r A, with w = r
     finally:

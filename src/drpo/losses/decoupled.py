@@ -60,7 +60,7 @@ def rollout_weight(x: LossInputs, level: str) -> torch.Tensor:
 
 @register_loss("decoupled_ppo", DecoupledPpoHyper,
                "decoupled PPO: clip on pi/pi_old times a truncated or masked IS weight pi_old/mu (token/sequence)")
-def decoupled_ppo(x: LossInputs, h: DecoupledPpoHyper) -> torch.Tensor:
+def decoupled_ppo(x: LossInputs, h: DecoupledPpoHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy optimization": the clip on pi_old,
     the behavior policy in an importance weight) with a rollout correction of that weight.
 
@@ -72,7 +72,7 @@ def decoupled_ppo(x: LossInputs, h: DecoupledPpoHyper) -> torch.Tensor:
     vllm_importance_sampling_mode (GRPOTrainer), Yao et al. 2025 "Your efficient RL framework secretly
     brings you off-policy RL training" (TIS), IcePop (Ring-1T, 2025: the two-sided token mask).
     """
-    mask = ppo_clip(x, h)  # [B, T]
+    objective, mask = ppo_clip(x, h)  # [B, T] each
     rho = rollout_weight(x, h.level)  # [B, T] or [B, 1]
     if h.mode == "truncate":
         if h.is_low is not None or h.is_high is not None:
@@ -81,7 +81,7 @@ def decoupled_ppo(x: LossInputs, h: DecoupledPpoHyper) -> torch.Tensor:
         low = 0.0 if h.is_low is None else h.is_low
         high = torch.inf if h.is_high is None else h.is_high
         rho = rho.mul_((rho >= low) & (rho <= high))
-    return mask.mul_(rho)
+    return objective.mul_(rho), mask.mul_(rho)
 
 
 class GspoHyper(Hyper):
@@ -93,18 +93,19 @@ class GspoHyper(Hyper):
 
 
 @register_loss("gspo", GspoHyper, "GSPO: PPO clip on the length-normalised sequence ratio (pi/anchor)^(1/|y|)")
-def gspo(x: LossInputs, h: GspoHyper) -> torch.Tensor:
+def gspo(x: LossInputs, h: GspoHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", Eqs. 5-7): PPO's clip on the sequence's
     length-normalised ratio s_i = exp(mean_t log(pi_t / anchor_t)), one value per response.
 
     J_t = min(s A_t, clip(s, 1 - eps_low, 1 + eps_high) A_t), the sequence objective J_i on each of its tokens,
     with s entering as sg(s) * pi_t / sg(pi_t) (as verl writes it): d J_t / d log pi_t = m s A_t, so the per-token
-    gradients of one response sum to |y| times the gradient of J_i (d s / d log pi_t = s / |y|), and aggregation
-    seq-mean-token-mean gives the gradient of the paper's (1/G) sum_i J_i.
+    objectives of one response sum to |y| times J_i in value and their gradients to |y| times J_i's
+    (d s / d log pi_t = s / |y|): aggregation seq-mean-token-mean gives the paper's (1/G) sum_i J_i exactly.
     w_t = m s / r_t, r_t = pi_t / anchor_t, m = 0 where the sequence is clipped the way A pushes, else 1.
     """
     log_ratio = (x.log_prob - x.anchor_log_prob).mul_(x.mask_f)  # [B, T], unclamped, 0 on padding
     log_s = log_ratio.sum(-1, keepdim=True).div_(x.mask_f.sum(-1, keepdim=True).clamp_(min=1))  # [B, 1]
     s = log_s.clamp_(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp_()  # [B, 1]
     clipped = ((s > 1 + h.eps_high) & x.pushed_up) | ((s < 1 - h.eps_low) & x.pushed_down)  # [B, 1] or [B, T]
-    return (~clipped) * s / x.ratio  # [B, T]
+    objective = torch.where(clipped, s.clamp(1 - h.eps_low, 1 + h.eps_high), s) * x.advantages  # [B, 1] or [B, T]
+    return objective, (~clipped) * s / x.ratio

@@ -2,10 +2,11 @@
 drpo_clipped, an ablation of DRPO (its weight capped at 1) registered beside it.
 
 DRPO is SPO with eps replaced by the token-adaptive width delta / mu that the Binary-TV bound
-abs(pi - mu) <= delta implies, which keeps its gradient weight bounded for every token. Nothing is truncated or
-detached in these objectives: w is the gradient of the whole objective (the contract: drpo.losses.wrapper). Their
-weights cross 0 continuously, so each is snapped to exactly 0 on its boundary (``snap_boundary``), where the
-metrics count a token as masked, not as corrective.
+abs(pi - mu) <= delta implies, which keeps its gradient weight bounded for every token. Each function returns
+(J_t, w_t), the objective's value and its gradient weight (the contract: drpo.losses.wrapper); nothing is truncated
+or detached in these objectives, so w is the gradient weight of the whole of J. Their weights cross 0
+continuously, so each is snapped to exactly 0 on its boundary (``snap_boundary``), where the metrics count a token
+as masked, not as corrective.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class SpoHyper(Hyper):
 
 
 @register_loss("spo", SpoHyper, "SPO: quadratic penalty on (r-1), zero-crossing of w at abs(r-1) = eps")
-def spo(x: LossInputs, h: SpoHyper) -> torch.Tensor:
+def spo(x: LossInputs, h: SpoHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """SPO (Xie et al. 2025, "Simple Policy Optimization", ICML): PPO's clip replaced by a quadratic penalty on
     r - 1; docs/method.md, Eq. 5.
 
@@ -31,7 +32,9 @@ def spo(x: LossInputs, h: SpoHyper) -> torch.Tensor:
     w_t = 1 - sign(A_t (r_t - 1)) * abs(r_t - 1) / eps = 1 - sign(A_t) (r_t - 1) / eps: 0 at abs(r_t - 1) = eps on
     the side A_t pushes; unbounded for a rare token (small anchor) with a small absolute shift.
     """
-    return snap_boundary((x.ratio_minus_1 * (x.advantages.sign() / -h.eps)).add_(1), h.eps)  # [B, T]
+    adv = x.advantages
+    objective = (x.ratio * adv).sub_(x.ratio_minus_1.square().mul_(adv.abs() / (2 * h.eps)))  # [B, T]
+    return objective, snap_boundary((x.ratio_minus_1 * (adv.sign() / -h.eps)).add_(1), h.eps)
 
 
 # The recommended delta, the one place every entry point reads it from (drpo train, drpo compare's `drpo`, the TRL
@@ -50,7 +53,7 @@ class DrpoHyper(Hyper):
 
 
 @register_loss("drpo", DrpoHyper, "DRPO: advantage-weighted quadratic pull-back past the TV boundary abs(pi-mu) = delta")
-def drpo(x: LossInputs, h: DrpoHyper) -> torch.Tensor:
+def drpo(x: LossInputs, h: DrpoHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """DRPO (Yao et al. 2026, "Rethinking the Divergence Regularization in LLM RL", Eq. 8); docs/method.md,
     Eqs. 9-10. mu_t is the anchor.
 
@@ -60,14 +63,18 @@ def drpo(x: LossInputs, h: DrpoHyper) -> torch.Tensor:
     A pushes, negative (corrective) past it, above 1 for a token moving back towards mu.
 
     pi - mu comes from the two log-probs (``x.shift``), never from the clamped ratio, so a rare token far past
-    the boundary is still pulled back; only r in the gradient w r A is clamped at exp(+-20), a bounded step.
+    the boundary is still pulled back; only r (in J's value and in the gradient w r A) is clamped at exp(+-20), a
+    bounded step.
     """
-    return snap_boundary((x.shift * (x.advantages.sign() / -h.delta)).add_(1), h.delta)  # [B, T]
+    adv = x.advantages
+    penalty = x.shift * x.ratio_minus_1  # [B, T] = mu * (r-1)^2
+    objective = (x.ratio * adv).sub_(penalty.mul_(adv.abs() / (2 * h.delta)))
+    return objective, snap_boundary((x.shift * (adv.sign() / -h.delta)).add_(1), h.delta)
 
 
 @register_loss("drpo_clipped", DrpoHyper,
                "ablation of DRPO: its weight capped at 1 (no amplification of tokens moving back towards mu)")
-def drpo_clipped(x: LossInputs, h: DrpoHyper) -> torch.Tensor:
+def drpo_clipped(x: LossInputs, h: DrpoHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """DRPO without the amplification, w = min(1, w_DRPO): an ablation to measure, not a published method;
     docs/method.md, Eq. 11.
 
@@ -80,4 +87,9 @@ def drpo_clipped(x: LossInputs, h: DrpoHyper) -> torch.Tensor:
     It isolates one part of DRPO's weight (docs/results/README.md, delta sweep): whether amplifying the converging
     tokens slows learning.
     """
-    return snap_boundary((x.shift * (x.advantages.sign() / -h.delta)).add_(1), h.delta).clamp_(max=1.0)  # [B, T]
+    adv = x.advantages
+    sign = adv.sign()
+    diverging = (x.shift * sign) > 0  # [B, T] pi moved the way A pushes (shift and r - 1 share their sign)
+    penalty = (x.shift * x.ratio_minus_1).mul_(diverging)  # [B, T] mu * (r-1)^2 on the diverging side, else 0
+    objective = (x.ratio * adv).sub_(penalty.mul_(adv.abs() / (2 * h.delta)))
+    return objective, snap_boundary((x.shift * (sign / -h.delta)).add_(1), h.delta).clamp_(max=1.0)

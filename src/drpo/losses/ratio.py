@@ -1,7 +1,8 @@
 """Ratio-based trust regions: the importance-sampled policy gradient, PPO/GRPO clipping, CISPO.
 
-Each function returns the gradient weight w_t of its objective J_t, d J_t / d log pi_t = w_t * r_t * A_t with
-r_t = pi_t / anchor_t (the contract: drpo.losses.wrapper). sg(.) is stop-gradient.
+Each function returns (J_t, w_t): the value of its method's per-token objective J_t and its gradient weight,
+d J_t / d log pi_t = w_t * r_t * A_t with r_t = pi_t / anchor_t (the contract: drpo.losses.wrapper). sg(.) is
+stop-gradient.
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ class PgIsHyper(Hyper):
 
 
 @register_loss("pg_is", PgIsHyper, "importance-sampled policy gradient, no trust region (optional ratio truncation)")
-def pg_is(x: LossInputs, h: PgIsHyper) -> torch.Tensor:
+def pg_is(x: LossInputs, h: PgIsHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """Importance-sampled policy gradient, no trust region (docs/method.md, Eq. 2); with C, truncated
     importance sampling (TIS: Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
     training").
 
-    J_t = sg(min(r_t, C)) * A_t * log pi_t, C = ``trunc`` (without C: sg(r_t) A_t log pi_t, the gradient of r_t A_t).
+    J_t = sg(min(r_t, C) / r_t) * r_t * A_t, of value min(r_t, C) A_t, C = ``trunc`` (without C: r_t A_t, the
+    importance-sampled objective). Its gradient is that of the surrogate sg(min(r_t, C)) A_t log pi_t.
     w_t = min(r_t, C) / r_t, 1 without truncation.
     """
     if h.trunc is None:
-        return torch.ones_like(x.ratio)
-    return x.ratio.clamp(max=h.trunc).div_(x.ratio)
+        return x.ratio * x.advantages, torch.ones_like(x.ratio)
+    truncated = x.ratio.clamp(max=h.trunc)  # [B, T]
+    objective = truncated * x.advantages  # before the weight reuses ``truncated`` in place
+    return objective, truncated.div_(x.ratio)
 
 
 class PpoClipHyper(Hyper):
@@ -39,7 +43,7 @@ class PpoClipHyper(Hyper):
 
 @register_loss("ppo_clip", PpoClipHyper, "PPO/GRPO ratio clipping (clip-higher via eps_high, optional dual-clip)",
                aliases=("grpo",))
-def ppo_clip(x: LossInputs, h: PpoClipHyper) -> torch.Tensor:
+def ppo_clip(x: LossInputs, h: PpoClipHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped objective (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", Eq. 7), as GRPO
     uses it (Shao et al. 2024, "DeepSeekMath"), with DAPO's clip-higher eps_high > eps_low (Yu et al. 2025) and
     the dual-clip of Ye et al. 2020 ("Mastering Complex Control in MOBA Games with Deep Reinforcement
@@ -51,9 +55,13 @@ def ppo_clip(x: LossInputs, h: PpoClipHyper) -> torch.Tensor:
     """
     r = x.ratio  # [B, T]
     clipped = ((r > 1 + h.eps_high) & x.pushed_up) | ((r < 1 - h.eps_low) & x.pushed_down)
+    # where not clipped, min(r*A, clip(r)*A) is r*A; where clipped, it is clip(r)*A
+    objective = torch.where(clipped, r.clamp(1 - h.eps_low, 1 + h.eps_high), r).mul_(x.advantages)
     if h.dual_clip is not None:
-        clipped |= (r > h.dual_clip) & x.pushed_down
-    return clipped.logical_not_().to(r.dtype)
+        floored = (r > h.dual_clip) & x.pushed_down
+        objective = torch.where(floored, h.dual_clip * x.advantages, objective)
+        clipped |= floored
+    return objective, clipped.logical_not_().to(r.dtype)
 
 
 class CispoHyper(Hyper):
@@ -62,11 +70,13 @@ class CispoHyper(Hyper):
 
 
 @register_loss("cispo", CispoHyper, "CISPO: clipped, stop-gradient IS weight on every token (never drops a token)")
-def cispo(x: LossInputs, h: CispoHyper) -> torch.Tensor:
+def cispo(x: LossInputs, h: CispoHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """CISPO (MiniMax 2025, "MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning Attention"): the
     importance weight is clipped and detached, so no token loses its gradient; docs/method.md, Eq. 4.
 
-    J_t = sg(clip(r_t, 1 - eps_low, 1 + eps_high)) * A_t * log pi_t.
+    J_t = sg(clip(r_t, 1 - eps_low, 1 + eps_high)) * A_t * log pi_t, the published objective, log pi_t in its value.
     w_t = clip(r_t, 1 - eps_low, 1 + eps_high) / r_t, never 0.
     """
-    return x.ratio.clamp(1 - h.eps_low, 1 + h.eps_high).div_(x.ratio)
+    clipped = x.ratio.clamp(1 - h.eps_low, 1 + h.eps_high)  # [B, T]
+    objective = (clipped * x.advantages).mul_(x.log_prob)  # before the weight reuses ``clipped`` in place
+    return objective, clipped.div_(x.ratio)

@@ -30,8 +30,9 @@ class Hyper(pydantic.BaseModel):
     )
 
 
-# fn(x, hyper) -> the gradient weight w [B, T]: the contract, and what the wrapper does with w, in drpo.losses.wrapper
-LossFn = Callable[[LossInputs, Hyper], torch.Tensor]
+# fn(x, hyper) -> (objective J, gradient weight w), each [B, T]: the contract, and what the wrapper does with them,
+# in drpo.losses.wrapper
+LossFn = Callable[[LossInputs, Hyper], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)

@@ -2,41 +2,42 @@
 
 The conventions every loss of this package relies on are stated here, once.
 
-**A loss function** is ``fn(x: LossInputs, hyper) -> weight`` and returns only the gradient weight w_t [B, T]
-of its objective J_t:
+**A loss function** is ``fn(x: LossInputs, hyper) -> (objective, weight)`` and returns two tensors, [B, T] or
+broadcastable to it:
+
+- ``objective``: the value of J_t, the per-token objective (maximised) of the published method, as that method
+  writes it (PPO's clipped objective, SPO's and DRPO's quadratic penalty, CISPO's sg(clip(r)) A log pi, ...);
+- ``weight``: its gradient weight w_t,
 
     d J_t / d log pi_t = w_t * r_t * A_t,   r_t = pi_t / anchor_t                      (docs/method.md, Eq. 1)
 
-with r_t untruncated (its log clamped at +-20, ``LOG_RATIO_CLAMP``). It does not mask padding, negate, or
-compute the value of J_t: the wrapper masks and negates, and needs no value of J_t (below). Its docstring
-gives J_t, w_t and the equation of the method they come from. It reads the cached tensors of ``x`` and must
-not change them in place; it may return one of them (the wrapper copies a weight that shares memory with
-``x`` before masking it).
+with r_t untruncated (its log clamped at +-20, ``LOG_RATIO_CLAMP``). It does not mask padding or negate: the
+wrapper does. Its docstring gives J_t, w_t and the equation of the method they come from, and the code computes
+exactly those. It reads the cached tensors of ``x`` and must not change them in place; it may return one of them
+(the wrapper copies a returned tensor that shares memory with ``x`` before masking it).
 
 **The wrapper**, the same for every loss:
 
 1. checks the tensors (drpo.losses.input_checks) and picks the anchor: mu (``rollout_log_prob``) for
    ``anchor="rollout"``, pi_old (``old_log_prob``) for ``anchor="recompute"``;
 2. builds :class:`LossInputs` once and calls ``fn``;
-3. masks: w_t = 0 on padding (``response_mask`` 0);
+3. masks: J_t = w_t = 0 on padding (``response_mask`` 0);
 4. forms the per-token loss below, 0 on padding, and attaches its gradient -w_t r_t A_t with respect to
    ``log_prob`` through a one-multiply backward (:class:`_AnalyticGradient`). The loss is memory-bound
-   elementwise work, so this saves the whole autograd graph of J; tests/test_losses.py checks the attached
-   gradient against autograd through every J_t written out independently;
+   elementwise work, so this saves the whole autograd graph of J; tests/test_losses.py checks the value and the
+   attached gradient against autograd through every J_t written out independently;
 5. computes the statistics every loss reports from w (drpo.losses.metrics).
 
-**The per-token loss, and what ``loss/value`` means.** For every loss,
+**The per-token loss, and what ``loss/value`` means: loss/value is minus the objective of the published
+method; the gradient is the analytic weight's.** For every loss, on valid tokens,
 
-    per_token_t = -sg(w_t) * r_t * A_t
+    value of per_token_t = -J_t,    d per_token_t / d log pi_t = -w_t * r_t * A_t,
 
-(sg: stop-gradient): the negated objective sg(w) r A, whose gradient is the update of that loss (Eq. 1) and
-whose value is defined alike for every loss: minus the importance-weighted advantage the update follows,
--r_t A_t on a token with w_t = 1 (the importance-sampled objective, PPO's objective inside its clip), 0 on a
-dropped token (w_t = 0), of the opposite sign where the loss pulls a token back (w_t < 0). A method's own
-J_t (PPO's clipped objective, SPO's and DRPO's quadratic penalty, the log-pi surrogate sg(c) A log pi of
-pg_is, CISPO and DPPO) has the same gradient but another value, and no loss computes it. The trainer's
-``loss/value`` is ``per_token`` aggregated as the run aggregates it (plus the MoE load-balancing term when
-the model has one); the TRL and verl adapters hand the same per-token values to their framework.
+that is per_token_t = -sg(J_t) - (sg(w_t) r_t A_t - sg(w_t r_t A_t)) (sg: stop-gradient), both 0 on padding.
+The value is the function's ``objective``, the gradient comes from its ``weight`` alone (no autograd through
+J_t; tests/test_losses.py checks that autograd would give the same). The trainer's ``loss/value`` is ``per_token`` aggregated as the run
+aggregates it (plus the MoE load-balancing term when the model has one); the TRL and verl adapters hand the
+same per-token values to their framework.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from drpo.validation import format_validation_error
 
 @dataclass(frozen=True)
 class LossOutput:
-    per_token: torch.Tensor  # [B, T] loss to minimise, -sg(w_t) r_t A_t (see above), 0 where masked
+    per_token: torch.Tensor  # [B, T] loss to minimise, -J_t with the gradient -w_t r_t A_t (above), 0 where masked
     weight: torch.Tensor  # [B, T] analytic gradient weight w_t, detached, 0 where masked
     ratio: torch.Tensor  # [B, T] r_t = pi_t / anchor_t (log-ratio clamped to +-20), detached
     metrics: dict[str, float]
@@ -95,11 +96,9 @@ class Loss:
         x = self.inputs(log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
                         rollout_topk_ids, rollout_topk_log_probs, logits, response_ids)
         with torch.no_grad():
-            weight = _owned(self.spec.fn(x, self.hyper), x)
-            weight = weight.mul_(x.mask_f) if weight.shape == x.mask_f.shape else weight * x.mask_f  # [B, T]
+            objective, weight = (_masked(_owned(t, x), x) for t in self.spec.fn(x, self.hyper))  # [B, T] each
             grad = (weight * x.ratio).mul_(-x.advantages)  # [B, T] d per_token / d log_prob
-            per_token = grad.clone()  # [B, T] -sg(w) r A, equal to its gradient (d r / d log pi = r); a copy, so
-            # a caller may change it in place without touching the backward's saved grad
+            per_token = objective.neg_()  # [B, T] -J
             metrics = loss_metrics(x, weight)
         if log_prob.requires_grad:
             per_token = _AnalyticGradient.apply(log_prob, per_token, grad)
@@ -111,6 +110,11 @@ class Loss:
         return check_inputs(self.name, getattr(self.hyper, "anchor", "rollout"), self.spec.needs_topk,
                             log_prob, rollout_log_prob, advantages, response_mask, old_log_prob,
                             rollout_topk_ids, rollout_topk_log_probs, logits, response_ids)
+
+
+def _masked(tensor: torch.Tensor, x: LossInputs) -> torch.Tensor:
+    """``tensor`` times the mask, in place where it has the mask's shape. [B, T]"""
+    return tensor.mul_(x.mask_f) if tensor.shape == x.mask_f.shape else tensor * x.mask_f
 
 
 def _owned(tensor: torch.Tensor, x: LossInputs) -> torch.Tensor:
