@@ -14,7 +14,8 @@ broadcastable to it:
 with r_t untruncated (its log clamped at +-20, ``LOG_RATIO_CLAMP``). It does not mask padding or negate: the
 wrapper does. Its docstring gives J_t, w_t and the equation of the method they come from, and the code computes
 exactly those. It reads the cached tensors of ``x`` and must not change them in place; it may return one of them
-(the wrapper copies a returned tensor that shares memory with ``x`` before masking it).
+(the wrapper copies a returned tensor that shares memory with ``x`` before masking it), but not one tensor of its
+own as both objective and weight (the wrapper changes both in place).
 
 **The wrapper**, the same for every loss:
 
