@@ -203,14 +203,20 @@ def test_rollout_is_weights_scale_the_per_token_loss(actor_dictconfig):
 
 
 def test_dppo_binary_tv_agrees_with_verls_own_dppo_tv(actor_dictconfig):
-    """Same mask rule and truncated-IS gradient as verl's dppo_tv, read from the same config fields."""
+    """Same mask rule and truncated-IS gradient as verl's dppo_tv, read from the same config fields. The values
+    differ by design: drpo reports minus DPPO's objective, -m min(r, C) A per token, verl its log-pi surrogate
+    -m sg(min(r, C)) A log pi, which has the same gradient; so verl's value is drpo's per-token value times
+    log pi, aggregated alike."""
     config = actor_config(actor_dictconfig, "dppo_binary_tv")
     log_prob, old_log_prob, advantages, mask = random_batch(seed=5)
     ours, _ = get_policy_loss_fn("dppo_binary_tv")(old_log_prob, log_prob, advantages, mask, "token-mean", config)
     theirs, _ = get_policy_loss_fn("dppo_tv")(old_log_prob, log_prob, advantages, mask, "token-mean", config)
     grads = [torch.autograd.grad(loss, log_prob)[0] for loss in (ours, theirs)]
-    assert abs(ours.item() - theirs.item()) <= 1e-6
     assert (grads[0] - grads[1]).abs().max().item() <= 1e-6
+    expected, out = reference("dppo_binary_tv", "token-mean", log_prob, old_log_prob, advantages, mask, None)
+    assert abs(ours.item() - expected.item()) <= 1e-6
+    surrogate = aggregate(out.per_token.detach() * log_prob.detach(), mask, "token-mean")
+    assert abs(theirs.item() - surrogate.item()) <= 1e-6 and abs(theirs.item() - ours.item()) > 1e-3
 
 
 def test_verls_real_call_site(actor_dictconfig):

@@ -1,12 +1,15 @@
 """The loss contract checked against independent truth: docs/method.md's formulas written out here by hand.
 
-For every loss and random inputs, autograd's d(per_token)/d(log_prob) must equal -w * r * A, and w
-must equal the formula of docs/method.md computed below from pi, mu, A alone (never from drpo's internals).
+For every loss and random inputs, autograd's d(per_token)/d(log_prob) must equal -w * r * A, w must equal the
+formula of docs/method.md computed below from pi, mu, A alone (never from drpo's internals), and per_token's
+value must be -J, minus the method's objective written out below (drpo.losses.wrapper); both are also checked
+by hand per loss.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import typing
 
 import pytest
@@ -138,11 +141,11 @@ def reference_objective(name: str, hyper, log_pi, log_ref, adv, log_mu=None, mas
         return objective
     if name == "cispo":
         return torch.clamp(r_sg, 1 - hyper.eps_low, 1 + hyper.eps_high) * adv * log_pi
-    coef = r_sg if hyper.trunc is None else torch.clamp(r_sg, max=hyper.trunc)
+    truncation = 1.0 if hyper.trunc is None else torch.clamp(r_sg, max=hyper.trunc) / r_sg  # sg(min(r, C) / r)
     if name == "pg_is":
-        return coef * adv * log_pi
-    mask, _ = expected_weight(name, hyper, pi.detach(), ref, adv)
-    return coef * adv * log_pi * (mask > 0)
+        return truncation * r * adv
+    weight, _ = expected_weight(name, hyper, pi.detach(), ref, adv)
+    return truncation * r * adv * (weight > 0)  # the mask m, a constant of the update
 
 
 HYPERS = {"ppo_clip": [{}, {"eps_high": 0.28, "dual_clip": 3.0}], "pg_is": [{}, {"trunc": 2.0}],
@@ -195,7 +198,7 @@ def test_gradient_equals_weight_times_ratio_times_advantage(name, hyper, anchor,
     valid = mask.bool()
     torch.testing.assert_close(out.weight[valid], weight[valid], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(out.ratio[valid], ratio[valid], rtol=1e-9, atol=0)
-    torch.testing.assert_close(out.per_token, -(reference * mask).detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out.per_token, -(reference * mask).detach(), rtol=1e-9, atol=1e-9)  # -J
     torch.testing.assert_close(grad, reference_grad, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(grad[valid], (-weight * ratio * adv_bt)[valid], rtol=1e-9, atol=1e-9)
     assert (grad[~valid] == 0).all() and (out.per_token[~valid] == 0).all() and (out.weight[~valid] == 0).all()
@@ -271,7 +274,7 @@ def test_topk_divergence_is_exact_and_chunk_independent(monkeypatch):
     logits, log_pi_all, log_mu_all, sampled, ids, topk_lp, log_pi, log_mu, adv = topk_case(3, batch=4, length=6)
     tv_ref, kl_ref = naive_topk_divergence(log_pi_all, log_mu_all, sampled, ids)
     loss = get_loss("dppo_topk_tv")
-    x = loss._check(log_pi, log_mu, adv, torch.ones_like(log_pi), None, ids, topk_lp, logits, sampled)
+    x = loss.inputs(log_pi, log_mu, adv, torch.ones_like(log_pi), None, ids, topk_lp, logits, sampled)
     for chunk_elements in (dppo_module.TOPK_CHUNK_ELEMENTS, 13, 1):
         monkeypatch.setattr(dppo_module, "TOPK_CHUNK_ELEMENTS", chunk_elements)
         tv, kl = dppo_module.topk_divergences(x)
@@ -429,6 +432,77 @@ def test_gspo_by_hand():
         assert grad[0].tolist() == pytest.approx([-w * r * adv for w, r in zip(expected, [1.0002, 1.0008], strict=True)], rel=1e-9)
         # the per-token loss is the sequence's objective on every token: -min(s A, clip(s) A)
         assert out.per_token[0].tolist() == pytest.approx([-min(s * adv, min(s, 1.0004) * adv)] * 2, rel=1e-9)
+
+
+# --- the per-token loss's value (and so loss/value): minus the method's objective, for every loss -----
+
+# One response, A = +1, three tokens and a padded fourth. mu = (0.5, 0.5, 0.1), pi = (0.4, 0.7, 0.115), so
+# r = pi/mu = (0.8, 1.4, 1.15) and pi - mu = (-0.1, 0.2, 0.015); pi_old = (0.4, 0.6, 0.25) for the losses
+# anchored on it: r = pi/pi_old = (1, 7/6, 0.46), rho = pi_old/mu = (0.8, 1.2, 2.5). Top-k: a vocabulary of
+# 3, mu's top-2 {0, 1}; the sampled token is 0, 0, 2 (outside the top-2: a bucket of its own).
+VALUE_CASE = dict(
+    mu=[[0.5, 0.3, 0.2], [0.5, 0.3, 0.2], [0.6, 0.3, 0.1], [0.5, 0.3, 0.2]],  # per position, over the vocabulary
+    pi=[[0.4, 0.35, 0.25], [0.7, 0.2, 0.1], [0.575, 0.31, 0.115], [0.4, 0.35, 0.25]],
+    sampled=[0, 0, 2, 0], old=[0.4, 0.6, 0.25, 0.4])
+S = (1.0 * (0.7 / 0.6) * 0.46) ** (1 / 3)  # GSPO's s: the geometric mean of r over the three valid tokens
+DROPPED = [-0.8, 0.0, -1.15]  # a DPPO mask dropping the second token: J = m r A, and the gradient -m r A alike
+# (hyper-parameters, the per-token loss -J by hand, its gradient -w r A by hand) on the three valid tokens
+HAND_VALUES = {
+    "pg_is": ({}, [-0.8, -1.4, -1.15], [-0.8, -1.4, -1.15]),  # J = r A, w = 1
+    # r = 1.4 > 1.2 with A > 0: clipped, J = 1.2 A a constant
+    "ppo_clip": ({}, [-0.8, -1.2, -1.15], [-0.8, 0.0, -1.15]),
+    # J = sg(clip(r, 0, 1.28)) A log pi, w r = clip(r, 0, 1.28)
+    "cispo": ({}, [-0.8 * math.log(0.4), -1.28 * math.log(0.7), -1.15 * math.log(0.115)], [-0.8, -1.28, -1.15]),
+    # J = r A - (r - 1)^2 / (2 eps), w = 1 - (r - 1) / eps
+    "spo": ({"eps": 0.2}, [-(0.8 - 0.04 / 0.4), -(1.4 - 0.16 / 0.4), -(1.15 - 0.0225 / 0.4)],
+            [-2 * 0.8, -(1 - 0.4 / 0.2) * 1.4, -(1 - 0.15 / 0.2) * 1.15]),
+    # J = r A - (pi - mu)^2 / (2 delta mu), w = 1 - (pi - mu) / delta
+    "drpo": ({"delta": 0.3}, [-(0.8 - 0.01 / 0.3), -(1.4 - 0.04 / 0.3), -(1.15 - 0.015 ** 2 / 0.06)],
+             [-(1 + 0.1 / 0.3) * 0.8, -(1 - 0.2 / 0.3) * 1.4, -(1 - 0.015 / 0.3) * 1.15]),
+    # the first token moves back towards mu: no penalty, w = 1
+    "drpo_clipped": ({"delta": 0.3}, [-0.8, -(1.4 - 0.04 / 0.3), -(1.15 - 0.015 ** 2 / 0.06)],
+                     [-0.8, -(1 - 0.2 / 0.3) * 1.4, -(1 - 0.015 / 0.3) * 1.15]),
+    "dppo_binary_tv": ({}, DROPPED, DROPPED),  # pi - mu = 0.2 > 0.15 with A > 0: dropped
+    # D = 0.5 log(0.5/0.7) + 0.5 log(0.5/0.3) = 0.087 > 0.05: dropped; the third token's D is 0.0012
+    "dppo_binary_kl": ({}, DROPPED, DROPPED),
+    # TV 0.5 (0.2 + 0.1 + 0.1) = 0.2 > 0.15 at the second position: dropped; 0.025 at the third (buckets 0, 1, 2)
+    "dppo_topk_tv": ({}, DROPPED, DROPPED),
+    # KL 0.5 log(5/7) + 0.3 log(3/2) + 0.2 log 2 = 0.092 > 0.05: dropped; 0.0017 at the third
+    "dppo_topk_kl": ({}, DROPPED, DROPPED),
+    # anchored on pi_old, inside PPO's clip: J = rho r A with rho truncated at 2, w = rho: rho r = pi/mu where rho < 2
+    "decoupled_ppo": ({}, [-0.8, -1.4, -2 * 0.46], [-0.8, -1.4, -2 * 0.46]),
+    # J_t = min(s A, clip(s) A) = s A on every token (A > 0, s < 1: not clipped), w_t r_t = s
+    "gspo": ({}, [-S, -S, -S], [-S, -S, -S]),
+}
+
+
+def test_every_registered_loss_has_a_hand_computed_value():
+    assert set(HAND_VALUES) == set(LOSSES)
+
+
+@pytest.mark.parametrize("name", sorted(HAND_VALUES))
+def test_per_token_value_is_minus_the_objective(name):
+    """The value every loss reports, checked by hand: -J per token (the published method's objective), 0 on
+    padding, its token mean the trainer's loss/value (token-mean aggregation); its gradient -w r A."""
+    hyper, expected, expected_grad = HAND_VALUES[name]
+    case = VALUE_CASE
+    pi_all, mu_all = torch.tensor(case["pi"]), torch.tensor(case["mu"])  # [T, V]
+    sampled = torch.tensor(case["sampled"])
+    log_prob = pi_all.gather(-1, sampled[:, None]).log().T.clone().requires_grad_()  # [1, T]
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    extra = {}
+    if LOSSES[name].needs_topk:
+        topk_log_probs, topk_ids = mu_all.log().topk(2, dim=-1)
+        extra = dict(rollout_topk_ids=topk_ids[None], rollout_topk_log_probs=topk_log_probs[None],
+                     logits=pi_all.log()[None], response_ids=sampled[None])
+    out = get_loss(name, **hyper)(
+        log_prob=log_prob, rollout_log_prob=mu_all.gather(-1, sampled[:, None]).log().T,
+        old_log_prob=torch.tensor([case["old"]]).log(), advantages=torch.tensor([1.0]), response_mask=mask, **extra)
+
+    torch.testing.assert_close(out.per_token.detach(), torch.tensor([[*expected, 0.0]]), rtol=1e-9, atol=1e-12)
+    assert aggregate(out.per_token, mask).item() == pytest.approx(sum(expected) / 3, rel=1e-9)
+    (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
+    torch.testing.assert_close(grad, torch.tensor([[*expected_grad, 0.0]]), rtol=1e-9, atol=1e-12)
 
 
 # --- aggregation ------------------------------------------------------------------------------------
@@ -605,7 +679,7 @@ def test_topk_rest_bucket_survives_a_top_k_mass_near_one():
                   rollout_topk_log_probs=torch.tensor([[mu_topk]], dtype=torch.float64).log().float(),
                   logits=logits, response_ids=torch.tensor([[1]]))
     loss = get_loss("dppo_topk_kl")
-    tv, kl = dppo_module.topk_divergences(loss._check(**kwargs))
+    tv, kl = dppo_module.topk_divergences(loss.inputs(**kwargs))
     assert kl.item() == pytest.approx(expected_kl, rel=1e-4)
     assert tv.item() == pytest.approx(expected_tv, rel=1e-4)
     assert loss(**kwargs).weight.item() == 1
@@ -627,7 +701,7 @@ def test_topk_partition_is_decided_by_token_ids():
                   advantages=torch.tensor([1.0]), response_mask=torch.ones(1, 2),
                   rollout_topk_ids=torch.tensor([[[0, 1], [0, 1]]]), rollout_topk_log_probs=topk_lp,
                   logits=logits, response_ids=torch.tensor([[1, 2]]))
-    tv, kl = dppo_module.topk_divergences(get_loss("dppo_topk_tv")._check(**kwargs))
+    tv, kl = dppo_module.topk_divergences(get_loss("dppo_topk_tv").inputs(**kwargs))
     inside_tv = 0.5 * (0.1 + 0.05 + 0.05)  # rest: mu 0.3, pi 0.35
     outside_tv = 0.5 * (0.1 + 0.05 + 0.1 + 0.05)
     torch.testing.assert_close(tv, torch.tensor([[inside_tv, outside_tv]]), rtol=1e-6, atol=1e-9)
@@ -673,11 +747,13 @@ def test_spo_from_eps_1_cannot_bind_on_tokens_pushed_down_only():
         warn_if_cannot_bind(spo)
 
 
-def test_drpo_losses_names_the_preset_that_cannot_bind(capsys):
+def test_drpo_losses_lists_every_loss_and_names_the_preset_that_cannot_bind(capsys):
     from drpo.cli import main
 
     assert main(["losses"]) == 0
-    out = " ".join(capsys.readouterr().out.split())
+    raw = capsys.readouterr().out
+    assert set(re.findall(r"^\S (\w+)", raw, flags=re.MULTILINE)) >= set(LOSSES) | set(PRESETS)  # the name column
+    out = " ".join(raw.split())
     assert "warning (drpo_reference): get_loss('drpo', anchor='rollout', delta=12.5): delta=12.5 >= 1" in out
     assert out.count("cannot bind") == 1  # every registry default binds
 
@@ -690,11 +766,11 @@ def test_a_half_precision_dtype_mismatch_says_to_cast_pi_up_not_mu_down():
 
 
 def test_a_loss_returning_a_cached_tensor_does_not_corrupt_the_cache():
-    """The wrapper masks the returned weight in place: a loss that hands back LossInputs' own ratio must not see
-    that ratio masked (the output ratio, the gradient and the metrics all read it)."""
-    from drpo.losses.base import Hyper, register_loss
+    """The wrapper masks the returned objective and weight in place: a loss that hands back LossInputs' own ratio
+    (here as both) must not see that ratio masked (the output ratio, the gradient and the metrics all read it)."""
+    from drpo.losses import Hyper, register_loss
 
-    register_loss("test_ratio_weight", Hyper, "w = r")(lambda x, hyper: (None, x.ratio))
+    register_loss("test_ratio_weight", Hyper, "J = w = r")(lambda x, hyper: (x.ratio, x.ratio))
     try:
         log_prob = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
         mu = torch.tensor([[-1.5, -1.0, -0.7]])
@@ -704,6 +780,7 @@ def test_a_loss_returning_a_cached_tensor_does_not_corrupt_the_cache():
         ratio = (log_prob.detach() - mu).exp()
         torch.testing.assert_close(out.ratio, ratio)  # unmasked, as for every loss
         torch.testing.assert_close(out.weight, ratio * mask)
+        torch.testing.assert_close(out.per_token.detach(), -(ratio * mask))  # -J, with J = r
         (grad,) = torch.autograd.grad(out.per_token.sum(), log_prob)
         torch.testing.assert_close(grad, -(ratio * ratio * mask))  # -w r A, with w = r
     finally:

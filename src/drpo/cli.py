@@ -47,8 +47,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_losses(args) -> int:
-    from drpo.losses import ALIASES, LOSSES, PRESETS, get_loss
-    from drpo.losses.base import hyper_summary
+    from drpo.losses import ALIASES, LOSSES, PRESETS, get_loss, hyper_summary
 
     table = Table(title="drpo.losses registry", show_lines=False)
     table.add_column("name", style="bold cyan")

@@ -55,8 +55,7 @@ from typing import Any
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from drpo.losses import PRESETS, LossOutput, get_loss, resolved, warn_if_cannot_bind
-from drpo.losses.base import METRIC_KEYS
+from drpo.losses import METRIC_KEYS, PRESETS, LossOutput, get_loss, resolved, warn_if_cannot_bind
 from drpo.mismatch.dump import CallDump
 
 logger = logging.getLogger(__name__)

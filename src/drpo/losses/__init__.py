@@ -5,9 +5,13 @@
     out = loss(log_prob=..., rollout_log_prob=..., advantages=..., response_mask=...)
     aggregate(out.per_token, response_mask, mode="token-mean").backward()
 
-One module per family: ratio.py (pg_is, ppo_clip/grpo, cispo), quadratic.py (spo, drpo),
-dppo.py (Binary-TV/KL and Top-K masks), decoupled.py (decoupled PPO with a rollout correction, GSPO);
-aggregate.py reduces, base.py holds the contract.
+One module per family: ratio.py (pg_is, ppo_clip/grpo, cispo), quadratic.py (spo, drpo), dppo.py
+(Binary-TV/KL and Top-K masks), decoupled.py (decoupled PPO with a rollout correction, GSPO). What they share,
+one job per module: registry.py (names -> specs), inputs.py (LossInputs and its cached tensors),
+input_checks.py (the checks of a call's tensors), metrics.py (the statistics every loss reports),
+wrapper.py (the Loss object and get_loss: masking, the per-token loss and its analytic gradient; the
+conventions every loss relies on are stated there), aggregate.py (per-token losses -> one scalar),
+presets.py (named settings), checks.py (a trust region that cannot bind), weights.py (weight curves for plots).
 """
 
 # isort: off
@@ -15,13 +19,17 @@ aggregate.py reduces, base.py holds the contract.
 from drpo.losses import ratio, quadratic, dppo, decoupled  # noqa: F401
 # isort: on
 from drpo.losses.aggregate import AGGREGATIONS, aggregate
-from drpo.losses.base import ALIASES, LOSSES, Loss, LossInputs, LossOutput, LossSpec, get_loss, register_loss
 from drpo.losses.checks import cannot_bind, resolved, warn_if_cannot_bind
+from drpo.losses.inputs import LossInputs
+from drpo.losses.metrics import METRIC_KEYS
 from drpo.losses.presets import PRESETS
 from drpo.losses.quadratic import DRPO_DELTA
+from drpo.losses.registry import ALIASES, LOSSES, Hyper, LossSpec, hyper_summary, register_loss
 from drpo.losses.weights import weight_curve
+from drpo.losses.wrapper import Loss, LossOutput, get_loss
 
 __all__ = [
-    "AGGREGATIONS", "ALIASES", "DRPO_DELTA", "LOSSES", "PRESETS", "Loss", "LossInputs", "LossOutput", "LossSpec",
-    "aggregate", "cannot_bind", "get_loss", "register_loss", "resolved", "warn_if_cannot_bind", "weight_curve",
+    "AGGREGATIONS", "ALIASES", "DRPO_DELTA", "LOSSES", "METRIC_KEYS", "PRESETS", "Hyper", "Loss", "LossInputs",
+    "LossOutput", "LossSpec", "aggregate", "cannot_bind", "get_loss", "hyper_summary", "register_loss", "resolved",
+    "warn_if_cannot_bind", "weight_curve",
 ]

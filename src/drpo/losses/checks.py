@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 
-from drpo.losses.base import Loss
+from drpo.losses.wrapper import Loss
 
 
 def cannot_bind(loss: Loss) -> str | None:

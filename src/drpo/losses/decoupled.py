@@ -21,8 +21,9 @@ from typing import Literal
 import pydantic
 import torch
 
-from drpo.losses.base import LOG_RATIO_CLAMP, Hyper, LossInputs, register_loss
+from drpo.losses.inputs import LOG_RATIO_CLAMP, LossInputs
 from drpo.losses.ratio import PpoClipHyper, ppo_clip
+from drpo.losses.registry import Hyper, register_loss
 
 
 class DecoupledPpoHyper(PpoClipHyper):
@@ -59,16 +60,19 @@ def rollout_weight(x: LossInputs, level: str) -> torch.Tensor:
 
 @register_loss("decoupled_ppo", DecoupledPpoHyper,
                "decoupled PPO: clip on pi/pi_old times a truncated or masked IS weight pi_old/mu (token/sequence)")
-def decoupled_ppo(x: LossInputs, h: DecoupledPpoHyper):
-    """J = sg(c(rho)) * min(r*A, clip(r, 1-eps_low, 1+eps_high)*A), r = pi/pi_old, rho = pi_old/mu.
+def decoupled_ppo(x: LossInputs, h: DecoupledPpoHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy optimization": the clip on pi_old,
+    the behavior policy in an importance weight) with a rollout correction of that weight.
 
-    c truncates rho to [is_low, is_high] or zeroes it outside; rho is per token or one value per sequence.
-    w = c(rho) * m, m = PPO's 0/1 clip mask on r (dual-clip included): d J / d log pi = c(rho) * m * r * A.
+    J_t = sg(c(rho_t)) * min(r_t A_t, clip(r_t, 1 - eps_low, 1 + eps_high) A_t),  r_t = pi_t / pi_old_t,
+    rho_t = pi_old_t / mu_t; c truncates rho to [is_low, is_high] or zeroes it outside, and rho is per token or
+    one value per sequence (module docstring).
+    w_t = c(rho_t) * m_t, m_t PPO's 0/1 clip weight on r_t (``ppo_clip``, dual-clip included).
     Sources: verl's rollout correction in decoupled mode (trainer/ppo/rollout_corr_helper.py), TRL's
     vllm_importance_sampling_mode (GRPOTrainer), Yao et al. 2025 "Your efficient RL framework secretly
     brings you off-policy RL training" (TIS), IcePop (Ring-1T, 2025: the two-sided token mask).
     """
-    objective, mask = ppo_clip(x, h)
+    objective, mask = ppo_clip(x, h)  # [B, T] each
     rho = rollout_weight(x, h.level)  # [B, T] or [B, 1]
     if h.mode == "truncate":
         if h.is_low is not None or h.is_high is not None:
@@ -89,20 +93,19 @@ class GspoHyper(Hyper):
 
 
 @register_loss("gspo", GspoHyper, "GSPO: PPO clip on the length-normalised sequence ratio (pi/anchor)^(1/|y|)")
-def gspo(x: LossInputs, h: GspoHyper):
-    """s = exp(mean_t log(pi_t/anchor_t)) per sequence; J_t = min(s*A, clip(s, 1-eps_low, 1+eps_high)*A).
+def gspo(x: LossInputs, h: GspoHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", Eqs. 5-7): PPO's clip on the sequence's
+    length-normalised ratio s_i = exp(mean_t log(pi_t / anchor_t)), one value per response.
 
-    Zheng et al. 2025, "Group Sequence Policy Optimization" (Eq. 5-7). s depends on every token of the
-    response: d s / d log pi_t = s / |y|. The per-token J_t is GSPO's sequence objective J_i with s entering
-    as sg(s) * pi_t / sg(pi_t) (as verl writes it), so d J_t / d log pi_t = m * s * A and the per-token
-    losses of one response sum to |y| * J_i exactly in value and gradient: aggregation seq-mean-token-mean
-    gives the paper's (1/G) sum_i J_i.
-    w_t = m * s / r_t, r_t = pi_t / anchor_t, m = 0 where the sequence is clipped the way A pushes, else 1.
+    J_t = min(s A_t, clip(s, 1 - eps_low, 1 + eps_high) A_t), the sequence objective J_i on each of its tokens,
+    with s entering as sg(s) * pi_t / sg(pi_t) (as verl writes it): d J_t / d log pi_t = m s A_t, so the per-token
+    objectives of one response sum to |y| times J_i in value and their gradients to |y| times J_i's
+    (d s / d log pi_t = s / |y|): aggregation seq-mean-token-mean gives the paper's (1/G) sum_i J_i exactly.
+    w_t = m s / r_t, r_t = pi_t / anchor_t, m = 0 where the sequence is clipped the way A pushes, else 1.
     """
     log_ratio = (x.log_prob - x.anchor_log_prob).mul_(x.mask_f)  # [B, T], unclamped, 0 on padding
     log_s = log_ratio.sum(-1, keepdim=True).div_(x.mask_f.sum(-1, keepdim=True).clamp_(min=1))  # [B, 1]
     s = log_s.clamp_(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp_()  # [B, 1]
     clipped = ((s > 1 + h.eps_high) & x.pushed_up) | ((s < 1 - h.eps_low) & x.pushed_down)  # [B, 1] or [B, T]
-    objective = torch.where(clipped, s.clamp(1 - h.eps_low, 1 + h.eps_high), s) * x.advantages
-    weight = (~clipped) * s / x.ratio  # [B, T]
-    return objective.expand_as(x.ratio).clone(), weight
+    objective = torch.where(clipped, s.clamp(1 - h.eps_low, 1 + h.eps_high), s) * x.advantages  # [B, 1] or [B, T]
+    return objective, (~clipped) * s / x.ratio

@@ -1,8 +1,16 @@
-"""DPPO: divergence trust regions as hard masks (Binary-TV, Binary-KL, Top-K TV / KL).
+"""DPPO (Qi et al. 2026, "Rethinking the Trust Region in LLM Reinforcement Learning"): divergence trust regions
+as hard masks, Binary-TV, Binary-KL and Top-K TV / KL (docs/method.md, Eqs. 6-8).
 
-A token is dropped only when it has crossed the divergence boundary in the direction its advantage
-pushes it (pi > mu for A > 0, pi < mu for A < 0). Kept tokens get the truncated-IS policy gradient
-J = sg(min(r, C)) * A * log pi; the gradient weight is w = m * min(r, C) / r with m the 0/1 mask.
+A token is dropped only when it has crossed the divergence boundary in the direction its advantage pushes
+it (pi > mu for A > 0, pi < mu for A < 0; mu is the anchor, pi_old with anchor="recompute"); a token moving
+back towards mu is always kept. Kept tokens get the truncated-IS policy gradient, so every variant has
+
+    J_t = m_t * sg(min(r_t, C) / r_t) * r_t * A_t  (of value m_t min(r_t, C) A_t),    w_t = m_t * min(r_t, C) / r_t,
+
+with m_t its 0/1 mask, a constant of the update, and C = ``trunc`` (DPPO truncates the ratio where PPO would
+dual-clip it). DPPO's code (and verl's dppo_tv / dppo_kl) writes the surrogate sg(min(r_t, C)) A_t log pi_t m_t,
+whose gradient is the same and whose value is J_t times log pi_t. Each function returns (J_t, w_t) (the contract:
+drpo.losses.wrapper).
 """
 
 from __future__ import annotations
@@ -13,24 +21,24 @@ from typing import Literal
 import pydantic
 import torch
 
-from drpo.losses.base import Hyper, LossInputs, register_loss
+from drpo.losses.inputs import LossInputs
+from drpo.losses.registry import Hyper, register_loss
 
 
 class DppoHyper(Hyper):
     trunc: float | None = pydantic.Field(20.0, gt=1.0, description="truncate the IS ratio at C (None: no truncation)")
 
 
-def _masked_pg(x: LossInputs, keep: torch.Tensor, trunc: float | None):
-    """Truncated-IS policy gradient on the kept tokens: the part every DPPO variant shares.
-
-    J = sg(min(r, C)) * A * log pi is the surrogate sg(w r) A log pi, so no objective is returned (the
-    wrapper forms it from the gradient).
-    """
+def _masked_pg(x: LossInputs, keep: torch.Tensor, trunc: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J_t, w_t) = (m_t min(r_t, C) A_t, m_t min(r_t, C) / r_t), m_t = ``keep``: the truncated-IS objective and
+    weight every DPPO variant shares. [B, T] each"""
     weight = keep.to(x.ratio.dtype)  # [B, T]
+    ratio = x.ratio
     # min(r, C)/r differs from 1 only past C, which most batches never reach: one reduction instead of 4 passes
     if trunc is not None and x.ratio.max() > trunc:
         weight.mul_(x.ratio.reciprocal().mul_(trunc).clamp_(max=1))  # min(r, C) / r
-    return None, weight
+        ratio = x.ratio.clamp(max=trunc)
+    return (ratio * x.advantages).mul_(keep), weight
 
 
 def _harmful(x: LossInputs) -> torch.Tensor:
@@ -44,8 +52,13 @@ class BinaryTvHyper(DppoHyper):
 
 
 @register_loss("dppo_binary_tv", BinaryTvHyper, "DPPO Binary-TV: drop tokens whose abs(pi-mu) crossed delta the harmful way")
-def dppo_binary_tv(x: LossInputs, h: BinaryTvHyper):
-    """m = 0 if (A>0 and pi-mu > delta_high) or (A<0 and pi-mu < -delta_low).  w = m * min(r,C)/r."""
+def dppo_binary_tv(x: LossInputs, h: BinaryTvHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPPO Binary-TV (docs/method.md, Eq. 6): a bound on the probability shift pi - mu.
+
+    J_t = m_t sg(min(r_t, C) / r_t) r_t A_t,  m_t = 0 if (A_t > 0 and pi_t - mu_t > delta_high) or
+    (A_t < 0 and pi_t - mu_t < -delta_low), else 1.
+    w_t = m_t * min(r_t, C) / r_t.
+    """
     # the bounds per advantage ([B, 1] or [B, T]); the side the advantage does not push is unbounded
     upper = torch.where(x.pushed_up, x.advantages.new_tensor(h.delta_high), math.inf)
     lower = torch.where(x.pushed_down, x.advantages.new_tensor(-h.delta_low), -math.inf)
@@ -57,8 +70,14 @@ class BinaryKlHyper(DppoHyper):
 
 
 @register_loss("dppo_binary_kl", BinaryKlHyper, "DPPO Binary-KL: drop tokens whose Bernoulli KL(mu||pi) crossed delta")
-def dppo_binary_kl(x: LossInputs, h: BinaryKlHyper):
-    """D = mu log(mu/pi) + (1-mu) log((1-mu)/(1-pi)); m = 0 if D > delta and harmful.  w = m * min(r,C)/r."""
+def dppo_binary_kl(x: LossInputs, h: BinaryKlHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPPO Binary-KL (docs/method.md, Eq. 7): a bound on the KL between Bernoulli(mu_t) and Bernoulli(pi_t).
+
+    D_t = mu_t log(mu_t / pi_t) + (1 - mu_t) log((1 - mu_t) / (1 - pi_t)).
+    J_t = m_t sg(min(r_t, C) / r_t) r_t A_t,  m_t = 0 if D_t > delta and pi_t moved the way A_t pushes
+    (pi_t > mu_t for A_t > 0, pi_t < mu_t for A_t < 0), else 1.
+    w_t = m_t * min(r_t, C) / r_t.
+    """
     return _masked_pg(x, ~((x.binary_kl > h.delta) & _harmful(x)), h.trunc)
 
 
@@ -141,15 +160,26 @@ def _kl_terms(mu: torch.Tensor, log_mu: torch.Tensor, log_pi: torch.Tensor) -> t
 
 @register_loss("dppo_topk_tv", TopkTvHyper, "DPPO Top-K TV: mask by TV over mu's top-k tokens plus a rest bucket",
                needs_topk=True)
-def dppo_topk_tv(x: LossInputs, h: TopkTvHyper):
-    """D = 1/2 (sum_topk |mu_i - pi_i| + |mu_rest - pi_rest|); m = 0 if D > delta and harmful.  w = m * min(r,C)/r."""
+def dppo_topk_tv(x: LossInputs, h: TopkTvHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPPO Top-K TV (docs/method.md, Eq. 8): a bound on the total variation over mu's top-k tokens.
+
+    D_t = 1/2 (sum_i |mu_i - pi_i| + |mu_rest - pi_rest|), i over mu's top-k tokens and the sampled token when
+    it is not one of them, "rest" one bucket for every other token (``topk_divergences``).
+    J_t = m_t sg(min(r_t, C) / r_t) r_t A_t,  m_t = 0 if D_t > delta and pi_t moved the way A_t pushes, else 1.
+    w_t = m_t * min(r_t, C) / r_t.
+    """
     tv, _ = topk_divergences(x)
     return _masked_pg(x, ~((tv > h.delta) & _harmful(x)), h.trunc)
 
 
 @register_loss("dppo_topk_kl", TopkKlHyper, "DPPO Top-K KL: mask by KL(mu||pi) over mu's top-k plus a rest bucket",
                needs_topk=True)
-def dppo_topk_kl(x: LossInputs, h: TopkKlHyper):
-    """D = sum_topk mu_i log(mu_i/pi_i) + rest bucket; m = 0 if D > delta and harmful.  w = m * min(r,C)/r."""
+def dppo_topk_kl(x: LossInputs, h: TopkKlHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPPO Top-K KL (docs/method.md, Eq. 8): a bound on KL(mu || pi) over mu's top-k tokens.
+
+    D_t = sum_i mu_i log(mu_i / pi_i) + mu_rest log(mu_rest / pi_rest), over the buckets of ``dppo_topk_tv``.
+    J_t = m_t sg(min(r_t, C) / r_t) r_t A_t,  m_t = 0 if D_t > delta and pi_t moved the way A_t pushes, else 1.
+    w_t = m_t * min(r_t, C) / r_t.
+    """
     _, kl = topk_divergences(x)
     return _masked_pg(x, ~((kl > h.delta) & _harmful(x)), h.trunc)

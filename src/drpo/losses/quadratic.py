@@ -2,15 +2,21 @@
 drpo_clipped, an ablation of DRPO (its weight capped at 1) registered beside it.
 
 DRPO is SPO with eps replaced by the token-adaptive width delta / mu that the Binary-TV bound
-abs(pi - mu) <= delta implies, which keeps its gradient weight bounded for every token (docs/method.md, Eqs. 5, 9-11).
-Nothing is truncated or stopped here: the gradient is that of the whole objective.
+abs(pi - mu) <= delta implies, which keeps its gradient weight bounded for every token. Each function returns
+(J_t, w_t), the objective's value and its gradient weight (the contract: drpo.losses.wrapper); nothing is truncated
+or detached in these objectives, so w is the gradient weight of the whole of J. Their weights cross 0
+continuously, so each is snapped to exactly 0 on its boundary (``snap_boundary``), where the metrics count a token
+as masked, not as corrective.
 """
 
 from __future__ import annotations
 
 import pydantic
+import torch
 
-from drpo.losses.base import Hyper, LossInputs, register_loss, snap_boundary
+from drpo.losses.inputs import LossInputs
+from drpo.losses.metrics import snap_boundary
+from drpo.losses.registry import Hyper, register_loss
 
 
 class SpoHyper(Hyper):
@@ -18,12 +24,17 @@ class SpoHyper(Hyper):
 
 
 @register_loss("spo", SpoHyper, "SPO: quadratic penalty on (r-1), zero-crossing of w at abs(r-1) = eps")
-def spo(x: LossInputs, h: SpoHyper):
-    """J = r*A - abs(A)/(2*eps) * (r-1)^2.  w = 1 - sign(A*(r-1)) * abs(r-1)/eps (unbounded for rare tokens)."""
+def spo(x: LossInputs, h: SpoHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPO (Xie et al. 2025, "Simple Policy Optimization", ICML): PPO's clip replaced by a quadratic penalty on
+    r - 1; docs/method.md, Eq. 5.
+
+    J_t = r_t A_t - abs(A_t) / (2 eps) * (r_t - 1)^2.
+    w_t = 1 - sign(A_t (r_t - 1)) * abs(r_t - 1) / eps = 1 - sign(A_t) (r_t - 1) / eps: 0 at abs(r_t - 1) = eps on
+    the side A_t pushes; unbounded for a rare token (small anchor) with a small absolute shift.
+    """
     adv = x.advantages
-    objective = (x.ratio * adv).sub_(x.ratio_minus_1.square().mul_(adv.abs() / (2 * h.eps)))
-    weight = snap_boundary((x.ratio_minus_1 * (adv.sign() / -h.eps)).add_(1), h.eps)  # 0 on the boundary
-    return objective, weight
+    objective = (x.ratio * adv).sub_(x.ratio_minus_1.square().mul_(adv.abs() / (2 * h.eps)))  # [B, T]
+    return objective, snap_boundary((x.ratio_minus_1 * (adv.sign() / -h.eps)).add_(1), h.eps)
 
 
 # The recommended delta, the one place every entry point reads it from (drpo train, drpo compare's `drpo`, the TRL
@@ -42,37 +53,43 @@ class DrpoHyper(Hyper):
 
 
 @register_loss("drpo", DrpoHyper, "DRPO: advantage-weighted quadratic pull-back past the TV boundary abs(pi-mu) = delta")
-def drpo(x: LossInputs, h: DrpoHyper):
-    """J = r*A - abs(A) * mu/(2*delta) * (r-1)^2   (docs/method.md, Eq. 9; mu*(r-1)^2 = (pi-mu)^2/mu).
+def drpo(x: LossInputs, h: DrpoHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """DRPO (Yao et al. 2026, "Rethinking the Divergence Regularization in LLM RL", Eq. 8); docs/method.md,
+    Eqs. 9-10. mu_t is the anchor.
 
-    w = 1 - sign(A*(r-1)) * abs(pi-mu)/delta = 1 - sign(A)*(pi-mu)/delta, within [1 - 1/delta, 1 + 1/delta]:
-    1 at pi = mu, 0 on the Binary-TV boundary in the direction A pushes, negative (corrective) past it.
-    pi - mu comes from the log-probs; only r (in J's value and in the gradient w*r*A) is clamped at
-    exp(+-20), so a rare token far past the boundary is still pulled back, with a bounded step.
+    J_t = r_t A_t - abs(A_t) * mu_t / (2 delta) * (r_t - 1)^2,   where mu_t (r_t - 1)^2 = (pi_t - mu_t)^2 / mu_t.
+    w_t = 1 - sign(A_t (r_t - 1)) * abs(pi_t - mu_t) / delta = 1 - sign(A_t) (pi_t - mu_t) / delta, within
+    (1 - 1/delta, 1 + 1/delta): 1 at pi = mu, 0 on the Binary-TV boundary abs(pi - mu) = delta in the direction
+    A pushes, negative (corrective) past it, above 1 for a token moving back towards mu.
+
+    pi - mu comes from the two log-probs (``x.shift``), never from the clamped ratio, so a rare token far past
+    the boundary is still pulled back; only r (in J's value and in the gradient w r A) is clamped at exp(+-20), a
+    bounded step.
     """
     adv = x.advantages
     penalty = x.shift * x.ratio_minus_1  # [B, T] = mu * (r-1)^2
     objective = (x.ratio * adv).sub_(penalty.mul_(adv.abs() / (2 * h.delta)))
-    weight = snap_boundary((x.shift * (adv.sign() / -h.delta)).add_(1), h.delta)  # 0 on the boundary
-    return objective, weight
+    return objective, snap_boundary((x.shift * (adv.sign() / -h.delta)).add_(1), h.delta)
 
 
 @register_loss("drpo_clipped", DrpoHyper,
                "ablation of DRPO: its weight capped at 1 (no amplification of tokens moving back towards mu)")
-def drpo_clipped(x: LossInputs, h: DrpoHyper):
-    """DRPO without the amplification: w = min(1, w_DRPO). An ablation to measure, not the paper's method.
+def drpo_clipped(x: LossInputs, h: DrpoHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """DRPO without the amplification, w = min(1, w_DRPO): an ablation to measure, not a published method;
+    docs/method.md, Eq. 11.
 
-    J = r*A - abs(A) * mu/(2*delta) * max(0, sign(A)*(r-1))^2: DRPO's penalty on the side A pushes towards only.
-    w = 1 - max(0, sign(A)*(pi-mu))/delta = min(1, w_DRPO):
+    J_t = r_t A_t - abs(A_t) * mu_t / (2 delta) * max(0, sign(A_t) (r_t - 1))^2: DRPO's penalty on the side A
+    pushes towards only.
+    w_t = 1 - max(0, sign(A_t) (pi_t - mu_t)) / delta = min(1, w_DRPO):
     - moving back towards mu (against A): w = 1, as in DPPO, where DRPO gives up to 1 + 1/delta;
-    - moving the way A pushes: DRPO's weight, falling from 1 to 0 on the Binary-TV boundary abs(pi-mu) = delta
+    - moving the way A pushes: DRPO's weight, falling from 1 to 0 on the Binary-TV boundary abs(pi - mu) = delta
       and corrective (negative) past it.
-    It isolates one part of DRPO's weight (docs/results/README.md, delta sweep): whether amplifying the converging tokens slows learning.
+    It isolates one part of DRPO's weight (docs/results/README.md, delta sweep): whether amplifying the converging
+    tokens slows learning.
     """
     adv = x.advantages
     sign = adv.sign()
     diverging = (x.shift * sign) > 0  # [B, T] pi moved the way A pushes (shift and r - 1 share their sign)
     penalty = (x.shift * x.ratio_minus_1).mul_(diverging)  # [B, T] mu * (r-1)^2 on the diverging side, else 0
     objective = (x.ratio * adv).sub_(penalty.mul_(adv.abs() / (2 * h.delta)))
-    weight = snap_boundary((x.shift * (sign / -h.delta)).add_(1), h.delta).clamp_(max=1.0)  # [B, T]
-    return objective, weight
+    return objective, snap_boundary((x.shift * (sign / -h.delta)).add_(1), h.delta).clamp_(max=1.0)

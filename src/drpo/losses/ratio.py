@@ -1,7 +1,8 @@
-"""Ratio-based trust regions: importance-sampled policy gradient, PPO/GRPO clipping, CISPO.
+"""Ratio-based trust regions: the importance-sampled policy gradient, PPO/GRPO clipping, CISPO.
 
-Each loss returns (objective J_t, gradient weight w_t) with d J_t / d log pi_t = w_t * r_t * A_t;
-sg(.) is stop-gradient.
+Each function returns (J_t, w_t): the value of its method's per-token objective J_t and its gradient weight,
+d J_t / d log pi_t = w_t * r_t * A_t with r_t = pi_t / anchor_t (the contract: drpo.losses.wrapper). sg(.) is
+stop-gradient.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import pydantic
 import torch
 
-from drpo.losses.base import Hyper, LossInputs, register_loss
+from drpo.losses.inputs import LossInputs
+from drpo.losses.registry import Hyper, register_loss
 
 
 class PgIsHyper(Hyper):
@@ -17,11 +19,20 @@ class PgIsHyper(Hyper):
 
 
 @register_loss("pg_is", PgIsHyper, "importance-sampled policy gradient, no trust region (optional ratio truncation)")
-def pg_is(x: LossInputs, h: PgIsHyper):
-    """J = sg(min(r, C)) * A * log pi.  w = min(r, C) / r (1 without truncation)."""
+def pg_is(x: LossInputs, h: PgIsHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """Importance-sampled policy gradient, no trust region (docs/method.md, Eq. 2); with C, truncated
+    importance sampling (TIS: Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+    training").
+
+    J_t = sg(min(r_t, C) / r_t) * r_t * A_t, of value min(r_t, C) A_t, C = ``trunc`` (without C: r_t A_t, the
+    importance-sampled objective). Its gradient is that of the surrogate sg(min(r_t, C)) A_t log pi_t.
+    w_t = min(r_t, C) / r_t, 1 without truncation.
+    """
     if h.trunc is None:
-        return None, torch.ones_like(x.ratio)  # the surrogate sg(w r) A log pi: the wrapper forms it
-    return None, x.ratio.clamp(max=h.trunc).div_(x.ratio)
+        return x.ratio * x.advantages, torch.ones_like(x.ratio)
+    truncated = x.ratio.clamp(max=h.trunc)  # [B, T]
+    objective = truncated * x.advantages  # before the weight reuses ``truncated`` in place
+    return objective, truncated.div_(x.ratio)
 
 
 class PpoClipHyper(Hyper):
@@ -32,10 +43,15 @@ class PpoClipHyper(Hyper):
 
 @register_loss("ppo_clip", PpoClipHyper, "PPO/GRPO ratio clipping (clip-higher via eps_high, optional dual-clip)",
                aliases=("grpo",))
-def ppo_clip(x: LossInputs, h: PpoClipHyper):
-    """J = min(r*A, clip(r, 1-eps_low, 1+eps_high)*A), and max(J, c*A) for A<0 with dual-clip c.
+def ppo_clip(x: LossInputs, h: PpoClipHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped objective (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", Eq. 7), as GRPO
+    uses it (Shao et al. 2024, "DeepSeekMath"), with DAPO's clip-higher eps_high > eps_low (Yu et al. 2025) and
+    the dual-clip of Ye et al. 2020 ("Mastering Complex Control in MOBA Games with Deep Reinforcement
+    Learning"); docs/method.md, Eq. 3.
 
-    w = 0 if (A>0 and r>1+eps_high) or (A<0 and r<1-eps_low) or (dual-clip, A<0 and r>c), else 1.
+    J_t = min(r_t A_t, clip(r_t, 1 - eps_low, 1 + eps_high) A_t); with dual-clip c, max(J_t, c A_t) for A_t < 0.
+    w_t = 0 if (A_t > 0 and r_t > 1 + eps_high) or (A_t < 0 and r_t < 1 - eps_low) or (dual-clip, A_t < 0 and
+    r_t > c), else 1: a clipped token's J_t is a constant.
     """
     r = x.ratio  # [B, T]
     clipped = ((r > 1 + h.eps_high) & x.pushed_up) | ((r < 1 - h.eps_low) & x.pushed_down)
@@ -54,6 +70,13 @@ class CispoHyper(Hyper):
 
 
 @register_loss("cispo", CispoHyper, "CISPO: clipped, stop-gradient IS weight on every token (never drops a token)")
-def cispo(x: LossInputs, h: CispoHyper):
-    """J = sg(clip(r, 1-eps_low, 1+eps_high)) * A * log pi.  w = clip(r) / r, never 0."""
-    return None, x.ratio.clamp(1 - h.eps_low, 1 + h.eps_high).div_(x.ratio)  # the surrogate sg(w r) A log pi
+def cispo(x: LossInputs, h: CispoHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """CISPO (MiniMax 2025, "MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning Attention"): the
+    importance weight is clipped and detached, so no token loses its gradient; docs/method.md, Eq. 4.
+
+    J_t = sg(clip(r_t, 1 - eps_low, 1 + eps_high)) * A_t * log pi_t, the published objective, log pi_t in its value.
+    w_t = clip(r_t, 1 - eps_low, 1 + eps_high) / r_t, never 0.
+    """
+    clipped = x.ratio.clamp(1 - h.eps_low, 1 + h.eps_high)  # [B, T]
+    objective = (clipped * x.advantages).mul_(x.log_prob)  # before the weight reuses ``clipped`` in place
+    return objective, clipped.div_(x.ratio)

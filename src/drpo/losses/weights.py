@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from drpo.losses.base import Loss
+from drpo.losses.wrapper import Loss
 
 
 def weight_curve(loss: Loss, mu: float, shifts: torch.Tensor, advantage: float) -> torch.Tensor:
