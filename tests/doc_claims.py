@@ -296,6 +296,10 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
       for precision, name in (("amp", "amp: `model.autocast=bf16` (the recipe)"), ("fp32", "fp32"))],
     ("docs/benchmarks.md", "went 0.110 -> {:.3f} in 6 steps with amp against 0.110 -> {:.3f} in fp32",
      "smollm2/benchmark.json", ("amp.eval_accuracy.1", "fp32.eval_accuracy.1"), (".3f", ".3f")),
+    ("docs/benchmarks.md", "took {:.1f} s of CPU with glibc's default and {:.1f} s with the variable, peak RSS {:.2f} "
+     "against {:.2f}", "smollm2/benchmark_malloc.json", ("default.step_cpu_s", "mmap_threshold_131072.step_cpu_s",
+                                                         "default.peak_rss_gb", "mmap_threshold_131072.peak_rss_gb"),
+     (".1f", ".1f", ".2f", ".2f")),
     ("examples/smollm2/drpo_arith.yaml", "accuracy {:.3f} -> {:.3f} at step 10", "smollm2/metrics.jsonl.gz",
      ("@0:eval/accuracy", "@10:eval/accuracy"), (".3f", ".3f")),
     ("docs/results/smollm2/README.md", "**{:.0f} s** in the trainer", "smollm2/summary.json", ("wall_time_s",), (".0f",)),
