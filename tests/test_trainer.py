@@ -151,7 +151,7 @@ def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_r
     # more it is recomputed: either way mismatch/* must equal the statistics of the pre-update policy against mu
     import copy
 
-    from drpo.metrics import mismatch_metrics
+    from drpo.mismatch.stats import step_metrics
     from drpo.rollout import sequence_log_probs
 
     config = load_config(None, [*TINY, f"out={tmp_path}", "rollout.precision=bf16",
@@ -167,7 +167,7 @@ def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_r
     (batch,) = batches
     with torch.no_grad():
         pi_old = sequence_log_probs(before, batch).log_prob
-    expected = mismatch_metrics(pi_old, batch.rollout_log_prob, batch.response_mask)
+    expected = step_metrics(pi_old, batch.rollout_log_prob, batch.response_mask)
     assert expected["mismatch/abs_mean"] > 0
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key

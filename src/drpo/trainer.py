@@ -37,7 +37,7 @@ from drpo.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, 
 from drpo.config import RunConfig, check_out, check_resume
 from drpo.diagnostics import pull_gradient_norms
 from drpo.losses import aggregate
-from drpo.metrics import MetricsLogger, mean_of, mismatch_metrics
+from drpo.metrics import MetricsLogger, mean_of
 from drpo.mismatch.dump import TrainerDump
 from drpo.mismatch.stats import step_metrics
 from drpo.models.policy import Policy
@@ -158,8 +158,7 @@ class Trainer:
         if old_log_prob is not None:
             if self.delta_tracker is not None:
                 self.delta_tracker.observe(old_log_prob, batch.rollout_log_prob, batch.response_mask)
-            metrics.update(mismatch_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))
-            metrics.update(step_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))  # the tail
+            metrics.update(step_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))
         if self.log_prob_dump is not None:  # mu, pi_old and each mini-batch's pi, before the weights move on
             self.log_prob_dump.write_step(self.step + 1, max(0, self.step - cfg.rollout.lag), batch, advantages,
                                           old_log_prob, [(rows, u.log_prob) for (rows, _), u in
