@@ -16,7 +16,7 @@ from drpo.config import ConfigError, load_config
 from drpo.losses import DRPO_DELTA
 from drpo.metrics import TIMING_PREFIXES, read_metrics
 from drpo.policy import build_policy
-from drpo.trainer import NonFiniteError, Trainer
+from drpo.trainer import NonFiniteError, Trainer, in_batch_order, minibatches
 
 # the default base model (small, 2-digit addition, ~30 s of warm-up to 30% accuracy, cached for the session) with small batches
 TINY = ["rollout.prompts=8", "rollout.group_size=4", "eval.prompts=32", "eval.samples=2", "eval.every=4",
@@ -128,21 +128,26 @@ def test_default_base_model_is_right_sometimes_far_from_always():
 
 def test_minibatches_are_exactly_updates_per_batch():
     """6 rows into 4 updates: torch.chunk gave 3 pieces of 2, the schedule counts 4 optimizer steps."""
-    from types import SimpleNamespace
-
     from drpo.rollout import make_batch
 
     batch = make_batch([[1, 2]] * 6, [[3]] * 6, pad_id=0)
-    fake = SimpleNamespace(config=SimpleNamespace(updates_per_batch=4), sampler=torch.Generator().manual_seed(0),
-                           device=torch.device("cpu"))
-    pieces = [rows.tolist() for rows, _ in Trainer.minibatches(fake, batch)]
-    assert len(pieces) == 4 and sorted(len(p) for p in pieces) == [1, 1, 2, 2]
-    assert sorted(sum(pieces, [])) == list(range(6))
-    fake.config.updates_per_batch = 7
+    pieces = minibatches(batch, 4, torch.Generator().manual_seed(0))
+    assert len(pieces) == 4 and sorted(len(rows) for rows, _ in pieces) == [1, 1, 2, 2]
+    assert sorted(torch.cat([rows for rows, _ in pieces]).tolist()) == list(range(6))
+    for rows, piece in pieces:  # each mini-batch holds its rows of the batch
+        assert torch.equal(piece.response_ids, batch.response_ids[rows])
+    again = minibatches(batch, 4, torch.Generator().manual_seed(0))
+    assert [rows.tolist() for rows, _ in again] == [rows.tolist() for rows, _ in pieces]  # the generator's order
     with pytest.raises(ValueError, match="7 mini-batches cannot be cut from 6 responses"):
-        list(Trainer.minibatches(fake, batch))
+        minibatches(batch, 7, torch.Generator())
     with pytest.raises(ConfigError, match=r"updates_per_batch=8 mini-batches cannot be cut from 6 .* 3 x 2"):
         load_config(None, ["rollout.prompts=3", "rollout.group_size=2", "updates_per_batch=8"])
+
+
+def test_in_batch_order_puts_each_mini_batch_row_back():
+    like = torch.zeros(4, 2)
+    parts = [(torch.tensor([2, 0]), torch.tensor([[2.0, 2.5], [0.0, 0.5]])), (torch.tensor([3]), torch.tensor([[3.0, 3.5]]))]
+    assert in_batch_order(like, parts).tolist() == [[0.0, 0.5], [0.0, 0.0], [2.0, 2.5], [3.0, 3.5]]  # row 1: no part
 
 
 @pytest.mark.parametrize("updates_per_batch", [1, 2])

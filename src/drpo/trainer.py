@@ -69,7 +69,27 @@ class NonFiniteError(RuntimeError):
 class UpdateResult:
     metrics: dict[str, float]
     skipped: bool
-    log_prob: torch.Tensor | None = None  # [n, T] log pi at this update, detached (for the log-prob dump)
+    log_prob: torch.Tensor  # [n, T] log pi at this update, detached (pi_old with one update; the log-prob dump)
+
+
+@dataclass
+class PiOld:
+    """pi_old of one batch: its log-probs under the weights that sampled it, before this step's updates.
+
+    Built by :meth:`Trainer.pi_old`, which decides where it comes from: a no-grad forward before the updates
+    (``before``, which the loss may anchor on), or, with one update per batch that the loss does not anchor on
+    pi_old, that update's own forward, which runs on exactly those weights (no extra pass)."""
+
+    before: torch.Tensor | None  # [N, T] from the forward before the updates; None: not computed
+    from_update: bool
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """What a mini-batch's update gets as ``old_log_prob``: its rows of the forward before the updates."""
+        return None if self.before is None else self.before[rows]
+
+    def after(self, log_prob: torch.Tensor) -> torch.Tensor | None:
+        """pi_old [N, T] once the updates ran, given ``log_prob`` [N, T], pi at each row's update (batch order)."""
+        return log_prob if self.from_update else self.before
 
 
 class Trainer:
@@ -91,7 +111,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_updates))
         self.behavior = build_behavior(config, self.policy)  # native copy (precision, lag) or vLLM (hf: models)
         self.device = next(self.model.parameters()).device  # cpu, or where an hf: model was put (model.device)
-        self.top_k_logprobs = config.top_k_logprobs
         if config.rollout.top_p < 1:
             warnings.warn(TOP_P_WARNING.format(top_p=config.rollout.top_p), stacklevel=2)
         # LoRA adapters stay float32 under peft, so only full fine-tuning trains bf16 weights
@@ -113,74 +132,87 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.config
         examples = self.next_examples()
-
         start = time.perf_counter()
-        batch = self.behavior.generate(
-            [self.policy.encode_prompt(ex) for ex in examples], group_size=cfg.rollout.group_size,
-            max_new_tokens=self.task.max_response_len, temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p, top_k_logprobs=self.top_k_logprobs, generator=self.sampler,
-            eos_id=self.policy.tokenizer.eos_id, pad_id=self.policy.tokenizer.pad_id,
-            ignore_eos=cfg.rollout.ignore_eos, stop=self.policy.stopper())
+        batch = self.rollout(examples)
         rollout_s = time.perf_counter() - start
-
-        completions = self.policy.decode_responses(batch)
-        completion_ids = [ids[:int(n)] for ids, n in zip(batch.response_ids.tolist(), batch.response_mask.sum(-1),
-                                                         strict=True)]
-        scores = self.task.score(completions, [examples[int(g)] for g in batch.group_index], completion_ids)
+        scores = self.score(examples, batch)
         rewards = torch.tensor(scores.rewards, device=self.device)  # [N] NaN: no reward applies (advantage 0)
         verifier_errors = self.task.verifier_errors(len(rewards))  # raises when most rewards failed
         advantages = group_advantages(rewards, batch.group_index, cfg.advantage.estimator,
                                       cfg.advantage.std_normalize)  # [N]
 
         start = time.perf_counter()
-        old_log_prob = None
         metrics: dict[str, float] = {}
         if self.delta_tracker is not None:  # this step's boundary, from the mismatch of the steps before it
             self.loss = self.delta_tracker.apply(self.loss)
             metrics["loss/delta"] = boundary(self.loss)
-        # With one update per batch that the loss does not anchor on pi_old, the update's own forward runs on the
-        # weights that would be recomputed: pi_old comes from it for free instead of from a separate forward.
-        pi_old_from_update = (cfg.recompute_old_log_prob and cfg.updates_per_batch == 1
-                              and self.loss.hyper.anchor != "recompute")
-        if not pi_old_from_update and (cfg.recompute_old_log_prob or self.loss.hyper.anchor == "recompute"):
-            with torch.no_grad(), self.trainer_numerics():
-                old_log_prob = self.policy.log_probs(batch, cfg.rollout.temperature).log_prob  # [N, T] pi_old
-
-        minibatches = list(self.minibatches(batch))
-        updates = [self.update(mb, advantages[rows], None if old_log_prob is None else old_log_prob[rows],
-                               diagnose=cfg.diagnose_pull and i == 0)  # one update per step: 2 extra backwards
-                   for i, (rows, mb) in enumerate(minibatches)]
+        pi_old = self.pi_old(batch)
+        updates = [(rows, self.update(mini_batch, advantages[rows], pi_old.rows(rows),
+                                      diagnose=cfg.diagnose_pull and i == 0))  # once a step: 2 extra backwards
+                   for i, (rows, mini_batch) in enumerate(minibatches(batch, cfg.updates_per_batch, self.sampler))]
         update_s = time.perf_counter() - start
-        if pi_old_from_update:
-            (rows, _), = minibatches
-            old_log_prob = torch.empty_like(batch.rollout_log_prob)  # [N, T]
-            old_log_prob[rows] = updates[0].log_prob  # back from the mini-batch's shuffled row order
+        log_prob = in_batch_order(batch.rollout_log_prob, [(rows, u.log_prob) for rows, u in updates])  # [N, T]
+        old_log_prob = pi_old.after(log_prob)
         if old_log_prob is not None:
             if self.delta_tracker is not None:
                 self.delta_tracker.observe(old_log_prob, batch.rollout_log_prob, batch.response_mask)
             metrics.update(step_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))
-        if self.log_prob_dump is not None:  # mu, pi_old and each mini-batch's pi, before the weights move on
+        if self.log_prob_dump is not None:  # mu, pi_old and each row's pi at its update, policy version of mu
             self.log_prob_dump.write_step(self.step + 1, max(0, self.step - cfg.rollout.lag), batch, advantages,
-                                          old_log_prob, [(rows, u.log_prob) for (rows, _), u in
-                                                         zip(minibatches, updates, strict=True)])
+                                          old_log_prob, log_prob)
         self.behavior.sync(self.model)
 
-        tokens = float(batch.response_mask.sum())
-        metrics.update(mean_of([u.metrics for u in updates]))
-        scored = rewards[~rewards.isnan()]
+        metrics.update(mean_of([u.metrics for _, u in updates]))
         metrics.update(scores.metrics)
+        scored = rewards[~rewards.isnan()]
         metrics.update({
             "reward/mean": scored.mean().item() if len(scored) else math.nan,
             "reward/std": scored.std().item() if len(scored) > 1 else 0.0,
             "reward/verifier_errors": float(verifier_errors),
             "response_length/mean": batch.response_mask.sum(-1).float().mean().item(),
-            "updates/skipped": float(sum(u.skipped for u in updates)),
+            "updates/skipped": float(sum(u.skipped for _, u in updates)),
             "lr": self.scheduler.get_last_lr()[0],
             "time/rollout_s": rollout_s,
             "time/update_s": update_s,
-            "throughput/tokens_per_s": tokens / max(rollout_s + update_s, 1e-9),
+            "throughput/tokens_per_s": float(batch.response_mask.sum()) / max(rollout_s + update_s, 1e-9),
         })
         return metrics
+
+    def next_examples(self) -> list:
+        train = self.task.train
+        picks = self.prompt_rng.choice(len(train), size=self.config.rollout.prompts,
+                                       replace=len(train) < self.config.rollout.prompts)
+        return [train[int(i)] for i in picks]
+
+    def rollout(self, examples: list) -> RolloutBatch:
+        """rollout.group_size responses to each prompt, sampled by the behavior policy mu with its log-probs."""
+        cfg, tokenizer = self.config.rollout, self.policy.tokenizer
+        return self.behavior.generate(
+            [self.policy.encode_prompt(ex) for ex in examples], group_size=cfg.group_size,
+            max_new_tokens=self.task.max_response_len, temperature=cfg.temperature, top_p=cfg.top_p,
+            top_k_logprobs=self.config.top_k_logprobs, generator=self.sampler, eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id, ignore_eos=cfg.ignore_eos, stop=self.policy.stopper())
+
+    def score(self, examples: list, batch: RolloutBatch):
+        """The task's verifier on each response (text and token ids) against its prompt's example: Scores."""
+        lengths = batch.response_mask.sum(-1)  # [N]
+        ids = [row[:int(n)] for row, n in zip(batch.response_ids.tolist(), lengths, strict=True)]
+        return self.task.score(self.policy.decode_responses(batch), [examples[int(g)] for g in batch.group_index], ids)
+
+    def pi_old(self, batch: RolloutBatch) -> PiOld:
+        """Where this batch's pi_old comes from (:class:`PiOld`); the forward before the updates runs here.
+
+        recompute_old_log_prob asks for it (mismatch/* metrics, the adaptive delta, the dump); anchor=recompute
+        losses need it before their updates. With one update per batch and a loss not anchored on it, the
+        update's own forward is on the same weights, so it is read from there instead of a second forward."""
+        cfg = self.config
+        anchored = self.loss.hyper.anchor == "recompute"
+        if cfg.recompute_old_log_prob and cfg.updates_per_batch == 1 and not anchored:
+            return PiOld(None, from_update=True)
+        if not (cfg.recompute_old_log_prob or anchored):
+            return PiOld(None, from_update=False)
+        with torch.no_grad(), self.trainer_numerics():
+            return PiOld(self.policy.log_probs(batch, cfg.rollout.temperature).log_prob, from_update=False)
 
     def trainer_numerics(self) -> torch.autocast:
         """pi's forward (and so its backward): bf16 autocast over the float32 weights with model.autocast=bf16."""
@@ -235,25 +267,6 @@ class Trainer:
         if cfg.model.moe:
             metrics["loss/moe_aux"] = moe_aux.item()  # 1.0 when routing is balanced
         return UpdateResult(metrics, skipped, forward.log_prob.detach())
-
-    def next_examples(self) -> list:
-        train = self.task.train
-        picks = self.prompt_rng.choice(len(train), size=self.config.rollout.prompts,
-                                       replace=len(train) < self.config.rollout.prompts)
-        return [train[int(i)] for i in picks]
-
-    def minibatches(self, batch: RolloutBatch):
-        """Exactly updates_per_batch disjoint mini-batches of whole rows, in a seeded random order.
-
-        Their sizes differ by at most one row (tensor_split; torch.chunk would cut 6 rows into 3 pieces of 2
-        for 4 updates, while the learning-rate schedule counts steps x updates_per_batch).
-        """
-        count = self.config.updates_per_batch
-        if len(batch) < count:
-            raise ValueError(f"updates_per_batch={count} mini-batches cannot be cut from {len(batch)} responses")
-        order = torch.randperm(len(batch), generator=self.sampler, device=self.device)
-        for rows in order.tensor_split(count):
-            yield rows, batch.select(rows)
 
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -373,6 +386,28 @@ class Trainer:
             print(f"interrupted at step {self.step}: checkpoint {path}; continue with "
                   f"`drpo train resume={self.run_dir}`")
         return write_summary(self, time.perf_counter() - started, interrupted)
+
+
+def minibatches(batch: RolloutBatch, count: int, generator: torch.Generator) -> list[tuple[torch.Tensor, RolloutBatch]]:
+    """Exactly ``count`` disjoint mini-batches (rows [n], the rows' batch) of whole rows, in a random order drawn
+    from ``generator``.
+
+    Their sizes differ by at most one row (tensor_split; torch.chunk would cut 6 rows into 3 pieces of 2
+    for 4 updates, while the learning-rate schedule counts steps x updates_per_batch).
+    """
+    if len(batch) < count:
+        raise ValueError(f"updates_per_batch={count} mini-batches cannot be cut from {len(batch)} responses")
+    order = torch.randperm(len(batch), generator=generator, device=generator.device)
+    return [(rows, batch.select(rows)) for rows in order.tensor_split(count)]
+
+
+def in_batch_order(like: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """[N, T] (dtype and shape of ``like``) from the (rows [n], values [n, T]) of shuffled mini-batches, each row
+    back at its place in the batch; rows no part holds are 0."""
+    out = torch.zeros_like(like)
+    for rows, values in parts:
+        out[rows] = values.detach().to(out.dtype)
+    return out
 
 
 def lr_lambda(config: RunConfig, total_updates: int):
