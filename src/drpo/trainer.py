@@ -5,42 +5,36 @@
     -> sync weights to the behavior policy (possibly lagged) -> metrics
 
 Where the numbers come from: mu log-probs are recorded by the sampler (drpo/rollout.py) from the
-distribution it sampled; pi log-probs are recomputed here by the trainer's model in fp32.
+distribution it sampled; pi log-probs are recomputed here by the trainer's model in fp32. Around the step:
+evaluation (drpo/evaluation.py), the optimizer and its schedule (drpo/optim.py), checkpoints and resuming
+(drpo/checkpoint.py), the progress display and stop signals (drpo/display.py), summary.json (drpo/summary.py).
 """
 
 from __future__ import annotations
 
 import math
 import random
-import signal
-import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from drpo.adaptive import DeltaTracker, boundary
 from drpo.advantages import group_advantages
-from drpo.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
-from drpo.config import RunConfig, check_out, check_resume
+from drpo.checkpoint import global_rng_state, resume_state, save_checkpoint, set_global_rng_state
+from drpo.config import RunConfig, check_out
 from drpo.diagnostics import pull_gradient_norms
+from drpo.display import StopRequests, progress_display
+from drpo.evaluation import evaluate
 from drpo.losses import aggregate
 from drpo.metrics import MetricsLogger, mean_of
 from drpo.mismatch.dump import TrainerDump
 from drpo.mismatch.stats import step_metrics
 from drpo.models.policy import Policy
+from drpo.optim import build_optimizer
 from drpo.policy import build_behavior, build_policy
 from drpo.rollout import RolloutBatch
 
@@ -103,12 +97,7 @@ class Trainer:
         self.task = self.policy.task
         self.loss = config.loss.build()
         self.horizon = config.loss.horizon or self.task.max_response_len
-        # fused: one pass over each parameter's weight, gradient and moments instead of a dozen foreach passes
-        # (SmolLM2-135M: 0.17 s against 0.83 s of CPU per step, and the recipe steps 4 times per batch)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
-                                           weight_decay=config.optim.weight_decay, fused=True)
-        total_updates = max(1, config.steps * config.updates_per_batch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_updates))
+        self.optimizer, self.scheduler = build_optimizer(self.model, config)
         self.behavior = build_behavior(config, self.policy)  # native copy (precision, lag) or vLLM (hf: models)
         self.device = next(self.model.parameters()).device  # cpu, or where an hf: model was put (model.device)
         if config.rollout.top_p < 1:
@@ -120,7 +109,6 @@ class Trainer:
         self.prompt_rng = np.random.default_rng(config.seed)  # which training prompts each step sees
         self.step = 0
         self.bad_steps = 0
-        self.stop_requested = False
         self.log_prob_dump: TrainerDump | None = None  # OUT/log_probs.jsonl when dump_log_probs (set by train)
         self.start_accuracy: float | None = None
         self.best_accuracy: float | None = None
@@ -268,25 +256,8 @@ class Trainer:
             metrics["loss/moe_aux"] = moe_aux.item()  # 1.0 when routing is balanced
         return UpdateResult(metrics, skipped, forward.log_prob.detach())
 
-    # ----------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Greedy accuracy on held-out prompts, and mean accuracy of k samples at the rollout temperature."""
-        cfg = self.config.eval
-        examples = self.task.eval[: cfg.prompts]
-        greedy_acc = self.policy.greedy_accuracy(examples)
-        if cfg.samples == 0:
-            return {"eval/accuracy": greedy_acc, "eval/prompts": len(examples)}
-        prompts = [self.policy.encode_prompt(ex) for ex in examples]
-        generator = torch.Generator(self.device).manual_seed(self.config.seed + 10**6 + self.step)  # not training's
-        sampled = self.policy.generate_text(prompts, cfg.samples, self.task.max_response_len,
-                                            self.config.rollout.temperature, generator)
-        sampled_acc = float(np.nanmean(self.task.score(sampled, [examples[i // cfg.samples]
-                                                                 for i in range(len(sampled))]).rewards))
-        self.task.verifier_errors(len(sampled))  # raises when most failed; a few count as wrong answers here
-        # the sampled accuracy is avg@k (mean over k samples per problem), as in AIME avg@16 reports
-        return {"eval/accuracy": greedy_acc, "eval/sampled_accuracy": sampled_acc, f"eval/avg@{cfg.samples}": sampled_acc,
-                "eval/prompts": len(examples)}  # fewer than eval.prompts when the eval split is smaller
+        return evaluate(self.policy, self.config, self.step)
 
     # ----------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
@@ -317,40 +288,14 @@ class Trainer:
     def checkpoint(self) -> Path:
         return save_checkpoint(self.run_dir / "checkpoints", self.state())
 
-    @contextmanager
-    def _stop_requests(self):
-        """Ctrl-C or SIGTERM ends the run after the current step, so the checkpoint is always of a whole step.
-
-        A second Ctrl-C stops at once (without a new checkpoint: the last periodic one stays valid).
-        """
-
-        def request_stop(signum, frame):
-            if self.stop_requested and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.stop_requested = True
-
-        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-            yield
-            return
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
     # ----------------------------------------------------------------------------- the loop
     def train(self, console=None) -> dict:
         """Run until config.steps, evaluating, logging and checkpointing; returns summary.json's content."""
-        from drpo.summary import write_summary
-
         cfg = self.config
         resume_step = None
         check_out(cfg)
         if cfg.resume:  # before config.yaml is written: a refused resume leaves the run directory as it was
-            state = load_checkpoint(Path(cfg.resume) / "checkpoints")
-            check_resume(state["config"], cfg)
-            self.load_state(state)
+            self.load_state(resume_state(cfg))
             resume_step = self.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -360,32 +305,37 @@ class Trainer:
                                              f"{cfg.rollout.lag}", resume_step)
         started = time.perf_counter()
         try:
-            with _progress(console) as progress, self._stop_requests():
-                task = progress.add_task("RL", total=cfg.steps, completed=self.step, status="")
+            with progress_display(console, cfg.steps, self.step) as show, StopRequests() as stop:
                 if self.step == 0:
                     first = {"step": 0, **self.evaluate()}
                     self.start_accuracy = self.best_accuracy = first["eval/accuracy"]
                     logger.log(first)
-                while self.step < cfg.steps and not self.stop_requested:
+                while self.step < cfg.steps and not stop.requested:
                     metrics = self.train_step()
                     self.step += 1
                     if cfg.eval.due(self.step, cfg.steps):
                         metrics.update(self.evaluate())
                         self.best_accuracy = max(self.best_accuracy, metrics["eval/accuracy"])
                     logger.log({"step": self.step, **metrics})
-                    progress.update(task, completed=self.step, status=_status(metrics, self.best_accuracy))
-                    if console is not None and not console.is_terminal and "eval/accuracy" in metrics:
-                        console.print(f"step {self.step}/{cfg.steps}  {_status(metrics, self.best_accuracy)}")
+                    show(self.step, metrics, self.best_accuracy)
                     if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                         self.checkpoint()
         finally:
             logger.close()
-        interrupted = self.stop_requested and self.step < cfg.steps
+        interrupted = stop.requested and self.step < cfg.steps
         path = self.checkpoint()
         if interrupted:
             print(f"interrupted at step {self.step}: checkpoint {path}; continue with "
                   f"`drpo train resume={self.run_dir}`")
-        return write_summary(self, time.perf_counter() - started, interrupted)
+        return self.summary(started, interrupted=interrupted)
+
+    def summary(self, started: float, interrupted: bool) -> dict:
+        from drpo.summary import write_summary  # matplotlib: imported when a run ends, not with the trainer
+
+        return write_summary(self.run_dir, loss=self.loss, steps=self.step, steps_planned=self.config.steps,
+                             start_accuracy=self.start_accuracy, best_accuracy=self.best_accuracy,
+                             wall_s=time.perf_counter() - started, base_model=self.policy.base_info,
+                             interrupted=interrupted)
 
 
 def minibatches(batch: RolloutBatch, count: int, generator: torch.Generator) -> list[tuple[torch.Tensor, RolloutBatch]]:
@@ -410,44 +360,7 @@ def in_batch_order(like: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Ten
     return out
 
 
-def lr_lambda(config: RunConfig, total_updates: int):
-    warmup, schedule = config.optim.warmup_steps, config.optim.schedule
-
-    def factor(update: int) -> float:
-        if update < warmup:
-            return (update + 1) / warmup
-        if schedule == "cosine":
-            progress = (update - warmup) / max(1, total_updates - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return factor
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _status(metrics: dict, best: float | None) -> str:
-    parts = [f"reward {metrics['reward/mean']:.3f}"]
-    if "eval/accuracy" in metrics:
-        parts.append(f"eval {metrics['eval/accuracy']:.3f}")
-    if best is not None:
-        parts.append(f"best {best:.3f}")
-    if "mismatch/abs_mean" in metrics:
-        parts.append(f"|pi-mu| {metrics['mismatch/abs_mean']:.2e}")
-    parts.append(f"{metrics['throughput/tokens_per_s']:.0f} tok/s")
-    return "  ".join(parts)
-
-
-@contextmanager
-def _progress(console):
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                        console=console, transient=False)
-    with progress:
-        yield progress
-
-
