@@ -95,6 +95,17 @@ def test_non_finite_loss_skips_the_update_and_stops(tmp_path, monkeypatch):
         trainer.train_step()
 
 
+def test_a_run_stopped_on_non_finite_losses_writes_a_summary_saying_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "aggregate", lambda *args, **kwargs: torch.tensor(float("nan")))
+    config = load_config(None, [*TINY, *CHEAP, f"out={tmp_path}", "steps=5", "max_bad_steps=2", "updates_per_batch=1"])
+    with pytest.raises(NonFiniteError):
+        Trainer(config).train()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped"].startswith("non-finite loss: 2 updates in a row") and not summary["interrupted"]
+    assert summary["steps"] == 1 and summary["steps_planned"] == 5  # step 2 raised: not logged, not counted
+    assert summary["eval/accuracy_start"] == read_metrics(tmp_path)[0]["eval/accuracy"]
+
+
 def test_cli_train_and_config_error(tmp_path, capsys):
     assert main(["train", *TINY, "steps=2", f"out={tmp_path / 'cli'}"]) == 0
     assert (tmp_path / "cli" / "summary.json").exists()

@@ -290,7 +290,9 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- the loop
     def train(self, console=None) -> dict:
-        """Run until config.steps, evaluating, logging and checkpointing; returns summary.json's content."""
+        """Run until config.steps, evaluating, logging and checkpointing; returns summary.json's content.
+
+        Stopped on non-finite losses (NonFiniteError), the run still gets its summary.json, saying so."""
         cfg = self.config
         resume_step = None
         check_out(cfg)
@@ -320,6 +322,9 @@ class Trainer:
                     show(self.step, metrics, self.best_accuracy)
                     if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                         self.checkpoint()
+        except NonFiniteError as error:  # a finished run: a rerun would stop there again
+            self.summary(started, stopped=f"non-finite loss: {error}")
+            raise
         finally:
             logger.close()
         interrupted = stop.requested and self.step < cfg.steps
@@ -329,13 +334,13 @@ class Trainer:
                   f"`drpo train resume={self.run_dir}`")
         return self.summary(started, interrupted=interrupted)
 
-    def summary(self, started: float, interrupted: bool) -> dict:
+    def summary(self, started: float, interrupted: bool = False, stopped: str | None = None) -> dict:
         from drpo.summary import write_summary  # matplotlib: imported when a run ends, not with the trainer
 
         return write_summary(self.run_dir, loss=self.loss, steps=self.step, steps_planned=self.config.steps,
                              start_accuracy=self.start_accuracy, best_accuracy=self.best_accuracy,
                              wall_s=time.perf_counter() - started, base_model=self.policy.base_info,
-                             interrupted=interrupted)
+                             interrupted=interrupted, stopped=stopped)
 
 
 def minibatches(batch: RolloutBatch, count: int, generator: torch.Generator) -> list[tuple[torch.Tensor, RolloutBatch]]:
