@@ -16,17 +16,27 @@ from drpo.config import ConfigError, load_config
 from drpo.losses import DRPO_DELTA
 from drpo.metrics import TIMING_PREFIXES, read_metrics
 from drpo.policy import build_policy
+from drpo.tasks import Arith
 from drpo.trainer import NonFiniteError, Trainer, in_batch_order, minibatches
 
 # the default base model (small, 2-digit addition, ~30 s of warm-up to 30% accuracy, cached for the session) with small batches
 TINY = ["rollout.prompts=8", "rollout.group_size=4", "eval.prompts=32", "eval.samples=2", "eval.every=4",
         "tensorboard=false"]
+# for what needs no competent model (determinism, resuming, guards, plumbing): the tiny model, no warm-up
+CHEAP = ["model=tiny", "warmup.steps=0", "warmup.target_accuracy=null", "eval.prompts=8", "rollout.prompts=4"]
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     # one base-model cache for the whole session: later tests reuse the first warm-up
     monkeypatch.setenv("DRPO_CACHE", str(tmp_path_factory.getbasetemp() / "drpo-cache"))
+
+
+@pytest.fixture
+def parity_reward(monkeypatch):
+    """arith rewarded by the parity of the response's length, which a model without warm-up earns about half the
+    time (the sum, almost never): real advantages, so the updates move the weights and the optimizer's state."""
+    monkeypatch.setattr(Arith, "reward", lambda self, completion, example: float(len(completion) % 2))
 
 
 def run(tmp_path, *overrides, name="run"):
@@ -58,14 +68,15 @@ def test_short_run_learns_and_writes_the_run_directory(tmp_path):
     assert records[1]["mismatch/abs_mean"] < 1e-5  # fp32 rollout: mu is what the trainer recomputes
 
 
-def test_same_seed_same_metrics(tmp_path):
-    _, first = run(tmp_path, "steps=4", "updates_per_batch=2", name="a")
-    _, second = run(tmp_path, "steps=4", "updates_per_batch=2", name="b")
+def test_same_seed_same_metrics(tmp_path, parity_reward):
+    _, first = run(tmp_path, *CHEAP, "steps=4", "updates_per_batch=2", name="a")
+    _, second = run(tmp_path, *CHEAP, "steps=4", "updates_per_batch=2", name="b")
     assert comparable(first) == comparable(second)
+    assert all(r["grad_norm"] > 0 for r in first[1:])  # every step updated the weights: no trivial equality
 
 
-def test_interrupt_then_resume_equals_uninterrupted(tmp_path):
-    args = ("steps=6", "rollout.lag=1", "updates_per_batch=2", "checkpoint_every=2", "rollout.precision=bf16")
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, parity_reward):
+    args = (*CHEAP, "steps=6", "rollout.lag=1", "updates_per_batch=2", "checkpoint_every=2", "rollout.precision=bf16")
     _, full = run(tmp_path, *args, name="full")
 
     trainer = Trainer(load_config(None, [*TINY, f"out={tmp_path / 'part'}", *args]))
@@ -81,10 +92,12 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path):
     resumed = load_config(None, [*TINY, f"out={tmp_path / 'part'}", *args, f"resume={tmp_path / 'part'}"])
     Trainer(resumed).train()
     assert comparable(read_metrics(tmp_path / "part")) == comparable(full)
+    assert all(r["grad_norm"] > 0 for r in full[1:])  # every step updated the weights
 
 
 def test_non_finite_loss_skips_the_update_and_stops(tmp_path, monkeypatch):
-    config = load_config(None, [*TINY, f"out={tmp_path / 'nan'}", "steps=5", "max_bad_steps=2", "updates_per_batch=1"])
+    config = load_config(None, [*TINY, *CHEAP, f"out={tmp_path / 'nan'}", "steps=5", "max_bad_steps=2",
+                                "updates_per_batch=1"])
     trainer = Trainer(config)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     monkeypatch.setattr(trainer_module, "aggregate", lambda *args, **kwargs: torch.tensor(float("nan")))
@@ -107,7 +120,7 @@ def test_a_run_stopped_on_non_finite_losses_writes_a_summary_saying_so(tmp_path,
 
 
 def test_cli_train_and_config_error(tmp_path, capsys):
-    assert main(["train", *TINY, "steps=2", f"out={tmp_path / 'cli'}"]) == 0
+    assert main(["train", *TINY, *CHEAP, "steps=2", f"out={tmp_path / 'cli'}"]) == 0
     assert (tmp_path / "cli" / "summary.json").exists()
     assert main(["train", "rollout.precision=fp4"]) == 2
     assert "'rollout.precision' got 'fp4'" in capsys.readouterr().err
@@ -170,7 +183,7 @@ def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_r
     from drpo.mismatch.stats import step_metrics
     from drpo.rollout import sequence_log_probs
 
-    config = load_config(None, [*TINY, f"out={tmp_path}", "rollout.precision=bf16",
+    config = load_config(None, [*TINY, *CHEAP, f"out={tmp_path}", "rollout.precision=bf16",
                                 f"updates_per_batch={updates_per_batch}"])
     trainer = Trainer(config)
     before = copy.deepcopy(trainer.model)
@@ -187,9 +200,6 @@ def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_r
     assert expected["mismatch/abs_mean"] > 0
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-
-
-CHEAP = ["model=tiny", "warmup.steps=2", "warmup.target_accuracy=null", "eval.prompts=8", "rollout.prompts=4"]
 
 
 def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path):
@@ -257,22 +267,22 @@ def test_framework_baselines_train_on_pi_old_and_mu(tmp_path, loss):
 
 
 def test_resume_into_a_new_directory_carries_the_start_and_best_accuracy(tmp_path):
-    run(tmp_path, "steps=2", name="first")
+    run(tmp_path, *CHEAP, "steps=2", name="first")
     checkpoint = tmp_path / "first" / "checkpoints" / "latest.pt"
     state = torch.load(checkpoint, weights_only=True)
     state["start_accuracy"], state["best_accuracy"] = 0.0123, 0.987  # values no evaluation of this model gives
     torch.save(state, checkpoint)
-    summary, records = run(tmp_path, "steps=3", f"resume={tmp_path / 'first'}", name="second")
+    summary, records = run(tmp_path, *CHEAP, "steps=3", f"resume={tmp_path / 'first'}", name="second")
     assert records[0]["step"] == 3  # the new directory holds only the steps it ran
     assert summary["eval/accuracy_start"] == 0.0123
     assert summary["eval/accuracy_best"] == 0.987
 
 
 def test_a_new_run_into_a_directory_holding_a_run_is_refused(tmp_path, capsys):
-    run(tmp_path, "steps=1", name="old")
+    run(tmp_path, *CHEAP, "steps=1", name="old")
     metrics = (tmp_path / "old" / "metrics.jsonl").read_text()
     with pytest.raises(ConfigError, match=r"out=.*old already holds a run.*resume=.*old.*out=DIR"):
-        run(tmp_path, "steps=1", name="old")
+        run(tmp_path, *CHEAP, "steps=1", name="old")
     assert main(["train", *TINY, "steps=1", f"out={tmp_path / 'old'}"]) == 2  # refused before any model is built
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "old" / "metrics.jsonl").read_text() == metrics  # left as it was
