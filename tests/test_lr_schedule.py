@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from drpo.config import load_config
-from drpo.trainer import lr_lambda
+from drpo.optim import lr_lambda
 
 
 def factors(warmup: int, schedule: str, total: int, updates) -> list[float]:
     config = load_config(None, [f"optim.warmup_steps={warmup}", f"optim.schedule={schedule}"])
-    factor = lr_lambda(config, total)
+    factor = lr_lambda(config.optim, total)
     return [factor(u) for u in updates]
 
 
@@ -37,12 +37,12 @@ def test_a_resumed_run_asked_for_more_steps_stretches_the_rest_of_the_cosine():
     the rate continues from where the run stopped along the longer cosine, not the old one."""
     config = load_config(None, ["optim.warmup_steps=0", "optim.schedule=cosine"])
     param = torch.nn.Parameter(torch.zeros(1))
-    first = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([param], lr=1.0), lr_lambda(config, 10))
+    first = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([param], lr=1.0), lr_lambda(config.optim, 10))
     for _ in range(6):
         first.optimizer.step()
         first.step()
     assert first.get_last_lr()[0] == pytest.approx(0.5 * (1 + math.cos(math.pi * 6 / 10)))
-    resumed = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([param], lr=1.0), lr_lambda(config, 20))
+    resumed = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([param], lr=1.0), lr_lambda(config.optim, 20))
     resumed.load_state_dict(first.state_dict())
     resumed.optimizer.step()
     resumed.step()

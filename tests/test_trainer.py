@@ -16,17 +16,27 @@ from drpo.config import ConfigError, load_config
 from drpo.losses import DRPO_DELTA
 from drpo.metrics import TIMING_PREFIXES, read_metrics
 from drpo.policy import build_policy
-from drpo.trainer import NonFiniteError, Trainer
+from drpo.tasks import Arith
+from drpo.trainer import NonFiniteError, Trainer, in_batch_order, minibatches
 
 # the default base model (small, 2-digit addition, ~30 s of warm-up to 30% accuracy, cached for the session) with small batches
 TINY = ["rollout.prompts=8", "rollout.group_size=4", "eval.prompts=32", "eval.samples=2", "eval.every=4",
         "tensorboard=false"]
+# for what needs no competent model (determinism, resuming, guards, plumbing): the tiny model, no warm-up
+CHEAP = ["model=tiny", "warmup.steps=0", "warmup.target_accuracy=null", "eval.prompts=8", "rollout.prompts=4"]
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     # one base-model cache for the whole session: later tests reuse the first warm-up
     monkeypatch.setenv("DRPO_CACHE", str(tmp_path_factory.getbasetemp() / "drpo-cache"))
+
+
+@pytest.fixture
+def parity_reward(monkeypatch):
+    """arith rewarded by the parity of the response's length, which a model without warm-up earns about half the
+    time (the sum, almost never): real advantages, so the updates move the weights and the optimizer's state."""
+    monkeypatch.setattr(Arith, "reward", lambda self, completion, example: float(len(completion) % 2))
 
 
 def run(tmp_path, *overrides, name="run"):
@@ -58,14 +68,15 @@ def test_short_run_learns_and_writes_the_run_directory(tmp_path):
     assert records[1]["mismatch/abs_mean"] < 1e-5  # fp32 rollout: mu is what the trainer recomputes
 
 
-def test_same_seed_same_metrics(tmp_path):
-    _, first = run(tmp_path, "steps=4", "updates_per_batch=2", name="a")
-    _, second = run(tmp_path, "steps=4", "updates_per_batch=2", name="b")
+def test_same_seed_same_metrics(tmp_path, parity_reward):
+    _, first = run(tmp_path, *CHEAP, "steps=4", "updates_per_batch=2", name="a")
+    _, second = run(tmp_path, *CHEAP, "steps=4", "updates_per_batch=2", name="b")
     assert comparable(first) == comparable(second)
+    assert all(r["grad_norm"] > 0 for r in first[1:])  # every step updated the weights: no trivial equality
 
 
-def test_interrupt_then_resume_equals_uninterrupted(tmp_path):
-    args = ("steps=6", "rollout.lag=1", "updates_per_batch=2", "checkpoint_every=2", "rollout.precision=bf16")
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, parity_reward):
+    args = (*CHEAP, "steps=6", "rollout.lag=1", "updates_per_batch=2", "checkpoint_every=2", "rollout.precision=bf16")
     _, full = run(tmp_path, *args, name="full")
 
     trainer = Trainer(load_config(None, [*TINY, f"out={tmp_path / 'part'}", *args]))
@@ -81,10 +92,12 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path):
     resumed = load_config(None, [*TINY, f"out={tmp_path / 'part'}", *args, f"resume={tmp_path / 'part'}"])
     Trainer(resumed).train()
     assert comparable(read_metrics(tmp_path / "part")) == comparable(full)
+    assert all(r["grad_norm"] > 0 for r in full[1:])  # every step updated the weights
 
 
 def test_non_finite_loss_skips_the_update_and_stops(tmp_path, monkeypatch):
-    config = load_config(None, [*TINY, f"out={tmp_path / 'nan'}", "steps=5", "max_bad_steps=2", "updates_per_batch=1"])
+    config = load_config(None, [*TINY, *CHEAP, f"out={tmp_path / 'nan'}", "steps=5", "max_bad_steps=2",
+                                "updates_per_batch=1"])
     trainer = Trainer(config)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     monkeypatch.setattr(trainer_module, "aggregate", lambda *args, **kwargs: torch.tensor(float("nan")))
@@ -95,8 +108,19 @@ def test_non_finite_loss_skips_the_update_and_stops(tmp_path, monkeypatch):
         trainer.train_step()
 
 
+def test_a_run_stopped_on_non_finite_losses_writes_a_summary_saying_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "aggregate", lambda *args, **kwargs: torch.tensor(float("nan")))
+    config = load_config(None, [*TINY, *CHEAP, f"out={tmp_path}", "steps=5", "max_bad_steps=2", "updates_per_batch=1"])
+    with pytest.raises(NonFiniteError):
+        Trainer(config).train()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped"].startswith("non-finite loss: 2 updates in a row") and not summary["interrupted"]
+    assert summary["steps"] == 1 and summary["steps_planned"] == 5  # step 2 raised: not logged, not counted
+    assert summary["eval/accuracy_start"] == read_metrics(tmp_path)[0]["eval/accuracy"]
+
+
 def test_cli_train_and_config_error(tmp_path, capsys):
-    assert main(["train", *TINY, "steps=2", f"out={tmp_path / 'cli'}"]) == 0
+    assert main(["train", *TINY, *CHEAP, "steps=2", f"out={tmp_path / 'cli'}"]) == 0
     assert (tmp_path / "cli" / "summary.json").exists()
     assert main(["train", "rollout.precision=fp4"]) == 2
     assert "'rollout.precision' got 'fp4'" in capsys.readouterr().err
@@ -128,21 +152,26 @@ def test_default_base_model_is_right_sometimes_far_from_always():
 
 def test_minibatches_are_exactly_updates_per_batch():
     """6 rows into 4 updates: torch.chunk gave 3 pieces of 2, the schedule counts 4 optimizer steps."""
-    from types import SimpleNamespace
-
     from drpo.rollout import make_batch
 
     batch = make_batch([[1, 2]] * 6, [[3]] * 6, pad_id=0)
-    fake = SimpleNamespace(config=SimpleNamespace(updates_per_batch=4), sampler=torch.Generator().manual_seed(0),
-                           device=torch.device("cpu"))
-    pieces = [rows.tolist() for rows, _ in Trainer.minibatches(fake, batch)]
-    assert len(pieces) == 4 and sorted(len(p) for p in pieces) == [1, 1, 2, 2]
-    assert sorted(sum(pieces, [])) == list(range(6))
-    fake.config.updates_per_batch = 7
+    pieces = minibatches(batch, 4, torch.Generator().manual_seed(0))
+    assert len(pieces) == 4 and sorted(len(rows) for rows, _ in pieces) == [1, 1, 2, 2]
+    assert sorted(torch.cat([rows for rows, _ in pieces]).tolist()) == list(range(6))
+    for rows, piece in pieces:  # each mini-batch holds its rows of the batch
+        assert torch.equal(piece.response_ids, batch.response_ids[rows])
+    again = minibatches(batch, 4, torch.Generator().manual_seed(0))
+    assert [rows.tolist() for rows, _ in again] == [rows.tolist() for rows, _ in pieces]  # the generator's order
     with pytest.raises(ValueError, match="7 mini-batches cannot be cut from 6 responses"):
-        list(Trainer.minibatches(fake, batch))
+        minibatches(batch, 7, torch.Generator())
     with pytest.raises(ConfigError, match=r"updates_per_batch=8 mini-batches cannot be cut from 6 .* 3 x 2"):
         load_config(None, ["rollout.prompts=3", "rollout.group_size=2", "updates_per_batch=8"])
+
+
+def test_in_batch_order_puts_each_mini_batch_row_back():
+    like = torch.zeros(4, 2)
+    parts = [(torch.tensor([2, 0]), torch.tensor([[2.0, 2.5], [0.0, 0.5]])), (torch.tensor([3]), torch.tensor([[3.0, 3.5]]))]
+    assert in_batch_order(like, parts).tolist() == [[0.0, 0.5], [0.0, 0.0], [2.0, 2.5], [3.0, 3.5]]  # row 1: no part
 
 
 @pytest.mark.parametrize("updates_per_batch", [1, 2])
@@ -151,10 +180,10 @@ def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_r
     # more it is recomputed: either way mismatch/* must equal the statistics of the pre-update policy against mu
     import copy
 
-    from drpo.metrics import mismatch_metrics
+    from drpo.mismatch.stats import step_metrics
     from drpo.rollout import sequence_log_probs
 
-    config = load_config(None, [*TINY, f"out={tmp_path}", "rollout.precision=bf16",
+    config = load_config(None, [*TINY, *CHEAP, f"out={tmp_path}", "rollout.precision=bf16",
                                 f"updates_per_batch={updates_per_batch}"])
     trainer = Trainer(config)
     before = copy.deepcopy(trainer.model)
@@ -167,13 +196,10 @@ def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_r
     (batch,) = batches
     with torch.no_grad():
         pi_old = sequence_log_probs(before, batch).log_prob
-    expected = mismatch_metrics(pi_old, batch.rollout_log_prob, batch.response_mask)
+    expected = step_metrics(pi_old, batch.rollout_log_prob, batch.response_mask)
     assert expected["mismatch/abs_mean"] > 0
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-
-
-CHEAP = ["model=tiny", "warmup.steps=2", "warmup.target_accuracy=null", "eval.prompts=8", "rollout.prompts=4"]
 
 
 def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path):
@@ -241,22 +267,22 @@ def test_framework_baselines_train_on_pi_old_and_mu(tmp_path, loss):
 
 
 def test_resume_into_a_new_directory_carries_the_start_and_best_accuracy(tmp_path):
-    run(tmp_path, "steps=2", name="first")
+    run(tmp_path, *CHEAP, "steps=2", name="first")
     checkpoint = tmp_path / "first" / "checkpoints" / "latest.pt"
     state = torch.load(checkpoint, weights_only=True)
     state["start_accuracy"], state["best_accuracy"] = 0.0123, 0.987  # values no evaluation of this model gives
     torch.save(state, checkpoint)
-    summary, records = run(tmp_path, "steps=3", f"resume={tmp_path / 'first'}", name="second")
+    summary, records = run(tmp_path, *CHEAP, "steps=3", f"resume={tmp_path / 'first'}", name="second")
     assert records[0]["step"] == 3  # the new directory holds only the steps it ran
     assert summary["eval/accuracy_start"] == 0.0123
     assert summary["eval/accuracy_best"] == 0.987
 
 
 def test_a_new_run_into_a_directory_holding_a_run_is_refused(tmp_path, capsys):
-    run(tmp_path, "steps=1", name="old")
+    run(tmp_path, *CHEAP, "steps=1", name="old")
     metrics = (tmp_path / "old" / "metrics.jsonl").read_text()
     with pytest.raises(ConfigError, match=r"out=.*old already holds a run.*resume=.*old.*out=DIR"):
-        run(tmp_path, "steps=1", name="old")
+        run(tmp_path, *CHEAP, "steps=1", name="old")
     assert main(["train", *TINY, "steps=1", f"out={tmp_path / 'old'}"]) == 2  # refused before any model is built
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "old" / "metrics.jsonl").read_text() == metrics  # left as it was

@@ -6,7 +6,8 @@ survives a power cut; the previous latest is kept as ``previous.pt``.
 
 A checkpoint holds only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``:
 resuming from a run directory someone else made cannot execute code. RNG states are stored that way too
-(:func:`global_rng_state`). A file of an older drpo, which pickled NumPy's RNG state, is refused with the
+(:func:`global_rng_state`). :func:`resume_state` loads a run's latest checkpoint and checks it against the resumed
+run's config. A file of an older drpo, which pickled NumPy's RNG state, is refused with the
 command that converts it (:func:`upgrade_checkpoint`, for files you trust).
 """
 
@@ -45,6 +46,16 @@ def load_checkpoint(directory: str | Path) -> dict:
             return load_state_file(path)
     raise FileNotFoundError(f"no checkpoint in {directory}: expected {LATEST} (is this a run directory made by "
                             "`drpo train`?)")
+
+
+def resume_state(config) -> dict:
+    """The state a run resumed with ``config`` (``config.resume``: a run directory) continues from, refused before
+    anything is written when the checkpoint was made with other settings (drpo.config.check_resume names them)."""
+    from drpo.config import check_resume
+
+    state = load_checkpoint(Path(config.resume) / "checkpoints")
+    check_resume(state["config"], config)
+    return state
 
 
 def load_state_file(path: str | Path) -> dict:

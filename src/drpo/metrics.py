@@ -2,8 +2,8 @@
 
 Keys that reports and checks rely on:
     step, reward/mean, eval/accuracy, eval/sampled_accuracy, eval/prompts
-    mismatch/abs_mean, mismatch/max, mismatch/min, mismatch/kl      (pi - mu at rollout time)
-    mismatch/abs_p_p99, ...                                          (the tail, drpo.mismatch.stats)
+    mismatch/abs_mean, mismatch/max, mismatch/min, mismatch/kl      (pi_old - mu, drpo.mismatch.stats.step_metrics)
+    mismatch/abs_p_p99, ...                                          (the tail, from the same function)
     loss/weight_mean, loss/weight_min, loss/weight_max, loss/weight_dev (mean |w - 1|),
     loss/masked_frac (w = 0), loss/corrective_frac (w < 0), loss/amplified_frac (w > 1),
     ratio/max, shift/*                                               (from drpo.losses)
@@ -24,28 +24,8 @@ import os
 import warnings
 from pathlib import Path
 
-import torch
-
 # timings differ between two runs of the same seed; everything else must not
 TIMING_PREFIXES = ("time/", "throughput/")
-
-
-@torch.no_grad()
-def mismatch_metrics(log_prob: torch.Tensor, rollout_log_prob: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Training-inference mismatch of the sampled tokens: pi (trainer) vs mu (rollout), same weights.
-
-    mismatch/kl is the sampled-token estimate of KL(mu || pi) = E_mu[log mu - log pi].
-    """
-    valid = mask.bool()
-    if not valid.any():
-        return {}
-    shift = (log_prob.exp() - rollout_log_prob.exp())[valid]  # [N] pi - mu
-    return {
-        "mismatch/abs_mean": shift.abs().mean().item(),
-        "mismatch/max": shift.max().item(),
-        "mismatch/min": shift.min().item(),
-        "mismatch/kl": (rollout_log_prob - log_prob)[valid].mean().item(),
-    }
 
 
 def mean_of(dicts: list[dict[str, float]]) -> dict[str, float]:

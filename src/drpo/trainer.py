@@ -5,42 +5,36 @@
     -> sync weights to the behavior policy (possibly lagged) -> metrics
 
 Where the numbers come from: mu log-probs are recorded by the sampler (drpo/rollout.py) from the
-distribution it sampled; pi log-probs are recomputed here by the trainer's model in fp32.
+distribution it sampled; pi log-probs are recomputed here by the trainer's model in fp32. Around the step:
+evaluation (drpo/evaluation.py), the optimizer and its schedule (drpo/optim.py), checkpoints and resuming
+(drpo/checkpoint.py), the progress display and stop signals (drpo/display.py), summary.json (drpo/summary.py).
 """
 
 from __future__ import annotations
 
 import math
 import random
-import signal
-import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from drpo.adaptive import DeltaTracker, boundary
 from drpo.advantages import group_advantages
-from drpo.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
-from drpo.config import RunConfig, check_out, check_resume
+from drpo.checkpoint import global_rng_state, resume_state, save_checkpoint, set_global_rng_state
+from drpo.config import RunConfig, check_out
 from drpo.diagnostics import pull_gradient_norms
+from drpo.display import StopRequests, progress_display
+from drpo.evaluation import evaluate
 from drpo.losses import aggregate
-from drpo.metrics import MetricsLogger, mean_of, mismatch_metrics
+from drpo.metrics import MetricsLogger, mean_of
 from drpo.mismatch.dump import TrainerDump
 from drpo.mismatch.stats import step_metrics
 from drpo.models.policy import Policy
+from drpo.optim import build_optimizer
 from drpo.policy import build_behavior, build_policy
 from drpo.rollout import RolloutBatch
 
@@ -69,7 +63,27 @@ class NonFiniteError(RuntimeError):
 class UpdateResult:
     metrics: dict[str, float]
     skipped: bool
-    log_prob: torch.Tensor | None = None  # [n, T] log pi at this update, detached (for the log-prob dump)
+    log_prob: torch.Tensor  # [n, T] log pi at this update, detached (pi_old with one update; the log-prob dump)
+
+
+@dataclass
+class PiOld:
+    """pi_old of one batch: its log-probs under the weights that sampled it, before this step's updates.
+
+    Built by :meth:`Trainer.pi_old`, which decides where it comes from: a no-grad forward before the updates
+    (``before``, which the loss may anchor on), or, with one update per batch that the loss does not anchor on
+    pi_old, that update's own forward, which runs on exactly those weights (no extra pass)."""
+
+    before: torch.Tensor | None  # [N, T] from the forward before the updates; None: not computed
+    from_update: bool
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """What a mini-batch's update gets as ``old_log_prob``: its rows of the forward before the updates."""
+        return None if self.before is None else self.before[rows]
+
+    def after(self, log_prob: torch.Tensor) -> torch.Tensor | None:
+        """pi_old [N, T] once the updates ran, given ``log_prob`` [N, T], pi at each row's update (batch order)."""
+        return log_prob if self.from_update else self.before
 
 
 class Trainer:
@@ -83,15 +97,9 @@ class Trainer:
         self.task = self.policy.task
         self.loss = config.loss.build()
         self.horizon = config.loss.horizon or self.task.max_response_len
-        # fused: one pass over each parameter's weight, gradient and moments instead of a dozen foreach passes
-        # (SmolLM2-135M: 0.17 s against 0.83 s of CPU per step, and the recipe steps 4 times per batch)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
-                                           weight_decay=config.optim.weight_decay, fused=True)
-        total_updates = max(1, config.steps * config.updates_per_batch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_updates))
+        self.optimizer, self.scheduler = build_optimizer(self.model, config)
         self.behavior = build_behavior(config, self.policy)  # native copy (precision, lag) or vLLM (hf: models)
         self.device = next(self.model.parameters()).device  # cpu, or where an hf: model was put (model.device)
-        self.top_k_logprobs = config.top_k_logprobs
         if config.rollout.top_p < 1:
             warnings.warn(TOP_P_WARNING.format(top_p=config.rollout.top_p), stacklevel=2)
         # LoRA adapters stay float32 under peft, so only full fine-tuning trains bf16 weights
@@ -101,7 +109,6 @@ class Trainer:
         self.prompt_rng = np.random.default_rng(config.seed)  # which training prompts each step sees
         self.step = 0
         self.bad_steps = 0
-        self.stop_requested = False
         self.log_prob_dump: TrainerDump | None = None  # OUT/log_probs.jsonl when dump_log_probs (set by train)
         self.start_accuracy: float | None = None
         self.best_accuracy: float | None = None
@@ -113,75 +120,87 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.config
         examples = self.next_examples()
-
         start = time.perf_counter()
-        batch = self.behavior.generate(
-            [self.policy.encode_prompt(ex) for ex in examples], group_size=cfg.rollout.group_size,
-            max_new_tokens=self.task.max_response_len, temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p, top_k_logprobs=self.top_k_logprobs, generator=self.sampler,
-            eos_id=self.policy.tokenizer.eos_id, pad_id=self.policy.tokenizer.pad_id,
-            ignore_eos=cfg.rollout.ignore_eos, stop=self.policy.stopper())
+        batch = self.rollout(examples)
         rollout_s = time.perf_counter() - start
-
-        completions = self.policy.decode_responses(batch)
-        completion_ids = [ids[:int(n)] for ids, n in zip(batch.response_ids.tolist(), batch.response_mask.sum(-1),
-                                                         strict=True)]
-        scores = self.task.score(completions, [examples[int(g)] for g in batch.group_index], completion_ids)
+        scores = self.score(examples, batch)
         rewards = torch.tensor(scores.rewards, device=self.device)  # [N] NaN: no reward applies (advantage 0)
         verifier_errors = self.task.verifier_errors(len(rewards))  # raises when most rewards failed
         advantages = group_advantages(rewards, batch.group_index, cfg.advantage.estimator,
                                       cfg.advantage.std_normalize)  # [N]
 
         start = time.perf_counter()
-        old_log_prob = None
         metrics: dict[str, float] = {}
         if self.delta_tracker is not None:  # this step's boundary, from the mismatch of the steps before it
             self.loss = self.delta_tracker.apply(self.loss)
             metrics["loss/delta"] = boundary(self.loss)
-        # With one update per batch that the loss does not anchor on pi_old, the update's own forward runs on the
-        # weights that would be recomputed: pi_old comes from it for free instead of from a separate forward.
-        pi_old_from_update = (cfg.recompute_old_log_prob and cfg.updates_per_batch == 1
-                              and self.loss.hyper.anchor != "recompute")
-        if not pi_old_from_update and (cfg.recompute_old_log_prob or self.loss.hyper.anchor == "recompute"):
-            with torch.no_grad(), self.trainer_numerics():
-                old_log_prob = self.policy.log_probs(batch, cfg.rollout.temperature).log_prob  # [N, T] pi_old
-
-        minibatches = list(self.minibatches(batch))
-        updates = [self.update(mb, advantages[rows], None if old_log_prob is None else old_log_prob[rows],
-                               diagnose=cfg.diagnose_pull and i == 0)  # one update per step: 2 extra backwards
-                   for i, (rows, mb) in enumerate(minibatches)]
+        pi_old = self.pi_old(batch)
+        updates = [(rows, self.update(mini_batch, advantages[rows], pi_old.rows(rows),
+                                      diagnose=cfg.diagnose_pull and i == 0))  # once a step: 2 extra backwards
+                   for i, (rows, mini_batch) in enumerate(minibatches(batch, cfg.updates_per_batch, self.sampler))]
         update_s = time.perf_counter() - start
-        if pi_old_from_update:
-            (rows, _), = minibatches
-            old_log_prob = torch.empty_like(batch.rollout_log_prob)  # [N, T]
-            old_log_prob[rows] = updates[0].log_prob  # back from the mini-batch's shuffled row order
+        log_prob = in_batch_order(batch.rollout_log_prob, [(rows, u.log_prob) for rows, u in updates])  # [N, T]
+        old_log_prob = pi_old.after(log_prob)
         if old_log_prob is not None:
             if self.delta_tracker is not None:
                 self.delta_tracker.observe(old_log_prob, batch.rollout_log_prob, batch.response_mask)
-            metrics.update(mismatch_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))
-            metrics.update(step_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))  # the tail
-        if self.log_prob_dump is not None:  # mu, pi_old and each mini-batch's pi, before the weights move on
+            metrics.update(step_metrics(old_log_prob, batch.rollout_log_prob, batch.response_mask))
+        if self.log_prob_dump is not None:  # mu, pi_old and each row's pi at its update, policy version of mu
             self.log_prob_dump.write_step(self.step + 1, max(0, self.step - cfg.rollout.lag), batch, advantages,
-                                          old_log_prob, [(rows, u.log_prob) for (rows, _), u in
-                                                         zip(minibatches, updates, strict=True)])
+                                          old_log_prob, log_prob)
         self.behavior.sync(self.model)
 
-        tokens = float(batch.response_mask.sum())
-        metrics.update(mean_of([u.metrics for u in updates]))
-        scored = rewards[~rewards.isnan()]
+        metrics.update(mean_of([u.metrics for _, u in updates]))
         metrics.update(scores.metrics)
+        scored = rewards[~rewards.isnan()]
         metrics.update({
             "reward/mean": scored.mean().item() if len(scored) else math.nan,
             "reward/std": scored.std().item() if len(scored) > 1 else 0.0,
             "reward/verifier_errors": float(verifier_errors),
             "response_length/mean": batch.response_mask.sum(-1).float().mean().item(),
-            "updates/skipped": float(sum(u.skipped for u in updates)),
+            "updates/skipped": float(sum(u.skipped for _, u in updates)),
             "lr": self.scheduler.get_last_lr()[0],
             "time/rollout_s": rollout_s,
             "time/update_s": update_s,
-            "throughput/tokens_per_s": tokens / max(rollout_s + update_s, 1e-9),
+            "throughput/tokens_per_s": float(batch.response_mask.sum()) / max(rollout_s + update_s, 1e-9),
         })
         return metrics
+
+    def next_examples(self) -> list:
+        train = self.task.train
+        picks = self.prompt_rng.choice(len(train), size=self.config.rollout.prompts,
+                                       replace=len(train) < self.config.rollout.prompts)
+        return [train[int(i)] for i in picks]
+
+    def rollout(self, examples: list) -> RolloutBatch:
+        """rollout.group_size responses to each prompt, sampled by the behavior policy mu with its log-probs."""
+        cfg, tokenizer = self.config.rollout, self.policy.tokenizer
+        return self.behavior.generate(
+            [self.policy.encode_prompt(ex) for ex in examples], group_size=cfg.group_size,
+            max_new_tokens=self.task.max_response_len, temperature=cfg.temperature, top_p=cfg.top_p,
+            top_k_logprobs=self.config.top_k_logprobs, generator=self.sampler, eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id, ignore_eos=cfg.ignore_eos, stop=self.policy.stopper())
+
+    def score(self, examples: list, batch: RolloutBatch):
+        """The task's verifier on each response (text and token ids) against its prompt's example: Scores."""
+        lengths = batch.response_mask.sum(-1)  # [N]
+        ids = [row[:int(n)] for row, n in zip(batch.response_ids.tolist(), lengths, strict=True)]
+        return self.task.score(self.policy.decode_responses(batch), [examples[int(g)] for g in batch.group_index], ids)
+
+    def pi_old(self, batch: RolloutBatch) -> PiOld:
+        """Where this batch's pi_old comes from (:class:`PiOld`); the forward before the updates runs here.
+
+        recompute_old_log_prob asks for it (mismatch/* metrics, the adaptive delta, the dump); anchor=recompute
+        losses need it before their updates. With one update per batch and a loss not anchored on it, the
+        update's own forward is on the same weights, so it is read from there instead of a second forward."""
+        cfg = self.config
+        anchored = self.loss.hyper.anchor == "recompute"
+        if cfg.recompute_old_log_prob and cfg.updates_per_batch == 1 and not anchored:
+            return PiOld(None, from_update=True)
+        if not (cfg.recompute_old_log_prob or anchored):
+            return PiOld(None, from_update=False)
+        with torch.no_grad(), self.trainer_numerics():
+            return PiOld(self.policy.log_probs(batch, cfg.rollout.temperature).log_prob, from_update=False)
 
     def trainer_numerics(self) -> torch.autocast:
         """pi's forward (and so its backward): bf16 autocast over the float32 weights with model.autocast=bf16."""
@@ -237,44 +256,8 @@ class Trainer:
             metrics["loss/moe_aux"] = moe_aux.item()  # 1.0 when routing is balanced
         return UpdateResult(metrics, skipped, forward.log_prob.detach())
 
-    def next_examples(self) -> list:
-        train = self.task.train
-        picks = self.prompt_rng.choice(len(train), size=self.config.rollout.prompts,
-                                       replace=len(train) < self.config.rollout.prompts)
-        return [train[int(i)] for i in picks]
-
-    def minibatches(self, batch: RolloutBatch):
-        """Exactly updates_per_batch disjoint mini-batches of whole rows, in a seeded random order.
-
-        Their sizes differ by at most one row (tensor_split; torch.chunk would cut 6 rows into 3 pieces of 2
-        for 4 updates, while the learning-rate schedule counts steps x updates_per_batch).
-        """
-        count = self.config.updates_per_batch
-        if len(batch) < count:
-            raise ValueError(f"updates_per_batch={count} mini-batches cannot be cut from {len(batch)} responses")
-        order = torch.randperm(len(batch), generator=self.sampler, device=self.device)
-        for rows in order.tensor_split(count):
-            yield rows, batch.select(rows)
-
-    # ----------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Greedy accuracy on held-out prompts, and mean accuracy of k samples at the rollout temperature."""
-        cfg = self.config.eval
-        examples = self.task.eval[: cfg.prompts]
-        greedy_acc = self.policy.greedy_accuracy(examples)
-        if cfg.samples == 0:
-            return {"eval/accuracy": greedy_acc, "eval/prompts": len(examples)}
-        prompts = [self.policy.encode_prompt(ex) for ex in examples]
-        generator = torch.Generator(self.device).manual_seed(self.config.seed + 10**6 + self.step)  # not training's
-        sampled = self.policy.generate_text(prompts, cfg.samples, self.task.max_response_len,
-                                            self.config.rollout.temperature, generator)
-        sampled_acc = float(np.nanmean(self.task.score(sampled, [examples[i // cfg.samples]
-                                                                 for i in range(len(sampled))]).rewards))
-        self.task.verifier_errors(len(sampled))  # raises when most failed; a few count as wrong answers here
-        # the sampled accuracy is avg@k (mean over k samples per problem), as in AIME avg@16 reports
-        return {"eval/accuracy": greedy_acc, "eval/sampled_accuracy": sampled_acc, f"eval/avg@{cfg.samples}": sampled_acc,
-                "eval/prompts": len(examples)}  # fewer than eval.prompts when the eval split is smaller
+        return evaluate(self.policy, self.config, self.step)
 
     # ----------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
@@ -305,40 +288,16 @@ class Trainer:
     def checkpoint(self) -> Path:
         return save_checkpoint(self.run_dir / "checkpoints", self.state())
 
-    @contextmanager
-    def _stop_requests(self):
-        """Ctrl-C or SIGTERM ends the run after the current step, so the checkpoint is always of a whole step.
-
-        A second Ctrl-C stops at once (without a new checkpoint: the last periodic one stays valid).
-        """
-
-        def request_stop(signum, frame):
-            if self.stop_requested and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.stop_requested = True
-
-        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-            yield
-            return
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
     # ----------------------------------------------------------------------------- the loop
     def train(self, console=None) -> dict:
-        """Run until config.steps, evaluating, logging and checkpointing; returns summary.json's content."""
-        from drpo.summary import write_summary
+        """Run until config.steps, evaluating, logging and checkpointing; returns summary.json's content.
 
+        Stopped on non-finite losses (NonFiniteError), the run still gets its summary.json, saying so."""
         cfg = self.config
         resume_step = None
         check_out(cfg)
         if cfg.resume:  # before config.yaml is written: a refused resume leaves the run directory as it was
-            state = load_checkpoint(Path(cfg.resume) / "checkpoints")
-            check_resume(state["config"], cfg)
-            self.load_state(state)
+            self.load_state(resume_state(cfg))
             resume_step = self.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -348,72 +307,65 @@ class Trainer:
                                              f"{cfg.rollout.lag}", resume_step)
         started = time.perf_counter()
         try:
-            with _progress(console) as progress, self._stop_requests():
-                task = progress.add_task("RL", total=cfg.steps, completed=self.step, status="")
+            with progress_display(console, cfg.steps, self.step) as show, StopRequests() as stop:
                 if self.step == 0:
                     first = {"step": 0, **self.evaluate()}
                     self.start_accuracy = self.best_accuracy = first["eval/accuracy"]
                     logger.log(first)
-                while self.step < cfg.steps and not self.stop_requested:
+                while self.step < cfg.steps and not stop.requested:
                     metrics = self.train_step()
                     self.step += 1
                     if cfg.eval.due(self.step, cfg.steps):
                         metrics.update(self.evaluate())
                         self.best_accuracy = max(self.best_accuracy, metrics["eval/accuracy"])
                     logger.log({"step": self.step, **metrics})
-                    progress.update(task, completed=self.step, status=_status(metrics, self.best_accuracy))
-                    if console is not None and not console.is_terminal and "eval/accuracy" in metrics:
-                        console.print(f"step {self.step}/{cfg.steps}  {_status(metrics, self.best_accuracy)}")
+                    show(self.step, metrics, self.best_accuracy)
                     if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                         self.checkpoint()
+        except NonFiniteError as error:  # a finished run: a rerun would stop there again
+            self.summary(started, stopped=f"non-finite loss: {error}")
+            raise
         finally:
             logger.close()
-        interrupted = self.stop_requested and self.step < cfg.steps
+        interrupted = stop.requested and self.step < cfg.steps
         path = self.checkpoint()
         if interrupted:
             print(f"interrupted at step {self.step}: checkpoint {path}; continue with "
                   f"`drpo train resume={self.run_dir}`")
-        return write_summary(self, time.perf_counter() - started, interrupted)
+        return self.summary(started, interrupted=interrupted)
+
+    def summary(self, started: float, interrupted: bool = False, stopped: str | None = None) -> dict:
+        from drpo.summary import write_summary  # matplotlib: imported when a run ends, not with the trainer
+
+        return write_summary(self.run_dir, loss=self.loss, steps=self.step, steps_planned=self.config.steps,
+                             start_accuracy=self.start_accuracy, best_accuracy=self.best_accuracy,
+                             wall_s=time.perf_counter() - started, base_model=self.policy.base_info,
+                             interrupted=interrupted, stopped=stopped)
 
 
-def lr_lambda(config: RunConfig, total_updates: int):
-    warmup, schedule = config.optim.warmup_steps, config.optim.schedule
+def minibatches(batch: RolloutBatch, count: int, generator: torch.Generator) -> list[tuple[torch.Tensor, RolloutBatch]]:
+    """Exactly ``count`` disjoint mini-batches (rows [n], the rows' batch) of whole rows, in a random order drawn
+    from ``generator``.
 
-    def factor(update: int) -> float:
-        if update < warmup:
-            return (update + 1) / warmup
-        if schedule == "cosine":
-            progress = (update - warmup) / max(1, total_updates - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
+    Their sizes differ by at most one row (tensor_split; torch.chunk would cut 6 rows into 3 pieces of 2
+    for 4 updates, while the learning-rate schedule counts steps x updates_per_batch).
+    """
+    if len(batch) < count:
+        raise ValueError(f"updates_per_batch={count} mini-batches cannot be cut from {len(batch)} responses")
+    order = torch.randperm(len(batch), generator=generator, device=generator.device)
+    return [(rows, batch.select(rows)) for rows in order.tensor_split(count)]
 
-    return factor
+
+def in_batch_order(like: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """[N, T] (dtype and shape of ``like``) from the (rows [n], values [n, T]) of shuffled mini-batches, each row
+    back at its place in the batch; rows no part holds are 0."""
+    out = torch.zeros_like(like)
+    for rows, values in parts:
+        out[rows] = values.detach().to(out.dtype)
+    return out
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _status(metrics: dict, best: float | None) -> str:
-    parts = [f"reward {metrics['reward/mean']:.3f}"]
-    if "eval/accuracy" in metrics:
-        parts.append(f"eval {metrics['eval/accuracy']:.3f}")
-    if best is not None:
-        parts.append(f"best {best:.3f}")
-    if "mismatch/abs_mean" in metrics:
-        parts.append(f"|pi-mu| {metrics['mismatch/abs_mean']:.2e}")
-    parts.append(f"{metrics['throughput/tokens_per_s']:.0f} tok/s")
-    return "  ".join(parts)
-
-
-@contextmanager
-def _progress(console):
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                        console=console, transient=False)
-    with progress:
-        yield progress
-
-

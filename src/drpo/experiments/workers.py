@@ -128,19 +128,21 @@ def _child_setup(log_path: Path | None) -> None:
 
 
 def warm_up_worker(overrides: list[str]) -> None:
-    """Build one base model (supervised warm-up) into the cache: a Trainer construction, so that seeding and
-    model initialisation are exactly those of the runs that will load it."""
+    """Build one base model (supervised warm-up) into the cache with the build_policy every run calls; the
+    built-in model seeds its own initialisation and warm-up, so the runs that load it start from these weights."""
     _child_setup(None)
     from rich.console import Console
 
     from drpo.config import load_config
-    from drpo.trainer import Trainer
+    from drpo.policy import build_policy
 
-    Trainer(load_config(None, overrides), console=Console(quiet=True))
+    build_policy(load_config(None, overrides), console=Console(quiet=True))
 
 
 def run_worker(overrides: list[str], path: str, resume: bool) -> None:
-    """One run: Trainer(config).train(), resumed from RUN_DIR's checkpoint when ``resume``."""
+    """One run: Trainer(config).train(), resumed from RUN_DIR's checkpoint when ``resume``. A run the trainer
+    stopped on non-finite losses has its summary.json (finished, a rerun would repeat it) and exits
+    EXIT_NON_FINITE."""
     import traceback
 
     path_ = Path(path)
@@ -154,23 +156,8 @@ def run_worker(overrides: list[str], path: str, resume: bool) -> None:
     quiet = Console(quiet=True)
     try:
         Trainer(config, console=quiet).train(console=quiet)
-    except NonFiniteError as error:
-        _write_stopped_summary(path_, config, str(error))
+    except NonFiniteError:
         sys.exit(EXIT_NON_FINITE)
     except BaseException:
         (path_ / "error.txt").write_text(traceback.format_exc())
         raise
-
-
-def _write_stopped_summary(path: Path, config, reason: str) -> None:
-    """summary.json of a run the trainer stopped on non-finite losses: finished (a rerun would repeat it)."""
-    from drpo.metrics import read_metrics
-    from drpo.summary import peak_rss_gb
-
-    records = read_metrics(path) if (path / "metrics.jsonl").is_file() else []
-    evals = [r["eval/accuracy"] for r in records if isinstance(r.get("eval/accuracy"), (int, float))]
-    summary = {"loss": config.loss.name, "steps": max((r["step"] for r in records), default=0),
-               "steps_planned": config.steps, "interrupted": False, "stopped": f"non-finite loss: {reason}",
-               "eval/accuracy_start": evals[0] if evals else None, "eval/accuracy_final": evals[-1] if evals else None,
-               "eval/accuracy_best": max(evals, default=None), "memory/peak_rss_gb": round(peak_rss_gb(), 3)}
-    (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -4,7 +4,7 @@
     drpo mismatch model=tiny --precisions bf16 fp8 int8      # a model's own rollouts per precision
 
 - format.py: the per-token log-prob file (JSONL / parquet), its validating reader and its writers;
-- stats.py: the statistics, pure functions of log-prob arrays (also the trainer's mismatch/* tail metrics);
+- stats.py: the statistics, pure functions of log-prob arrays (also the trainer's per-step mismatch/* metrics);
 - references.py: published mismatch figures with their sources;
 - report.py: console table, markdown and figure;
 - dump.py: writers from inside training (trainer, verl and TRL loss calls);

@@ -30,12 +30,9 @@ class TrainerDump:
         self.engine = engine
 
     def write_step(self, step: int, policy_version: int, batch, advantages: torch.Tensor,
-                   old_log_prob: torch.Tensor | None, updates: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+                   old_log_prob: torch.Tensor | None, log_prob: torch.Tensor) -> None:
         """One step: ``batch`` the rollout (mu, mask [N, T]), ``advantages`` [N], pi_old [N, T] or None, and
-        ``updates`` the (rows [n], log pi [n, T]) of each mini-batch at its update."""
-        log_prob = torch.zeros_like(batch.rollout_log_prob)  # [N, T]
-        for rows, mini_batch_log_prob in updates:
-            log_prob[rows] = mini_batch_log_prob.detach().to(log_prob.dtype)
+        ``log_prob`` [N, T] each row's pi at its mini-batch's update."""
         self.writer.write(records_from_batch(
             batch.rollout_log_prob, batch.response_mask, old_log_prob=old_log_prob, log_prob=log_prob,
             advantages=advantages, step=step, policy_version=policy_version, engine=self.engine))

@@ -10,8 +10,8 @@ For each: the mean, quantiles and max of |pi - mu| and |log pi - log mu|, the sh
 tolerance bands, the same split by the anchor's token probability, and KL(mu || pi) estimated from the
 sampled tokens (k1 = E[log mu - log pi]; k3 = E[r - 1 - log r], r = pi / mu, always >= 0). What each trust
 region would do with exactly these tokens comes from drpo.losses itself (:func:`trust_region_stats`).
-The trainer's per-step metrics (:func:`step_metrics`) are the same numbers, so a `drpo train` run and a
-file from any engine are measured alike.
+The trainer's per-step mismatch/* metrics (:func:`step_metrics`) are the same numbers, so a `drpo train` run
+and a file from any engine are measured alike.
 """
 
 from __future__ import annotations
@@ -208,13 +208,18 @@ STEP_METRIC_KEYS = ("abs_p_p99", "abs_p_p99.9", "ratio_outside_0.9_1.1", "abs_lo
 
 @torch.no_grad()
 def step_metrics(log_prob: torch.Tensor, rollout_log_prob: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """The trainer's per-step mismatch tail: pair_stats of the valid tokens of [B, T] tensors, as mismatch/* keys.
+    """The trainer's per-step mismatch of the valid tokens of [B, T] tensors, pi (trainer) against mu (rollout).
 
-    Adds to drpo.metrics.mismatch_metrics (mean, max, min, k1) what the mean hides: p99, p99.9 of |pi - mu|,
-    the band shares and k3. A few thousand tokens a step: negligible next to a forward pass.
+    mismatch/abs_mean, max, min (of pi - mu) and kl (k1, the sampled-token estimate of KL(mu || pi) =
+    E_mu[log mu - log pi]) in the tensors' own precision, as every run has logged them; then what the mean hides,
+    from :func:`pair_stats` in float64: p99, p99.9 of |pi - mu|, the band shares and k3. A few thousand tokens a
+    step: negligible next to a forward pass.
     """
     valid = mask.bool()
     if not valid.any():
         return {}
+    shift = (log_prob.exp() - rollout_log_prob.exp())[valid]  # [N] pi - mu
     stats = pair_stats(log_prob[valid].double().cpu().numpy(), rollout_log_prob[valid].double().cpu().numpy())
-    return {f"mismatch/{key}": stats[key] for key in STEP_METRIC_KEYS}
+    return {"mismatch/abs_mean": shift.abs().mean().item(), "mismatch/max": shift.max().item(),
+            "mismatch/min": shift.min().item(), "mismatch/kl": (rollout_log_prob - log_prob)[valid].mean().item(),
+            **{f"mismatch/{key}": stats[key] for key in STEP_METRIC_KEYS}}
