@@ -130,7 +130,7 @@ def test_minibatches_are_exactly_updates_per_batch():
     """6 rows into 4 updates: torch.chunk gave 3 pieces of 2, the schedule counts 4 optimizer steps."""
     from types import SimpleNamespace
 
-    from drpo.rollout import make_batch
+    from drpo.models.sampling import make_batch
 
     batch = make_batch([[1, 2]] * 6, [[3]] * 6, pad_id=0)
     fake = SimpleNamespace(config=SimpleNamespace(updates_per_batch=4), sampler=torch.Generator().manual_seed(0),
@@ -152,7 +152,7 @@ def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_r
     import copy
 
     from drpo.metrics import mismatch_metrics
-    from drpo.rollout import sequence_log_probs
+    from drpo.models.log_probs import sequence_log_probs
 
     config = load_config(None, [*TINY, f"out={tmp_path}", "rollout.precision=bf16",
                                 f"updates_per_batch={updates_per_batch}"])

@@ -41,8 +41,8 @@ from drpo.metrics import MetricsLogger, mean_of, mismatch_metrics
 from drpo.mismatch.dump import TrainerDump
 from drpo.mismatch.stats import step_metrics
 from drpo.models.policy import Policy
+from drpo.models.sampling import RolloutBatch
 from drpo.policy import build_behavior, build_policy
-from drpo.rollout import RolloutBatch
 
 # We do not truncate pi: the nucleus is mu's, cut from the behavior policy's own logits (another precision,
 # stale weights, vLLM), which the trainer does not have; pi's own nucleus would be a different set.
@@ -196,7 +196,7 @@ class Trainer:
         cfg = self.config
         self.model.train()
         with self.trainer_numerics():
-            forward = self.policy.log_probs(batch, cfg.rollout.temperature)
+            forward = self.policy.log_probs(batch, cfg.rollout.temperature, keep_logits=self.loss.spec.needs_topk)
         out = self.loss(log_prob=forward.log_prob, rollout_log_prob=batch.rollout_log_prob,
                         advantages=advantages, response_mask=batch.response_mask, old_log_prob=old_log_prob,
                         rollout_topk_ids=batch.rollout_topk_ids, rollout_topk_log_probs=batch.rollout_topk_log_probs,

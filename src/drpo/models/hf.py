@@ -6,14 +6,14 @@
 
 Any causal LM that ``transformers`` loads from a local directory (Qwen2/Qwen3, Llama, GPT-2 families)
 is wrapped in :class:`HFCausalLM`, which speaks the contract of drpo/models/transformer.py, so the
-sampler (``rollout.generate``), the behavior policy (bf16/fp16 copies, fp8/int8 Linear hooks, lag) and
+sampler (drpo/models/sampling.py), the behavior policy (bf16/fp16 copies, fp8/int8 Linear hooks, lag) and
 ``sequence_log_probs`` run on it unchanged:
 
 - Position ids come from the attention mask (count of real tokens before each one), so left-padded prompts
   give the logits of the unpadded prompt, as for the built-in model.
 - The cache: the sampler passes a fresh ``KVCache()`` to start one; the wrapper answers with an
   :class:`HFCache` (transformers' ``DynamicCache`` plus the mask of every cached position) and continues
-  from it on the next call. Nothing in rollout.py needs to know.
+  from it on the next call. Nothing in the sampler needs to know.
 - Rotary frequency tables stay float32 when the behavior policy casts the copy to bf16/fp16, as in real
   inference engines (a bf16 ``inv_freq`` would garble positions beyond a few hundred tokens, a mismatch
   no engine has).
@@ -36,13 +36,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from drpo.models.log_probs import SequenceLogProbs, sequence_log_probs
 from drpo.models.policy import Policy
+from drpo.models.sampling import RolloutBatch
 from drpo.models.transformer import KVCache
-from drpo.rollout import RolloutBatch, SequenceLogProbs, sequence_log_probs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # model families whose logits are exactly the hidden state times a bias-free head (no logit scale or soft-cap):
-# their log-probs can skip the [B, T, V] logits (HFCausalLM.head_inputs, drpo.rollout.head_log_probs)
+# their log-probs can skip the [B, T, V] logits (HFCausalLM.head_inputs, drpo.models.log_probs.head_log_probs)
 PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 # config attributes that hold a dropout probability in the transformers model families we support
 DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop",
@@ -185,7 +186,7 @@ def _conv1d_to_linear(model: nn.Module) -> None:
                 if module.bias is not None:
                     linear.bias.copy_(module.bias)
             model.set_submodule(name, linear)
-    model.drpo_conv1d_modules = converted  # their checkpoint layout is transposed (drpo.rollout_vllm.hf_state)
+    model.drpo_conv1d_modules = converted  # their checkpoint layout is transposed (:func:`hf_state`)
 
 
 def _linear_to_conv1d(model: nn.Module) -> None:
@@ -211,6 +212,56 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> nn.Modu
     lora = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else 2 * rank, lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
+
+
+def hf_state(model: nn.Module, cpu: bool = False, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The weights of an :class:`HFCausalLM` under the names of its Hugging Face checkpoint
+    (``cpu``: copies on the CPU, floating ones in ``dtype`` when given).
+
+    LoRA adapters are merged into copies of the base weights: merging in place and unmerging again would
+    leave W + dW - dW, which in bf16 is not W, so the frozen weights would drift at every sync. GPT-2 Linear
+    weights converted from Conv1D at load are transposed back to the checkpoint's layout.
+    """
+    inner = model.hf
+    peft = hasattr(inner, "get_base_model")
+    base = inner.get_base_model() if peft else inner
+    merged = _merged_lora_weights(base) if peft else {}
+    transposed = set(getattr(base, "drpo_conv1d_modules", ()))
+    state = {}
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        tensor = merged.get(name, tensor).detach()
+        name = name.replace(".base_layer.", ".")
+        if name.rpartition(".")[0] in transposed and name.endswith(".weight"):
+            tensor = tensor.T
+        if cpu:
+            tensor = tensor.to("cpu", dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype,
+                               copy=True)
+        state[name] = tensor
+    return state
+
+
+@torch.no_grad()
+def _merged_lora_weights(base: nn.Module) -> dict[str, torch.Tensor]:
+    """{state-dict name of a LoRA layer's base weight: base weight + its active adapters' delta}, new tensors
+    (what peft's merge would write into the weight, rounded the same way)."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = {}
+    for name, module in base.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        weight = module.get_base_layer().weight
+        for adapter in module.active_adapters:
+            if adapter not in module.lora_A:
+                continue
+            if adapter in getattr(module, "lora_variant", {}) or module.lora_bias.get(adapter):
+                raise NotImplementedError(f"{name}: only plain LoRA adapters (no DoRA or other variant, no "
+                                          "lora_bias) are merged for the vLLM rollout")
+            weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+        merged[f"{name}.base_layer.weight"] = weight
+    return merged
 
 
 # --------------------------------------------------------------------------------------------- the tokenizer
@@ -286,34 +337,35 @@ class HFPolicy(Policy):
     ``micro_batch``: rows per forward when computing log-probs. With gradients each chunk runs under
     activation checkpointing, so the backward recomputes one chunk at a time and peak memory is that of
     ``micro_batch`` rows (logits included: rows x tokens x vocabulary floats) at the cost of a second
-    forward. The full logits are returned only when ``keep_logits`` (top-k losses need them); otherwise
-    ``logits`` is None and no [rows, tokens, vocabulary] logits are formed at all (the output head runs over
-    chunks of positions, :func:`drpo.rollout.head_log_probs`). ``sample_rows``: most rows sampled in one call by :meth:`generate_text`.
+    forward. The full logits are returned only when the caller asks for them (``keep_logits``: a top-k loss);
+    otherwise ``logits`` is None and no [rows, tokens, vocabulary] logits are formed at all (the output head
+    runs over chunks of positions, :func:`drpo.models.log_probs.head_log_probs`). ``sample_rows``: most rows
+    sampled in one call by :meth:`generate_text`.
     """
 
     micro_batch: int | None = None
     sample_rows: int | None = None
-    keep_logits: bool = True
 
     def encode_prompt(self, example) -> list[int]:
         return self.tokenizer.encode_prompt(example.prompt, getattr(example, "messages", None))
 
-    def log_probs(self, batch: RolloutBatch, temperature: float) -> SequenceLogProbs:
+    def log_probs(self, batch: RolloutBatch, temperature: float, keep_logits: bool = False) -> SequenceLogProbs:
         if self.micro_batch is None or len(batch) <= self.micro_batch:
-            return sequence_log_probs(self.model, batch, temperature, self.keep_logits)
+            return sequence_log_probs(self.model, batch, temperature, keep_logits)
         parts = []
         for start in range(0, len(batch), self.micro_batch):
             chunk = batch.select(slice(start, start + self.micro_batch))
             if torch.is_grad_enabled():
-                parts.append(checkpoint(self._chunk_log_probs, chunk, temperature, use_reentrant=False))
+                parts.append(checkpoint(self._chunk_log_probs, chunk, temperature, keep_logits,
+                                          use_reentrant=False))
             else:
-                parts.append(self._chunk_log_probs(chunk, temperature))
+                parts.append(self._chunk_log_probs(chunk, temperature, keep_logits))
         log_prob, entropy, logits = zip(*parts, strict=True)
         return SequenceLogProbs(torch.cat(log_prob), torch.cat(entropy),
-                                torch.cat(logits) if self.keep_logits else None)
+                                torch.cat(logits) if keep_logits else None)
 
-    def _chunk_log_probs(self, chunk: RolloutBatch, temperature: float):
-        out = sequence_log_probs(self.model, chunk, temperature, self.keep_logits)
+    def _chunk_log_probs(self, chunk: RolloutBatch, temperature: float, keep_logits: bool):
+        out = sequence_log_probs(self.model, chunk, temperature, keep_logits)
         return out.log_prob, out.entropy, out.logits
 
     @torch.no_grad()
@@ -386,8 +438,7 @@ def build_hf_policy(config, console=None, task=None) -> HFPolicy:
     model = HFCausalLM(model).to(resolve_device(cfg.device))
 
     task = task or config.task.build(config.seed, pretrained_model=True)
-    policy = HFPolicy(model, tokenizer, task, micro_batch=cfg.micro_batch, sample_rows=cfg.sample_rows,
-                      keep_logits=config.loss.build().spec.needs_topk)
+    policy = HFPolicy(model, tokenizer, task, micro_batch=cfg.micro_batch, sample_rows=cfg.sample_rows)
     dropped = drop_long_prompts(policy) if task.name in ("math", "custom") else {}  # arith/sort count characters
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
