@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drpo.tasks.base import Example, Scores, Task
+from drpo.tasks.base import DataTask, Example, Scores
 from drpo.tasks.math import DataError, _rows
 
 RAW_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -344,7 +344,7 @@ def combine(per_function: list[list[float]], weights: list[float]) -> list[float
 
 
 # --------------------------------------------------------------------------------------------- the task
-class CustomTask(Task):
+class CustomTask(DataTask):
     """Rows from ``data`` (and ``eval_data``), scored by ``reward`` (references or functions; see the module docstring).
 
     Without ``eval_data`` (or a held-out split of a datasets directory), ``eval_fraction`` of the rows, drawn
@@ -402,14 +402,6 @@ class CustomTask(Task):
         self._max_prompt_len = max_prompt_len or 1 + max(len(row.prompt) for row in everything)  # + BOS
         self._max_response_len = max_response_len or 1 + max(len(row.answer) for row in everything)  # + EOS
         self.characters = "".join(sorted({c for row in everything for c in row.prompt + row.answer}))
-
-    @property
-    def max_prompt_len(self) -> int:
-        return self._max_prompt_len
-
-    @property
-    def max_response_len(self) -> int:
-        return self._max_response_len
 
     @property
     def fingerprint(self) -> str:

@@ -34,7 +34,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from drpo.tasks.base import Example, Task
+from drpo.tasks.base import DataTask, Example
 
 logger = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "{prompt}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -310,7 +310,7 @@ def _answer_text(value, field: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- the task
-class MathTask(Task):
+class MathTask(DataTask):
     """Math problems from ``data`` (and ``eval_data``), rewarded by math-verify on the last boxed answer.
 
     Without ``eval_data``, ``n_eval`` problems drawn with ``seed`` are held out of ``data`` for
@@ -351,14 +351,6 @@ class MathTask(Task):
             held_out = set(random.Random(seed).sample(range(len(train)), min(n_eval, len(train) // 2)))
             self.eval = [ex for i, ex in enumerate(train) if i in held_out]
             self.train = [ex for i, ex in enumerate(train) if i not in held_out]
-
-    @property
-    def max_prompt_len(self) -> int:
-        return self._max_prompt_len
-
-    @property
-    def max_response_len(self) -> int:
-        return self._max_response_len
 
     def reward(self, completion: str, example: Example) -> float:
         """1.0 if the last ``\\boxed{...}`` of ``completion`` equals ``example.answer`` (math-verify), else 0.0.
