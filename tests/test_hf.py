@@ -14,13 +14,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from drpo.backends import build_behavior
 from drpo.cli import main
 from drpo.config import ConfigError, load_config
 from drpo.metrics import read_metrics
 from drpo.models.log_probs import head_log_probs, sequence_log_probs
 from drpo.models.sampling import generate, make_batch
 from drpo.models.transformer import KVCache
-from drpo.policy import build_behavior
 from drpo.rollout import BehaviorPolicy
 from drpo.tasks.base import Example
 from drpo.trainer import Trainer

@@ -9,13 +9,13 @@ import signal
 import pytest
 import torch
 
-from drpo import policy as policy_module
 from drpo import trainer as trainer_module
+from drpo.backends import build_policy
 from drpo.cli import main
 from drpo.config import ConfigError, load_config
 from drpo.losses import DRPO_DELTA
 from drpo.metrics import TIMING_PREFIXES, read_metrics
-from drpo.policy import build_policy
+from drpo.models import policy as policy_module
 from drpo.trainer import NonFiniteError, Trainer
 
 # the default base model (small, 2-digit addition, ~30 s of warm-up to 30% accuracy, cached for the session) with small batches

@@ -24,7 +24,7 @@ actually sampled from: softmax of logits / temperature, renormalised over the nu
 nucleus, as trainers do, so top_p < 1 is itself a source of mismatch.
 
 vLLM's behavior policy (``rollout.backend=vllm``, drpo/rollout_vllm.py) has the same interface and keeps its
-stale weights with the same :class:`LaggedWeights`; ``drpo.policy.build_behavior`` picks the one a run
+stale weights with the same :class:`LaggedWeights`; ``drpo.backends.build_behavior`` picks the one a run
 config asks for.
 """
 

@@ -1,6 +1,6 @@
 """Optional vLLM rollout backend (``rollout.backend=vllm``): mu sampled and scored by vLLM on a GPU.
 
-    behavior = build_behavior(config, policy)   # drpo.policy: rollout.BehaviorPolicy or this VLLMBehaviorPolicy
+    behavior = build_behavior(config, policy)   # drpo.backends: rollout.BehaviorPolicy or this VLLMBehaviorPolicy
     batch = behavior.generate(prompts, group_size=8, max_new_tokens=1024, eos_id=tok.eos_id, pad_id=tok.pad_id)
     ...                                         # the trainer's step, unchanged
     behavior.sync(policy.model)                 # push the new weights (or those of `lag` syncs ago) into vLLM

@@ -33,6 +33,7 @@ from rich.progress import (
 
 from drpo.adaptive import DeltaTracker, boundary
 from drpo.advantages import group_advantages
+from drpo.backends import build_behavior, build_policy
 from drpo.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
 from drpo.config import RunConfig, check_out, check_resume
 from drpo.diagnostics import pull_gradient_norms
@@ -42,7 +43,6 @@ from drpo.mismatch.dump import TrainerDump
 from drpo.mismatch.stats import step_metrics
 from drpo.models.policy import Policy
 from drpo.models.sampling import RolloutBatch
-from drpo.policy import build_behavior, build_policy
 
 # We do not truncate pi: the nucleus is mu's, cut from the behavior policy's own logits (another precision,
 # stale weights, vLLM), which the trainer does not have; pi's own nucleus would be a different set.

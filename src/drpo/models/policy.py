@@ -7,7 +7,7 @@
 
 :class:`Policy` holds model + tokenizer + task and implements the contract for the built-in transformer
 (drpo/warmup.py builds it); :class:`drpo.models.hf.HFPolicy` subclasses it for Hugging Face models.
-drpo/policy.py picks between the two.
+drpo/backends.py picks between the two.
 """
 
 from __future__ import annotations
