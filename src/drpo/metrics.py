@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from drpo.constants import TRACKERS
+
 # timings differ between two runs of the same seed; everything else must not
 TIMING_PREFIXES = ("time/", "throughput/")
 
@@ -61,9 +63,6 @@ def mean_of(dicts: list[dict[str, float]]) -> dict[str, float]:
         else:
             out[key] = sum(values) / len(values)
     return out
-
-
-TRACKERS = ("tensorboard", "wandb", "none")
 
 
 class MetricsLogger:

@@ -38,9 +38,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from drpo.constants import PRECISIONS
 from drpo.models.sampling import RolloutBatch, StopStrings, generate
 
-PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8", "fp8_all")
 PRECISION_ROUNDS = {
     "fp32": "nothing: the trainer's own numerics",
     "bf16": "every weight and activation to bfloat16 (8-bit mantissa)",

@@ -32,11 +32,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from drpo.constants import TORCH_DTYPES, VLLM_PRECISIONS
 from drpo.models.hf import hf_state
 from drpo.models.sampling import TOPK_LOG_PROB_FLOOR, RolloutBatch, left_pad
 from drpo.rollout import LaggedWeights
-
-VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def vllm_available() -> bool:
@@ -57,19 +56,19 @@ class VLLMBehaviorPolicy:
 
     def __init__(self, policy: nn.Module, path: str, precision: str = "bf16", lag: int = 0,
                  gpu_memory: float = 0.35, seed: int = 0, max_model_len: int | None = None) -> None:
-        if precision not in VLLM_DTYPES:
-            raise ValueError(f"rollout.backend=vllm supports rollout.precision {', '.join(VLLM_DTYPES)}; got "
+        if precision not in VLLM_PRECISIONS:
+            raise ValueError(f"rollout.backend=vllm supports rollout.precision {', '.join(VLLM_PRECISIONS)}; got "
                              f"{precision!r} (use rollout.backend=native for simulated fp8/int8)")
         vllm = _import_vllm()
         self.precision, self.lag = precision, lag
-        self.dtype = getattr(torch, VLLM_DTYPES[precision])  # the engine's: lagged copies are stored in it
+        self.dtype = getattr(torch, TORCH_DTYPES[precision])  # the engine's: lagged copies are stored in it
         self.policy = policy
         self.weights = LaggedWeights(policy, precision, lag, functools.partial(hf_state, cpu=True, dtype=self.dtype))
         # a one-process "distributed" engine inside this process, so load_weights reaches the model directly
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "localhost")):
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        self.llm = vllm.LLM(model=str(path), dtype=VLLM_DTYPES[precision], gpu_memory_utilization=gpu_memory,
+        self.llm = vllm.LLM(model=str(path), dtype=TORCH_DTYPES[precision], gpu_memory_utilization=gpu_memory,
                             max_model_len=max_model_len, seed=seed, enable_prefix_caching=True,
                             logprobs_mode="processed_logprobs", distributed_executor_backend="external_launcher")
         self._serve()

@@ -26,6 +26,7 @@ from drpo.config.sections import (
     list_of,
 )
 from drpo.config.task import TaskConfig
+from drpo.constants import TRACKERS
 
 
 class RunConfig(Section):
@@ -44,7 +45,7 @@ class RunConfig(Section):
         "DRPO: -sign(A)(pi - mu)/delta) on the first update of each step (drpo.diagnostics; 2 extra backwards)")
     checkpoint_every: int = pydantic.Field(50, ge=1, description="checkpoint every N RL steps (and at the end)")
     max_bad_steps: int = pydantic.Field(3, ge=1, description="stop after this many non-finite steps in a row")
-    report_to: list[Literal["tensorboard", "wandb", "none"]] = pydantic.Field(
+    report_to: list[Literal[TRACKERS]] = pydantic.Field(
         ["tensorboard"], description="where metrics go besides metrics.jsonl, as TRL spells it: tensorboard (OUT/tb), "
         "wandb (project $WANDB_PROJECT or drpo; WANDB_MODE=offline writes OUT/wandb), none; a list: [tensorboard,wandb]")
     dump_log_probs: bool = pydantic.Field(

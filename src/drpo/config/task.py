@@ -7,8 +7,7 @@ from typing import Literal
 import pydantic
 
 from drpo.config.sections import Section, list_of
-from drpo.tasks.math import DEFAULT_TEMPLATE as DEFAULT_MATH_TEMPLATE
-from drpo.tasks.math import compile_prompt_pattern
+from drpo.constants import MATH_PROMPT_TEMPLATE
 
 
 class TaskConfig(Section):
@@ -32,7 +31,7 @@ class TaskConfig(Section):
     prompt_field: str = pydantic.Field("prompt", description="field of the problem text or chat messages (dotted: a.b)")
     answer_field: str = pydantic.Field("answer", description="field of the reference answer (dotted: reward_model.ground_truth)")
     prompt_template: str = pydantic.Field(
-        DEFAULT_MATH_TEMPLATE, description="text around each problem; {prompt} is replaced by the problem")
+        MATH_PROMPT_TEMPLATE, description="text around each problem; {prompt} is replaced by the problem")
     prompt_pattern: str | None = pydantic.Field(
         None, description="regex cutting the problem (its first group) out of a dataset's own instructions")
     skip_bad_rows: bool = pydantic.Field(False, description="skip and count bad data rows instead of stopping")
@@ -85,6 +84,8 @@ class TaskConfig(Section):
                 raise ValueError("digits applies to arith and sort, not to task=math")
             if "{prompt}" not in self.prompt_template:
                 raise ValueError(f"prompt_template {self.prompt_template!r} must contain {{prompt}}")
+            from drpo.tasks.math import compile_prompt_pattern  # the task checks its own regex
+
             compile_prompt_pattern(self.prompt_pattern)  # a bad regex fails here, naming it
             if self.phrasing != "auto":
                 raise ValueError("phrasing applies to arith and sort; task=math takes prompt_template")

@@ -36,12 +36,13 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from drpo.constants import HF_DTYPES, TORCH_DTYPES
 from drpo.models.log_probs import SequenceLogProbs, sequence_log_probs
 from drpo.models.policy import Policy
 from drpo.models.sampling import RolloutBatch
 from drpo.models.transformer import KVCache
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {name: getattr(torch, TORCH_DTYPES[name]) for name in HF_DTYPES}  # model.dtype
 # model families whose logits are exactly the hidden state times a bias-free head (no logit scale or soft-cap):
 # their log-probs can skip the [B, T, V] logits (HFCausalLM.head_inputs, drpo.models.log_probs.head_log_probs)
 PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")

@@ -34,10 +34,10 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from drpo.constants import MATH_PROMPT_TEMPLATE
 from drpo.tasks.base import DataTask, Example
 
 logger = logging.getLogger(__name__)
-DEFAULT_TEMPLATE = "{prompt}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 _BOXED = re.compile(r"\\boxed\s*\{")
 
@@ -323,7 +323,7 @@ class MathTask(DataTask):
 
     def __init__(self, seed: int = 0, data: str | None = None, eval_data: str | None = None,
                  prompt_field: str = "prompt", answer_field: str = "answer",
-                 prompt_template: str = DEFAULT_TEMPLATE, prompt_pattern: str | None = None,
+                 prompt_template: str = MATH_PROMPT_TEMPLATE, prompt_pattern: str | None = None,
                  skip_bad_rows: bool = False, n_eval: int = 100, max_prompt_len: int = 512,
                  max_response_len: int = 1024, verify_timeout: float = 5.0) -> None:
         if data is None:
