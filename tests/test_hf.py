@@ -28,7 +28,8 @@ from drpo.trainer import Trainer
 transformers = pytest.importorskip("transformers", reason="model=hf:PATH needs transformers (pip install 'drpo[hf]')")
 tokenizers = pytest.importorskip("tokenizers")
 
-from drpo.models.hf import HFCausalLM, HFTokenizer, build_hf_policy, export_hf, hf_state, load_hf_model  # noqa: E402
+from drpo.models.hf import HFCausalLM, export_hf, hf_state, load_hf_model  # noqa: E402
+from drpo.models.hf_policy import HFTokenizer, build_hf_policy  # noqa: E402
 from drpo.rollout_vllm import batch_from_outputs, vllm_available  # noqa: E402
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2

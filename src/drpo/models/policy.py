@@ -6,7 +6,7 @@
     policy.greedy_accuracy(examples)            # fraction the task's verifier accepts
 
 :class:`Policy` holds model + tokenizer + task and implements the contract for the built-in transformer
-(drpo/warmup.py builds it); :class:`drpo.models.hf.HFPolicy` subclasses it for Hugging Face models.
+(drpo/warmup.py builds it); :class:`drpo.models.hf_policy.HFPolicy` subclasses it for Hugging Face models.
 drpo/backends.py picks between the two.
 """
 
