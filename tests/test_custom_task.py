@@ -18,7 +18,7 @@ from drpo.advantages import group_advantages
 from drpo.config import ConfigError, load_config
 from drpo.metrics import read_metrics
 from drpo.tasks.custom import CustomTask, RewardError, RewardFunction, combine, load_function
-from drpo.tasks.math import DataError
+from drpo.tasks.data import DataError
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "custom_task"
 ROWS = [{"prompt": f"{w}=", "answer": w[::-1], "level": i % 3} for i, w in enumerate(

@@ -53,9 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drpo.tasks.base import DataTask, Example, Scores
-from drpo.tasks.math import DataError, _rows
+from drpo.tasks.data import DATA_SUFFIXES, DataError, read_rows
 
-RAW_SUFFIXES = (".jsonl", ".json", ".parquet")
 HELD_OUT_SPLITS = ("test", "validation")
 NOT_COLUMNS = ("prompt", "completion", "completion_ids")  # TRL passes these under its own names, not as columns
 MOST_OF_A_BATCH = 0.5  # a reward failing on more than this fraction of a batch stops the run
@@ -88,12 +87,10 @@ def read_source(source, what: str) -> tuple[str, list, list | None]:
             return _read_saved_dataset(path)
         if not path.is_file():
             raise DataError(f"{what} {path} does not exist")
-        if path.suffix not in RAW_SUFFIXES:
-            raise DataError(f"{what} {path}: unknown format {path.suffix!r}; use {', '.join(RAW_SUFFIXES)} or a "
+        if path.suffix not in DATA_SUFFIXES:
+            raise DataError(f"{what} {path}: unknown format {path.suffix!r}; use {', '.join(DATA_SUFFIXES)} or a "
                             "directory written by datasets' save_to_disk")
-        if path.suffix == ".parquet":
-            return f"{what} {path}", _parquet_rows(path), None
-        return f"{what} {path}", list(_rows(path, ())), None
+        return f"{what} {path}", list(read_rows(path)), None
     if isinstance(source, dict) and source and all(hasattr(split, "to_list") for split in source.values()):
         return _split_dict(source, f"{what} (DatasetDict)")  # a DatasetDict: {split name: Dataset}
     if hasattr(source, "to_list"):  # a datasets.Dataset
@@ -125,18 +122,6 @@ def _split_dict(splits, label: str):
     held_out = next((splits[name] for name in HELD_OUT_SPLITS if name in splits), None)
     rows = [(n, row, None) for n, row in enumerate(splits["train"].to_list(), start=1)]
     return f"{label} split train", rows, None if held_out is None else held_out.to_list()
-
-
-def _parquet_rows(path: Path) -> list:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as error:
-        raise DataError(f"data file {path}: reading Parquet needs pyarrow (pip install pyarrow)") from error
-    try:
-        table = pq.read_table(path)
-    except Exception as error:  # pyarrow raises several types for a damaged or non-Parquet file
-        raise DataError(f"data file {path} cannot be read as Parquet: {error}") from None
-    return [(n, row, None) for n, row in enumerate(table.to_pylist(), start=1)]
 
 
 def parse_rows(rows: list, label: str, prompt_field: str, answer_field: str, need_answer: bool,
