@@ -348,7 +348,6 @@ def value(file: str, key: str):
         return next(r["eval/accuracy"] for r in records if r["step"] == step and "eval/accuracy" in r)
     if path.suffix == ".gz":  # a run's compressed metrics: the extreme of one key over its steps
         import gzip
-
         import statistics
 
         extreme, metric = key.split(":", 1)  # min, max, mean, median over the steps, or @STEP: at one step

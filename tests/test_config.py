@@ -109,3 +109,34 @@ def test_top_k_logprobs_default_lives_in_the_config():
     assert load_config(None, ["loss=dppo_topk_tv"]).top_k_logprobs == 8
     assert load_config(None, ["loss=dppo_topk_tv", "rollout.top_k_logprobs=4"]).top_k_logprobs == 4
     assert load_config(None, ["loss=drpo"]).top_k_logprobs == 0
+
+
+def test_each_list_of_allowed_values_is_the_one_its_implementation_reads():
+    """A key's choices in the config are the tuple the implementing module dispatches on, not a copy that can drift."""
+    import typing
+
+    from drpo import advantages, metrics, rollout
+    from drpo.config import AdvantageConfig, LossConfig, ModelConfig, RolloutConfig, RunConfig
+    from drpo.losses import AGGREGATIONS
+    from drpo.models import hf
+
+    def choices(section, key):
+        return typing.get_args(section.model_fields[key].annotation)
+
+    assert choices(RolloutConfig, "precision") == rollout.PRECISIONS == tuple(rollout.PRECISION_ROUNDS)
+    assert choices(LossConfig, "aggregation") == AGGREGATIONS
+    assert choices(AdvantageConfig, "estimator") == advantages.ESTIMATORS
+    assert choices(ModelConfig, "dtype") == tuple(hf.DTYPES)
+    assert typing.get_args(choices(RunConfig, "report_to")[0]) == metrics.TRACKERS
+    with pytest.raises(ConfigError, match="'advantage.estimator' got 'ppo'; input should be 'grpo' or 'rloo'"):
+        load_config(None, ["advantage.estimator=ppo"])
+
+
+def test_the_config_imports_no_implementation():
+    """Reading a config needs neither torch nor the task readers: the values it shares with them are in drpo.constants."""
+    import subprocess
+    import sys
+
+    code = "import sys, drpo.config; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('drpo.tasks')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -18,7 +18,7 @@ from drpo.advantages import group_advantages
 from drpo.config import ConfigError, load_config
 from drpo.metrics import read_metrics
 from drpo.tasks.custom import CustomTask, RewardError, RewardFunction, combine, load_function
-from drpo.tasks.math import DataError
+from drpo.tasks.data import DataError
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "custom_task"
 ROWS = [{"prompt": f"{w}=", "answer": w[::-1], "level": i % 3} for i, w in enumerate(
@@ -260,7 +260,7 @@ def test_report_to_wandb_without_wandb_says_what_to_install(monkeypatch):
 
 # ------------------------------------------------------------------------------------------ stop strings
 def test_stop_strings_cut_a_response_at_the_token_that_completes_one():
-    from drpo.rollout import StopStrings
+    from drpo.models.sampling import StopStrings
 
     pieces = {0: "ab", 1: "c</", 2: "s>x", 3: "d"}
     stop = StopStrings(["</s>"], lambda ids: "".join(pieces[i] for i in ids))
@@ -273,9 +273,11 @@ def test_stop_strings_cut_a_response_at_the_token_that_completes_one():
 
 
 def test_sampled_stop_strings_keep_exactly_the_tokens_mu_recorded():
+    from drpo.models.log_probs import sequence_log_probs
+    from drpo.models.sampling import StopStrings
     from drpo.models.tokenizer import CharTokenizer
     from drpo.models.transformer import build_model
-    from drpo.rollout import BehaviorPolicy, StopStrings, sequence_log_probs
+    from drpo.rollout import BehaviorPolicy
 
     torch.manual_seed(0)
     tokenizer = CharTokenizer()

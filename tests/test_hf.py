@@ -14,19 +14,22 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from drpo.backends import build_behavior
 from drpo.cli import main
 from drpo.config import ConfigError, load_config
 from drpo.metrics import read_metrics
+from drpo.models.log_probs import head_log_probs, sequence_log_probs
+from drpo.models.sampling import generate, make_batch
 from drpo.models.transformer import KVCache
-from drpo.policy import build_behavior
-from drpo.rollout import BehaviorPolicy, generate, head_log_probs, make_batch, sequence_log_probs
+from drpo.rollout import BehaviorPolicy
 from drpo.tasks.base import Example
 from drpo.trainer import Trainer
 
 transformers = pytest.importorskip("transformers", reason="model=hf:PATH needs transformers (pip install 'drpo[hf]')")
 tokenizers = pytest.importorskip("tokenizers")
 
-from drpo.models.hf import HFCausalLM, HFTokenizer, build_hf_policy, export_hf, load_hf_model  # noqa: E402
+from drpo.models.hf import HFCausalLM, export_hf, hf_state, load_hf_model  # noqa: E402
+from drpo.models.hf_policy import HFTokenizer, build_hf_policy  # noqa: E402
 from drpo.rollout_vllm import batch_from_outputs, vllm_available  # noqa: E402
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
@@ -220,7 +223,7 @@ def test_micro_batched_log_probs_equal_the_full_forward(qwen_dir, data_file):
     config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "model.micro_batch=2",
                                 "task.n_eval=2"])
     policy = build_hf_policy(config)
-    assert policy.micro_batch == 2 and not policy.keep_logits
+    assert policy.micro_batch == 2
     prompts = [policy.encode_prompt(ex) for ex in policy.task.train[:5]]
     batch = make_batch(prompts, [[16, 17], [15], [18, 19, 0], [15, VOCAB - 1], [17]], pad_id=0)
     full = sequence_log_probs(policy.model, batch)
@@ -400,7 +403,6 @@ def test_lora_sync_to_vllm_leaves_the_bf16_base_weights_bit_identical():
     import copy
 
     from drpo.models.hf import add_lora
-    from drpo.rollout_vllm import hf_state
 
     model = HFCausalLM(add_lora(make_model("qwen2", 40), rank=4)).to(torch.bfloat16)
     torch.manual_seed(1)
@@ -414,3 +416,41 @@ def test_lora_sync_to_vllm_leaves_the_bf16_base_weights_bit_identical():
     reference = copy.deepcopy(model.hf).merge_and_unload().state_dict()
     assert state.keys() == reference.keys()
     assert all(torch.equal(state[name], reference[name]) for name in reference)
+
+
+# ------------------------------------------------------------------------------------------ hf_state
+def test_hf_state_gives_gpt2_weights_back_in_the_conv1d_layout_of_the_checkpoint(tmp_path):
+    """GPT-2's Conv1D weights become nn.Linear at load (transposed); hf_state must hand a checkpoint loader (vLLM)
+    the names and the [in, out] layout of transformers' own GPT-2, bit for bit."""
+    directory = save_model(tmp_path / "gpt2", family="gpt2")
+    original = transformers.AutoModelForCausalLM.from_pretrained(directory).state_dict()
+    state = hf_state(HFCausalLM(load_hf_model(directory)))
+    assert state.keys() == original.keys()
+    assert all(torch.equal(state[name], original[name]) for name in original)
+    assert state["transformer.h.0.attn.c_attn.weight"].shape == (32, 96)  # Conv1D's [in, out]: really transposed
+    on_cpu = hf_state(HFCausalLM(load_hf_model(directory)), cpu=True, dtype=torch.bfloat16)
+    assert all(tensor.dtype == torch.bfloat16 for tensor in on_cpu.values() if tensor.is_floating_point())
+    assert all(torch.equal(on_cpu[name], original[name].to(torch.bfloat16)) for name in original)
+
+
+def test_hf_state_of_a_lora_gpt2_loads_into_transformers_and_computes_what_the_model_computes(tmp_path):
+    """LoRA merge and Conv1D transpose together: the state loads (strict) into a fresh transformers GPT-2, whose
+    logits are those of the adapted model, and which differ from the base model's (the adapters count)."""
+    pytest.importorskip("peft", reason="model.lora_rank needs peft")
+    from drpo.models.hf import add_lora
+
+    directory = save_model(tmp_path / "gpt2", family="gpt2")
+    model = HFCausalLM(add_lora(load_hf_model(directory), rank=4))
+    torch.manual_seed(1)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # B starts at 0 (no change at all); a trained adapter has moved it
+            parameter.data.normal_(0, 0.5)
+    fresh = transformers.AutoModelForCausalLM.from_pretrained(directory)
+    base_logits = fresh(torch.arange(4, 12)[None]).logits
+    fresh.load_state_dict(hf_state(model), strict=True)
+    ids = torch.arange(4, 12)[None]  # [1, 8]
+    with torch.no_grad():
+        adapted, _ = model(ids)
+        loaded = fresh(ids).logits.float()
+    torch.testing.assert_close(loaded, adapted, atol=1e-5, rtol=1e-5)
+    assert (loaded - base_logits).abs().max() > 1e-2

@@ -10,7 +10,8 @@ import pytest
 
 from drpo.config import ConfigError, load_config
 from drpo.tasks.base import Example
-from drpo.tasks.math import DataError, MathTask, answers_match, last_boxed, load_examples
+from drpo.tasks.data import DataError
+from drpo.tasks.math import MathTask, answers_match, last_boxed, load_examples
 
 pytest.importorskip("math_verify", reason="task=math needs math-verify (pip install 'drpo[hf]')")
 

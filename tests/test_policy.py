@@ -6,9 +6,9 @@ import pytest
 import torch
 from payloads import Payload
 
+from drpo.backends import build_policy
 from drpo.config import load_config
 from drpo.paths import cache_dir
-from drpo.policy import build_policy
 from drpo.warmup import base_model_key
 
 CHEAP = ["model=tiny", "warmup.steps=2", "warmup.target_accuracy=null"]

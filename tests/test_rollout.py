@@ -4,19 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from drpo import rollout
-from drpo.models import CharTokenizer, build_model
+from drpo.models import CharTokenizer, build_model, log_probs
+from drpo.models.log_probs import entropy_of_logits, sequence_log_probs
+from drpo.models.sampling import generate, left_pad, sample_categorical, sampling_log_probs
 from drpo.models.transformer import KVCache
-from drpo.rollout import (
-    PRECISIONS,
-    BehaviorPolicy,
-    entropy_of_logits,
-    generate,
-    left_pad,
-    sample_categorical,
-    sampling_log_probs,
-    sequence_log_probs,
-)
+from drpo.rollout import PRECISIONS, BehaviorPolicy
 
 TOK = CharTokenizer()
 IDS = dict(eos_id=TOK.eos_id, pad_id=TOK.pad_id)
@@ -266,7 +258,7 @@ def test_sequence_log_probs_gradients_and_entropy():
 
 @pytest.mark.parametrize("chunk", [1 << 22, 7], ids=["one-chunk", "row-chunks"])
 def test_log_probs_and_entropy_match_log_softmax_in_value_and_gradient(monkeypatch, chunk):
-    monkeypatch.setattr(rollout, "ENTROPY_CHUNK", chunk)
+    monkeypatch.setattr(log_probs, "ENTROPY_CHUNK", chunk)
     policy = make_policy()
     batch = BehaviorPolicy(policy).generate(PROMPTS, 3, 8, temperature=1.5, generator=seeded(2), **IDS)
     out = sequence_log_probs(policy, batch, temperature=1.5)

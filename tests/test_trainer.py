@@ -9,13 +9,13 @@ import signal
 import pytest
 import torch
 
-from drpo import policy as policy_module
 from drpo import trainer as trainer_module
+from drpo.backends import build_policy
 from drpo.cli import main
 from drpo.config import ConfigError, load_config
 from drpo.losses import DRPO_DELTA
 from drpo.metrics import TIMING_PREFIXES, read_metrics
-from drpo.policy import build_policy
+from drpo.models import policy as policy_module
 from drpo.tasks import Arith
 from drpo.trainer import NonFiniteError, Trainer, in_batch_order, minibatches
 
@@ -152,7 +152,7 @@ def test_default_base_model_is_right_sometimes_far_from_always():
 
 def test_minibatches_are_exactly_updates_per_batch():
     """6 rows into 4 updates: torch.chunk gave 3 pieces of 2, the schedule counts 4 optimizer steps."""
-    from drpo.rollout import make_batch
+    from drpo.models.sampling import make_batch
 
     batch = make_batch([[1, 2]] * 6, [[3]] * 6, pad_id=0)
     pieces = minibatches(batch, 4, torch.Generator().manual_seed(0))
@@ -181,7 +181,7 @@ def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_r
     import copy
 
     from drpo.mismatch.stats import step_metrics
-    from drpo.rollout import sequence_log_probs
+    from drpo.models.log_probs import sequence_log_probs
 
     config = load_config(None, [*TINY, *CHEAP, f"out={tmp_path}", "rollout.precision=bf16",
                                 f"updates_per_batch={updates_per_batch}"])

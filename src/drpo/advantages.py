@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-ESTIMATORS = ("grpo", "rloo")
+from drpo.constants import ESTIMATORS
 
 
 def group_advantages(rewards: torch.Tensor, group_index: torch.Tensor, estimator: str = "grpo",

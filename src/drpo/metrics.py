@@ -24,6 +24,8 @@ import os
 import warnings
 from pathlib import Path
 
+from drpo.constants import TRACKERS
+
 # timings differ between two runs of the same seed; everything else must not
 TIMING_PREFIXES = ("time/", "throughput/")
 
@@ -41,9 +43,6 @@ def mean_of(dicts: list[dict[str, float]]) -> dict[str, float]:
         else:
             out[key] = sum(values) / len(values)
     return out
-
-
-TRACKERS = ("tensorboard", "wandb", "none")
 
 
 class MetricsLogger:

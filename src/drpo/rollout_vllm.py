@@ -1,6 +1,6 @@
 """Optional vLLM rollout backend (``rollout.backend=vllm``): mu sampled and scored by vLLM on a GPU.
 
-    behavior = build_behavior(config, policy)   # drpo.policy: rollout.BehaviorPolicy or this VLLMBehaviorPolicy
+    behavior = build_behavior(config, policy)   # drpo.backends: rollout.BehaviorPolicy or this VLLMBehaviorPolicy
     batch = behavior.generate(prompts, group_size=8, max_new_tokens=1024, eos_id=tok.eos_id, pad_id=tok.pad_id)
     ...                                         # the trainer's step, unchanged
     behavior.sync(policy.model)                 # push the new weights (or those of `lag` syncs ago) into vLLM
@@ -23,18 +23,19 @@ cleanly without it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import socket
-from collections import deque
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from drpo.rollout import TOPK_LOG_PROB_FLOOR, RolloutBatch, left_pad, restore_lagged_states
-
-VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+from drpo.constants import TORCH_DTYPES, VLLM_PRECISIONS
+from drpo.models.hf import hf_state
+from drpo.models.sampling import TOPK_LOG_PROB_FLOOR, RolloutBatch, left_pad
+from drpo.rollout import LaggedWeights
 
 
 def vllm_available() -> bool:
@@ -55,36 +56,33 @@ class VLLMBehaviorPolicy:
 
     def __init__(self, policy: nn.Module, path: str, precision: str = "bf16", lag: int = 0,
                  gpu_memory: float = 0.35, seed: int = 0, max_model_len: int | None = None) -> None:
-        if precision not in VLLM_DTYPES:
-            raise ValueError(f"rollout.backend=vllm supports rollout.precision {', '.join(VLLM_DTYPES)}; got "
+        if precision not in VLLM_PRECISIONS:
+            raise ValueError(f"rollout.backend=vllm supports rollout.precision {', '.join(VLLM_PRECISIONS)}; got "
                              f"{precision!r} (use rollout.backend=native for simulated fp8/int8)")
-        if lag < 0:
-            raise ValueError(f"lag must be >= 0, got {lag}")
         vllm = _import_vllm()
         self.precision, self.lag = precision, lag
-        self.dtype = getattr(torch, VLLM_DTYPES[precision])  # the engine's: lagged copies are stored in it
+        self.dtype = getattr(torch, TORCH_DTYPES[precision])  # the engine's: lagged copies are stored in it
         self.policy = policy
+        self.weights = LaggedWeights(policy, precision, lag, functools.partial(hf_state, cpu=True, dtype=self.dtype))
         # a one-process "distributed" engine inside this process, so load_weights reaches the model directly
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "localhost")):
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        self.llm = vllm.LLM(model=str(path), dtype=VLLM_DTYPES[precision], gpu_memory_utilization=gpu_memory,
+        self.llm = vllm.LLM(model=str(path), dtype=TORCH_DTYPES[precision], gpu_memory_utilization=gpu_memory,
                             max_model_len=max_model_len, seed=seed, enable_prefix_caching=True,
                             logprobs_mode="processed_logprobs", distributed_executor_backend="external_launcher")
-        self._states: deque[dict[str, torch.Tensor]] = deque(maxlen=lag + 1)
-        if lag:
-            self._states.append(hf_state(policy, cpu=True, dtype=self.dtype))
-        self._push(self._states[0] if lag else hf_state(policy))
+        self._serve()
 
     # ------------------------------------------------------------------------------------------- weights
     def sync(self, policy: nn.Module) -> None:
         """Record the policy's new weights and serve those of ``lag`` syncs ago (with lag 0: push them now)."""
         self.policy = policy
-        if self.lag:
-            self._states.append(hf_state(policy, cpu=True, dtype=self.dtype))
-            self._push(self._states[0])
-        else:
-            self._push(hf_state(policy))
+        self.weights.sync(policy)
+        self._serve()
+
+    def _serve(self) -> None:
+        state = self.weights.served()
+        self._push(state if state is not None else hf_state(self.policy))
 
     def _push(self, state: dict[str, torch.Tensor]) -> None:
         runner_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
@@ -92,11 +90,11 @@ class VLLMBehaviorPolicy:
         self.llm.reset_prefix_cache()  # cached prompt keys/values belong to the old weights
 
     def state_dict(self) -> dict:
-        return {"precision": self.precision, "lag": self.lag, "backend": "vllm", "states": [dict(s) for s in self._states]}
+        return {**self.weights.state_dict(), "backend": "vllm"}
 
     def load_state_dict(self, state: dict) -> None:
-        self._states = restore_lagged_states(state, self.precision, self.lag)
-        self._push(self._states[0] if self.lag else hf_state(self.policy))
+        self.weights.load_state_dict(state)
+        self._serve()
 
     # ------------------------------------------------------------------------------------------- sampling
     def generate(
@@ -167,56 +165,6 @@ def batch_from_outputs(prompts: list[list[int]], samples: Sequence[Sequence[tupl
         rollout_topk_ids=topk_ids.to(device) if top_k_logprobs else None,
         rollout_topk_log_probs=topk_log_probs.to(device) if top_k_logprobs else None,
     )
-
-
-def hf_state(model: nn.Module, cpu: bool = False, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The weights of an :class:`drpo.models.hf.HFCausalLM` under the names of its Hugging Face checkpoint
-    (``cpu``: copies on the CPU, floating ones in ``dtype`` when given).
-
-    LoRA adapters are merged into copies of the base weights: merging in place and unmerging again would
-    leave W + dW - dW, which in bf16 is not W, so the frozen weights would drift at every sync. GPT-2 Linear
-    weights converted from Conv1D at load are transposed back to the checkpoint's layout.
-    """
-    inner = model.hf
-    peft = hasattr(inner, "get_base_model")
-    base = inner.get_base_model() if peft else inner
-    merged = _merged_lora_weights(base) if peft else {}
-    transposed = set(getattr(base, "drpo_conv1d_modules", ()))
-    state = {}
-    for name, tensor in base.state_dict().items():
-        if "lora_" in name:
-            continue
-        tensor = merged.get(name, tensor).detach()
-        name = name.replace(".base_layer.", ".")
-        if name.rpartition(".")[0] in transposed and name.endswith(".weight"):
-            tensor = tensor.T
-        if cpu:
-            tensor = tensor.to("cpu", dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype,
-                               copy=True)
-        state[name] = tensor
-    return state
-
-
-@torch.no_grad()
-def _merged_lora_weights(base: nn.Module) -> dict[str, torch.Tensor]:
-    """{state-dict name of a LoRA layer's base weight: base weight + its active adapters' delta}, new tensors
-    (what peft's merge would write into the weight, rounded the same way)."""
-    from peft.tuners.lora import LoraLayer
-
-    merged = {}
-    for name, module in base.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        weight = module.get_base_layer().weight
-        for adapter in module.active_adapters:
-            if adapter not in module.lora_A:
-                continue
-            if adapter in getattr(module, "lora_variant", {}) or module.lora_bias.get(adapter):
-                raise NotImplementedError(f"{name}: only plain LoRA adapters (no DoRA or other variant, no "
-                                          "lora_bias) are merged for the vLLM rollout")
-            weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
-        merged[f"{name}.base_layer.weight"] = weight
-    return merged
 
 
 def _free_port() -> int:

@@ -24,6 +24,7 @@ import torch
 
 from drpo.adaptive import DeltaTracker, boundary
 from drpo.advantages import group_advantages
+from drpo.backends import build_behavior, build_policy
 from drpo.checkpoint import global_rng_state, resume_state, save_checkpoint, set_global_rng_state
 from drpo.config import RunConfig, check_out
 from drpo.diagnostics import pull_gradient_norms
@@ -34,9 +35,8 @@ from drpo.metrics import MetricsLogger, mean_of
 from drpo.mismatch.dump import TrainerDump
 from drpo.mismatch.stats import step_metrics
 from drpo.models.policy import Policy
+from drpo.models.sampling import RolloutBatch
 from drpo.optim import build_optimizer
-from drpo.policy import build_behavior, build_policy
-from drpo.rollout import RolloutBatch
 
 # We do not truncate pi: the nucleus is mu's, cut from the behavior policy's own logits (another precision,
 # stale weights, vLLM), which the trainer does not have; pi's own nucleus would be a different set.
@@ -215,7 +215,7 @@ class Trainer:
         cfg = self.config
         self.model.train()
         with self.trainer_numerics():
-            forward = self.policy.log_probs(batch, cfg.rollout.temperature)
+            forward = self.policy.log_probs(batch, cfg.rollout.temperature, keep_logits=self.loss.spec.needs_topk)
         out = self.loss(log_prob=forward.log_prob, rollout_log_prob=batch.rollout_log_prob,
                         advantages=advantages, response_mask=batch.response_mask, old_log_prob=old_log_prob,
                         rollout_topk_ids=batch.rollout_topk_ids, rollout_topk_log_probs=batch.rollout_topk_log_probs,

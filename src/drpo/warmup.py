@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from drpo.checkpoint import load_state_file
+from drpo.models.log_probs import sequence_log_probs
 from drpo.models.policy import Policy
+from drpo.models.sampling import make_batch
 from drpo.models.tokenizer import CharTokenizer
 from drpo.models.transformer import build_model
 from drpo.paths import cache_dir
-from drpo.rollout import make_batch, sequence_log_probs
 
 WARMUP_VERSION = 2  # bump when the warm-up recipe changes, so stale cached base models are not reused
 WARMUP_PROBE_PROMPTS = 256  # training prompts whose greedy accuracy ends the warm-up

@@ -133,8 +133,8 @@ def warm_up_worker(overrides: list[str]) -> None:
     _child_setup(None)
     from rich.console import Console
 
+    from drpo.backends import build_policy
     from drpo.config import load_config
-    from drpo.policy import build_policy
 
     build_policy(load_config(None, overrides), console=Console(quiet=True))
 

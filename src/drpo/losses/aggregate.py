@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+from drpo.constants import AGGREGATIONS
 
 
 def aggregate(per_token: torch.Tensor, response_mask: torch.Tensor, mode: str = "token-mean",

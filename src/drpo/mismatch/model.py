@@ -27,7 +27,7 @@ def measure_precisions(config, precisions=DEFAULT_PRECISIONS, prompts: int = 32,
     with ``samples`` responses each; ``rows_per_forward`` bounds the memory of the fp32 recomputation
     (rows x tokens x vocabulary logits).
     """
-    from drpo.policy import build_policy
+    from drpo.backends import build_policy
 
     unknown = [p for p in precisions if p not in PRECISION_ROUNDS]
     if unknown:

@@ -1,29 +1,27 @@
 """Hugging Face causal LMs behind drpo's forward contract: ``model=hf:PATH``.
 
-    policy = build_hf_policy(load_config(None, ["model=hf:/models/qwen", "task=math", "data=train.jsonl"]))
-    logits, cache = policy.model(input_ids, attention_mask, KVCache())   # [B, T, V] float32, an HFCache
-    logits, cache = policy.model(next_token[:, None], None, cache)       # one more step through the cache
+    model = HFCausalLM(load_hf_model("/models/qwen"))             # or add_lora(load_hf_model(...), rank)
+    logits, cache = model(input_ids, attention_mask, KVCache())   # [B, T, V] float32, an HFCache
+    logits, cache = model(next_token[:, None], None, cache)       # one more step through the cache
 
 Any causal LM that ``transformers`` loads from a local directory (Qwen2/Qwen3, Llama, GPT-2 families)
 is wrapped in :class:`HFCausalLM`, which speaks the contract of drpo/models/transformer.py, so the
-sampler (``rollout.generate``), the behavior policy (bf16/fp16 copies, fp8/int8 Linear hooks, lag) and
+sampler (drpo/models/sampling.py), the behavior policy (bf16/fp16 copies, fp8/int8 Linear hooks, lag) and
 ``sequence_log_probs`` run on it unchanged:
 
 - Position ids come from the attention mask (count of real tokens before each one), so left-padded prompts
   give the logits of the unpadded prompt, as for the built-in model.
 - The cache: the sampler passes a fresh ``KVCache()`` to start one; the wrapper answers with an
   :class:`HFCache` (transformers' ``DynamicCache`` plus the mask of every cached position) and continues
-  from it on the next call. Nothing in rollout.py needs to know.
+  from it on the next call. Nothing in the sampler needs to know.
 - Rotary frequency tables stay float32 when the behavior policy casts the copy to bf16/fp16, as in real
   inference engines (a bf16 ``inv_freq`` would garble positions beyond a few hundred tokens, a mismatch
   no engine has).
 - Dropout is switched off at load: pi must be a deterministic function of the weights, or the
   ratio pi/mu measures dropout noise instead of policy change.
 
-:class:`HFTokenizer` gives the tokenizer the interface of ``CharTokenizer`` plus the chat template;
-:class:`HFPolicy` adds micro-batched log-probs (``model.micro_batch``) and chunked evaluation sampling
-(``model.sample_rows``) for real sequence lengths. There is no supervised warm-up: the HF model is the
-base model.
+:func:`hf_state` gives the weights under the checkpoint's names and layout (vLLM loads them), :func:`export_hf`
+writes a trained run as a model directory. The policy, tokenizer and builder are drpo/models/hf_policy.py.
 """
 
 from __future__ import annotations
@@ -34,22 +32,20 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from drpo.models.policy import Policy
+from drpo.constants import HF_DTYPES, TORCH_DTYPES
 from drpo.models.transformer import KVCache
-from drpo.rollout import RolloutBatch, SequenceLogProbs, sequence_log_probs
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {name: getattr(torch, TORCH_DTYPES[name]) for name in HF_DTYPES}  # model.dtype
 # model families whose logits are exactly the hidden state times a bias-free head (no logit scale or soft-cap):
-# their log-probs can skip the [B, T, V] logits (HFCausalLM.head_inputs, drpo.rollout.head_log_probs)
+# their log-probs can skip the [B, T, V] logits (HFCausalLM.head_inputs, drpo.models.log_probs.head_log_probs)
 PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 # config attributes that hold a dropout probability in the transformers model families we support
 DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop",
                       "summary_first_dropout", "classifier_dropout")
 
 
-def _transformers():
+def require_transformers():
     try:
         import transformers
     except ImportError as error:
@@ -120,7 +116,7 @@ class HFCausalLM(nn.Module):
         else:
             if isinstance(cache, KVCache) and cache.length:
                 raise ValueError("HFCausalLM continues only its own HFCache; pass a fresh KVCache() to start one")
-            past = None if cache is None else _transformers().DynamicCache(config=self.hf.config)
+            past = None if cache is None else require_transformers().DynamicCache(config=self.hf.config)
             past_mask = new_mask[:, :0]  # [B, 0]
             n_past = torch.zeros(B, dtype=torch.long, device=input_ids.device)  # [B]
         positions = (n_past[:, None] + new_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T] padding repeats a neighbour
@@ -151,7 +147,7 @@ class HFCausalLM(nn.Module):
 
 def load_hf_model(path: str | Path, dtype: str = "fp32", attn_implementation: str = "sdpa") -> nn.Module:
     """``AutoModelForCausalLM`` from a local directory in ``dtype``, dropout off, in eval mode."""
-    transformers = _transformers()
+    transformers = require_transformers()
     config = transformers.AutoConfig.from_pretrained(path)
     for attribute in DROPOUT_ATTRIBUTES:
         if isinstance(getattr(config, attribute, None), float):
@@ -185,7 +181,7 @@ def _conv1d_to_linear(model: nn.Module) -> None:
                 if module.bias is not None:
                     linear.bias.copy_(module.bias)
             model.set_submodule(name, linear)
-    model.drpo_conv1d_modules = converted  # their checkpoint layout is transposed (drpo.rollout_vllm.hf_state)
+    model.drpo_conv1d_modules = converted  # their checkpoint layout is transposed (:func:`hf_state`)
 
 
 def _linear_to_conv1d(model: nn.Module) -> None:
@@ -213,118 +209,54 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> nn.Modu
     return get_peft_model(model, lora)
 
 
-# --------------------------------------------------------------------------------------------- the tokenizer
-class HFTokenizer:
-    """A transformers tokenizer with the interface of ``CharTokenizer``, and prompt formatting.
+def hf_state(model: nn.Module, cpu: bool = False, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The weights of an :class:`HFCausalLM` under the names of its Hugging Face checkpoint
+    (``cpu``: copies on the CPU, floating ones in ``dtype`` when given).
 
-    ``eos_id`` is the token that ends a response: ``eos_token`` when given (e.g. ``<|im_end|>`` for a
-    chat-formatted base model), else the tokenizer's EOS. ``pad_id`` is the tokenizer's PAD, or EOS when it
-    has none (padding is always masked, so sharing the id is harmless).
+    LoRA adapters are merged into copies of the base weights: merging in place and unmerging again would
+    leave W + dW - dW, which in bf16 is not W, so the frozen weights would drift at every sync. GPT-2 Linear
+    weights converted from Conv1D at load are transposed back to the checkpoint's layout.
     """
-
-    def __init__(self, tokenizer, chat_template: bool = True, system_prompt: str | None = None,
-                 eos_token: str | None = None) -> None:
-        self.hf = tokenizer
-        self.chat_template, self.system_prompt = chat_template, system_prompt
-        if eos_token is not None:
-            token_id = tokenizer.convert_tokens_to_ids(eos_token)
-            if token_id is None or (token_id == tokenizer.unk_token_id and eos_token != tokenizer.unk_token):
-                raise ValueError(f"model.eos_token={eos_token!r} is not a token of this tokenizer")
-            self.eos_id = int(token_id)
-        elif tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no EOS token: set model.eos_token to the token that ends a response")
-        else:
-            self.eos_id = int(tokenizer.eos_token_id)
-        self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else self.eos_id
-        self.bos_id = tokenizer.bos_token_id
-        if chat_template and not tokenizer.chat_template:
-            raise ValueError("this tokenizer has no chat template: set model.chat_template=false for plain prompts")
-        if system_prompt is not None and not chat_template:
-            raise ValueError("model.system_prompt needs model.chat_template=true")
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.hf)
-
-    def encode(self, text: str, bos: bool = False) -> list[int]:
-        """Token ids of ``text``; with ``bos`` the tokenizer's own prefix tokens (Llama's BOS; none for Qwen, GPT-2)."""
-        return list(self.hf(text, add_special_tokens=bos)["input_ids"])
-
-    def decode(self, ids, stop_at_eos: bool = True) -> str:
-        """Text of ``ids`` without special tokens; with ``stop_at_eos`` nothing from the first ``eos_id`` on."""
-        ids = [int(i) for i in ids]
-        if stop_at_eos and self.eos_id in ids:
-            ids = ids[: ids.index(self.eos_id)]
-        # a model's embedding table is often padded past the tokenizer (Qwen: 151936 vs 151665): such ids are no text
-        vocab = len(self.hf)  # a call into the Rust tokenizer: once per text, not per token
-        return self.hf.decode([i for i in ids if 0 <= i < vocab], skip_special_tokens=True)
-
-    def encode_prompt(self, text: str, messages: tuple | None = None) -> list[int]:
-        """A problem as the model sees it: in the chat template as the user turn (plus the system prompt), ready
-        for the assistant's answer; or, with ``chat_template=False``, the plain text with the tokenizer's prefix.
-        ``messages`` (a task=custom prompt given as chat messages) go through the template whole instead."""
-        if messages is not None:
-            if not self.chat_template:
-                raise ValueError("the prompt column holds chat messages, which need model.chat_template=true")
-            messages = list(messages)
-            if self.system_prompt is not None and messages[0]["role"] != "system":
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
-            return self.encode(self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        if not self.chat_template:
-            return self.encode(text, bos=True)
-        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else [])
-        messages.append({"role": "user", "content": text})
-        formatted = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.encode(formatted, bos=False)  # templates write their own BOS where the model wants one
+    inner = model.hf
+    peft = hasattr(inner, "get_base_model")
+    base = inner.get_base_model() if peft else inner
+    merged = _merged_lora_weights(base) if peft else {}
+    transposed = set(getattr(base, "drpo_conv1d_modules", ()))
+    state = {}
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        tensor = merged.get(name, tensor).detach()
+        name = name.replace(".base_layer.", ".")
+        if name.rpartition(".")[0] in transposed and name.endswith(".weight"):
+            tensor = tensor.T
+        if cpu:
+            tensor = tensor.to("cpu", dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype,
+                               copy=True)
+        state[name] = tensor
+    return state
 
 
-# --------------------------------------------------------------------------------------------- the policy
-@dataclass
-class HFPolicy(Policy):
-    """A Policy on a Hugging Face model: chat-formatted prompts, micro-batched log-probs, chunked sampling.
+@torch.no_grad()
+def _merged_lora_weights(base: nn.Module) -> dict[str, torch.Tensor]:
+    """{state-dict name of a LoRA layer's base weight: base weight + its active adapters' delta}, new tensors
+    (what peft's merge would write into the weight, rounded the same way)."""
+    from peft.tuners.lora import LoraLayer
 
-    ``micro_batch``: rows per forward when computing log-probs. With gradients each chunk runs under
-    activation checkpointing, so the backward recomputes one chunk at a time and peak memory is that of
-    ``micro_batch`` rows (logits included: rows x tokens x vocabulary floats) at the cost of a second
-    forward. The full logits are returned only when ``keep_logits`` (top-k losses need them); otherwise
-    ``logits`` is None and no [rows, tokens, vocabulary] logits are formed at all (the output head runs over
-    chunks of positions, :func:`drpo.rollout.head_log_probs`). ``sample_rows``: most rows sampled in one call by :meth:`generate_text`.
-    """
-
-    micro_batch: int | None = None
-    sample_rows: int | None = None
-    keep_logits: bool = True
-
-    def encode_prompt(self, example) -> list[int]:
-        return self.tokenizer.encode_prompt(example.prompt, getattr(example, "messages", None))
-
-    def log_probs(self, batch: RolloutBatch, temperature: float) -> SequenceLogProbs:
-        if self.micro_batch is None or len(batch) <= self.micro_batch:
-            return sequence_log_probs(self.model, batch, temperature, self.keep_logits)
-        parts = []
-        for start in range(0, len(batch), self.micro_batch):
-            chunk = batch.select(slice(start, start + self.micro_batch))
-            if torch.is_grad_enabled():
-                parts.append(checkpoint(self._chunk_log_probs, chunk, temperature, use_reentrant=False))
-            else:
-                parts.append(self._chunk_log_probs(chunk, temperature))
-        log_prob, entropy, logits = zip(*parts, strict=True)
-        return SequenceLogProbs(torch.cat(log_prob), torch.cat(entropy),
-                                torch.cat(logits) if self.keep_logits else None)
-
-    def _chunk_log_probs(self, chunk: RolloutBatch, temperature: float):
-        out = sequence_log_probs(self.model, chunk, temperature, self.keep_logits)
-        return out.log_prob, out.entropy, out.logits
-
-    @torch.no_grad()
-    def generate_text(self, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float,
-                      generator: torch.Generator | None = None) -> list[str]:
-        per_call = len(prompts) if self.sample_rows is None else max(1, self.sample_rows // samples)
-        texts: list[str] = []
-        for start in range(0, len(prompts), per_call):
-            texts += super().generate_text(prompts[start:start + per_call], samples, max_new_tokens, temperature,
-                                           generator)
-        return texts
+    merged = {}
+    for name, module in base.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        weight = module.get_base_layer().weight
+        for adapter in module.active_adapters:
+            if adapter not in module.lora_A:
+                continue
+            if adapter in getattr(module, "lora_variant", {}) or module.lora_bias.get(adapter):
+                raise NotImplementedError(f"{name}: only plain LoRA adapters (no DoRA or other variant, no "
+                                          "lora_bias) are merged for the vLLM rollout")
+            weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+        merged[f"{name}.base_layer.weight"] = weight
+    return merged
 
 
 def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -352,71 +284,6 @@ def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
     _linear_to_conv1d(inner)
     out_dir = Path(out_dir)
     inner.save_pretrained(out_dir)
-    _transformers().AutoTokenizer.from_pretrained(path).save_pretrained(out_dir)
+    require_transformers().AutoTokenizer.from_pretrained(path).save_pretrained(out_dir)
     return out_dir
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def build_hf_policy(config, console=None, task=None) -> HFPolicy:
-    """The Policy of a pretrained ``config.model.name`` (hf:PATH, gguf:FILE, smollm2-135m): model, tokenizer, task
-    (``task`` when given, else config.task's)."""
-    from drpo.models.gguf import resolve_model_dir
-
-    cfg = config.model
-    path = resolve_model_dir(cfg.name, console)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model={cfg.name}: {path} is not a model directory (no config.json). model=hf:PATH loads a local "
-            "directory with config.json, weights and tokenizer files, e.g. one made by "
-            "`huggingface-cli download Qwen/Qwen2.5-Math-1.5B --local-dir DIR` or `save_pretrained(DIR)`")
-    transformers = _transformers()
-    torch.manual_seed(config.seed)  # LoRA initialisation
-    tokenizer = HFTokenizer(transformers.AutoTokenizer.from_pretrained(path), chat_template=cfg.chat_template,
-                            system_prompt=cfg.system_prompt, eos_token=cfg.eos_token)
-    model = load_hf_model(path, cfg.dtype, cfg.attn_implementation)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora_rank:
-        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
-    model = HFCausalLM(model).to(resolve_device(cfg.device))
-
-    task = task or config.task.build(config.seed, pretrained_model=True)
-    policy = HFPolicy(model, tokenizer, task, micro_batch=cfg.micro_batch, sample_rows=cfg.sample_rows,
-                      keep_logits=config.loss.build().spec.needs_topk)
-    dropped = drop_long_prompts(policy) if task.name in ("math", "custom") else {}  # arith/sort count characters
-    parameters = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    policy.base_info = {
-        "model": str(path), "architecture": type(model.hf).__name__, "dtype": cfg.dtype,
-        "device": str(next(model.parameters()).device), "parameters": parameters, "trainable": trainable,
-        "lora_rank": cfg.lora_rank, "chat_template": cfg.chat_template, "eos_id": tokenizer.eos_id,
-        "train_problems": len(task.train), "eval_problems": len(task.eval),
-        "skipped_rows": dict(getattr(task, "skipped", {})), "duplicate_rows": dict(getattr(task, "duplicates", {})),
-        "dropped_long_prompts": dropped,
-    }
-    if console is not None:
-        console.print(f"hf model {path.name}: {parameters / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trained), "
-                      f"{len(task.train)} train / {len(task.eval)} eval problems"
-                      + (f", dropped {dropped} prompts over task.max_prompt_len" if any(dropped.values()) else "")
-                      + (f", skipped bad rows {task.skipped}" if any(getattr(task, "skipped", {}).values()) else ""))
-    return policy
-
-
-def drop_long_prompts(policy: HFPolicy) -> dict[str, int]:
-    """Remove problems whose formatted prompt exceeds the task's max_prompt_len tokens; the counts per split."""
-    task, limit = policy.task, policy.task.max_prompt_len
-    dropped = {}
-    for split in ("train", "eval"):
-        examples = getattr(task, split)
-        kept = [ex for ex in examples if len(policy.encode_prompt(ex)) <= limit]
-        if not kept:
-            raise ValueError(f"every {split} prompt is longer than max_prompt_len={limit} tokens once formatted "
-                             "for this model; raise task.max_prompt_len")
-        dropped[split] = len(examples) - len(kept)
-        setattr(task, split, kept)
-    return dropped

@@ -1,13 +1,13 @@
 """The Policy contract: what the trainer, the warm-up and evaluation call, whatever the model behind it.
 
     policy.encode_prompt(example)               # prompt token ids (BOS + characters; a chat template for HF)
-    policy.log_probs(batch, temperature)        # log pi [N, T], entropy [N, T], scaled logits [N, T, V]
+    policy.log_probs(batch, temperature, keep_logits)   # log pi [N, T], entropy [N, T], scaled logits [N, T, V]
     policy.generate_text(prompts, samples, max_new_tokens, temperature)   # completions of pi itself (fp32)
     policy.greedy_accuracy(examples)            # fraction the task's verifier accepts
 
 :class:`Policy` holds model + tokenizer + task and implements the contract for the built-in transformer
-(drpo/warmup.py builds it); :class:`drpo.models.hf.HFPolicy` subclasses it for Hugging Face models.
-drpo/policy.py picks between the two.
+(drpo/warmup.py builds it); :class:`drpo.models.hf_policy.HFPolicy` subclasses it for Hugging Face models.
+drpo/backends.py picks between the two.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from drpo.models.log_probs import SequenceLogProbs, sequence_log_probs
+from drpo.models.sampling import RolloutBatch, StopStrings, generate
 from drpo.models.tokenizer import CharTokenizer
-from drpo.rollout import RolloutBatch, StopStrings, generate, sequence_log_probs
 
 
 @dataclass
@@ -39,9 +40,13 @@ class Policy:
         texts = [self.tokenizer.decode(row) for row in batch.response_ids.tolist()]
         return [self.stopper().cut(text) for text in texts] if self.stop else texts
 
-    def log_probs(self, batch: RolloutBatch, temperature: float):
-        """log pi [N, T], entropy [N, T] and scaled logits [N, T, V] of the batch's responses, with gradients."""
-        return sequence_log_probs(self.model, batch, temperature)
+    def log_probs(self, batch: RolloutBatch, temperature: float, keep_logits: bool = False) -> SequenceLogProbs:
+        """log pi [N, T], entropy [N, T] and scaled logits [N, T, V] of the batch's responses, with gradients.
+
+        ``keep_logits``: the caller needs the logits (a top-k loss); without it a model that can skip forming
+        them does (an HF model, :func:`drpo.models.log_probs.sequence_log_probs`) and ``logits`` is None.
+        """
+        return sequence_log_probs(self.model, batch, temperature, keep_logits)
 
     def greedy_accuracy(self, examples: list) -> float:
         """Fraction of ``examples`` whose greedy completion the task's verifier accepts (task=custom: mean reward)."""

@@ -114,3 +114,19 @@ class Task:
     def target(self, example: Example) -> str:
         """The completion to imitate in supervised warm-up (the trainer appends EOS)."""
         return example.answer
+
+
+class DataTask(Task):
+    """A task whose problems are rows of data (math, custom): its constructor fills ``train`` and ``eval`` and
+    sets the lengths ``_max_prompt_len`` and ``_max_response_len``, given or measured on the rows."""
+
+    _max_prompt_len: int
+    _max_response_len: int
+
+    @property
+    def max_prompt_len(self) -> int:
+        return self._max_prompt_len
+
+    @property
+    def max_response_len(self) -> int:
+        return self._max_response_len

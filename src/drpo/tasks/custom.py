@@ -49,143 +49,18 @@ import numbers
 import random
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from drpo.tasks.base import Example, Scores, Task
-from drpo.tasks.math import DataError, _rows
+from drpo.tasks.base import DataTask, Scores
+from drpo.tasks.data import DataError
+from drpo.tasks.rows import Row, parse_rows, read_source
 
-RAW_SUFFIXES = (".jsonl", ".json", ".parquet")
-HELD_OUT_SPLITS = ("test", "validation")
-NOT_COLUMNS = ("prompt", "completion", "completion_ids")  # TRL passes these under its own names, not as columns
 MOST_OF_A_BATCH = 0.5  # a reward failing on more than this fraction of a batch stops the run
 
 
 class RewardError(RuntimeError):
     """A reward function that failed on most of a batch, or returned something other than one score per completion."""
-
-
-@dataclass(frozen=True, eq=False)
-class Row(Example):
-    """One row: ``prompt`` is its text (the last user turn of chat messages), ``answer`` its reference or ''."""
-
-    messages: tuple | None = None  # the prompt column's chat messages, as the chat template reads them
-    columns: dict = field(default_factory=dict)  # every column of the row, passed to the reward functions
-    number: int = 0  # 1-based row number in its source, for messages
-
-    @property
-    def reward_prompt(self):
-        """The prompt as the reward functions see it: the text, or the list of messages."""
-        return self.prompt if self.messages is None else list(self.messages)
-
-
-# --------------------------------------------------------------------------------------------- rows
-def read_source(source, what: str) -> tuple[str, list, list | None]:
-    """(label for messages, [(row number, row, why it cannot be decoded or None)], held-out rows or None)."""
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if path.is_dir():
-            return _read_saved_dataset(path)
-        if not path.is_file():
-            raise DataError(f"{what} {path} does not exist")
-        if path.suffix not in RAW_SUFFIXES:
-            raise DataError(f"{what} {path}: unknown format {path.suffix!r}; use {', '.join(RAW_SUFFIXES)} or a "
-                            "directory written by datasets' save_to_disk")
-        if path.suffix == ".parquet":
-            return f"{what} {path}", _parquet_rows(path), None
-        return f"{what} {path}", list(_rows(path, ())), None
-    if isinstance(source, dict) and source and all(hasattr(split, "to_list") for split in source.values()):
-        return _split_dict(source, f"{what} (DatasetDict)")  # a DatasetDict: {split name: Dataset}
-    if hasattr(source, "to_list"):  # a datasets.Dataset
-        source = source.to_list()
-    if isinstance(source, (list, tuple)):
-        return f"{what} (Python rows)", [(number, row, None) for number, row in enumerate(source, start=1)], None
-    raise DataError(f"{what}: expected a file, a datasets directory, a list of dicts or a datasets.Dataset, got "
-                    f"{type(source).__name__}")
-
-
-def _read_saved_dataset(path: Path):
-    try:
-        import datasets
-    except ImportError as error:
-        raise DataError(f"{path} is a directory: reading a datasets save_to_disk directory needs datasets "
-                        "(pip install datasets)") from error
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as error:  # datasets raises FileNotFoundError or its own errors for a directory it did not write
-        raise DataError(f"directory {path} is not a dataset written by save_to_disk: {error}") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        return _split_dict(loaded, f"dataset {path}")
-    return f"dataset {path}", [(n, row, None) for n, row in enumerate(loaded.to_list(), start=1)], None
-
-
-def _split_dict(splits, label: str):
-    if "train" not in splits:
-        raise DataError(f"{label} has splits {', '.join(splits.keys())} but no 'train' split")
-    held_out = next((splits[name] for name in HELD_OUT_SPLITS if name in splits), None)
-    rows = [(n, row, None) for n, row in enumerate(splits["train"].to_list(), start=1)]
-    return f"{label} split train", rows, None if held_out is None else held_out.to_list()
-
-
-def _parquet_rows(path: Path) -> list:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as error:
-        raise DataError(f"data file {path}: reading Parquet needs pyarrow (pip install pyarrow)") from error
-    try:
-        table = pq.read_table(path)
-    except Exception as error:  # pyarrow raises several types for a damaged or non-Parquet file
-        raise DataError(f"data file {path} cannot be read as Parquet: {error}") from None
-    return [(n, row, None) for n, row in enumerate(table.to_pylist(), start=1)]
-
-
-def parse_rows(rows: list, label: str, prompt_field: str, answer_field: str, need_answer: bool,
-               skip_bad_rows: bool) -> tuple[list[Row], int]:
-    """(the usable rows as Row, how many were skipped as bad); see the module docstring for what is bad."""
-    parsed, skipped = [], 0
-    for number, row, reason in rows:
-        try:
-            if reason is not None:
-                raise DataError(reason)
-            parsed.append(_parse_row(row, number, prompt_field, answer_field, need_answer))
-        except DataError as error:
-            if not skip_bad_rows:
-                raise DataError(f"{label} row {number}: {error} (set task.skip_bad_rows=true to skip and count "
-                                "such rows)") from None
-            skipped += 1
-    if not parsed:
-        raise DataError(f"{label} holds no usable rows" + (f" ({skipped} bad rows skipped)" if skipped else ""))
-    return parsed, skipped
-
-
-def _parse_row(row, number: int, prompt_field: str, answer_field: str, need_answer: bool) -> Row:
-    if not isinstance(row, dict):
-        raise DataError(f"is a {type(row).__name__}, not an object of columns")
-    if row.get(prompt_field) is None:
-        raise DataError(f"column {prompt_field!r} is missing or null (the row has {', '.join(map(repr, row)) or 'no columns'}); "
-                        "task.prompt_field names the prompt column")
-    value, messages = row[prompt_field], None
-    if isinstance(value, list):
-        if not value or not all(isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
-                                for m in value):
-            raise DataError(f"column {prompt_field!r} is a list but not chat messages ({{'role': ..., 'content': "
-                            "text}, ...)")
-        users = [m["content"] for m in value if m["role"] == "user"]
-        messages, value = tuple(dict(m) for m in value), (users[-1] if users else value[-1]["content"])
-    if not isinstance(value, str):
-        raise DataError(f"column {prompt_field!r} must be text or chat messages, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(f"column {prompt_field!r} is empty")
-    answer = row.get(answer_field)
-    if isinstance(answer, str | int | float) and not isinstance(answer, bool) and str(answer).strip():
-        answer = str(answer)
-    elif need_answer:
-        raise DataError(f"column {answer_field!r} (the reference answer) is missing, empty or not text; the built-in "
-                        "model's warm-up imitates it (task.answer_field names the column)")
-    else:
-        answer = ""
-    columns = {k: v for k, v in row.items() if k not in NOT_COLUMNS}
-    return Row(prompt=value, answer=answer, messages=messages, columns=columns, number=number)
 
 
 # --------------------------------------------------------------------------------------------- rewards
@@ -344,7 +219,7 @@ def combine(per_function: list[list[float]], weights: list[float]) -> list[float
 
 
 # --------------------------------------------------------------------------------------------- the task
-class CustomTask(Task):
+class CustomTask(DataTask):
     """Rows from ``data`` (and ``eval_data``), scored by ``reward`` (references or functions; see the module docstring).
 
     Without ``eval_data`` (or a held-out split of a datasets directory), ``eval_fraction`` of the rows, drawn
@@ -402,14 +277,6 @@ class CustomTask(Task):
         self._max_prompt_len = max_prompt_len or 1 + max(len(row.prompt) for row in everything)  # + BOS
         self._max_response_len = max_response_len or 1 + max(len(row.answer) for row in everything)  # + EOS
         self.characters = "".join(sorted({c for row in everything for c in row.prompt + row.answer}))
-
-    @property
-    def max_prompt_len(self) -> int:
-        return self._max_prompt_len
-
-    @property
-    def max_response_len(self) -> int:
-        return self._max_response_len
 
     @property
     def fingerprint(self) -> str:

@@ -25,7 +25,6 @@ kept once and counted in ``task.duplicates`` (DAPO-Math-17k's parquet repeats ea
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import random
 import re
@@ -34,16 +33,12 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from drpo.tasks.base import Example, Task
+from drpo.constants import MATH_PROMPT_TEMPLATE
+from drpo.tasks.base import DataTask, Example
+from drpo.tasks.data import DATA_SUFFIXES, DataError, read_rows
 
 logger = logging.getLogger(__name__)
-DEFAULT_TEMPLATE = "{prompt}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 _BOXED = re.compile(r"\\boxed\s*\{")
-
-
-class DataError(ValueError):
-    """A data file that cannot be used; the message names the file, and the row and field when there is one."""
 
 
 # --------------------------------------------------------------------------------------------- the answer
@@ -179,7 +174,7 @@ def load_examples(path: str | Path, prompt_field: str = "prompt", answer_field: 
         raise DataError(f"prompt_template {prompt_template!r} must contain '{{prompt}}'")
     pattern = compile_prompt_pattern(prompt_pattern)
     examples, seen, counts = [], set(), {"bad_rows": 0, "duplicates": 0}
-    for row_number, row, reason in _rows(path, (prompt_field, answer_field)):
+    for row_number, row, reason in read_rows(path, (prompt_field, answer_field)):
         try:
             if reason is not None:
                 raise DataError(reason)
@@ -215,58 +210,6 @@ def compile_prompt_pattern(prompt_pattern: str | None) -> re.Pattern | None:
     if pattern.groups < 1:
         raise DataError(f"prompt_pattern {prompt_pattern!r} needs a group (...) around the problem text")
     return pattern
-
-
-def _rows(path: Path, fields: tuple[str, ...]):
-    """(1-based row number, row, why it cannot be decoded or None); for JSON lines the number is the line's."""
-    if path.suffix == ".parquet":
-        yield from _parquet_rows(path, fields)
-        return
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"data file {path} cannot be read: {error}") from None
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"data file {path} is not valid JSON: {error}") from None
-        if not isinstance(rows, list):
-            raise DataError(f"data file {path} must hold a JSON list of rows, got {type(rows).__name__}")
-        yield from ((number, row, None) for number, row in enumerate(rows, start=1))
-        return
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield line_number, json.loads(line), None
-        except json.JSONDecodeError as error:
-            yield line_number, None, f"is not valid JSON ({error.msg} at column {error.colno})"
-
-
-def _parquet_rows(path: Path, fields: tuple[str, ...]):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as error:
-        raise DataError(f"data file {path}: reading Parquet needs pyarrow (pip install pyarrow)") from error
-    try:
-        schema = pq.read_schema(path)
-        columns = list(dict.fromkeys(f.split(".")[0] for f in fields))
-        missing = [c for c in columns if c not in schema.names]
-        if missing:
-            raise DataError(f"data file {path} has no column {missing[0]!r} (field "
-                            f"{next(f for f in fields if f.split('.')[0] == missing[0])!r}); columns: "
-                            f"{', '.join(schema.names)}")
-        table = pq.read_table(path, columns=columns)
-    except DataError:
-        raise
-    except Exception as error:  # pyarrow raises several types for a damaged or non-Parquet file
-        raise DataError(f"data file {path} cannot be read as Parquet: {error}") from None
-    number = 0
-    for batch in table.to_batches(max_chunksize=8192):  # rows as Python objects a chunk at a time
-        for row in batch.to_pylist():
-            number += 1
-            yield number, row, None
 
 
 def _field(row: dict, dotted: str):
@@ -310,7 +253,7 @@ def _answer_text(value, field: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- the task
-class MathTask(Task):
+class MathTask(DataTask):
     """Math problems from ``data`` (and ``eval_data``), rewarded by math-verify on the last boxed answer.
 
     Without ``eval_data``, ``n_eval`` problems drawn with ``seed`` are held out of ``data`` for
@@ -323,7 +266,7 @@ class MathTask(Task):
 
     def __init__(self, seed: int = 0, data: str | None = None, eval_data: str | None = None,
                  prompt_field: str = "prompt", answer_field: str = "answer",
-                 prompt_template: str = DEFAULT_TEMPLATE, prompt_pattern: str | None = None,
+                 prompt_template: str = MATH_PROMPT_TEMPLATE, prompt_pattern: str | None = None,
                  skip_bad_rows: bool = False, n_eval: int = 100, max_prompt_len: int = 512,
                  max_response_len: int = 1024, verify_timeout: float = 5.0) -> None:
         if data is None:
@@ -351,14 +294,6 @@ class MathTask(Task):
             held_out = set(random.Random(seed).sample(range(len(train)), min(n_eval, len(train) // 2)))
             self.eval = [ex for i, ex in enumerate(train) if i in held_out]
             self.train = [ex for i, ex in enumerate(train) if i not in held_out]
-
-    @property
-    def max_prompt_len(self) -> int:
-        return self._max_prompt_len
-
-    @property
-    def max_response_len(self) -> int:
-        return self._max_response_len
 
     def reward(self, completion: str, example: Example) -> float:
         """1.0 if the last ``\\boxed{...}`` of ``completion`` equals ``example.answer`` (math-verify), else 0.0.

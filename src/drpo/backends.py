@@ -2,7 +2,7 @@
 
     policy = build_policy(config)              # pi, a drpo.models.policy.Policy: the built-in transformer
                                                #   warmed up on the task (drpo/warmup.py), or a pretrained
-                                               #   model (hf:PATH, gguf:FILE, smollm2-135m; drpo/models/hf.py)
+                                               #   model (hf:PATH, gguf:FILE, smollm2-135m; drpo/models/hf_policy.py)
     behavior = build_behavior(config, policy)  # mu: a copy in rollout.precision, rollout.lag syncs stale
                                                #   (drpo/rollout.py), or vLLM (rollout.backend=vllm;
                                                #   drpo/rollout_vllm.py); both sample a RolloutBatch with mu
@@ -13,7 +13,7 @@ The backends import none of this module, so each can be read (and imported) on i
 from __future__ import annotations
 
 from drpo.models.gguf import is_pretrained_name, resolve_model_dir
-from drpo.models.hf import build_hf_policy
+from drpo.models.hf_policy import build_hf_policy
 from drpo.models.policy import Policy
 from drpo.rollout import BehaviorPolicy
 from drpo.rollout_vllm import VLLMBehaviorPolicy
