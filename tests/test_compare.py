@@ -256,6 +256,17 @@ def test_verdict_without_the_baseline_loss_names_another_baseline():
         summarize(constructed_grid(finals), constructed_runs(finals), baseline="spo")
 
 
+def test_a_condition_with_a_method_still_unrun_names_no_winner_and_is_not_counted():
+    """A sweep read while it runs: in condition b, pg has no finished run yet, so drpo's lead over tv is not a win."""
+    runs = [run for run in constructed_runs() if not (run.condition == "b" and run.method == "pg")]
+    out = summarize(constructed_grid(), runs)["verdict"]
+    assert out["conditions"]["b"] == [
+        "b: highest mean late accuracy (mean eval accuracy over the last 20% of steps): drpo, 0.600 ± 0.100 (3 seeds; "
+        "final evaluation alone: 0.600 ± 0.100) among the methods with finished runs; none yet for pg, so no method is "
+        "judged against the others here until they finish."]
+    assert out["overall"][0] == "drpo won 0 of 1 condition (better than every other method on late accuracy)."
+
+
 def test_a_base_model_that_missed_its_target_is_flagged_not_ranked():
     """The issue's case: finals 0.003 against 0.000 from a base model at 0.004 of a 0.3 target."""
     runs = constructed_runs()

@@ -10,7 +10,8 @@ of the primary outcome: late accuracy, the mean eval accuracy over the last 20% 
 Per condition: the method with the highest mean late accuracy and which methods are not separable from
 it (the top group; a method *wins* the condition only when it is better than every other), the collapses,
 the first to reach the target, then every method against the named baseline (results['baseline']). Over
-conditions: where the baseline won, sat in the top group, or was separably behind the leader.
+conditions: where the baseline won, sat in the top group, or was separably behind the leader. A condition
+where some method has no finished run yet (a sweep still running) is not judged and not counted.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def verdict(results: dict) -> dict:
                 "highest late accuracy would rank noise; raise warmup.steps or use an easier task."]
             continue
         leader = max(methods, key=lambda label: methods[label][PRIMARY]["mean"])
+        missing = [label for label in cond["methods"] if label not in methods]
+        if missing:  # a sweep still running: rank what finished, name no winner and count no condition as won
+            out["conditions"][condition] = [
+                _leader_sentence(condition, leader, [leader], {leader: methods[leader]}, level)[:-1]
+                + f" among the methods with finished runs; none yet for {_join(missing)}, so no method is judged "
+                "against the others here until they finish."]
+            continue
         to_leader = {label: paired_difference(per_seed_values(m), per_seed_values(methods[leader]),
                                               results.get("level", 0.95))
                      for label, m in methods.items() if label != leader}
