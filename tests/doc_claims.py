@@ -300,6 +300,8 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      "against {:.2f}", "smollm2/benchmark_malloc.json", ("default.step_cpu_s", "mmap_threshold_131072.step_cpu_s",
                                                          "default.peak_rss_gb", "mmap_threshold_131072.peak_rss_gb"),
      (".1f", ".1f", ".2f", ".2f")),
+    ("README.md", "The recipe at the recommended delta goes from {:.3f} to {:.3f} held-out greedy accuracy in 10 steps",
+     "smollm2/metrics.jsonl.gz", ("@0:eval/accuracy", "@10:eval/accuracy"), (".3f", ".3f")),
     ("examples/smollm2/drpo_arith.yaml", "accuracy {:.3f} -> {:.3f} at step 10", "smollm2/metrics.jsonl.gz",
      ("@0:eval/accuracy", "@10:eval/accuracy"), (".3f", ".3f")),
     ("docs/results/smollm2/README.md", "**{:.0f} s** in the trainer", "smollm2/summary.json", ("wall_time_s",), (".0f",)),
