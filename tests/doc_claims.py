@@ -272,8 +272,10 @@ def adaptive_validation_table() -> str:
         fixed = [f"{v['fixed'][d]['late']['mean']:.3f} ± {v['fixed'][d]['late']['std']:.3f}" if d in v["fixed"] else "-"
                  for d in FIXED]
         rule = v["rule"]
+        best = f"{v['best']:g}" + ("" if len(v["fixed"]) == len(FIXED) else
+                                    f" (of {', '.join(f'{d:g}' for d in v['fixed'])}: the others unfinished)")
         lines.append(f"| {c} | " + " | ".join(fixed) + f" | {rule['late']['mean']:.3f} ± {rule['late']['std']:.3f} "
-                     f"({v['delta_set']:.3f}) | {_verdict(v['vs_0.3'])} | {v['best']:g} | {_verdict(v['vs_best'])} |")
+                     f"({v['delta_set']:.3f}) | {_verdict(v['vs_0.3'])} | {best} | {_verdict(v['vs_best'])} |")
     return "\n".join(lines)
 
 
@@ -283,6 +285,7 @@ TABLES = {
                                lambda: results_delta_table("late"), lambda: results_delta_table("final"),
                                lambda: results_offpolicy_table("late"), lambda: results_offpolicy_table("final"),
                                mechanism_table),
+    "docs/results/adaptive/README.md": (adaptive_design_table, adaptive_validation_table),
 }
 
 D = "conditions.{}.methods.{}."  # prefix of one method's entry in one condition
@@ -389,6 +392,27 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      "smollm2/compare/results.json", ("gain.*.min", "gain.*.max", "gain.ppo_clip_higher.min"), (".1f", ".0f", ".1f")),
     ("docs/results/smollm2/README.md", "Every method gains {:.1f} to {:.0f} points in 12 steps",
      "smollm2/compare/results.json", ("gain.*.min", "gain.*.max"), (".1f", ".0f")),
+    ("README.md", "the selected rule is not separable from fixed 0.3: {} under staleness and {} under fp8 with "
+     "staleness", "adaptive/validation/results.json", ("adaptive:vs_0.3:stale", "adaptive:vs_0.3:fp8_stale"),
+     ("diff", "diff")),
+    ("docs/results/adaptive/README.md", "rule - fixed 0.3: {} under stale and {} under fp8_stale",
+     "adaptive/validation/results.json", ("adaptive:vs_0.3:stale", "adaptive:vs_0.3:fp8_stale"), ("diff", "diff")),
+    ("docs/results/adaptive/README.md", "under stale the best fixed delta is {:g}, and rule - best fixed is {}",
+     "adaptive/validation/results.json", ("adaptive:best:stale", "adaptive:vs_best:stale"), ("g", "diff")),
+    ("docs/results/adaptive/README.md", "Validation: {:d} new runs, {:.0f} minutes of run time summed over runs",
+     "adaptive/validation/runs.tar.xz", ("count", "minutes"), ("d", ".0f")),
+    ("docs/results/adaptive/README.md", "The rule set delta {:.2f} on average under stale (p99 of |pi - mu| about "
+     "{:.1f}) and {:.2f} under fp8_stale", "adaptive/validation/results.json",
+     ("adaptive:delta_set:stale", "conditions.stale.mismatch.p99", "adaptive:delta_set:fp8_stale"), (".2f", ".1f", ".2f")),
+    ("docs/results/adaptive/README.md", "**quantile {:g} x multiple {:g}** (score {:+.3f})",
+     "adaptive/design/results.json", ("adaptive:quantile", "adaptive:multiple", "adaptive:score"), ("g", "g", "+.3f")),
+    ("docs/results/adaptive/README.md", "The p99 of |pi - mu| is about {:.2f} under strong staleness and {:.3f} under "
+     "fp8", "adaptive/design/results.json", ("conditions.stale_strong.mismatch.p99", "conditions.fp8.mismatch.p99"),
+     (".2f", ".3f")),
+    ("docs/results/adaptive/README.md", "multiple 2 runs stale_strong near max_delta ({:.2f} on average",
+     "adaptive/design/results.json", ("adaptive:design_delta:stale_strong",), (".2f",)),
+    ("docs/results/adaptive/README.md", "Design: {:d} new runs, {:.0f} minutes of run time summed over runs",
+     "adaptive/design/runs.tar.xz", ("count", "minutes"), ("d", ".0f")),
 ]
 
 
@@ -418,6 +442,20 @@ def value(file: str, key: str):
         values = [r[metric] for r in map(json.loads, gzip.decompress(path.read_bytes()).decode().splitlines())
                   if metric in r]
         return {"min": min, "max": max, "mean": lambda v: sum(v) / len(v)}[extreme](values)
+    if key.startswith("adaptive:"):  # the adaptive sweeps' selection and validation (see adaptive_validation)
+        what, _, condition = key[9:].partition(":")
+        if what in ("quantile", "multiple"):
+            return adaptive_selected()[what == "multiple"]
+        if what == "score":
+            return adaptive_scores()[adaptive_selected()]
+        if what == "design_delta":
+            return delta_set("adaptive/design", condition, adaptive_label(*adaptive_selected()))
+        return adaptive_validation()[condition][what]
+    if path.name == "runs.tar.xz":  # a sweep's own runs: how many, and their wall time summed, in minutes
+        from drpo.experiments.archive import read_archive
+
+        summaries = [json.loads(data) for name, data in read_archive(path).items() if name.endswith("/summary.json")]
+        return len(summaries) if key == "count" else sum(s["wall_time_s"] for s in summaries) / 60
     data = json.loads(path.read_text())
     if key.startswith("gain."):  # per seed: final minus start accuracy, in points
         _, who, end = key.split(".")
