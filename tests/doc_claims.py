@@ -178,12 +178,114 @@ def mismatch_table(sweep: str) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- docs/results/adaptive
+ADAPTIVE_RULES = [(q, m) for q in (0.99, 0.999) for m in (0.5, 2)]  # the protocol's grid: quantile x multiple
+DESIGN, VALIDATION = ("stale_strong", "fp8"), ("stale", "fp8_stale")
+FIXED = {0.15: "drpo:delta=0.15", 0.3: "drpo", 0.5: "drpo:delta=0.5"}  # the validation's fixed deltas
+
+
+def adaptive_label(quantile: float, multiple: float) -> str:
+    return (f"drpo:adaptive_delta.enabled=true,adaptive_delta.quantile={quantile:g},"
+            f"adaptive_delta.multiple={multiple:g}")
+
+
+def adaptive_scores() -> dict[tuple[float, float], float]:
+    """Per rule: the mean over the design conditions of its seed-paired mean difference to DRPO at 0.3 (late)."""
+    r = results("adaptive/design")
+    return {rule: sum(r["conditions"][c]["methods"][adaptive_label(*rule)]["vs_baseline"]["mean"] for c in DESIGN)
+            / len(DESIGN) for rule in ADAPTIVE_RULES}
+
+
+def adaptive_selected() -> tuple[float, float]:
+    """The protocol's choice: the highest score; a rule within 0.002 of it ties, and a tie goes to the smaller
+    multiple (then the higher score)."""
+    scores = adaptive_scores()
+    tied = [rule for rule, score in scores.items() if score >= max(scores.values()) - 0.002]
+    return min(tied, key=lambda rule: (rule[1], -scores[rule]))
+
+
+@cache
+def _archived(sweep: str) -> dict[str, bytes]:
+    return RunArchive(ROOT / "docs" / "results" / sweep).archived()
+
+
+def delta_set(sweep: str, condition: str, label: str) -> float | None:
+    """The delta a method ran at (loss/delta), mean over its finished runs' steps, read from the sweep's archive."""
+    slug = label.replace(":", "_").replace(",", "_")
+    values = []
+    for name, data in _archived(sweep).items():
+        if name.startswith(f"runs/{condition}/{slug}/seed") and name.endswith("/metrics.jsonl"):
+            values += [r["loss/delta"] for r in map(json.loads, data.decode().splitlines()) if "loss/delta" in r]
+    return sum(values) / len(values) if values else None
+
+
+def _verdict(d: dict) -> str:
+    return f"{diff(d)} {d['verdict']}" if d["low"] is not None else f"{d['mean']:+.3f} ({d['n']} seed)"
+
+
+def adaptive_design_table() -> str:
+    """Per rule and design condition: late accuracy, the paired difference to DRPO at 0.3, the delta the rule set;
+    the selection score."""
+    r = results("adaptive/design")
+    scores = adaptive_scores()
+    lines = ["| quantile | multiple | " + " | ".join(f"{c}: late, rule - drpo 0.3, delta set" for c in DESIGN)
+             + " | score (mean of the differences) | collapsed |", "|---|---|---|---|---|---|"]
+    for rule in ADAPTIVE_RULES:
+        label = adaptive_label(*rule)
+        cells = []
+        for c in DESIGN:
+            m = r["conditions"][c]["methods"][label]
+            delta = delta_set("adaptive/design", c, label)
+            cells.append(f"{m['late']['mean']:.3f}, {_verdict(m['vs_baseline'])}, {delta:.3f}")
+        collapsed = sum(r["conditions"][c]["methods"][label]["collapsed"] for c in DESIGN)
+        lines.append(f"| {rule[0]:g} | {rule[1]:g} | " + " | ".join(cells) + f" | {scores[rule]:+.3f} | {collapsed} |")
+    base = [f"{r['conditions'][c]['methods']['drpo']['late']['mean']:.3f}, baseline, 0.3" for c in DESIGN]
+    lines.append("| fixed delta 0.3 (drpo) | - | " + " | ".join(base) + " | - | "
+                 f"{sum(r['conditions'][c]['methods']['drpo']['collapsed'] for c in DESIGN)} |")
+    return "\n".join(lines)
+
+
+def adaptive_validation() -> dict[str, dict]:
+    """Per validation condition: the selected rule's entry, the fixed deltas', the best fixed delta (highest mean
+    late accuracy, picked after looking) and the rule's paired differences to fixed 0.3 and to that best."""
+    from drpo.experiments.stats import paired_difference
+    from drpo.experiments.verdict import per_seed_values
+
+    r = results("adaptive/validation")
+    label = adaptive_label(*adaptive_selected())
+    out = {}
+    for c in VALIDATION:
+        methods = r["conditions"][c]["methods"]
+        fixed = {d: methods[lab] for d, lab in FIXED.items() if methods.get(lab, {}).get("seeds")}
+        best = max(fixed, key=lambda d: fixed[d]["late"]["mean"])
+        rule = methods[label]
+        out[c] = {"rule": rule, "fixed": fixed, "best": best, "vs_0.3": rule["vs_baseline"],
+                  "vs_best": paired_difference(per_seed_values(rule), per_seed_values(fixed[best])),
+                  "delta_set": delta_set("adaptive/validation", c, label)}
+    return out
+
+
+def adaptive_validation_table() -> str:
+    lines = ["| condition | fixed 0.15 | fixed 0.3 | fixed 0.5 | selected rule (delta set) | rule - fixed 0.3 "
+             "| best fixed | rule - best fixed |", "|---|---|---|---|---|---|---|---|"]
+    for c, v in adaptive_validation().items():
+        fixed = [f"{v['fixed'][d]['late']['mean']:.3f} ± {v['fixed'][d]['late']['std']:.3f}" if d in v["fixed"] else "-"
+                 for d in FIXED]
+        rule = v["rule"]
+        best = f"{v['best']:g}" + ("" if len(v["fixed"]) == len(FIXED) else
+                                    f" (of {', '.join(f'{d:g}' for d in v['fixed'])}: the others unfinished)")
+        lines.append(f"| {c} | " + " | ".join(fixed) + f" | {rule['late']['mean']:.3f} ± {rule['late']['std']:.3f} "
+                     f"({v['delta_set']:.3f}) | {_verdict(v['vs_0.3'])} | {best} | {_verdict(v['vs_best'])} |")
+    return "\n".join(lines)
+
+
 TABLES = {
     "README.md": (readme_delta_table, readme_offpolicy_table),
     "docs/results/README.md": (lambda: mismatch_table("delta"), lambda: mismatch_table("offpolicy"),
                                lambda: results_delta_table("late"), lambda: results_delta_table("final"),
                                lambda: results_offpolicy_table("late"), lambda: results_offpolicy_table("final"),
                                mechanism_table),
+    "docs/results/adaptive/README.md": (adaptive_design_table, adaptive_validation_table),
 }
 
 D = "conditions.{}.methods.{}."  # prefix of one method's entry in one condition
@@ -326,6 +428,27 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      "smollm2/compare/results.json", ("gain.*.min", "gain.*.max", "gain.ppo_clip_higher.min"), (".1f", ".0f", ".1f")),
     ("docs/results/smollm2/README.md", "Every method gains {:.1f} to {:.0f} points in 12 steps",
      "smollm2/compare/results.json", ("gain.*.min", "gain.*.max"), (".1f", ".0f")),
+    ("README.md", "the selected rule is not separable from fixed 0.3: {} under staleness and {} under fp8 with "
+     "staleness", "adaptive/validation/results.json", ("adaptive:vs_0.3:stale", "adaptive:vs_0.3:fp8_stale"),
+     ("diff", "diff")),
+    ("docs/results/adaptive/README.md", "rule - fixed 0.3: {} under stale and {} under fp8_stale",
+     "adaptive/validation/results.json", ("adaptive:vs_0.3:stale", "adaptive:vs_0.3:fp8_stale"), ("diff", "diff")),
+    ("docs/results/adaptive/README.md", "under stale the best fixed delta is {:g}, and rule - best fixed is {}",
+     "adaptive/validation/results.json", ("adaptive:best:stale", "adaptive:vs_best:stale"), ("g", "diff")),
+    ("docs/results/adaptive/README.md", "Validation: {:d} new runs, {:.0f} minutes of run time summed over runs",
+     "adaptive/validation/runs.tar.xz", ("count", "minutes"), ("d", ".0f")),
+    ("docs/results/adaptive/README.md", "The rule set delta {:.2f} on average under stale (p99 of |pi - mu| about "
+     "{:.1f}) and {:.2f} under fp8_stale", "adaptive/validation/results.json",
+     ("adaptive:delta_set:stale", "conditions.stale.mismatch.p99", "adaptive:delta_set:fp8_stale"), (".2f", ".1f", ".2f")),
+    ("docs/results/adaptive/README.md", "**quantile {:g} x multiple {:g}** (score {:+.3f})",
+     "adaptive/design/results.json", ("adaptive:quantile", "adaptive:multiple", "adaptive:score"), ("g", "g", "+.3f")),
+    ("docs/results/adaptive/README.md", "The p99 of |pi - mu| is about {:.2f} under strong staleness and {:.3f} under "
+     "fp8", "adaptive/design/results.json", ("conditions.stale_strong.mismatch.p99", "conditions.fp8.mismatch.p99"),
+     (".2f", ".3f")),
+    ("docs/results/adaptive/README.md", "multiple 2 runs stale_strong near max_delta ({:.2f} on average",
+     "adaptive/design/results.json", ("adaptive:design_delta:stale_strong",), (".2f",)),
+    ("docs/results/adaptive/README.md", "Design: {:d} new runs, {:.0f} minutes of run time summed over runs",
+     "adaptive/design/runs.tar.xz", ("count", "minutes"), ("d", ".0f")),
 ]
 
 
@@ -358,6 +481,20 @@ def value(file: str, key: str):
             return next(r[metric] for r in records if r["step"] == int(extreme[1:]))
         return {"min": min, "max": max, "mean": statistics.fmean, "median": statistics.median}[extreme](
             [r[metric] for r in records])
+    if key.startswith("adaptive:"):  # the adaptive sweeps' selection and validation (see adaptive_validation)
+        what, _, condition = key[9:].partition(":")
+        if what in ("quantile", "multiple"):
+            return adaptive_selected()[what == "multiple"]
+        if what == "score":
+            return adaptive_scores()[adaptive_selected()]
+        if what == "design_delta":
+            return delta_set("adaptive/design", condition, adaptive_label(*adaptive_selected()))
+        return adaptive_validation()[condition][what]
+    if path.name == "runs.tar.xz":  # a sweep's own runs: how many, and their wall time summed, in minutes
+        from drpo.experiments.archive import read_archive
+
+        summaries = [json.loads(data) for name, data in read_archive(path).items() if name.endswith("/summary.json")]
+        return len(summaries) if key == "count" else sum(s["wall_time_s"] for s in summaries) / 60
     data = json.loads(path.read_text())
     if key.startswith("gain."):  # per seed: final minus start accuracy, in points
         _, who, end = key.split(".")

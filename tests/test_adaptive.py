@@ -59,6 +59,18 @@ def test_config_is_off_by_default_and_refuses_what_it_cannot_set():
         load_config(None, ["adaptive_delta.min_delta=0.5", "adaptive_delta.max_delta=0.1"])
 
 
+def test_switched_off_its_constants_change_nothing_a_run_does():
+    """A run made with adaptive_delta off is the same experiment whatever its constants (so a finished run is
+    reused across a change of their defaults); switched on, they are part of the run."""
+    from drpo.config import config_changes
+
+    off = load_config(None, ["adaptive_delta.quantile=0.5", "adaptive_delta.multiple=7"]).recorded()
+    assert config_changes(off, load_config(None, [])) == {}
+    on = load_config(None, ["adaptive_delta.enabled=true", "adaptive_delta.multiple=7"]).recorded()
+    assert set(config_changes(on, load_config(None, ["adaptive_delta.enabled=true"]))) == {"adaptive_delta.multiple"}
+    assert set(config_changes(on, load_config(None, []))) == {"adaptive_delta.enabled", "adaptive_delta.multiple"}
+
+
 def test_trainer_logs_the_delta_it_sets(tmp_path, monkeypatch):
     """loss/delta every step: the loss's own at step 1, then 3 x the moving p99 of the steps before, which the
     trainer also logs (mismatch/abs_p_p99, the same linear-interpolation quantile)."""
@@ -69,6 +81,7 @@ def test_trainer_logs_the_delta_it_sets(tmp_path, monkeypatch):
     config = load_config(None, ["model=tiny", "warmup.steps=2", "warmup.target_accuracy=null", "eval.prompts=8",
                                 "eval.samples=0", "rollout.prompts=4", "rollout.group_size=4", "tensorboard=false",
                                 "rollout.precision=bf16", "steps=3", "adaptive_delta.enabled=true",
+                                "adaptive_delta.quantile=0.99", "adaptive_delta.multiple=3",
                                 "adaptive_delta.min_delta=1e-6", f"out={tmp_path / 'run'}"])
     Trainer(config).train()
     steps = [r for r in read_metrics(tmp_path / "run") if "loss/delta" in r]

@@ -66,6 +66,47 @@ def test_method_spec_errors_name_what_is_valid():
         parse_methods(["spo", "spo"])
 
 
+ADAPTIVE = "drpo:adaptive_delta.enabled=true,adaptive_delta.quantile=0.999,adaptive_delta.multiple=2"
+
+
+def test_a_method_may_carry_adaptive_delta_settings(tmp_path):
+    """They reach each job's config after the sweep's own, sweep.yaml and the report's method table; the method is
+    no point of a delta sweep (its delta moves) and gets no weight curve; any other trainer key is refused."""
+    from drpo.experiments.figures import weight_figure_losses
+    from drpo.experiments.jobs import plan, write_grid
+    from drpo.experiments.report import render_markdown
+
+    method = parse_method(ADAPTIVE)
+    assert (method.label, method.loss, method.hyper) == (ADAPTIVE, "drpo", {"delta": DRPO_DELTA})
+    assert method.trainer == {"adaptive_delta.enabled": True, "adaptive_delta.quantile": 0.999,
+                              "adaptive_delta.multiple": 2}
+    conditions = get_conditions(["stale"])
+    (job,) = plan(tmp_path, [method], [0], conditions, ["adaptive_delta.multiple=5", "adaptive_delta.ema=0.5"])
+    adaptive = load_config(None, job.overrides).adaptive_delta
+    assert (adaptive.enabled, adaptive.quantile, adaptive.multiple, adaptive.ema) == (True, 0.999, 2, 0.5)
+    assert not load_config(None, parse_method("drpo").overrides()).adaptive_delta.enabled
+
+    methods = parse_methods(["drpo:delta=0.15", "drpo", "drpo:delta=0.5", ADAPTIVE])
+    grid = write_grid(tmp_path, methods, [0], conditions, [], None)
+    assert "trainer" not in grid["methods"]["drpo"] and grid["methods"][ADAPTIVE]["trainer"] == method.trainer
+    assert yaml.safe_load((tmp_path / "sweep.yaml").read_text())["methods"][ADAPTIVE]["trainer"] == method.trainer
+    (sweep,) = hyper_sweeps(grid["methods"])
+    assert [p["label"] for p in sweep["points"]] == ["drpo:delta=0.15", "drpo", "drpo:delta=0.5"]
+    drawn, not_drawn = weight_figure_losses(grid["methods"])
+    assert drawn == ["drpo"] and ADAPTIVE in not_drawn
+    report = render_markdown(tmp_path, summarize(grid, []), drawn, not_drawn)
+    assert (f"| {ADAPTIVE} | drpo | delta={DRPO_DELTA}; trainer: adaptive_delta.enabled=True, "
+            "adaptive_delta.quantile=0.999, adaptive_delta.multiple=2 |") in report
+    assert f"| drpo | drpo | delta={DRPO_DELTA} |" in report and "or a boundary the trainer sets" in report
+
+    with pytest.raises(ValueError, match=r"'optim.lr' is a trainer setting; a method may carry only adaptive_delta"):
+        parse_method("drpo:optim.lr=0.1")
+    with pytest.raises(ValueError, match=r"unknown key 'adaptive_delta.multipel'.*multiple"):
+        parse_method("drpo:adaptive_delta.multipel=2")
+    with pytest.raises(ValueError, match="loss=ppo_clip has none"):
+        parse_method("ppo_clip:adaptive_delta.enabled=true")
+
+
 def test_default_methods_are_the_issue_list():
     built = {label: parse_method(label).build() for label in METHODS}
     assert built["ppo_clip_higher"].hyper.eps_low == 0.2 and built["ppo_clip_higher"].hyper.eps_high == 0.28

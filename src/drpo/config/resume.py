@@ -67,6 +67,9 @@ def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple[Any, Any]]
     saved_defaults = {**defaults, **BEFORE_THE_FIELD}
     pairs = {key: (before.get(key, saved_defaults.get(key)), now.get(key, defaults.get(key)))
              for key in sorted(set(before) | set(now))}
+    if not pairs["adaptive_delta.enabled"][0] and not pairs["adaptive_delta.enabled"][1]:
+        # switched off on both sides, its constants change nothing the run does (a new default included)
+        pairs = {key: pair for key, pair in pairs.items() if not key.startswith("adaptive_delta.")}
     return {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}
 
 

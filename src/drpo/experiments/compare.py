@@ -10,8 +10,8 @@ How a sweep runs, top to bottom:
 
 1. plan: one job per (condition, method, seed); its trainer overrides are the condition's, then the
    sweep's evaluation size (conditions.SWEEP_OVERRIDES), then the command line's, then the method's
-   ``loss=...``, then ``seed=K``. Every method of a (condition, seed)
-   therefore starts from the same base model and sees the same prompts and sampling seeds.
+   ``loss=...`` (and the ``adaptive_delta.*`` settings it carries, if any), then ``seed=K``. Every method
+   of a (condition, seed) therefore starts from the same base model and sees the same prompts and sampling seeds.
 2. reuse: a run directory whose summary.json says it finished is kept; one with a checkpoint is resumed
    (``resume=RUN_DIR``, exactly as `drpo train` resumes); a finished run asked for more steps is
    extended from its last checkpoint. A run directory made with a different config is an error, not
@@ -161,7 +161,8 @@ def describe_grid() -> str:
     from drpo.experiments.conditions import CONDITIONS
     from drpo.experiments.methods import METHODS
 
-    lines = ["methods (default: all; any registry name or preset, or NAME:key=value,... also works):"]
+    lines = ["methods (default: all; any registry name or preset, or NAME:key=value,... also works; a key "
+             "adaptive_delta.KEY sets the trainer's adaptive boundary for that method):"]
     for label, (loss, hyper) in METHODS.items():
         lines.append(f"  {label:<18} " + " ".join([f"loss={loss}", *(f"{k}={v}" for k, v in hyper.items())]))
     lines.append("conditions (default: all):")

@@ -184,7 +184,8 @@ def _error_bars(intervals: list[dict]) -> list[list[float]]:
 
 def weight_figure_losses(methods: dict) -> tuple[list[str], list[str]]:
     """Registry or preset names that reproduce the sweep's methods (plot_weight_curves takes bare names),
-    and the labels it cannot draw (custom hyper-parameters, or top-k losses that need logits)."""
+    and the labels it cannot draw (custom hyper-parameters, top-k losses that need logits, or trainer settings that
+    move the boundary while it trains)."""
     from drpo.losses import LOSSES, PRESETS, get_loss
 
     names, skipped = [], []
@@ -192,7 +193,7 @@ def weight_figure_losses(methods: dict) -> tuple[list[str], list[str]]:
         loss = get_loss(method["loss"], **method["hyper"])
         candidates = [method["loss"], loss.name, *(p for p, (base, _) in PRESETS.items() if base == loss.name)]
         match = next((c for c in candidates if get_loss(c).hyper == loss.hyper), None)
-        if match is None or LOSSES[loss.name].needs_topk:
+        if match is None or LOSSES[loss.name].needs_topk or method.get("trainer"):
             skipped.append(label)
         elif match not in names:
             names.append(match)

@@ -4,10 +4,12 @@
     parse_method("drpo:delta=0.3")    -> drpo with delta=0.3, labelled "drpo:delta=0.3"
     parse_method("dppo_topk_tv")      -> any registry name or preset of drpo.losses, default hyper-parameters
     parse_method("ppo_clip:eps_high=0.28,dual_clip=3")
+    parse_method("drpo:adaptive_delta.enabled=true,adaptive_delta.multiple=2")  # delta set from the mismatch
 
 A spec is ``NAME[:key=value,key=value...]``; NAME is a label of :data:`METHODS` (its hyper-parameters
 are the base, the spec's override them) or any name ``get_loss`` accepts. Hyper-parameters are validated
-by the loss registry, so a typo stops before any run starts, naming the valid keys.
+by the loss registry, so a typo stops before any run starts, naming the valid keys. A dotted key is a
+trainer setting the method carries (:data:`TRAINER_SECTIONS`), validated with the trainer's config.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ METHODS: dict[str, tuple[str, dict]] = {
     "drpo_reference": ("drpo", {"delta": 12.5}),  # the public reference's value: a very weak regularizer
 }
 
+# The trainer settings a method may carry besides its loss: those that set the loss's boundary while it trains.
+# Everything else about a run (model, rollouts, optimizer, evaluation) is the condition's and the sweep's, the same
+# for every method, so that the methods of a (condition, seed) differ in how they bound the update and nothing else.
+TRAINER_SECTIONS = ("adaptive_delta",)
+
 HEADLINE_LOSS = "drpo"  # the report's verdict compares every method on this loss with every other method
 
 
@@ -45,6 +52,7 @@ class Method:
     label: str  # name in tables, figures and the run directory
     loss: str  # registry name or preset given to `loss=`
     hyper: dict = field(default_factory=dict, hash=False)
+    trainer: dict = field(default_factory=dict, hash=False)  # dotted trainer settings (TRAINER_SECTIONS)
 
     @property
     def slug(self) -> str:
@@ -52,8 +60,9 @@ class Method:
         return self.label.replace(":", "_").replace(",", "_")
 
     def overrides(self) -> list[str]:
-        """Trainer overrides that select this loss: ``loss=NAME loss.KEY=VALUE ...``."""
-        return [f"loss={self.loss}", *(f"loss.{key}={_text(value)}" for key, value in self.hyper.items())]
+        """Trainer overrides that select this loss: ``loss=NAME loss.KEY=VALUE ...``, then its trainer settings."""
+        return [f"loss={self.loss}", *(f"loss.{key}={_text(value)}" for key, value in self.hyper.items()),
+                *(f"{key}={_text(value)}" for key, value in self.trainer.items())]
 
     def build(self):
         from drpo.losses import get_loss
@@ -66,28 +75,39 @@ class Method:
         return self.build().name
 
     def to_dict(self) -> dict:
-        return {"loss": self.loss, "hyper": dict(self.hyper)}
+        # no "trainer" key when there are none: sweep.yaml files written before methods carried any stay as they were
+        entry = {"loss": self.loss, "hyper": dict(self.hyper)}
+        return {**entry, "trainer": dict(self.trainer)} if self.trainer else entry
 
 
 def parse_method(spec: str) -> Method:
-    """``NAME[:key=value,...]`` -> :class:`Method` (validated by the loss registry)."""
-    from drpo.config import parse_value
+    """``NAME[:key=value,...]`` -> :class:`Method` (validated by the loss registry and, for trainer settings, the
+    trainer's config)."""
+    from drpo.config import load_config, parse_value
 
     name, _, rest = spec.strip().partition(":")
     if not name or "/" in spec:
         raise ValueError(f"method '{spec}': expected NAME or NAME:key=value,... (e.g. drpo:delta=0.3)")
     hyper: dict = {}
+    trainer: dict = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, sep, text = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ValueError(f"method '{spec}': '{item}' is not key=value (e.g. drpo:delta=0.3)")
-        hyper[key.strip()] = parse_value(text.strip())
+        if "." in key and key.split(".")[0] not in TRAINER_SECTIONS:
+            raise ValueError(f"method '{spec}': '{key}' is a trainer setting; a method may carry only "
+                             f"{', '.join(s + '.*' for s in TRAINER_SECTIONS)} (how its boundary is set). Settings "
+                             "for every method go after the methods (e.g. drpo compare --methods drpo spo steps=60)")
+        (trainer if "." in key else hyper)[key] = parse_value(text.strip())
     if name in METHODS:
         loss, base = METHODS[name]
-        method = Method(spec.strip() if hyper else name, loss, {**base, **hyper})
+        method = Method(spec.strip() if hyper or trainer else name, loss, {**base, **hyper}, trainer)
     else:
-        method = Method(spec.strip(), name, hyper)
+        method = Method(spec.strip(), name, hyper, trainer)
     method.build()  # ValueError naming the valid losses or hyper-parameters
+    if trainer:
+        load_config(None, method.overrides())  # ConfigError naming the valid keys, or what the loss cannot carry
     return method
 
 

@@ -94,6 +94,8 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
               "| method | loss | hyper-parameters |", "|---|---|---|"]
     for label, m in methods.items():
         hyper = ", ".join(f"{k}={v}" for k, v in m["hyper"].items()) or "defaults"
+        if m.get("trainer"):
+            hyper += "; trainer: " + ", ".join(f"{k}={v}" for k, v in m["trainer"].items())
         lines.append(f"| {label} | {m['loss']} | {hyper} |")
     lines += ["", "## Conditions", "", "What each condition injects, read from its runs' config.yaml, and the "
               "mismatch its runs measured at rollout time (|pi - mu| of the sampled tokens; mean and p99: mean "
@@ -120,7 +122,9 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
         lines += [f"w_t against pi - mu for {', '.join(drawn)} (drpo.plots.plot_weight_curves).", "",
                   "![gradient weights](figures/weights.png)", ""]
     if not_drawn:
-        lines += [f"Not drawn (custom hyper-parameters or top-k losses): {', '.join(not_drawn)}.", ""]
+        why = "custom hyper-parameters or top-k losses" + (
+            ", or a boundary the trainer sets" if any(methods[label].get("trainer") for label in not_drawn) else "")
+        lines += [f"Not drawn ({why}): {', '.join(not_drawn)}.", ""]
     lines += ["## Outcomes", "", "From drpo.experiments.outcomes:", "", OUTCOMES_DOC.strip(), "",
               "## Statistics", "", "From drpo.experiments.stats:", "", STATS_DOC.strip(), "",
               "## Collapse definition", "", "From drpo.experiments.collapse:", "", COLLAPSE_DOC.strip(), ""]

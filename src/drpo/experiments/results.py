@@ -143,11 +143,14 @@ def hyper_sweeps(methods: dict) -> list[dict]:
     """Losses whose methods differ in one hyper-parameter only (or in several that always take one value
     together, e.g. dppo_binary_tv's delta_low = delta_high), with at least MIN_SWEEP_POINTS values:
     [{'loss', 'parameter', 'points': [{'value', 'label'}, ...] by value}]. Methods of one loss that also
-    differ otherwise (another anchor, delta_low != delta_high) make no sweep."""
+    differ otherwise (another anchor, delta_low != delta_high) make no sweep. A method carrying trainer
+    settings (methods.TRAINER_SECTIONS: its boundary set while it trains) is no point of a sweep."""
     from drpo.losses import get_loss
 
     by_loss: dict[str, list[tuple[str, dict]]] = {}
     for label, m in methods.items():
+        if m.get("trainer"):
+            continue
         loss = get_loss(m["loss"], **m["hyper"])
         by_loss.setdefault(loss.name, []).append((label, loss.hyper.model_dump()))
     sweeps = []
