@@ -435,6 +435,8 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      "adaptive/validation/results.json", ("adaptive:vs_0.3:stale", "adaptive:vs_0.3:fp8_stale"), ("diff", "diff")),
     ("docs/results/adaptive/README.md", "under stale the best fixed delta is {:g}, and rule - best fixed is {}",
      "adaptive/validation/results.json", ("adaptive:best:stale", "adaptive:vs_best:stale"), ("g", "diff")),
+    ("docs/results/adaptive/README.md", "under fp8_stale the best fixed delta is {:g}, and rule - best fixed is {}",
+     "adaptive/validation/results.json", ("adaptive:best:fp8_stale", "adaptive:vs_best:fp8_stale"), ("g", "diff")),
     ("docs/results/adaptive/README.md", "Validation: {:d} new runs, {:.0f} minutes of run time summed over runs",
      "adaptive/validation/runs.tar.xz", ("count", "minutes"), ("d", ".0f")),
     ("docs/results/adaptive/README.md", "The rule set delta {:.2f} on average under stale (p99 of |pi - mu| about "
