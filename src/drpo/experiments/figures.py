@@ -211,4 +211,6 @@ def _save(fig, path: Path) -> Path:
     from drpo.plots import save_figure
 
     fig.tight_layout()
-    return save_figure(fig, path)
+    # 80 dpi: the multi-panel figures stay legible at 1440 px wide, at about half the bytes of 110 dpi (every
+    # clone of the repository carries every published report's figures)
+    return save_figure(fig, path, dpi=80)
