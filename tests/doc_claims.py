@@ -57,7 +57,12 @@ def _mismatch(value: float) -> str:
 def _versus(m: dict, outcome: str) -> str:
     """'better' / 'worse' when the paired interval of ``outcome`` against the baseline excludes 0, else ''."""
     d = m["vs_baseline" if outcome == "late" else f"{outcome}_vs_baseline"]
-    return "" if d is None or d["verdict"] == "not separable" else f" {d['verdict']}"
+    return "" if d is None or d["verdict"] == "not separable" else f" {d['verdict']}{_holm_mark(d)}"
+
+
+def _holm_mark(d: dict) -> str:
+    """'†' on a late-accuracy separation that survives Holm's correction for its condition's family."""
+    return "†" if d.get("p_holm") is not None and d["p_holm"] < 0.05 else ""
 
 
 def _collapsed(m: dict) -> str:
@@ -97,8 +102,10 @@ def readme_offpolicy_table() -> str:
         methods = cond["methods"]
         drpo = methods[base]
         leader = max(methods, key=lambda label: methods[label]["late"]["mean"])
-        behind = [label for label, m in methods.items() if m["vs_baseline"] and m["vs_baseline"]["verdict"] == "worse"]
-        ahead = [label for label, m in methods.items() if m["vs_baseline"] and m["vs_baseline"]["verdict"] == "better"]
+        behind = [label + _holm_mark(m["vs_baseline"]) for label, m in methods.items()
+                  if m["vs_baseline"] and m["vs_baseline"]["verdict"] == "worse"]
+        ahead = [label + _holm_mark(m["vs_baseline"]) for label, m in methods.items()
+                 if m["vs_baseline"] and m["vs_baseline"]["verdict"] == "better"]
         collapsed = sorted(((m["collapsed"], label) for label, m in methods.items() if m["collapsed"]), reverse=True)
         lines.append(f"| {condition} | {_mismatch(cond['mismatch']['abs_mean'])} "
                      f"| {drpo['late']['mean']:.3f} ({drpo['final']['mean']:.3f}) "
@@ -126,7 +133,7 @@ def results_delta_table(outcome: str) -> str:
             m = r["conditions"][condition]["methods"][labels[d]]
             cell = f"{m[outcome]['mean']:.3f}"
             if m[key] is not None and m[key]["verdict"] != "not separable":
-                cell += f" ({diff(m[key])})"
+                cell += f" ({diff(m[key])}{_holm_mark(m[key])})"
             cells.append(cell + (f", {m['collapsed']}/{m['seeds']} C" if m["collapsed"] else ""))
         lines.append(f"| {d:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -145,7 +152,7 @@ def results_offpolicy_table(outcome: str) -> str:
             m = r["conditions"][condition]["methods"][label]
             cell = f"{m[outcome]['mean']:.3f} ± {m[outcome]['std']:.3f}"
             if m[key] is not None and m[key]["verdict"] != "not separable":
-                cell += f" ({diff(m[key])})"
+                cell += f" ({diff(m[key])}{_holm_mark(m[key])})"
             cells.append(cell + (f", {m['collapsed']}/{m['seeds']} C" if m["collapsed"] else ""))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -312,6 +319,20 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      ("max:loss/corrective_frac",), ("%.1f",)),
     ("README.md", "0.3 against 0.5 under strong staleness: {}", "delta/results.json",
      (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline",), ("diff",)),
+    ("README.md", "the 13 comparisons made against 0.5 in that condition (Holm, adjusted p {:.3f})", "delta/results.json",
+     (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline.p_holm",), (".3f",)),
+    ("docs/results/README.md", "(Holm) the separation does not hold (adjusted p {:.3f})", "delta/results.json",
+     (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline.p_holm",), (".3f",)),
+    ("docs/results/README.md", "strong staleness survives Holm's correction (adjusted p {:.3f})", "delta/results.json",
+     (D.format("stale_strong", "drpo:delta=0.05") + "vs_baseline.p_holm",), (".3f",)),
+    ("docs/results/adaptive/README.md", "Holm's correction for the four rules: adjusted p {:.3f})",
+     "adaptive/design/results.json", (D.format("fp8", "drpo:adaptive_delta.enabled=true,adaptive_delta.quantile=0.99,"
+                                               "adaptive_delta.multiple=2") + "vs_baseline.p_holm",), (".3f",)),
+    ("README.md", "comparisons (Holm), {:d} of those {:d} remain (CISPO and SPO), and {:d} of {:d} under strong staleness",
+     "offpolicy/results.json", ("count_holm:stale", "count:late:worse:stale", "count_holm:stale_strong",
+                                "count:late:worse:stale_strong"), ("d", "d", "d", "d")),
+    ("docs/results/README.md", "final-evaluation table said 9 ({:d} of the {:d} survive Holm's correction",
+     "offpolicy/results.json", ("count_holm:stale_strong", "count:late:worse:stale_strong"), ("d", "d")),
     ("README.md", "level with it under fp8: {}", "delta/results.json",
      (D.format("fp8", "drpo:delta=0.3") + "vs_baseline",), ("diff",)),
     ("README.md", "PPO clip-higher has the highest late mean ({}, {} against DRPO)", "offpolicy/results.json",
@@ -521,6 +542,10 @@ def value(file: str, key: str):
         field = "vs_baseline" if outcome == "late" else f"{outcome}_vs_baseline"
         return sum(1 for m in data["conditions"][condition]["methods"].values()
                    if m[field] is not None and m[field]["verdict"] == verdict)
+    if key.startswith("count_holm:"):  # count_holm:CONDITION, late-accuracy separations that survive Holm's correction
+        methods = data["conditions"][key.split(":", 1)[1]]["methods"].values()
+        return sum(1 for m in methods if m["vs_baseline"] is not None and m["vs_baseline"]["verdict"] != "not separable"
+                   and m["vs_baseline"]["p_holm"] < 0.05)
     if key.startswith("clipped_vs_0.15:"):  # drpo_clipped against DRPO at 0.15 in one condition, on late accuracy
         from drpo.experiments.stats import paired_difference
         from drpo.experiments.verdict import per_seed_values

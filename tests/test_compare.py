@@ -5,6 +5,7 @@ one sweep shared by the tests that read it."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import shutil
@@ -228,13 +229,21 @@ def test_verdict_from_paired_intervals_on_constructed_runs():
     assert a[2] == ("First to reach the target accuracy 0.450 (seed-mean curve): tv at step 10; never reached by drpo "
                     "and pg.")
     # hand: mean 0.11 -+ 4.303 * 0.01 / sqrt(3); mean 0.0233 -+ 4.303 * 0.0751 / sqrt(3)
+    # Holm over the 2 comparisons: tv's t = 0.11 / (0.01 / sqrt 3) = 19.05 on 2 df, p = 1 - t / sqrt(t^2 + 2)
+    # = 0.00275, the smaller of the two, so adjusted 2 x 0.00275 = 0.0055
     assert a[3] == ("Against drpo (late accuracy, method - drpo, paired over seeds, 95% t interval): better: "
-                    "tv +0.110 [+0.085, +0.135]; not separable: pg +0.023 [-0.163, +0.210].")
+                    "tv +0.110 [+0.085, +0.135]; not separable: pg +0.023 [-0.163, +0.210]. Corrected for the 2 "
+                    "comparisons against drpo (Holm, familywise 95%): still separated: tv (adjusted p 0.005).")
+    tv = results["conditions"]["a"]["methods"]["tv"]["vs_baseline"]
+    assert tv["p"] == pytest.approx(1 - 19.0526 / math.sqrt(19.0526 ** 2 + 2), rel=1e-4)
+    assert tv["p_holm"] == pytest.approx(2 * tv["p"])
     assert b[0] == ("b: highest mean late accuracy (mean eval accuracy over the last 20% of steps): drpo, 0.600 ± 0.100 (3 seeds; final evaluation alone: "
                     "0.600 ± 0.100), better than every other "
                     "method (paired 95% t intervals): drpo wins.")
     assert b[3] == ("Against drpo (late accuracy, method - drpo, paired over seeds, 95% t interval): worse: "
-                    "tv -0.200 [-0.200, -0.200] and pg -0.193 [-0.231, -0.155].")
+                    "tv -0.200 [-0.200, -0.200] and pg -0.193 [-0.231, -0.155]. Corrected for the 2 comparisons "
+                    "against drpo (Holm, familywise 95%): still separated: tv (adjusted p < 0.001) and pg "
+                    "(adjusted p 0.002).")
     assert results["verdict"]["overall"] == [
         "drpo won 1 of 2 conditions (b) (better than every other method on late accuracy).",
         "It was separably behind the highest mean in a (best: tv, ahead by +0.110 [+0.085, +0.135]).",

@@ -5,34 +5,66 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drpo.experiments.stats import (
     eval_standard_error,
+    holm,
     mean_interval,
     mean_std,
     paired_difference,
-    t_cdf,
-    t_quantile,
 )
 
 
-@pytest.mark.parametrize(("df", "t975"), [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571),
-                                          (6, 2.447), (9, 2.262), (10, 2.228), (20, 2.086), (30, 2.042)])
-def test_t_quantile_matches_the_printed_table(df, t975):
-    assert t_quantile(0.975, df) == pytest.approx(t975, abs=5e-4)
+@pytest.mark.parametrize(("n", "t975"), [(2, 12.706), (3, 4.303), (4, 3.182), (5, 2.776), (6, 2.571),
+                                         (7, 2.447), (10, 2.262), (11, 2.228), (21, 2.086), (31, 2.042)])
+def test_interval_half_width_uses_the_printed_t_table(n, t975):
+    """n differences alternating 0 and 1 (sd known in closed form): half-width = t_{n-1, 0.975} sd / sqrt(n)."""
+    diffs = [float(i % 2) for i in range(n)]
+    sd = math.sqrt(sum((d - sum(diffs) / n) ** 2 for d in diffs) / (n - 1))
+    d = paired_difference(dict(enumerate(diffs)), dict.fromkeys(range(n), 0.0))
+    assert (d["high"] - d["low"]) / 2 == pytest.approx(t975 * sd / math.sqrt(n), rel=2e-4)
+    m = mean_interval(diffs, level=0.99)
+    assert m["high"] > d["high"]  # a 99% interval is wider than the 95% one
 
 
-def test_t_cdf_by_hand():
-    # df = 1 is the Cauchy distribution: P(T <= 1) = 1/2 + atan(1)/pi = 3/4
-    assert t_cdf(1.0, 1) == pytest.approx(0.75)
-    # df = 2 has P(T <= t) = 1/2 + t / (2 sqrt(t^2 + 2)): at t = 1, 1/2 + 1/(2 sqrt 3)
-    assert t_cdf(1.0, 2) == pytest.approx(0.5 + 1 / (2 * math.sqrt(3)))
-    assert t_cdf(0.0, 7) == 0.5 and t_cdf(-2.776, 4) == pytest.approx(0.025, abs=1e-4)
-    assert t_quantile(0.995, 4) == pytest.approx(4.604, abs=5e-4)  # the 99% column
-    with pytest.raises(ValueError, match="positive integer"):
-        t_cdf(1.0, 0)
-    with pytest.raises(ValueError, match="0.5 <= p < 1"):
-        t_quantile(0.4, 3)
+def test_p_value_by_hand():
+    """d = 0.1, 0.2, 0.2: t = mean / (sd / sqrt 3) = 5 on 2 df, whose CDF is 1/2 + t / (2 sqrt(t^2 + 2)):
+    p = 2 (1/2 - 5 / (2 sqrt 27)) = 1 - 5 / sqrt(27)."""
+    d = paired_difference({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.4, 1: 0.4, 2: 0.5})
+    assert d["p"] == pytest.approx(1 - 5 / math.sqrt(27), rel=1e-9)
+    assert paired_difference({0: 0.6}, {0: 0.2})["p"] is None
+
+
+@given(st.lists(st.floats(-1, 1, allow_nan=False), min_size=2, max_size=8))
+def test_separation_is_the_same_as_p_below_five_percent(diffs):
+    """The interval excludes 0 exactly when the paired t test's two-sided p < 0.05 (one test, two readings)."""
+    d = paired_difference(dict(enumerate(diffs)), dict.fromkeys(range(len(diffs)), 0.0))
+    if d["p"] is not None and abs(d["p"] - 0.05) > 1e-9:
+        assert (d["verdict"] != "not separable") == (d["p"] < 0.05)
+
+
+def test_holm_by_hand():
+    """m = 4: 0.01 * 4 = 0.04; 0.02 * 3 = 0.06; 0.03 * 2 = 0.06; 0.5 * 1 = 0.5 (never below the one before)."""
+    assert holm({"a": 0.03, "b": 0.01, "c": 0.5, "d": 0.02, "e": None}) == {
+        "a": pytest.approx(0.06), "b": pytest.approx(0.04), "c": pytest.approx(0.5), "d": pytest.approx(0.06),
+        "e": None}
+    assert holm({"a": 0.4, "b": 0.9}) == {"a": pytest.approx(0.8), "b": pytest.approx(0.9)}  # capped at 1 x 0.9
+    assert holm({"a": 0.7, "b": 0.6}) == {"a": 1.0, "b": 1.0}  # 2 x 0.6 capped at 1, then max
+    assert holm({}) == {} and holm({"a": 0.2}) == {"a": 0.2}
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=3), st.floats(0, 1), min_size=1, max_size=8))
+def test_holm_properties(p_values):
+    """Adjusted p: at least the raw p, at most 1, at most the Bonferroni m x p, and in the raw p's order."""
+    adjusted, m = holm(p_values), len(p_values)
+    for name, p in p_values.items():
+        assert p <= adjusted[name] <= min(1.0, m * p) + 1e-12
+    for a in p_values:
+        for b in p_values:
+            if p_values[a] < p_values[b]:
+                assert adjusted[a] <= adjusted[b]
 
 
 def test_paired_difference_separable():
@@ -65,7 +97,7 @@ def test_pairing_is_by_seed_not_by_position():
 
 def test_one_paired_seed_has_no_interval():
     d = paired_difference({0: 0.6, 1: 0.7}, {0: 0.2})
-    assert d == {"mean": pytest.approx(0.4), "low": None, "high": None, "n": 1, "seeds": [0],
+    assert d == {"mean": pytest.approx(0.4), "low": None, "high": None, "p": None, "n": 1, "seeds": [0],
                  "verdict": "not separable"}
     assert paired_difference({}, {0: 0.2})["mean"] is None
 

@@ -8,8 +8,9 @@ diagnose_pull=true the gradient-norm ratio of the pull part to the policy-gradie
 the weight over steps, the mismatch
 the run measured (mean, p99 and max of |pi - mu| at rollout time), rollout + update seconds, the collapse
 verdict. Per condition and method: mean and sample std over seeds, steps to target (seed-mean curve), and
-the paired differences of late accuracy (the verdict's), area and final accuracy against the baseline
-(drpo.experiments.stats). Per condition: the
+the paired differences of late accuracy (the verdict's, with its Holm-adjusted p over the family of every
+method against the baseline), area and final accuracy against the baseline (drpo.experiments.stats).
+Per condition: the
 mechanism it injects (what the behavior policy rounds, updates per batch, lag), the mismatch measured by
 its runs, the evaluation size. Per sweep of one loss hyper-parameter (:func:`hyper_sweeps`): one point per
 value. The verdict (drpo.experiments.verdict) is generated from these numbers.
@@ -24,7 +25,7 @@ from drpo.experiments.collapse import as_number, detect_collapse
 from drpo.experiments.methods import HEADLINE_LOSS
 from drpo.experiments.outcomes import PRIMARY, accuracy_area, late_accuracy
 from drpo.experiments.runs import Run, seed_mean_curve, series
-from drpo.experiments.stats import LEVEL, mean_interval, mean_std, paired_difference
+from drpo.experiments.stats import LEVEL, holm, mean_interval, mean_std, paired_difference
 from drpo.experiments.verdict import per_seed_values, verdict
 
 TARGET_MARGIN = 0.15  # default target: start accuracy + this
@@ -110,6 +111,9 @@ def summarize(grid: dict, runs: list[Run], target: float | None = None, baseline
             for key, outcome in (("vs_baseline", PRIMARY), ("final_vs_baseline", "final"), ("auc_vs_baseline", "auc")):
                 entry[key] = (None if label == base or base not in methods else paired_difference(
                     per_seed_values(entry, outcome), per_seed_values(methods[base], outcome)))
+        family = holm({label: m["vs_baseline"]["p"] for label, m in methods.items() if m["vs_baseline"]})
+        for label, p_holm in family.items():  # every method against the baseline is one family of tests
+            methods[label]["vs_baseline"]["p_holm"] = p_holm
         weak = sorted({r.seed for r in crun if (r.summary.get("base_model") or {}).get("missed_target")})
         results["conditions"][condition] = {
             "about": spec["about"], "overrides": spec["overrides"], "target": cond_target, "methods": methods,

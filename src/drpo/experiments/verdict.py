@@ -7,6 +7,9 @@ of the primary outcome: late accuracy, the mean eval accuracy over the last 20% 
 - *better* / *worse*: the interval of (method - reference) lies above / below 0;
 - *not separable*: it contains 0, or fewer than 2 seeds are paired (no interval).
 
+Every method against the baseline is one family of tests: the baseline sentence also says which of its
+separations survive Holm's correction for that family (drpo.experiments.stats.holm).
+
 Per condition: the method with the highest mean late accuracy and which methods are not separable from
 it (the top group; a method *wins* the condition only when it is better than every other), the collapses,
 the first to reach the target, then every method against the named baseline (results['baseline']). Over
@@ -93,13 +96,35 @@ def _target_sentence(target: float, methods: dict) -> str:
 def _baseline_sentence(base: str, methods: dict, level: int) -> str:
     groups = {"better": [], "worse": [], "not separable": []}
     for label, m in methods.items():
-        if label == base:
-            continue
-        d = paired_difference(per_seed_values(m), per_seed_values(methods[base]), level / 100)
-        groups[d["verdict"]].append(f"{label} {format_difference(d)}")
+        if label != base:
+            groups[m["vs_baseline"]["verdict"]].append(f"{label} {format_difference(m['vs_baseline'])}")
     parts = [f"{name}: {_join(items)}" for name, items in groups.items() if items]
-    return (f"Against {base} (late accuracy, method - {base}, paired over seeds, {level}% t interval): "
+    text = (f"Against {base} (late accuracy, method - {base}, paired over seeds, {level}% t interval): "
             + "; ".join(parts) + ".")
+    return text + _family_sentence(base, methods, level)
+
+
+def _family_sentence(base: str, methods: dict, level: int) -> str:
+    """Which separations from the baseline survive Holm's correction for the whole family of comparisons."""
+    family = [label for label, m in methods.items() if label != base and m["vs_baseline"].get("p_holm") is not None]
+    separated = [label for label in family if methods[label]["vs_baseline"]["verdict"] != "not separable"]
+    if len(family) < 2 or not separated:
+        return ""
+    alpha = 1 - level / 100
+
+    def adjusted(label: str) -> str:
+        p = methods[label]["vs_baseline"]["p_holm"]
+        digits = 4 if f"{p:.3f}" == f"{alpha:.3f}" else 3  # 0.0496 is kept, 0.0504 is not: never print 0.050
+        return f"{label} (adjusted p {'< 0.001' if p < 0.001 else f'{p:.{digits}f}'})"
+
+    kept = [adjusted(label) for label in separated if methods[label]["vs_baseline"]["p_holm"] < alpha]
+    lost = [adjusted(label) for label in separated if methods[label]["vs_baseline"]["p_holm"] >= alpha]
+    text = f" Corrected for the {len(family)} comparisons against {base} (Holm, familywise {level}%): "
+    if kept:
+        text += f"still separated: {_join(kept)}"
+    if lost:
+        text += ("; " if kept else "") + f"no longer separated: {_join(lost)}"
+    return text + "."
 
 
 def _overall(base: str, results: dict, standing: dict) -> list[str]:
