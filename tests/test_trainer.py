@@ -216,6 +216,26 @@ def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path):
     assert Trainer(extended).train()["steps"] == 2  # steps and out may change
 
 
+def test_cli_resume_into_a_new_directory_continues_there_and_leaves_the_old_run(tmp_path):
+    """`drpo train resume=OLD out=NEW steps=N`: NEW holds the whole run (OLD's steps, then the new ones, the same
+    numbers as one uninterrupted run), OLD is left exactly as it was."""
+    from drpo.cli import main
+
+    common = [*TINY, *CHEAP, "eval.every=1", "dump_log_probs=true", "tensorboard=true"]
+    old, new, straight = tmp_path / "old", tmp_path / "new", tmp_path / "straight"
+    assert main(["train", *common, f"out={old}", "steps=2"]) == 0
+    before = {path.relative_to(old): path.read_bytes() for path in old.rglob("*") if path.is_file()}
+    assert main(["train", f"resume={old}", f"out={new}", "steps=3"]) == 0
+    assert {path.relative_to(old): path.read_bytes() for path in old.rglob("*") if path.is_file()} == before
+    assert main(["train", *common, f"out={straight}", "steps=3"]) == 0
+    assert [r["step"] for r in read_metrics(new)] == [0, 1, 2, 3]
+    assert comparable(read_metrics(new)) == comparable(read_metrics(straight))
+    dumped = [json.loads(line)["step"] for line in (new / "log_probs.jsonl").read_text().splitlines()]
+    assert sorted(set(dumped)) == [1, 2, 3]
+    assert json.loads((new / "summary.json").read_text())["steps"] == 3
+    assert list((new / "tb").iterdir())  # TensorBoard's events came along
+
+
 @pytest.mark.parametrize("coef", [0.0, 0.05])
 def test_moe_load_balancing_loss_is_part_of_the_rl_loss(tmp_path, monkeypatch, coef):
     """With the policy loss zeroed, an RL update moves the weights through the balancing term alone."""
@@ -273,7 +293,7 @@ def test_resume_into_a_new_directory_carries_the_start_and_best_accuracy(tmp_pat
     state["start_accuracy"], state["best_accuracy"] = 0.0123, 0.987  # values no evaluation of this model gives
     torch.save(state, checkpoint)
     summary, records = run(tmp_path, *CHEAP, "steps=3", f"resume={tmp_path / 'first'}", name="second")
-    assert records[0]["step"] == 3  # the new directory holds only the steps it ran
+    assert [r["step"] for r in records] == [0, 1, 2, 3]  # the first run's history came along
     assert summary["eval/accuracy_start"] == 0.0123
     assert summary["eval/accuracy_best"] == 0.987
 

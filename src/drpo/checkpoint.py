@@ -7,7 +7,8 @@ survives a power cut; the previous latest is kept as ``previous.pt``.
 A checkpoint holds only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``:
 resuming from a run directory someone else made cannot execute code. RNG states are stored that way too
 (:func:`global_rng_state`). :func:`resume_state` loads a run's latest checkpoint and checks it against the resumed
-run's config. A file of an older drpo, which pickled NumPy's RNG state, is refused with the
+run's config; a run resumed into another directory starts there with the earlier run's history
+(:func:`copy_history`). A file of an older drpo, which pickled NumPy's RNG state, is refused with the
 command that converts it (:func:`upgrade_checkpoint`, for files you trust).
 """
 
@@ -16,11 +17,14 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from drpo.mismatch.dump import DUMP_FILE
 
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
@@ -56,6 +60,26 @@ def resume_state(config) -> dict:
     state = load_checkpoint(Path(config.resume) / "checkpoints")
     check_resume(state["config"], config)
     return state
+
+
+# what a run resumed into another directory takes along: the loggers then drop what came after the checkpoint
+HISTORY = ("metrics.jsonl", DUMP_FILE, "tb")
+
+
+def copy_history(resumed: str | Path, run_dir: str | Path) -> None:
+    """Copy the metrics, the log-prob dump and the TensorBoard events of run ``resumed`` into ``run_dir``, so a run
+    continued elsewhere (``resume=OLD out=NEW``) is whole in NEW and OLD stays as it was. Nothing when they are the
+    same directory."""
+    resumed, run_dir = Path(resumed), Path(run_dir)
+    if resumed.resolve() == run_dir.resolve():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in HISTORY:
+        source = resumed / name
+        if source.is_dir():
+            shutil.copytree(source, run_dir / name, dirs_exist_ok=True)
+        elif source.exists():
+            shutil.copyfile(source, run_dir / name)
 
 
 def load_state_file(path: str | Path) -> dict:

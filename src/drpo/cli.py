@@ -26,8 +26,9 @@ def cmd_train(args) -> int:
     overrides = list(args.overrides)
     config = load_config(args.config, overrides)
     if config.resume:
-        # continue the run as it was configured; overrides given now still apply (e.g. a larger steps=)
-        config = load_config(f"{config.resume}/config.yaml", [*overrides, f"out={config.resume}"])
+        # continue the run as it was configured, in its own directory unless out= names another; overrides given
+        # now still apply (e.g. a larger steps=)
+        config = load_config(f"{config.resume}/config.yaml", [f"out={config.resume}", *overrides])
     check_out(config)  # before the base model is built: a refusal costs nothing
     console = Console(stderr=True)
     _warn_if_cannot_bind(console, config.loss.build())

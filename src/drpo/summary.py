@@ -17,8 +17,9 @@ def write_summary(run_dir: str | Path, *, loss, steps: int, steps_planned: int, 
     """OUT/summary.json of a run that ended: finished, ``interrupted`` (Ctrl-C, SIGTERM) or ``stopped`` (why the
     trainer gave up, e.g. on non-finite losses: finished, a rerun would repeat it); plots unless stopped.
 
-    ``start_accuracy`` and ``best_accuracy`` come from the trainer, not the file: a run resumed into a new
-    directory has the earlier evaluations only there. ``loss``: the drpo.losses object the run trained with."""
+    ``start_accuracy`` and ``best_accuracy`` come from the trainer, which carries them through checkpoints, not
+    from the file, which holds only what was logged into this directory. ``loss``: the drpo.losses object the
+    run trained with."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     evals = [r for r in records if "eval/accuracy" in r]

@@ -25,7 +25,13 @@ import torch
 from drpo.adaptive import DeltaTracker, boundary
 from drpo.advantages import group_advantages
 from drpo.backends import build_behavior, build_policy
-from drpo.checkpoint import global_rng_state, resume_state, save_checkpoint, set_global_rng_state
+from drpo.checkpoint import (
+    copy_history,
+    global_rng_state,
+    resume_state,
+    save_checkpoint,
+    set_global_rng_state,
+)
 from drpo.config import RunConfig, check_out
 from drpo.diagnostics import pull_gradient_norms
 from drpo.display import StopRequests, progress_display
@@ -299,6 +305,7 @@ class Trainer:
         if cfg.resume:  # before config.yaml is written: a refused resume leaves the run directory as it was
             self.load_state(resume_state(cfg))
             resume_step = self.step
+            copy_history(cfg.resume, self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         logger = MetricsLogger(self.run_dir, cfg.report_to, resume_step, config=cfg.recorded())
