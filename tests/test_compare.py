@@ -567,3 +567,12 @@ def test_report_of_a_delta_sweep_from_files_alone(tmp_path):
     assert (tmp_path / "figures" / "fp8_sweep.png").stat().st_size > 0
     assert main(["report", str(tmp_path), "--baseline", "drpo:delta=0.15"]) == 0
     assert "Baseline: drpo:delta=0.15." in (tmp_path / "report.md").read_text()
+
+
+def test_the_report_shows_the_overrides_that_take_effect():
+    """The sweep's evaluation size comes first and the command line may override it: the report shows the last."""
+    from drpo.experiments.report import effective
+
+    assert effective(["task.n_eval=1200", "eval.prompts=1200", "eval.samples=0", "task.n_eval=640", "steps=20",
+                      "eval.prompts=640"]) == ["eval.samples=0", "task.n_eval=640", "steps=20", "eval.prompts=640"]
+    assert effective([]) == []

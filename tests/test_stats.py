@@ -115,3 +115,12 @@ def test_mean_std_leaves_out_missing_and_non_finite_values():
     assert mean_std([0.2, None, float("nan"), 0.4]) == {"mean": pytest.approx(0.3), "std": pytest.approx(0.1414, abs=1e-4),
                                                       "n": 2}
     assert mean_std([float("inf")]) == {"mean": None, "std": None, "n": 0}
+
+
+def test_the_docstring_examples_hold():
+    """The worked examples in stats.py's docstrings are checked, not only read."""
+    import doctest
+
+    from drpo.experiments import stats
+
+    assert doctest.testmod(stats).failed == 0

@@ -74,7 +74,8 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
     lines = [f"# Off-policy stress test: {sweep_dir.name}", "",
              f"{_count(len(methods), 'method')} x {_count(len(results['seeds']), 'seed')} x "
              f"{_count(len(conditions), 'condition')}, the same base model, prompts and seeds for every "
-             f"method. Overrides applied to every run: {_code(' '.join(results['overrides'])) or 'none'}.", ""]
+             f"method. Overrides applied to every run: {_code(' '.join(effective(results['overrides']))) or 'none'}.",
+             ""]
     if results.get("missing"):
         lines += [f"**Missing or unfinished runs ({len(results['missing'])})**, left out of every number below: "
                   + ", ".join(results["missing"]), ""]
@@ -270,6 +271,17 @@ def _sci(value: float | None) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def effective(overrides: list[str]) -> list[str]:
+    """The overrides that take effect, in order: of several ``key=value`` for one key, the last (the sweep's
+    evaluation size, then the command line's).
+
+    >>> effective(["task.n_eval=1200", "eval.samples=0", "task.n_eval=640", "steps=20"])
+    ['eval.samples=0', 'task.n_eval=640', 'steps=20']
+    """
+    last = {item.split("=", 1)[0]: index for index, item in enumerate(overrides)}
+    return [item for index, item in enumerate(overrides) if last[item.split("=", 1)[0]] == index]
 
 
 def _code(text: str) -> str:
