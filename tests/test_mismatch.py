@@ -196,14 +196,16 @@ def test_references_are_complete():
 
 # --- which delta for this mismatch (drpo.mismatch.recommend) -----------------------------------------
 
-def sweep_results(finals: dict[str, dict[float, list[float]]], p99: dict[str, float]) -> dict:
-    """A delta sweep's results.json in miniature: per condition, DRPO's final accuracy per delta and seed."""
+def sweep_results(late: dict[str, dict[float, list[float]]], p99: dict[str, float]) -> dict:
+    """A delta sweep's results.json in miniature: per condition, DRPO's late accuracy per delta and seed, and a
+    final accuracy that ranks the other way (the recommendation must read the primary outcome, not it)."""
     points = [{"value": d, "label": f"drpo:delta={d:g}"} for d in (0.05, 0.5, 2.0)]
     conditions = {}
-    for name, by_delta in finals.items():
+    for name, by_delta in late.items():
         methods = {f"drpo:delta={d:g}": {
-            "final": {"mean": float(np.mean(v))}, "seeds": len(v),
-            "per_seed": {str(s): {"final": x, "mismatch": {"p99": p99[name] * (1 + 0.1 * i)}} for s, x in enumerate(v)}}
+            "late": {"mean": float(np.mean(v))}, "final": {"mean": 1 - float(np.mean(v))}, "seeds": len(v),
+            "per_seed": {str(s): {"late": x, "final": 1 - x, "mismatch": {"p99": p99[name] * (1 + 0.1 * i)}}
+                         for s, x in enumerate(v)}}
             for i, (d, v) in enumerate(by_delta.items())}
         conditions[name] = {"about": f"{name}: a test condition", "methods": methods}
     return {"sweeps": [{"loss": "drpo", "points": points}], "conditions": conditions, "level": 0.95,
@@ -221,6 +223,8 @@ def test_recommendation_by_hand():
     low, high = evidence(results)
     assert (low.condition, low.best, low.supported, low.worse) == ("low", 0.5, (0.5, 2.0), (0.05,))
     assert (high.best, high.supported, high.worse) == (0.05, (0.05,), (0.5, 2.0))
+    # Holm over the 2 comparisons with the best: each d is -0.2 or -0.1 with sd 0.01 (t > 17 on 2 df), still worse
+    assert low.worse_corrected == (0.05,) and high.worse_corrected == (0.5, 2.0) and low.compared == 2
     assert low.p99 == pytest.approx(0.01 * 1.1) and low.p99_range == pytest.approx((0.01, 0.012))
     assert low.runs == "10 steps per run" and low.seeds == 3
     # log-nearest condition; the default (0.5) when supported, else the supported delta nearest to it
@@ -231,6 +235,8 @@ def test_recommendation_by_hand():
     assert recommend(1e-4, 0.5, [low, high], "r").placement == "outside"
     text = " ".join(at_high.lines())
     assert "Supported delta: 0.05 to 0.05" in text and "Recommended: delta = 0.05" in text and "results.json" in text
+    assert "still worse after Holm's correction for the 2 comparisons: 0.5, 2" in text
+    assert "in late accuracy (mean eval accuracy over the last 20% of steps)" in text
     with pytest.raises(ValueError, match="no delta to recommend"):
         recommend(0.0, 0.5, [low, high], "r")
 
@@ -244,12 +250,14 @@ def test_committed_delta_sweep_supports_the_loss_default():
     default = DrpoHyper().delta
     assert all(default in e.supported for e in conditions.values())
     assert conditions["fp8"].p99 < conditions["stale_strong"].p99
+    # what ran, read from a run's config.yaml inside the sweep's archive
+    assert all(e.runs == "model small, task arith, 100 steps per run" for e in conditions.values())
 
 
 def test_cli_recommends_a_delta_with_its_evidence(tmp_path, capsys):
     write_log_probs(tmp_path / "a.jsonl", [record(step=s) for s in range(3)])
     assert main(["mismatch", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "out")]) == 0
-    printed = capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())  # the console wraps lines at its width
     report = (tmp_path / "out" / "mismatch.md").read_text()
     for text in (printed, report):
         assert "Which delta for this mismatch?" in text and "docs/results/delta/results.json" in text

@@ -3,9 +3,11 @@
 The evidence is the committed delta sweep (docs/results/delta/results.json): DRPO at several delta under
 conditions whose mismatch differs by an order of magnitude (fp8 rollouts; rollouts 4 optimizer steps
 stale), 5 seeds each, every run's p99 of |pi_old - mu| recorded. For a user's mismatch (the p99 of
-|pi_old - mu| of their dump) the nearest condition, on a log scale, answers: the deltas whose final
-accuracy is not separably worse than the best delta's (paired 95% t interval over seeds, as the sweep's
-report computes it), and the recommended delta: the loss's default when that range holds it, else the
+|pi_old - mu| of their dump) the nearest condition, on a log scale, answers: the deltas whose late
+accuracy (the sweep's primary outcome, drpo.experiments.outcomes) is not separably worse than the best
+delta's (paired 95% t interval over seeds, as the sweep's report computes it; per comparison, so the range
+errs on the narrow side, and the deltas still worse after Holm's correction for the several comparisons are
+named beside it), and the recommended delta: the loss's default when that range holds it, else the
 supported delta nearest to it. Outside the measured mismatch the answer is the nearest condition's,
 said to be an extrapolation.
 """
@@ -20,7 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from drpo.experiments.stats import paired_difference
+from drpo.experiments.outcomes import PRIMARY
+from drpo.experiments.stats import holm, paired_difference
+from drpo.experiments.verdict import OUTCOME, per_seed_values
 
 # the committed sweep, read from the repository this package sits in (absent from an installed wheel)
 EVIDENCE = Path(__file__).resolve().parents[3] / "docs" / "results" / "delta" / "results.json"
@@ -35,9 +39,11 @@ class Evidence:
     about: str
     p99: float  # mean over the sweep's DRPO runs of their p99 |pi_old - mu| (per step, averaged over steps)
     p99_range: tuple[float, float]  # lowest and highest of those runs' means (the loss moves the policy too)
-    best: float  # delta of the highest mean final accuracy
+    best: float  # delta of the highest mean late accuracy
     supported: tuple[float, ...]  # deltas not separably worse than the best (paired over seeds)
     worse: tuple[float, ...]
+    worse_corrected: tuple[float, ...]  # the ones still worse after Holm's correction for every delta against the best
+    compared: int  # how many deltas were compared with the best
     seeds: int
     runs: str  # what ran: model, task, steps
 
@@ -53,12 +59,14 @@ class Recommendation:
     def lines(self) -> list[str]:
         """The recommendation in plain sentences (console and markdown)."""
         e = self.evidence
-        supported = ", ".join(f"{d:g}" for d in e.supported)
+        supported = _listed(e.supported)
         lines = [f"p99 |pi_old - mu| = {self.mismatch:.3g}: nearest measured condition '{e.condition}' ({e.about}; "
                  f"p99 {e.p99:.3g}, {e.p99_range[0]:.3g} to {e.p99_range[1]:.3g} across its runs).",
                  f"Supported delta: {min(e.supported):g} to {max(e.supported):g} (not separably worse than the best, "
-                 f"{e.best:g}, in final accuracy: paired 95% t interval over {e.seeds} seeds; tried and supported: "
-                 f"{supported}" + (f"; worse: {', '.join(f'{d:g}' for d in e.worse)}" if e.worse else "") + ").",
+                 f"{e.best:g}, in {OUTCOME}: paired 95% t interval over {e.seeds} seeds; tried and supported: "
+                 f"{supported}" + (f"; worse: {_listed(e.worse)}; still worse after Holm's correction for the "
+                                   f"{e.compared} comparisons: {_listed(e.worse_corrected) or 'none'}" if e.worse else "")
+                 + ").",
                  f"Recommended: delta = {self.delta:g}. Evidence: {self.source}, {e.runs}."]
         if self.placement != "within":
             where = "between the measured conditions" if self.placement == "between" else \
@@ -68,7 +76,7 @@ class Recommendation:
         return lines
 
 
-def evidence(results: dict, runs_dir: Path | None = None) -> list[Evidence]:
+def evidence(results: dict, sweep_dir: Path | None = None) -> list[Evidence]:
     """The conditions of a delta sweep's results.json (as `drpo report` writes it), DRPO's points only."""
     points = next((s["points"] for s in results["sweeps"] if s["loss"] == SWEEP_LOSS), None)
     if not points:
@@ -76,17 +84,20 @@ def evidence(results: dict, runs_dir: Path | None = None) -> list[Evidence]:
     out = []
     for name, condition in results["conditions"].items():
         methods = {p["value"]: condition["methods"][p["label"]] for p in points if p["label"] in condition["methods"]}
-        finals = {delta: {int(seed): run["final"] for seed, run in m["per_seed"].items()} for delta, m in methods.items()}
-        best = max(methods, key=lambda d: methods[d]["final"]["mean"])
-        worse = tuple(d for d in sorted(methods) if d != best
-                      and paired_difference(finals[d], finals[best], results["level"])["verdict"] == "worse")
+        outcome = {delta: per_seed_values(m, PRIMARY) for delta, m in methods.items()}
+        best = max(methods, key=lambda d: methods[d][PRIMARY]["mean"])
+        to_best = {d: paired_difference(outcome[d], outcome[best], results["level"]) for d in sorted(methods) if d != best}
+        adjusted = holm({d: diff["p"] for d, diff in to_best.items()})
+        worse = tuple(d for d, diff in to_best.items() if diff["verdict"] == "worse")
+        worse_corrected = tuple(d for d in worse if adjusted[d] < 1 - results["level"])
         p99s = [_mean([run["mismatch"]["p99"] for run in m["per_seed"].values()]) for m in methods.values()]
         out.append(Evidence(
             condition=name, about=condition["about"].split(":")[0], p99=_mean(p99s),
             p99_range=(min(p99s), max(p99s)), best=best,
-            supported=tuple(d for d in sorted(methods) if d not in worse), worse=worse,
+            supported=tuple(d for d in sorted(methods) if d not in worse), worse=worse, worse_corrected=worse_corrected,
+            compared=len(to_best),
             seeds=min(m["seeds"] for m in methods.values()),
-            runs=_describe_runs(results, runs_dir, name, points[0]["label"])))
+            runs=_describe_runs(results, sweep_dir, name, points[0]["label"])))
     return out
 
 
@@ -109,22 +120,31 @@ def load_evidence(path: Path = EVIDENCE) -> list[Evidence]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: the committed delta sweep is not here (it ships with the repository, "
                                 "not with an installed package); run `drpo mismatch` from a clone")
-    return evidence(json.loads(path.read_text()), path.parent / "runs")
+    return evidence(json.loads(path.read_text()), path.parent)
+
+
+def _listed(deltas: tuple[float, ...]) -> str:
+    return ", ".join(f"{d:g}" for d in deltas)
 
 
 def _mean(values: list[float | None]) -> float:
     return statistics.fmean(v for v in values if v is not None)
 
 
-def _describe_runs(results: dict, runs_dir: Path | None, condition: str, label: str) -> str:
-    """'model small, task arith, 100 steps' from one run's config.yaml when the runs are committed beside."""
+def _describe_runs(results: dict, sweep_dir: Path | None, condition: str, label: str) -> str:
+    """'model small, task arith, 100 steps per run' from one run's config.yaml (on disk or in the sweep's archive)."""
+    from drpo.experiments.archive import RunArchive
+    from drpo.experiments.methods import parse_method
+    from drpo.experiments.runs import run_dir
+
     steps = next((o.split("=", 1)[1] for o in results.get("overrides", []) if o.startswith("steps=")), "?")
-    config = None
-    if runs_dir is not None:
-        found = sorted((runs_dir / condition).glob(f"{label.replace(':', '_').replace(',', '_')}/seed*/config.yaml"))
-        config = yaml.safe_load(found[0].read_text()) if found else None
-    if config is None:
+    files = {}
+    if sweep_dir is not None and results.get("seeds"):
+        path = run_dir(sweep_dir, condition, parse_method(label).slug, results["seeds"][0])
+        files = RunArchive(sweep_dir).files(path)
+    if "config.yaml" not in files:
         return f"{steps} steps per run"
+    config = yaml.safe_load(files["config.yaml"])
     return f"model {config['model']['name']}, task {config['task']['name']}, {steps} steps per run"
 
 
