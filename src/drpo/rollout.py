@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from drpo.constants import PRECISIONS
-from drpo.models.sampling import RolloutBatch, StopStrings, generate
+from drpo.models.sampling import RolloutBatch, generate
 
 PRECISION_ROUNDS = {
     "fp32": "nothing: the trainer's own numerics",
@@ -192,26 +192,10 @@ class BehaviorPolicy:
         self.weights.load_state_dict(state)
         self._serve()
 
-    def generate(
-        self,
-        prompts: list[list[int]],
-        group_size: int,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k_logprobs: int = 0,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-        *,
-        eos_id: int,
-        pad_id: int,
-        ignore_eos: bool = False,
-        stop: StopStrings | None = None,
-    ) -> RolloutBatch:
-        """``group_size`` responses for each prompt sampled with the behavior weights
-        (:func:`drpo.models.sampling.generate`)."""
-        return generate(self.model, prompts, group_size, max_new_tokens, temperature, top_p, top_k_logprobs,
-                        use_cache, generator, eos_id=eos_id, pad_id=pad_id, ignore_eos=ignore_eos, stop=stop)
+    def generate(self, prompts: list[list[int]], group_size: int, max_new_tokens: int, **sampling) -> RolloutBatch:
+        """``group_size`` responses for each prompt sampled with the behavior weights; ``sampling``: the keyword
+        arguments of :func:`drpo.models.sampling.generate` (temperature, top_p, generator, eos_id, pad_id, ...)."""
+        return generate(self.model, prompts, group_size, max_new_tokens, **sampling)
 
 
 def _clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
