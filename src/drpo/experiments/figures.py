@@ -77,34 +77,50 @@ def plot_trust_region(path: Path, condition: str, runs_by_method: dict[str, list
 
 
 def plot_outcome(path: Path, results: dict) -> Path:
-    """Grouped bars: mean late accuracy (the primary outcome) per condition and method, error bar: t interval
-    of the mean."""
+    """Late accuracy (the primary outcome) per condition and method, in two panels on one x layout. Top: the mean
+    over seeds, error bar its t interval (it holds the base models' spread too). Bottom: what the verdict reads,
+    the paired difference to the baseline with its t interval; a filled marker where the separation survives
+    Holm's correction for the family of comparisons against the baseline, hollow otherwise."""
     import matplotlib.pyplot as plt
 
     conditions = list(results["conditions"])
     labels = list(results["methods"])
+    base = results.get("baseline")
     width = 0.8 / max(1, len(labels))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(conditions) * max(1, len(labels)) / 3), 4.5))
+    level = round(100 * results["level"])
+    fig, (bars, paired) = plt.subplots(2, 1, sharex=True, figsize=(
+        max(6, 1.6 * len(conditions) * max(1, len(labels)) / 3), 7.5), height_ratios=(1, 1))
     top = 0.05
     for i, (color, label) in enumerate(zip(_colors(len(labels)), labels, strict=True)):
         xs, means, errors = [], [], [[], []]
         for j, condition in enumerate(conditions):
-            interval = results["conditions"][condition]["methods"][label]["late_interval"]
+            m = results["conditions"][condition]["methods"][label]
+            interval = m["late_interval"]
             if interval["mean"] is None:
                 continue
-            xs.append(j + (i - (len(labels) - 1) / 2) * width)
+            x = j + (i - (len(labels) - 1) / 2) * width
+            xs.append(x)
             means.append(interval["mean"])
             low, high = (interval["low"], interval["high"]) if interval["low"] is not None else (interval["mean"],) * 2
             errors[0].append(interval["mean"] - max(0.0, low))
             errors[1].append(min(1.0, high) - interval["mean"])
             top = max(top, min(1.0, high))
-        ax.bar(xs, means, width, yerr=errors, color=color, label=label, capsize=2)
-    ax.set_ylim(0, 1.15 * top)
-    ax.set_xticks(range(len(conditions)), conditions)
-    ax.set_ylabel(f"late accuracy (last {round(100 * LATE_WINDOW)}% of steps)")
-    ax.legend(fontsize=7, ncol=3)
-    ax.set_title(f"late eval accuracy: mean over the last {round(100 * LATE_WINDOW)}% of steps (mean over seeds, "
-                 f"error bar: {round(100 * results['level'])}% t interval)", fontsize=9)
+            d = m.get("vs_baseline")
+            if d is not None and d["mean"] is not None:
+                kept = d.get("p_holm") is not None and d["p_holm"] < 1 - results["level"]
+                paired.errorbar([x], [d["mean"]], yerr=_error_bars([d]), fmt="o", color=color, capsize=2,
+                                markerfacecolor=color if kept else "white")
+        bars.bar(xs, means, width, yerr=errors, color=color, label=label, capsize=2)
+    bars.set_ylim(0, 1.15 * top)
+    bars.set_ylabel(f"late accuracy (last {round(100 * LATE_WINDOW)}% of steps)")
+    bars.legend(fontsize=7, ncol=3)
+    bars.set_title(f"late eval accuracy: mean over the last {round(100 * LATE_WINDOW)}% of steps (mean over seeds, "
+                   f"error bar: {level}% t interval)", fontsize=9)
+    paired.axhline(0.0, color="black", linewidth=0.8)
+    paired.set_xticks(range(len(conditions)), conditions)
+    paired.set_ylabel(f"method - {base}, paired over seeds")
+    paired.set_title(f"what the verdict reads: late accuracy minus {base}'s on the same seeds ({level}% t interval; "
+                     "filled: separated after Holm's correction)", fontsize=9)
     return _save(fig, path)
 
 
