@@ -317,6 +317,18 @@ def test_a_condition_with_a_method_still_unrun_names_no_winner_and_is_not_counte
     assert out["overall"][0] == "drpo won 0 of 1 condition (better than every other method on late accuracy)."
 
 
+def test_a_condition_with_seeds_still_running_is_read_as_interim_and_not_counted():
+    """Every method has finished seeds 0 and 1 of 3 in condition b: the sentences say interim, the summary skips b."""
+    runs = [run for run in constructed_runs() if not (run.condition == "b" and run.seed == 2)]
+    out = summarize(constructed_grid(), runs)["verdict"]
+    assert out["conditions"]["b"][0] == (
+        "b: interim, 6 of 9 planned runs finished. The sentences below read the seeds finished so far; the sweep's "
+        "verdict waits for the rest, and this condition is not counted in the overall summary.")
+    assert out["conditions"]["b"][1].startswith("b: highest mean late accuracy") and "(2 seeds;" in out["conditions"]["b"][1]
+    assert out["conditions"]["a"][0].startswith("a: highest mean")  # complete: judged as before
+    assert out["overall"][0] == "drpo won 0 of 1 condition (better than every other method on late accuracy)."
+
+
 def test_a_base_model_that_missed_its_target_is_flagged_not_ranked():
     """The issue's case: finals 0.003 against 0.000 from a base model at 0.004 of a 0.3 target."""
     runs = constructed_runs()

@@ -14,7 +14,8 @@ Per condition: the method with the highest mean late accuracy and which methods 
 it (the top group; a method *wins* the condition only when it is better than every other), the collapses,
 the first to reach the target, then every method against the named baseline (results['baseline']). Over
 conditions: where the baseline won, sat in the top group, or was separably behind the leader. A condition
-where some method has no finished run yet (a sweep still running) is not judged and not counted.
+where some method has no finished run yet (a sweep still running) is not judged and not counted; one where
+every method has some but not all of its planned seeds is read as *interim*, said so, and not counted.
 """
 
 from __future__ import annotations
@@ -56,8 +57,16 @@ def verdict(results: dict) -> dict:
                                               results.get("level", 0.95))
                      for label, m in methods.items() if label != leader}
         top = [leader] + [label for label, d in to_leader.items() if d["verdict"] != "worse"]
-        standing[condition] = (leader, top, to_leader.get(base))
-        sentences = [_leader_sentence(condition, leader, top, methods, level)]
+        planned = len(results.get("seeds", ())) * len(cond["methods"])
+        finished = sum(m["seeds"] for m in methods.values())
+        sentences = []
+        if finished < planned:  # a sweep read while it runs: what its finished seeds say, not its verdict
+            sentences.append(f"{condition}: interim, {finished} of {planned} planned runs finished. The sentences "
+                             "below read the seeds finished so far; the sweep's verdict waits for the rest, and this "
+                             "condition is not counted in the overall summary.")
+        else:
+            standing[condition] = (leader, top, to_leader.get(base))
+        sentences.append(_leader_sentence(condition, leader, top, methods, level))
         collapsed = [f"{label} ({m['collapsed']}/{m['seeds']} seeds)" for label, m in methods.items() if m["collapsed"]]
         sentences.append(f"Collapsed: {_join(collapsed)}." if collapsed else "No method collapsed.")
         if cond["target"] is not None:
