@@ -139,7 +139,8 @@ COLUMNS = """Columns of the tables (mean ± sample std over seeds; no std with o
 *late*: the primary outcome, mean greedy eval accuracy over the evaluations in the last 20% of the steps;
 *late - baseline*: its paired difference against the baseline over the seeds both finished, with its {level}% t
 interval, and the verdict it gives (better / worse / not separable); *area*: area under the eval accuracy curve
-over the steps, divided by the span (the run's time-averaged accuracy: learning speed); *start / best / final*:
+over the steps, divided by the span (the run's time-averaged accuracy: learning speed); *area - baseline*: its
+paired difference and verdict, as for late accuracy; *start / best / final*:
 greedy eval accuracy at step 0, its maximum, at the last evaluation; *final - baseline*: the paired difference
 of final accuracy alone, for comparison;
 *steps to target*: first eval step at which the seed-mean accuracy reaches the target (steps all seeds logged);
@@ -151,7 +152,8 @@ seeds); *pull / pg*: with diagnose_pull=true, the gradient norm of the loss's pu
 its policy-gradient part (w = 1), averaged over steps (drpo.diagnostics); *time (s)*: rollout + update seconds summed over steps (evaluation
 excluded; parallel workers share the machine, so compare times within one sweep only)."""
 
-TABLE_HEADER = ("| method | seeds | late | late - baseline | area | start | best | final | final - baseline "
+TABLE_HEADER = ("| method | seeds | late | late - baseline | area | area - baseline | start | best | final "
+                "| final - baseline "
                 "| steps to target | collapsed "
                 "| peak mean abs(pi-mu) | masked % | corrective % | amplified % | mean abs(w-1) | w min / max "
                 "| pull / pg | time (s) |")
@@ -169,8 +171,9 @@ def condition_section(condition: str, cond: dict, baseline: str, level: int) -> 
             continue
         steps = m["steps_to_target"]
         collapsed = f"{m['collapsed']}/{m['seeds']}" if m["collapsed"] else "no"
-        vs, final_vs = (_versus(m.get(key), label == baseline) for key in ("vs_baseline", "final_vs_baseline"))
-        lines.append(f"| {label} | {m['seeds']} | {plus_minus(m['late'])} | {vs} | {plus_minus(m['auc'])} "
+        vs, auc_vs, final_vs = (_versus(m.get(key), label == baseline)
+                                for key in ("vs_baseline", "auc_vs_baseline", "final_vs_baseline"))
+        lines.append(f"| {label} | {m['seeds']} | {plus_minus(m['late'])} | {vs} | {plus_minus(m['auc'])} | {auc_vs} "
                      f"| {plus_minus(m['start'])} | {plus_minus(m['best'])} | {plus_minus(m['final'])} | {final_vs} "
                      f"| {'never' if steps is None else steps} | {collapsed} | {plus_minus(m['peak_mismatch'], '.2e')} "
                      f"| {_pct(m['masked_frac'])} | {_pct(m['corrective_frac'])} | {_pct(m['amplified_frac'])} "
