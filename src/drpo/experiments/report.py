@@ -84,7 +84,9 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
               f"primary outcome, *late accuracy*: the mean eval accuracy over the evaluations in the last "
               f"{round(100 * LATE_WINDOW)}% of a run's steps (definition at the end), with its two-sided {level}% "
               "Student t interval: *better* or *worse* when the interval excludes 0, *not separable* otherwise "
-              "(or with one seed); no fixed threshold. The area under the accuracy curve (learning speed) and "
+              "(or with one seed); no fixed threshold. Every method against the baseline is one family of tests: "
+              "the separations that survive Holm's correction for it are named after each condition's comparisons. "
+              "The area under the accuracy curve (learning speed) and "
               "collapse (stability) are the other two outcomes; the final evaluation alone stays a column. "
               f"Baseline: {results['baseline']}. {_eval_size(conditions)}", ""]
     for condition in conditions:
