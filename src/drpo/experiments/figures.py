@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import textwrap
 from pathlib import Path
 
 from drpo.experiments.outcomes import LATE_WINDOW
@@ -88,8 +90,10 @@ def plot_outcome(path: Path, results: dict) -> Path:
     base = results.get("baseline")
     width = 0.8 / max(1, len(labels))
     level = round(100 * results["level"])
-    fig, (bars, paired) = plt.subplots(2, 1, sharex=True, figsize=(
-        max(6, 1.6 * len(conditions) * max(1, len(labels)) / 3), 7.5), height_ratios=(1, 1))
+    fig_width = max(6, 1.6 * len(conditions) * max(1, len(labels)) / 3)
+    fig, (bars, paired) = plt.subplots(2, 1, sharex=True, figsize=(fig_width, 7.5), height_ratios=(1, 1))
+    # a one-condition figure is 6 inches wide: wrap the titles (about 13 characters an inch at 9 points) to fit it
+    wrap = functools.partial(textwrap.fill, width=int(13 * fig_width))
     top = 0.05
     for i, (color, label) in enumerate(zip(_colors(len(labels)), labels, strict=True)):
         xs, means, errors = [], [], [[], []]
@@ -114,13 +118,13 @@ def plot_outcome(path: Path, results: dict) -> Path:
     bars.set_ylim(0, 1.15 * top)
     bars.set_ylabel(f"late accuracy (last {round(100 * LATE_WINDOW)}% of steps)")
     bars.legend(fontsize=7, ncol=3)
-    bars.set_title(f"late eval accuracy: mean over the last {round(100 * LATE_WINDOW)}% of steps (mean over seeds, "
-                   f"error bar: {level}% t interval)", fontsize=9)
+    bars.set_title(wrap(f"late eval accuracy: mean over the last {round(100 * LATE_WINDOW)}% of steps (mean over "
+                        f"seeds, error bar: {level}% t interval)"), fontsize=9)
     paired.axhline(0.0, color="black", linewidth=0.8)
     paired.set_xticks(range(len(conditions)), conditions)
     paired.set_ylabel(f"method - {base}, paired over seeds")
-    paired.set_title(f"what the verdict reads: late accuracy minus {base}'s on the same seeds ({level}% t interval; "
-                     "filled: separated after Holm's correction)", fontsize=9)
+    paired.set_title(wrap(f"what the verdict reads: late accuracy minus {base}'s on the same seeds ({level}% t "
+                          "interval; filled: separated after Holm's correction)"), fontsize=9)
     return _save(fig, path)
 
 
