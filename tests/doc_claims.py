@@ -316,7 +316,6 @@ TABLES = {
 }
 
 D = "conditions.{}.methods.{}."  # prefix of one method's entry in one condition
-SMOLLM2 = "conditions.fp8_stale.methods."  # the SmolLM2 comparison's one condition
 # (document, text with {} fields, results file under docs/results/, keys filling the fields in order, formats)
 CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
     ("docs/results/README.md", "DRPO: under strong staleness {}, under moderate staleness {}, under fp8 {}",
@@ -447,36 +446,39 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
     ("README.md", "The recipe at the recommended delta goes from {:.3f} to {:.3f} held-out greedy accuracy in 10 steps",
      "smollm2/metrics.jsonl.gz", ("@0:eval/accuracy", "@10:eval/accuracy"), (".3f", ".3f")),
     *[(document, "late mean is the lowest of the five ({:.3f} against {:.3f} to {:.3f}", "smollm2/comparison/results.json",
-       tuple(SMOLLM2 + m + ".late.mean" for m in ("drpo", "dppo_binary_tv", "ppo_tis")), (".3f",) * 3)
+       tuple(D.format("fp8_stale", m) + "late.mean" for m in ("drpo", "dppo_binary_tv", "ppo_tis")), (".3f",) * 3)
       for document in ("README.md", "docs/results/smollm2/README.md")],
     ("README.md", "DRPO at 0.15 is behind 0.3 by {} on its own interval but not after the correction (adjusted p "
      "{:.3f})", "smollm2/comparison/results.json",
-     (SMOLLM2 + "drpo:delta=0.15.vs_baseline", SMOLLM2 + "drpo:delta=0.15.vs_baseline.p_holm"), ("diff", ".3f")),
+     tuple(D.format("fp8_stale", "drpo:delta=0.15") + k for k in ("vs_baseline", "vs_baseline.p_holm")), ("diff", ".3f")),
     ("docs/results/smollm2/README.md", "**DRPO at 0.15 against 0.3: {}** on its own interval (p {:.3f}), but Holm's "
      "adjusted p is {:.3f}", "smollm2/comparison/results.json",
-     tuple(SMOLLM2 + "drpo:delta=0.15.vs_baseline" + k for k in ("", ".p", ".p_holm")), ("diff", ".3f", ".3f")),
+     tuple(D.format("fp8_stale", "drpo:delta=0.15") + k for k in ("vs_baseline", "vs_baseline.p", "vs_baseline.p_holm")),
+     ("diff", ".3f", ".3f")),
     ("docs/results/smollm2/README.md", "all four differences are positive, from {:+.3f} (dppo_binary_tv) to {:+.3f} "
      "(ppo_tis)", "smollm2/comparison/results.json",
-     (SMOLLM2 + "dppo_binary_tv.vs_baseline.mean", SMOLLM2 + "ppo_tis.vs_baseline.mean"), ("+.3f", "+.3f")),
+     tuple(D.format("fp8_stale", m) + "vs_baseline.mean" for m in ("dppo_binary_tv", "ppo_tis")), ("+.3f", "+.3f")),
     ("docs/results/smollm2/README.md", "The highest late mean is ppo_tis's, {:.3f}", "smollm2/comparison/results.json",
-     (SMOLLM2 + "ppo_tis.late.mean",), (".3f",)),
+     (D.format("fp8_stale", "ppo_tis") + "late.mean",), (".3f",)),
     ("docs/results/smollm2/README.md", "evaluation after the start (step {:d})", "smollm2/comparison/results.json",
-     (SMOLLM2 + "drpo.steps_to_target",), ("d",)),
+     (D.format("fp8_stale", "drpo") + "steps_to_target",), ("d",)),
     ("docs/results/smollm2/README.md", "from a start of {:.3f} for every method", "smollm2/comparison/results.json",
-     (SMOLLM2 + "drpo.start.mean",), (".3f",)),
+     (D.format("fp8_stale", "drpo") + "start.mean",), (".3f",)),
     ("docs/results/smollm2/README.md", "drpo pulled back {:.2f}% of the tokens (w < 0, down to {:.2f}) and amplified "
      "{:.1f}% (w > 1, up to {:.2f}); at 0.15, {:.2f}% and {:.1f}%, with w from {:.2f} to {:.2f}; the DPPO mask dropped "
      "{:.2f}%, PPO's clip {:.2f}%; ppo_tis's truncated weight amplified {:.1f}%", "smollm2/comparison/results.json",
-     tuple(SMOLLM2 + k for k in (
-         "drpo.corrective_frac.mean", "drpo.weight_min.mean", "drpo.amplified_frac.mean", "drpo.weight_max.mean",
-         "drpo:delta=0.15.corrective_frac.mean", "drpo:delta=0.15.amplified_frac.mean",
-         "drpo:delta=0.15.weight_min.mean", "drpo:delta=0.15.weight_max.mean", "dppo_binary_tv.masked_frac.mean",
-         "ppo_clip_higher.masked_frac.mean", "ppo_tis.amplified_frac.mean")),
+     tuple(D.format("fp8_stale", method) + key for method, key in (
+         ("drpo", "corrective_frac.mean"), ("drpo", "weight_min.mean"), ("drpo", "amplified_frac.mean"),
+         ("drpo", "weight_max.mean"), ("drpo:delta=0.15", "corrective_frac.mean"),
+         ("drpo:delta=0.15", "amplified_frac.mean"), ("drpo:delta=0.15", "weight_min.mean"),
+         ("drpo:delta=0.15", "weight_max.mean"), ("dppo_binary_tv", "masked_frac.mean"),
+         ("ppo_clip_higher", "masked_frac.mean"), ("ppo_tis", "amplified_frac.mean"))),
      ("%.2f", ".2f", "%.1f", ".2f", "%.2f", "%.1f", ".2f", ".2f", "%.2f", "%.2f", "%.1f")),
     ("docs/results/smollm2/README.md", "The largest per-step mean |pi - mu| was about {:.2f} for every method",
-     "smollm2/comparison/results.json", (SMOLLM2 + "drpo.peak_mismatch.mean",), (".2f",)),
+     "smollm2/comparison/results.json", (D.format("fp8_stale", "drpo") + "peak_mismatch.mean",), (".2f",)),
     *[("docs/results/smollm2/README.md", "{:.3f}, {:.3f}, {:.3f}, {:.3f} and {:.3f} for " + label,
-       "smollm2/comparison/results.json", tuple(f"{SMOLLM2}{label}.per_seed.{i}.late" for i in range(5)), (".3f",) * 5)
+       "smollm2/comparison/results.json", tuple(D.format("fp8_stale", label) + f"per_seed.{i}.late" for i in range(5)),
+       (".3f",) * 5)
       for label in ("drpo", "drpo:delta=0.15")],
     ("docs/results/smollm2/README.md", "mean |pi - mu| {:.3f}, p99 {:.3f}, max {:.2f} (fp8 W8A8",
      "smollm2/comparison/results.json", ("conditions.fp8_stale.mismatch.abs_mean", "conditions.fp8_stale.mismatch.p99",
