@@ -15,19 +15,21 @@ import time
 
 import torch
 
+from drpo.behavior.native import NativeBehavior
 from drpo.models import SIZES, CharTokenizer, build_model
-from drpo.rollout import BehaviorPolicy
+from drpo.models.sampling import generate
 from drpo.tasks import get_task
 
 
-def tokens_per_second(behavior: BehaviorPolicy, prompts, new_tokens: int, use_cache: bool, repeats: int) -> float:
+def tokens_per_second(behavior: NativeBehavior, prompts, new_tokens: int, use_cache: bool, repeats: int) -> float:
     tok = CharTokenizer()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         # eos_id=-1 matches no token, so no row stops early and every run does the same work
-        batch = behavior.generate(prompts, 1, new_tokens, use_cache=use_cache, generator=torch.Generator().manual_seed(0),
-                                  eos_id=-1, pad_id=tok.pad_id)
+        # the sampler on the behavior's model: use_cache is the sampler's switch, not the behavior's
+        batch = generate(behavior.model, prompts, 1, new_tokens, use_cache=use_cache,
+                         generator=torch.Generator().manual_seed(0), eos_id=-1, pad_id=tok.pad_id)
         best = min(best, time.perf_counter() - start)
     return batch.response_mask.sum().item() / best
 
@@ -54,7 +56,7 @@ def main() -> None:
     for size in args.sizes:
         torch.manual_seed(0)
         model = build_model(size, tok.vocab_size, block_size, moe=args.moe)
-        behavior = BehaviorPolicy(model)
+        behavior = NativeBehavior(model)
         tokens_per_second(behavior, prompts[:4], 4, True, 1)  # warm-up: first-call allocations
         cached = tokens_per_second(behavior, prompts, args.new_tokens, True, args.repeats)
         uncached = tokens_per_second(behavior, prompts, args.new_tokens, False, args.repeats)

@@ -326,10 +326,13 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
                                 D.format("stale_strong", "gspo") + "vs_baseline"), ("diff", "diff")),
     ("docs/results/README.md", "whose area is {} behind", "baselines/results.json",
      (D.format("stale_strong", "ppo_clip_higher") + "auc_vs_baseline",), ("diff",)),
-    ("README.md", "greedy eval accuracy {:.3f} -> {:.3f} (best {:.3f}) in {} steps", "default/summary.json",
+    ("README.md", "the warm-up stopped at greedy probe accuracy {:.3f} (target {}) after {} supervised steps",
+     "default/summary.json", ("base_model.warmup_probe_accuracy", "base_model.warmup_target_accuracy",
+                              "base_model.warmup_steps"), (".3f", "g", "d")),
+    ("README.md", "held-out greedy accuracy from {:.3f} to {:.3f} (best {:.3f}) in {} steps", "default/summary.json",
      ("eval/accuracy_start", "eval/accuracy_final", "eval/accuracy_best", "steps"), (".3f", ".3f", ".3f", "d")),
-    ("README.md", "It took {:.0f} s of wall time, {:.0f} s of them to warm up the base model ({} supervised steps",
-     "default/summary.json", ("wall_time_s", "base_model.warmup_s", "base_model.warmup_steps"), (".0f", ".0f", "d")),
+    ("README.md", "late accuracy (the mean of the evaluations over the last 20% of steps) {:.3f}", "default/metrics.jsonl.gz",
+     ("late:eval/accuracy",), (".3f",)),
     ("README.md", "mean |pi - mu| between {} and {} per step, {:.0f}% of tokens weighted above 1",
      "default/metrics.jsonl.gz", ("min:mismatch/abs_mean", "max:mismatch/abs_mean", "mean:loss/amplified_frac"),
      ("sci", "sci", "%.0f")),
@@ -337,6 +340,10 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      ("min:loss/weight_min", "max:loss/weight_max"), (".2f", ".2f")),
     ("README.md", "up to {:.1f}% of a step's tokens corrective", "default/metrics.jsonl.gz",
      ("max:loss/corrective_frac",), ("%.1f",)),
+    ("README.md", "took {:.0f} s (`wall_time_s`); before it, building the base model took {:.0f} s (`setup_time_s`), "
+     "{:.0f} s of them in the warm-up", "default/summary.json",
+     ("wall_time_s", "setup_time_s", "base_model.warmup_s"), (".0f", ".0f", ".0f")),
+    ("README.md", "process took {:.0f} s in all", "default/summary.json", ("process_time_s",), (".0f",)),
     ("README.md", "0.3 against 0.5 under strong staleness: {}", "delta/results.json",
      (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline",), ("diff",)),
     ("README.md", "the 13 comparisons made against 0.5 in that condition (Holm, adjusted p {:.3f})", "delta/results.json",
@@ -560,6 +567,10 @@ def value(file: str, key: str):
 
         extreme, metric = key.split(":", 1)  # min, max, mean, median over the steps, or @STEP: at one step
         records = [r for r in map(json.loads, gzip.decompress(path.read_bytes()).decode().splitlines()) if metric in r]
+        if extreme == "late":  # the primary outcome of a run: mean eval accuracy over its last 30% of steps
+            from drpo.experiments.outcomes import late_accuracy
+
+            return late_accuracy([(r["step"], r[metric]) for r in records])
         if extreme.startswith("@"):
             return next(r[metric] for r in records if r["step"] == int(extreme[1:]))
         return {"min": min, "max": max, "mean": statistics.fmean, "median": statistics.median}[extreme](

@@ -123,7 +123,9 @@ def test_conditions_are_trainer_overrides():
     on_policy = load_config(None, ["rollout.precision=fp32", "updates_per_batch=1", "rollout.lag=0"]).model_dump()
     for name, spec in CONDITIONS.items():
         assert spec["about"] and isinstance(spec["overrides"], list)
-        config = load_config(None, spec["overrides"]).model_dump()  # every preset is a valid config
+        # every preset is a valid config (llama.cpp's on a llama-architecture model, which they need)
+        config = load_config(None, [*spec["overrides"], *(["model.arch=llama"] if spec.get("opt_in") else [])]
+                             ).model_dump()
         assert (config == on_policy) == (name == "fp32"), name
         # each sets the off-policy knobs itself: the trainer's off-policy default never leaks into a condition
         assert {item.partition("=")[0] for item in spec["overrides"]} >= {
@@ -133,6 +135,9 @@ def test_conditions_are_trainer_overrides():
     assert load_config(None, CONDITIONS["bf16"]["overrides"]).updates_per_batch == 1
     with pytest.raises(ValueError, match="Valid conditions: fp32"):
         get_conditions(["fp4"])
+    # the real-engine conditions are opt-in: the default list runs on any built-in model without extras
+    assert not any(spec.get("opt_in") for spec in get_conditions(None).values())
+    assert get_conditions(["llamacpp_q4_stale"])["llamacpp_q4_stale"]["opt_in"]
 
 
 def test_the_sweep_evaluates_on_enough_held_out_prompts():
@@ -481,7 +486,10 @@ def test_the_verdict_names_the_highest_late_accuracy_and_one_seed_separates_noth
     results = json.loads((tiny_sweep / "results.json").read_text())
     first = results["verdict"]["conditions"]["fp32"][0]
     lates = {m: row["late"]["mean"] for m, row in results["conditions"]["fp32"]["methods"].items()}
-    assert f"highest mean late accuracy (mean eval accuracy over the last 20% of steps): {max(lates, key=lates.get)}, " in first
+    leader = max(lates, key=lates.get)
+    tied = [m for m in lates if m != leader and lates[m] == lates[leader]]  # an exact tie is named as one
+    named = f"{leader} (tied with {' and '.join(tied)})" if tied else leader
+    assert f"highest mean late accuracy (mean eval accuracy over the last 20% of steps): {named}, " in first
     assert first.endswith("No method wins.") and first in report
 
 

@@ -1,5 +1,7 @@
 """Config: defaults, YAML plus overrides, and errors that name the key and the allowed values."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -80,7 +82,7 @@ def test_missing_file_and_help():
         load_config("/nonexistent/run.yaml")
     text = help_text()
     for key in ("out=", "steps=", "seed=", "loss.name", "loss.<hyper>", "model.name", "task.name",
-                "rollout.precision=", "rollout.lag=", "updates_per_batch=", "resume="):
+                "rollout.precision=", "rollout.engine=", "rollout.lag=", "updates_per_batch=", "resume="):
         assert key in text
 
 
@@ -105,17 +107,91 @@ def test_a_saved_loss_that_no_longer_validates_is_said_not_swallowed():
     assert "loss.eps" in changes
 
 
+def test_the_precision_is_one_the_engine_runs():
+    with pytest.raises(ConfigError, match=r"rollout.precision='fp8' is not run by rollout.engine=llamacpp; it runs "
+                       r"f32, f16, q8_0, q4_0 \(fp8 is run by rollout.engine=native\)"):
+        load_config(None, ["rollout.engine=llamacpp", "rollout.precision=fp8"])
+    with pytest.raises(ConfigError, match="rollout.precision='q8_0' is not run by rollout.engine=native; it runs "
+                       "fp32, bf16, fp16, fp8, int8, fp8_all"):
+        load_config(None, ["rollout.precision=q8_0"])
+    with pytest.raises(ConfigError, match="rollout.precision='int8' is not run by rollout.engine=vllm; it runs "
+                       "fp32, bf16, fp16"):
+        load_config(None, ["rollout.engine=vllm", "rollout.precision=int8"])
+    with pytest.raises(ConfigError, match="'rollout.engine' got 'onnx'.*'native'.*'vllm'.*'llamacpp'"):
+        load_config(None, ["rollout.engine=onnx"])
+
+
+LLAMA = ["model.arch=llama"]  # llama.cpp runs llama-architecture models: the built-in model's llama variant
+
+
+def test_an_engine_alone_runs_its_default_mode_and_the_run_records_it(tmp_path):
+    config = load_config(None, ["rollout.engine=llamacpp", *LLAMA])
+    assert (config.rollout.engine, config.rollout.precision) == ("llamacpp", "f16")
+    saved = yaml.safe_load(config.to_yaml())
+    assert saved["rollout"]["engine"] == "llamacpp" and saved["rollout"]["precision"] == "f16"
+    assert "backend" not in saved["rollout"]
+    assert load_config(None, ["rollout.engine=llamacpp", "rollout.precision=q4_0", *LLAMA]).rollout.precision == "q4_0"
+    assert load_config(None, ["rollout.engine=vllm"]).rollout.precision == "bf16"
+    assert (load_config().rollout.engine, load_config().rollout.precision) == ("native", "bf16")
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+    assert config_changes(saved, load_config(path)) == {}
+    assert config_changes(saved, load_config(None, ["rollout.engine=llamacpp", "rollout.precision=f16", *LLAMA])) == {}
+    assert config_changes(saved, load_config(None, [*LLAMA])) == {"rollout.engine": ("llamacpp", "native"),
+                                                            "rollout.precision": ("f16", "bf16")}
+
+
+def test_llama_cpp_and_vllm_keys_need_their_engine():
+    assert load_config(None, ["rollout.engine=llamacpp", "rollout.llamacpp_threads=4", *LLAMA]).rollout.llamacpp_threads == 4
+    with pytest.raises(ConfigError, match="llamacpp_threads applies only to rollout.engine=llamacpp"):
+        load_config(None, ["rollout.llamacpp_threads=4"])
+    with pytest.raises(ConfigError, match="'rollout.llamacpp_threads' got 0"):
+        load_config(None, ["rollout.engine=llamacpp", "rollout.llamacpp_threads=0"])
+    with pytest.raises(ConfigError, match="vllm_gpu_memory applies only to rollout.engine=vllm"):
+        load_config(None, ["rollout.vllm_gpu_memory=0.5"])
+    with pytest.raises(ConfigError, match="rollout.engine=vllm does not take it"):
+        load_config(None, ["rollout.engine=vllm", "rollout.stop=[</answer>]"])
+
+
+def test_a_run_saved_when_the_engine_was_called_backend_loads_and_resumes(tmp_path):
+    """Published runs' config.yaml say rollout.backend: native; they load, and compare equal to today's config."""
+    from drpo.config import check_resume
+
+    saved = yaml.safe_load(load_config(None, ["model=tiny"]).to_yaml())
+    rollout = saved["rollout"]
+    saved["rollout"] = {**{k: v for k, v in rollout.items() if k not in ("engine", "llamacpp_threads")},
+                        "backend": rollout["engine"]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    loaded = load_config(path)
+    assert (loaded.rollout.engine, loaded.rollout.precision) == ("native", "bf16")
+    assert config_changes(saved, loaded) == {}
+    check_resume(saved, load_config(path, [f"resume={tmp_path}", "steps=200"]))
+    assert config_changes(saved, load_config(path, ["rollout.engine=vllm"])) == {
+        "rollout.engine": ("native", "vllm")}  # a file's backend, overridden on the command line
+    assert load_config(None, ["rollout.backend=llamacpp", *LLAMA]).rollout.precision == "f16"
+    published = Path(__file__).resolve().parents[1] / "docs/results/smollm2/config.yaml"  # saved before `engine`
+    assert "backend: native" in published.read_text() and load_config(published).rollout.engine == "native"
+
+
 def test_top_k_logprobs_default_lives_in_the_config():
     assert load_config(None, ["loss=dppo_topk_tv"]).top_k_logprobs == 8
     assert load_config(None, ["loss=dppo_topk_tv", "rollout.top_k_logprobs=4"]).top_k_logprobs == 4
     assert load_config(None, ["loss=drpo"]).top_k_logprobs == 0
 
 
+def test_llamacpp_needs_a_llama_architecture():
+    with pytest.raises(ConfigError, match="model.arch=llama"):
+        load_config(None, ["rollout.engine=llamacpp"])
+    assert load_config(None, ["rollout.engine=llamacpp", "model=smollm2-135m"]).rollout.engine == "llamacpp"
+
+
 def test_each_list_of_allowed_values_is_the_one_its_implementation_reads():
     """A key's choices in the config are the tuple the implementing module dispatches on, not a copy that can drift."""
     import typing
 
-    from drpo import advantages, metrics, rollout
+    from drpo import advantages, metrics
+    from drpo.behavior import modes
     from drpo.config import AdvantageConfig, LossConfig, ModelConfig, RolloutConfig, RunConfig
     from drpo.losses import AGGREGATIONS
     from drpo.models import hf
@@ -123,7 +199,8 @@ def test_each_list_of_allowed_values_is_the_one_its_implementation_reads():
     def choices(section, key):
         return typing.get_args(section.model_fields[key].annotation)
 
-    assert choices(RolloutConfig, "precision") == rollout.PRECISIONS == tuple(rollout.PRECISION_ROUNDS)
+    assert choices(RolloutConfig, "precision") == tuple(modes.ROLLOUT_MODES)
+    assert choices(RolloutConfig, "engine") == modes.ENGINES
     assert choices(LossConfig, "aggregation") == AGGREGATIONS
     assert choices(AdvantageConfig, "estimator") == advantages.ESTIMATORS
     assert choices(ModelConfig, "dtype") == tuple(hf.DTYPES)

@@ -90,7 +90,9 @@ def test_bad_rows_stop_with_the_row_and_column_or_are_skipped_and_counted(tmp_pa
         custom([ROWS[0], {"prompt": "ab="}, ROWS[1]])
     assert custom([ROWS[0], {"prompt": "ab="}], pretrained_model=True, max_response_len=8).train
     with pytest.raises(DataError, match="holds no usable rows"):
-        custom([{"x": 1}], skip_bad_rows=True)
+        custom([{"prompt": 1, "answer": "a"}], skip_bad_rows=True)
+    with pytest.raises(DataError, match=r"no row has a column 'prompt'; the rows have 'x'; set task.prompt_field"):
+        custom([{"x": 1}], skip_bad_rows=True)  # a mapping to fix, not rows to skip
     with pytest.raises(DataError, match="chat messages need a pretrained model"):
         custom([{"prompt": [{"role": "user", "content": "hi"}], "answer": "a"}, ROWS[0]])
 
@@ -273,21 +275,22 @@ def test_stop_strings_cut_a_response_at_the_token_that_completes_one():
 
 
 def test_sampled_stop_strings_keep_exactly_the_tokens_mu_recorded():
+    from drpo.behavior import SamplingParams
+    from drpo.behavior.native import NativeBehavior
     from drpo.models.log_probs import sequence_log_probs
     from drpo.models.sampling import StopStrings
     from drpo.models.tokenizer import CharTokenizer
     from drpo.models.transformer import build_model
-    from drpo.rollout import BehaviorPolicy
 
     torch.manual_seed(0)
     tokenizer = CharTokenizer()
     model = build_model("tiny", tokenizer.vocab_size, block_size=32).eval()
-    behavior = BehaviorPolicy(model, precision="fp32")
+    behavior = NativeBehavior(model, mode="fp32")
     strings = ["1", "5", "2="]
     prompts = [tokenizer.encode(p, bos=True) for p in ("12+3=", "4,5>", "9")]
-    batch = behavior.generate(prompts, group_size=16, max_new_tokens=12, generator=torch.Generator().manual_seed(0),
-                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+    sampling = SamplingParams(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=torch.Generator().manual_seed(0),
                               stop=StopStrings(strings, tokenizer.decode))
+    batch = behavior.generate(prompts, group_size=16, max_new_tokens=12, sampling=sampling)
     mask = batch.response_mask
     kept = mask.sum(-1).long()
     assert torch.equal(mask, (torch.arange(mask.shape[1]) < kept[:, None]).float())  # a prefix of each row

@@ -15,22 +15,23 @@ import pytest
 import torch
 
 from drpo.backends import build_behavior
+from drpo.behavior import BehaviorPolicy, SamplingParams
+from drpo.behavior.native import NativeBehavior
 from drpo.cli import main
 from drpo.config import ConfigError, load_config
 from drpo.metrics import read_metrics
 from drpo.models.log_probs import head_log_probs, sequence_log_probs
 from drpo.models.sampling import generate, make_batch
 from drpo.models.transformer import KVCache
-from drpo.rollout import BehaviorPolicy
 from drpo.tasks.base import Example
 from drpo.trainer import Trainer
 
 transformers = pytest.importorskip("transformers", reason="model=hf:PATH needs transformers (pip install 'drpo[hf]')")
 tokenizers = pytest.importorskip("tokenizers")
 
+from drpo.behavior.vllm import batch_from_outputs, vllm_available  # noqa: E402
 from drpo.models.hf import HFCausalLM, export_hf, hf_state, load_hf_model  # noqa: E402
 from drpo.models.hf_policy import HFTokenizer, build_hf_policy  # noqa: E402
-from drpo.rollout_vllm import batch_from_outputs, vllm_available  # noqa: E402
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
 BOXES = ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}"]
@@ -175,8 +176,9 @@ def test_fp32_rollout_mu_equals_recomputation_and_bf16_differs():
     prompts = [[5, 6, 7], [8, 9]]
     mismatch = {}
     for precision in ("fp32", "bf16", "int8"):
-        behavior = BehaviorPolicy(model, precision)
-        batch = behavior.generate(prompts, 4, 8, generator=torch.Generator().manual_seed(0), eos_id=0, pad_id=0)
+        behavior = NativeBehavior(model, precision)
+        batch = behavior.generate(prompts, 4, 8, sampling=SamplingParams(eos_id=0, pad_id=0,
+                                                                         generator=torch.Generator().manual_seed(0)))
         with torch.no_grad():
             pi = sequence_log_probs(model, batch).log_prob  # [N, T] the trainer's fp32 recomputation
         mismatch[precision] = ((pi - batch.rollout_log_prob).abs() * batch.response_mask).max().item()
@@ -185,7 +187,7 @@ def test_fp32_rollout_mu_equals_recomputation_and_bf16_differs():
 
 
 def test_bf16_copy_keeps_float32_rotary_tables():
-    behavior = BehaviorPolicy(wrapped("qwen2"), "bf16")
+    behavior = NativeBehavior(wrapped("qwen2"), "bf16")
     buffers = dict(behavior.model.named_buffers())
     assert buffers["hf.model.rotary_emb.inv_freq"].dtype == torch.float32
     assert next(behavior.model.parameters()).dtype == torch.bfloat16
@@ -246,8 +248,8 @@ def test_lora_trains_only_the_adapters(qwen_dir, data_file):
     trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert 0 < policy.base_info["trainable"] < policy.base_info["parameters"]
-    batch = BehaviorPolicy(policy.model, "bf16").generate([policy.encode_prompt(policy.task.train[0])], 2, 3,
-                                                          eos_id=0, pad_id=0)
+    batch = NativeBehavior(policy.model, "bf16").generate([policy.encode_prompt(policy.task.train[0])], 2, 3,
+                                                          sampling=SamplingParams(eos_id=0, pad_id=0))
     assert torch.isfinite(policy.log_probs(batch, 1.0).log_prob).all()
 
 
@@ -265,8 +267,8 @@ def test_config_errors(qwen_dir, tmp_path):
         load_config(None, ["model.dtype=bf16"])
     with pytest.raises(ConfigError, match="vllm_gpu_memory applies only"):
         load_config(None, ["rollout.vllm_gpu_memory=0.5"])
-    with pytest.raises(ConfigError, match="not 'fp8'"):
-        load_config(None, ["rollout.backend=vllm", "rollout.precision=fp8"])
+    with pytest.raises(ConfigError, match="'fp8' is not run by rollout.engine=vllm; it runs fp32, bf16, fp16"):
+        load_config(None, ["rollout.engine=vllm", "rollout.precision=fp8"])
     config = load_config(None, [f"model=hf:{tmp_path}", "task=math", f"data={tmp_path / 'x.jsonl'}"])
     with pytest.raises(FileNotFoundError, match="not a model directory"):
         build_hf_policy(config)
@@ -311,7 +313,7 @@ def test_export_keeps_the_checkpoint_layout(tmp_path, family):
     assert original.keys() == again.keys() and all(torch.equal(original[k], again[k]) for k in original)
 
 
-# ------------------------------------------------------------------------------------------ vLLM backend
+# ------------------------------------------------------------------------------------------ vLLM engine
 def test_vllm_outputs_become_a_rollout_batch():
     def lp(value, rank):
         return SimpleNamespace(logprob=value, rank=rank)
@@ -339,8 +341,9 @@ def test_autocast_trains_float32_weights_with_bf16_compute(qwen_dir, data_file, 
     overrides = [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2", "rollout.prompts=2",
                  "rollout.group_size=4", "updates_per_batch=1", f"out={tmp_path}", "tensorboard=false"]
     trainer = Trainer(load_config(None, [*overrides, "model.autocast=bf16"]))
+    tokenizer = trainer.policy.tokenizer
     batch = trainer.behavior.generate([trainer.policy.encode_prompt(ex) for ex in trainer.task.train[:2]], 2, 4,
-                                      eos_id=trainer.policy.tokenizer.eos_id, pad_id=trainer.policy.tokenizer.pad_id)
+                                      sampling=SamplingParams(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
     with torch.no_grad():
         exact = trainer.policy.log_probs(batch, 1.0).log_prob
         with trainer.trainer_numerics():
@@ -356,32 +359,35 @@ def test_autocast_trains_float32_weights_with_bf16_compute(qwen_dir, data_file, 
         load_config(None, [*overrides, "model.autocast=bf16", "model.dtype=bf16"])
 
 
-def test_native_backend_is_the_behavior_policy_and_vllm_needs_an_hf_model(qwen_dir, data_file):
+def test_native_engine_is_the_behavior_policy_and_vllm_needs_an_hf_model(qwen_dir, data_file):
     config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2"])
     policy = build_hf_policy(config)
-    assert isinstance(build_behavior(config, policy), BehaviorPolicy)
-    builtin = load_config(None, ["rollout.backend=vllm"])
+    behavior = build_behavior(config, policy)
+    assert isinstance(behavior, NativeBehavior) and isinstance(behavior, BehaviorPolicy)
+    assert behavior.describe()["engine"] == "native" and behavior.mode == "bf16"
+    builtin = load_config(None, ["rollout.engine=vllm"])
     with pytest.raises(ValueError, match="needs a Hugging Face model"):
         build_behavior(builtin, SimpleNamespace(model=None, task=None))
 
 
 @pytest.mark.skipif(vllm_available(), reason="checks the message shown where vLLM is absent")
-def test_vllm_backend_without_vllm_says_how_to_get_it(qwen_dir, data_file):
+def test_vllm_engine_without_vllm_says_how_to_get_it(qwen_dir, data_file):
     config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2",
-                                "rollout.backend=vllm", "rollout.precision=bf16"])
+                                "rollout.engine=vllm", "rollout.precision=bf16"])
     with pytest.raises(ImportError, match="pip install vllm"):
         build_behavior(config, build_hf_policy(config))
 
 
-@pytest.mark.skipif(not (vllm_available() and torch.cuda.is_available()), reason="vLLM backend needs vllm and a GPU")
+@pytest.mark.skipif(not (vllm_available() and torch.cuda.is_available()), reason="vLLM engine needs vllm and a GPU")
 def test_vllm_mu_matches_the_trainer_recomputation(qwen_dir, data_file):
     config = load_config(None, [f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "task.n_eval=2",
-                                "rollout.backend=vllm", "rollout.precision=fp32", "model.device=cuda",
+                                "rollout.engine=vllm", "rollout.precision=fp32", "model.device=cuda",
                                 "rollout.vllm_gpu_memory=0.2"])
     policy = build_hf_policy(config)
     behavior = build_behavior(config, policy)
+    assert isinstance(behavior, BehaviorPolicy) and behavior.describe()["engine"] == "vllm"
     batch = behavior.generate([policy.encode_prompt(ex) for ex in policy.task.train[:2]], 4, 4,
-                              generator=torch.Generator().manual_seed(0), eos_id=0, pad_id=0)
+                              sampling=SamplingParams(eos_id=0, pad_id=0, generator=torch.Generator().manual_seed(0)))
     with torch.no_grad():
         pi = policy.log_probs(batch, 1.0).log_prob
     assert ((pi - batch.rollout_log_prob).abs() * batch.response_mask).max().item() < 1e-3

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drpo.cli import main
 from drpo.losses.quadratic import DrpoHyper
@@ -278,3 +280,156 @@ def test_the_rank_files_of_a_multi_process_dump_read_as_one_source(tmp_path, cap
     assert data.label == "lp" and "3 rank files" in data.path
     assert main(["mismatch", str(tmp_path / "lp.jsonl")]) == 0
     assert "lp" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ by response length and position, by hand
+# three responses, stored B between A and C so the bins are not contiguous runs of sequences:
+#   A: 2 tokens, mu [.5, .2],     pi_old [.5, .3]            -> s = ln 1.5
+#   B: 10 tokens, mu .5 each,     pi_old [.125, .5 x 9]      -> s = ln .25 = -ln 4
+#   C: 1 token,  mu [.05],        pi_old [.15]               -> s = ln 3
+PROFILE_SEQUENCES = {
+    "A": ([0.5, 0.2], [0.5, 0.3]),
+    "B": ([0.5] * 10, [0.125] + [0.5] * 9),
+    "C": ([0.05], [0.15]),
+}
+
+
+def profile_data(pi_field="old_log_prob"):
+    from drpo.mismatch.format import from_records
+
+    return from_records([{"id": name, "rollout_log_prob": np.log(mu).tolist(), pi_field: np.log(pi).tolist()}
+                         for name, (mu, pi) in PROFILE_SEQUENCES.items()], label="hand")
+
+
+def test_token_positions_follow_the_stored_order():
+    from drpo.mismatch.stats import token_positions
+
+    data = profile_data()
+    assert data.seq_index.tolist() == [0, 0] + [1] * 10 + [2]  # from_records keeps each sequence's tokens in order
+    assert token_positions(data.seq_index).tolist() == [1, 2, *range(1, 11), 1]
+    assert token_positions(np.array([3, 1, 3, 1, 3])).tolist() == [1, 1, 2, 2, 3]  # interleaved: order kept per id
+
+
+def test_sequence_log_ratios_and_their_statistics_by_hand():
+    from drpo.mismatch.stats import sequence_log_ratios, sequence_stats
+
+    data = profile_data()
+    s = sequence_log_ratios(data.old_log_prob - data.rollout_log_prob, data.seq_index, data.num_sequences)
+    assert s == pytest.approx([math.log(1.5), -math.log(4), math.log(3)])
+    st = sequence_stats(s)
+    assert st["sequences"] == 3
+    assert st["abs_s_mean"] == pytest.approx(math.log(18) / 3)  # (ln 1.5 + ln 4 + ln 3) / 3
+    assert st["abs_s_max"] == pytest.approx(math.log(4))
+    # numpy's linear quantile over the sorted |s| = [ln 1.5, ln 3, ln 4]: position 0.99 x 2 = 1.98
+    assert st["abs_s_p99"] == pytest.approx(math.log(3) + 0.98 * (math.log(4) - math.log(3)))
+    # exp(s) - 1 - s: 1.5 - 1 - ln 1.5, 0.25 - 1 + ln 4, 3 - 1 - ln 3
+    assert st["seq_k3"] == pytest.approx((1.75 - math.log(1.125)) / 3)
+    assert st["abs_s_gt_ln2"] == pytest.approx(2 / 3)  # B and C
+    assert st["s_mean"] == pytest.approx(math.log(1.125) / 3)
+    a = analyse(data)
+    assert a.profile_pair == "engine" and a.sequence == pytest.approx(st)
+
+
+def test_length_profile_by_hand():
+    from drpo.mismatch.stats import length_profile
+
+    short, long = length_profile(profile_data())  # default edges: 1-8 holds A and C, 9-32 holds B; no 33+ rows
+    assert (short["bin"], short["low"], short["high"], short["sequences"], short["tokens"]) == ("1-8", 1, 8, 2, 3)
+    assert short["abs_p_mean"] == pytest.approx(0.2 / 3)  # |pi - mu| = 0, .1 (A), .1 (C)
+    assert short["abs_p_max"] == pytest.approx(0.1) and short["abs_p_p99"] == pytest.approx(0.1)
+    assert short["kl_k3"] == pytest.approx((2.5 - math.log(4.5)) / 3)  # 0, 1.5 - 1 - ln 1.5, 3 - 1 - ln 3
+    assert short["abs_s_mean"] == pytest.approx(math.log(4.5) / 2) and short["abs_s_max"] == pytest.approx(math.log(3))
+    assert short["seq_k3"] == pytest.approx((2.5 - math.log(4.5)) / 2) and short["abs_s_gt_ln2"] == 0.5
+    assert (long["bin"], long["high"], long["sequences"], long["tokens"]) == ("9-32", 32, 1, 10)
+    assert long["abs_p_mean"] == pytest.approx(0.0375) and long["abs_p_max"] == pytest.approx(0.375)
+    assert long["abs_p_p99"] == pytest.approx(0.91 * 0.375)  # nine zeros and 0.375: position 0.99 x 9 = 8.91
+    assert long["kl_k3"] == pytest.approx((math.log(4) - 0.75) / 10)
+    assert long["abs_s_mean"] == pytest.approx(math.log(4)) and long["seq_k3"] == pytest.approx(math.log(4) - 0.75)
+    assert long["abs_s_gt_ln2"] == 1.0
+    # edges of one's own: a bin of one length, and the open last bin
+    rows = length_profile(profile_data(), edges=(1, 2, 3))
+    assert [(r["bin"], r["sequences"], r["tokens"]) for r in rows] == [("1", 1, 1), ("2", 1, 2), ("3+", 1, 10)]
+
+
+def test_position_profile_by_hand():
+    from drpo.mismatch.stats import position_profile
+
+    first, second, rest = position_profile(profile_data(), edges=(1, 2, 3))
+    assert (first["bin"], first["tokens"], first["sequences"]) == ("1", 3, 3)  # A1, B1, C1
+    assert first["abs_p_mean"] == pytest.approx(0.475 / 3) and first["abs_p_max"] == pytest.approx(0.375)
+    assert first["kl_k3"] == pytest.approx((math.log(4) - 0.75 + 2 - math.log(3)) / 3)
+    assert first["rare_share"] == pytest.approx(1 / 3)  # C1: mu = 0.05
+    assert (second["bin"], second["tokens"], second["sequences"]) == ("2", 2, 2)  # A2, B2
+    assert second["abs_p_mean"] == pytest.approx(0.05) and second["rare_share"] == 0.0
+    assert (rest["bin"], rest["high"], rest["tokens"], rest["sequences"]) == ("3+", None, 8, 1)
+    assert rest["abs_p_max"] == 0.0
+    default = position_profile(profile_data())
+    assert [(r["bin"], r["tokens"], r["sequences"]) for r in default] == [("1-8", 11, 3), ("9-32", 2, 1)]
+
+
+def test_profiles_use_pi_without_pi_old_and_refuse_bad_edges():
+    from drpo.mismatch.stats import bin_labels, check_edges, length_profile, profile_pair
+
+    data = profile_data("log_prob")
+    assert profile_pair(data) == "total" and analyse(data).profile_pair == "total"
+    assert [r["tokens"] for r in length_profile(data)] == [3, 10]
+    assert bin_labels((1, 9, 33, 129, 513)) == ["1-8", "9-32", "33-128", "129-512", "513+"]
+    for bad in ((), (0, 8), (2, 9), (1, 9, 9), (1, 9, 5)):
+        with pytest.raises(ValueError, match="start"):
+            check_edges(bad)
+
+
+def test_report_shows_the_profiles(tmp_path, capsys):
+    path = write_log_probs(tmp_path / "hand.jsonl", [{"id": name, "rollout_log_prob": np.log(mu).tolist(),
+                                                     "old_log_prob": np.log(pi).tolist()}
+                                                    for name, (mu, pi) in PROFILE_SEQUENCES.items()])
+    assert main(["mismatch", str(path), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "by response length" in printed and "9-32" in printed
+    text = (tmp_path / "out" / "mismatch.md").read_text()
+    assert "## By response length" in text and "## By position in the response" in text
+    assert "sequence k3 = the mean over responses of exp(s) - 1 - s" in text
+    assert (tmp_path / "out" / "mismatch_by_length.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "out" / "mismatch.json").read_text())["sources"][0]
+    assert saved["profile_pair"] == "engine" and [r["bin"] for r in saved["by_length"]] == ["1-8", "9-32"]
+    assert saved["sequence"]["abs_s_max"] == pytest.approx(math.log(4))
+    assert saved["by_position"][0]["tokens"] == 11
+
+
+@st.composite
+def random_sources(draw):
+    """Random responses (lengths 1..300) with log mu and log pi_old in [-12, 0]; random bin edges from 1."""
+    from drpo.mismatch.format import from_records
+
+    lengths = draw(st.lists(st.integers(1, 300), min_size=1, max_size=12))
+    log_p = st.floats(-12.0, 0.0, allow_nan=False)
+    records = [{"rollout_log_prob": draw(st.lists(log_p, min_size=n, max_size=n)),
+                "old_log_prob": draw(st.lists(log_p, min_size=n, max_size=n))} for n in lengths]
+    edges = (1, *sorted(draw(st.sets(st.integers(2, 400), max_size=5))))
+    return from_records(records, label="random"), edges
+
+
+@settings(max_examples=40, deadline=None)
+@given(source=random_sources())
+def test_profiles_partition_the_tokens_and_sequences(source):
+    from drpo.mismatch.stats import (
+        length_profile,
+        position_profile,
+        sequence_log_ratios,
+        sequence_stats,
+        token_positions,
+    )
+
+    data, edges = source
+    by_length, by_position = length_profile(data, edges), position_profile(data, edges)
+    assert sum(r["tokens"] for r in by_length) == data.num_tokens
+    assert sum(r["sequences"] for r in by_length) == data.num_sequences
+    assert sum(r["tokens"] for r in by_position) == data.num_tokens
+    assert by_position[0]["sequences"] == data.num_sequences  # every response has a first token
+    s = sequence_log_ratios(data.old_log_prob - data.rollout_log_prob, data.seq_index, data.num_sequences)
+    assert sequence_stats(s)["seq_k3"] >= 0 and all(r["seq_k3"] >= 0 for r in by_length)
+    # the bins' |s| add up to all of them
+    assert sum(r["abs_s_mean"] * r["sequences"] for r in by_length) == pytest.approx(np.abs(s).sum(), rel=1e-9)
+    positions = token_positions(data.seq_index)
+    assert np.bincount(data.seq_index).tolist() == [int(positions[data.seq_index == i].max())
+                                                     for i in range(data.num_sequences)]

@@ -64,14 +64,71 @@ def test_first_mini_batch_pi_is_pi_old_and_resume_keeps_the_dump(tmp_path):
 
 def test_model_mode_per_precision(tmp_path, capsys):
     out = tmp_path / "model"
-    assert main(["mismatch", "model=tiny", "warmup.steps=5", "--precisions", "fp32", "bf16", "fp8",
+    assert main(["mismatch", "model=tiny", "warmup.steps=5", "--precisions", "fp32", "bf16", "native:fp8",
                  "--prompts", "4", "--samples", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "fp8 rounds bf16 model; Linear weights" in printed
-    sources = {s["label"]: s for s in json.loads((out / "mismatch.json").read_text())["sources"]}
-    assert list(sources) == ["fp32", "bf16", "fp8"]
-    fp32, bf16, fp8 = (sources[p]["pairs"]["engine"] for p in ("fp32", "bf16", "fp8"))
+    assert "native:fp8 rounds bf16 model; Linear weights" in printed
+    saved = json.loads((out / "mismatch.json").read_text())
+    sources = {s["label"]: s for s in saved["sources"]}
+    assert list(sources) == ["native:fp32", "native:bf16", "native:fp8"]  # a bare mode is its first engine's
+    assert "--rollouts native:fp32 native:bf16 native:fp8" in saved["command"]
+    fp32, bf16, fp8 = (sources[f"native:{p}"]["pairs"]["engine"] for p in ("fp32", "bf16", "fp8"))
     assert fp32["abs_p_max"] < 1e-5  # the fp32 copy is the trainer itself (KV cache vs full forward aside)
     assert bf16["abs_p_mean"] > 10 * fp32["abs_p_mean"] and fp8["abs_p_mean"] > 0
-    assert "| fp8 | pi_old vs mu |" in (out / "mismatch.md").read_text()
+    assert "| native:fp8 | pi_old vs mu |" in (out / "mismatch.md").read_text()
+    assert sources["native:fp8"]["engines"] == ["drpo native fp8"]
     assert main(["mismatch", "model=tiny", "--precisions", "fp4"]) == 2
+
+
+def test_rollouts_parse_engine_and_mode():
+    from drpo.mismatch.model import DEFAULT_ROLLOUTS, Rollout, parse_rollout, parse_rollouts, rollout_config
+
+    assert parse_rollout("q8_0") == Rollout("llamacpp", "q8_0") and parse_rollout("fp8") == Rollout("native", "fp8")
+    assert [r.label for r in parse_rollouts(DEFAULT_ROLLOUTS)] == ["native:bf16", "native:fp16", "native:fp8",
+                                                                   "native:int8"]
+    assert parse_rollout("llamacpp:q4_0").rounds.startswith("llama.cpp with Q4_0 weights")
+    for bad, message in (("fp4", "unknown rollout 'fp4'; valid: native:fp32, "), ("native:q8_0", "unknown rollout"),
+                         ("llamacpp:bf16", "unknown rollout"), ("tpu:bf16", "unknown rollout"),
+                         ("vllm:bf16", "does not run vLLM"), ("vllm:fp4", "does not run vLLM")):
+        with pytest.raises(ValueError, match=message):
+            parse_rollout(bad)
+    with pytest.raises(ValueError, match="native:bf16 given twice"):
+        parse_rollouts(["bf16", "native:bf16"])
+    # one construction path: the run config with the rollout's engine and mode (an engine's own keys stay with it)
+    config = load_config(None, ["model=tiny", "model.arch=llama", "rollout.engine=llamacpp",
+                                "rollout.llamacpp_threads=1", "seed=3"])
+    native, llama = (rollout_config(config, parse_rollout(r)) for r in ("bf16", "llamacpp:q4_0"))
+    assert (native.rollout.engine, native.rollout.precision, native.rollout.llamacpp_threads) == ("native", "bf16", None)
+    assert (llama.rollout.engine, llama.rollout.precision, llama.rollout.llamacpp_threads) == ("llamacpp", "q4_0", 1)
+    assert native.seed == llama.seed == 3 and native.model == config.model
+
+
+def test_model_mode_refuses_unknown_rollouts_and_vllm_in_one_line(capsys):
+    for rollout, message in (("fp4", "unknown rollout 'fp4'"), ("vllm:bf16", "does not run vLLM")):
+        assert main(["mismatch", "model=tiny", "--rollouts", "native:bf16", rollout]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"drpo mismatch: error: rollout '{rollout}'" if "vllm" in rollout
+                              else f"drpo mismatch: error: {message}") and err.count("\n") == 1, err
+
+
+def test_model_mode_native_and_llamacpp(tmp_path, capsys):
+    """The tiny llama-architecture model's rollouts by the native bf16 copy and by llama.cpp in q8_0, one seed."""
+    pytest.importorskip("llama_cpp")
+    out = tmp_path / "engines"
+    assert main(["mismatch", "model=tiny", "model.arch=llama", "warmup.steps=0", "warmup.target_accuracy=null",
+                 "--rollouts", "native:bf16", "llamacpp:q8_0", "--prompts", "4", "--samples", "2",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "llamacpp:q8_0 rounds llama.cpp with Q8_0 weights" in printed and "by response length" in printed
+    sources = {s["label"]: s for s in json.loads((out / "mismatch.json").read_text())["sources"]}
+    assert list(sources) == ["native:bf16", "llamacpp:q8_0"]
+    for label, source in sources.items():
+        assert source["profile_pair"] == "engine" and source["by_length"] and source["by_position"], label
+        assert sum(row["sequences"] for row in source["by_length"]) == source["sequences"] == 4 * 2
+        assert sum(row["tokens"] for row in source["by_length"]) == source["tokens"]
+        assert source["sequence"]["seq_k3"] >= 0 and source["pairs"]["engine"]["abs_p_mean"] > 0
+    assert sources["llamacpp:q8_0"]["engines"] == ["drpo llamacpp q8_0"]
+    assert sources["llamacpp:q8_0"]["extra"]["rounds"].startswith("llama.cpp with Q8_0 weights")
+    text = (out / "mismatch.md").read_text()
+    assert "**llamacpp:q8_0** (engine mismatch: pi_old vs mu)" in text
+    assert (out / "mismatch_by_length.png").exists()

@@ -30,9 +30,10 @@ def test_tokenizer_errors_name_the_problem():
         TOK.decode([TOK.vocab_size])
 
 
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
 @pytest.mark.parametrize("size, low, high", [("tiny", 0.2e6, 0.5e6), ("small", 1.2e6, 3e6), ("medium", 7e6, 14e6)])
-def test_parameter_counts(size, low, high):
-    assert low <= build_model(size, TOK.vocab_size, 32).num_parameters() <= high
+def test_parameter_counts(size, low, high, arch):
+    assert low <= build_model(size, TOK.vocab_size, 32, arch=arch).num_parameters() <= high
 
 
 def test_unknown_size_lists_valid_names():
@@ -40,10 +41,11 @@ def test_unknown_size_lists_valid_names():
         build_model("huge", TOK.vocab_size, 32)
 
 
-@pytest.fixture(params=[False, True], ids=["dense", "moe"])
+@pytest.fixture(params=[(False, "gpt"), (True, "gpt"), (False, "llama")], ids=["dense", "moe", "llama"])
 def model(request):
     torch.manual_seed(0)
-    return build_model("tiny", TOK.vocab_size, 32, moe=request.param)
+    moe, arch = request.param
+    return build_model("tiny", TOK.vocab_size, 32, moe=moe, arch=arch)
 
 
 @torch.no_grad()

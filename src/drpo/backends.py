@@ -3,20 +3,22 @@
     policy = build_policy(config)              # pi, a drpo.models.policy.Policy: the built-in transformer
                                                #   warmed up on the task (drpo/warmup.py), or a pretrained
                                                #   model (hf:PATH, gguf:FILE, smollm2-135m; drpo/models/hf_policy.py)
-    behavior = build_behavior(config, policy)  # mu: a copy in rollout.precision, rollout.lag syncs stale
-                                               #   (drpo/rollout.py), or vLLM (rollout.backend=vllm;
-                                               #   drpo/rollout_vllm.py); both sample a RolloutBatch with mu
+    behavior = build_behavior(config, policy)  # mu, a drpo.behavior.BehaviorPolicy of rollout.engine: the native
+                                               #   copy in rollout.precision, rollout.lag syncs stale
+                                               #   (drpo/behavior/native.py), vLLM (drpo/behavior/vllm.py) or
+                                               #   llama.cpp (drpo/behavior/llamacpp.py); each samples a RolloutBatch
 
 The backends import none of this module, so each can be read (and imported) on its own.
 """
 
 from __future__ import annotations
 
+from drpo.behavior import ENGINES, BehaviorPolicy
+from drpo.behavior.native import NativeBehavior
+from drpo.behavior.vllm import VLLMBehavior
 from drpo.models.gguf import is_pretrained_name, resolve_model_dir
 from drpo.models.hf_policy import build_hf_policy
 from drpo.models.policy import Policy
-from drpo.rollout import BehaviorPolicy
-from drpo.rollout_vllm import VLLMBehaviorPolicy
 from drpo.warmup import build_builtin_policy
 
 
@@ -31,15 +33,24 @@ def build_policy(config, console=None, task=None) -> Policy:
     return policy
 
 
-def build_behavior(config, policy: Policy) -> BehaviorPolicy | VLLMBehaviorPolicy:
-    """The behavior policy of ``config.rollout``: the native copy (any model) or vLLM (hf: models, GPU)."""
+def build_behavior(config, policy: Policy) -> BehaviorPolicy:
+    """The behavior policy of ``config.rollout.engine``: the native copy (any model), vLLM (hf: models, GPU) or
+    llama.cpp (CPU)."""
     rollout = config.rollout
-    if rollout.backend == "native":
-        return BehaviorPolicy(policy.model, precision=rollout.precision, lag=rollout.lag)
-    if not is_pretrained_name(config.model.name):
-        raise ValueError("rollout.backend=vllm needs a Hugging Face model (model=hf:PATH); the built-in "
-                         "transformer runs with rollout.backend=native")
-    task = policy.task
-    return VLLMBehaviorPolicy(policy.model, resolve_model_dir(config.model.name), precision=rollout.precision,
-                              lag=rollout.lag, gpu_memory=rollout.vllm_gpu_memory, seed=config.seed,
-                              max_model_len=task.max_prompt_len + task.max_response_len)
+    if rollout.engine == "native":
+        return NativeBehavior(policy.model, mode=rollout.precision, lag=rollout.lag)
+    if rollout.engine == "llamacpp":
+        # an optional dependency (llama-cpp-python): imported only when a run asks for it
+        from drpo.behavior.llamacpp import LlamaCppBehavior
+
+        return LlamaCppBehavior(policy, mode=rollout.precision, lag=rollout.lag, seed=config.seed,
+                                threads=rollout.llamacpp_threads)
+    if rollout.engine == "vllm":
+        if not is_pretrained_name(config.model.name):
+            raise ValueError("rollout.engine=vllm needs a Hugging Face model (model=hf:PATH); the built-in "
+                             "transformer runs with rollout.engine=native")
+        task = policy.task
+        return VLLMBehavior(policy.model, resolve_model_dir(config.model.name), mode=rollout.precision,
+                            lag=rollout.lag, gpu_memory=rollout.vllm_gpu_memory, seed=config.seed,
+                            max_model_len=task.max_prompt_len + task.max_response_len)
+    raise ValueError(f"unknown rollout.engine {rollout.engine!r}; valid: {', '.join(ENGINES)}")

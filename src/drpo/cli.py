@@ -19,7 +19,7 @@ from rich.table import Table
 
 
 def cmd_train(args) -> int:
-    from drpo.config import check_out, load_config
+    from drpo.config import load_config
     from drpo.tasks.custom import RewardError
     from drpo.trainer import NonFiniteError, Trainer
 
@@ -29,22 +29,25 @@ def cmd_train(args) -> int:
         # continue the run as it was configured, in its own directory unless out= names another; overrides given
         # now still apply (e.g. a larger steps=)
         config = load_config(f"{config.resume}/config.yaml", [f"out={config.resume}", *overrides])
-    check_out(config)  # before the base model is built: a refusal costs nothing
     console = Console(stderr=True)
     _warn_if_cannot_bind(console, config.loss.build())
     console.print(f"[bold]drpo train[/]: loss {config.loss.build()!r}, model {config.model.name}"
                   f"{' (MoE)' if config.model.moe else ''}, task {config.task.name}, rollout {config.rollout.precision}"
                   f" lag {config.rollout.lag}, {config.updates_per_batch} update(s)/batch -> {config.out}")
-    trainer = Trainer(config, console=console)
-    try:
-        summary = trainer.train(console=console)
+    try:  # the warm-up's accuracy probe calls the task's reward too
+        summary = Trainer(config, console=console).train(console=console)
     except (NonFiniteError, RewardError) as error:
-        console.print(f"[red]stopped[/]: {error}")
+        console.print(f"[red]stopped[/]: {error}", highlight=False)
         return 3
-    start, final, best = (summary[f"eval/accuracy_{k}"] for k in ("start", "final", "best"))
-    console.print(f"eval accuracy {start:.3f} -> {final:.3f} (best {best:.3f}) in {summary['steps']} steps, "
-                  f"{summary['wall_time_s']:.0f}s; summary: {config.out}/summary.json")
+    start, final, best = (_accuracy(summary[f"eval/accuracy_{k}"]) for k in ("start", "final", "best"))
+    console.print(f"eval accuracy {start} -> {final} (best {best}) in {summary['steps']} steps, RL "
+                  f"{summary['wall_time_s']:.0f} s; summary: {config.out}/summary.json", highlight=False)
     return 130 if summary["interrupted"] else 0
+
+
+def _accuracy(value) -> str:
+    """An accuracy of summary.json for a line of text: it may be missing (no evaluation ran)."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
 
 
 def cmd_losses(args) -> int:
@@ -101,7 +104,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_mismatch(args) -> int:
-    from drpo.mismatch.report import rich_table, write_report
+    from drpo.mismatch.report import rich_length_table, rich_table, write_report
     from drpo.mismatch.stats import analyse
 
     overrides = [item for item in args.inputs if "=" in item]
@@ -111,16 +114,17 @@ def cmd_mismatch(args) -> int:
     command = ["drpo", "mismatch", *args.inputs, *(["--delta", f"{args.delta:g}"] if args.delta is not None else [])]
     if overrides:
         from drpo.config import load_config
-        from drpo.mismatch.model import measure_precisions
-        from drpo.rollout import PRECISION_ROUNDS
+        from drpo.mismatch import model as mismatch_model
 
+        rollouts = mismatch_model.parse_rollouts(args.rollouts)  # an unknown rollout stops before any work
         config = load_config(None, overrides)
-        sources = measure_precisions(config, args.precisions, args.prompts, args.samples,
-                                     console=Console(stderr=True))
+        sources = mismatch_model.measure_precisions(config, rollouts, args.prompts, args.samples,
+                                                    console=Console(stderr=True))
         analyses = [analyse(source, args.delta) for source in sources]
-        for analysis in analyses:
-            analysis.extra["rounds"] = PRECISION_ROUNDS[analysis.label]
-        command += ["--precisions", *args.precisions, "--prompts", str(args.prompts), "--samples", str(args.samples)]
+        for analysis, rollout in zip(analyses, rollouts, strict=True):
+            analysis.extra["rounds"] = rollout.rounds
+        command += ["--rollouts", *(r.label for r in rollouts), "--prompts", str(args.prompts), "--samples",
+                    str(args.samples)]
     else:
         from drpo.mismatch.format import distinct_labels, read_log_probs
 
@@ -132,7 +136,8 @@ def cmd_mismatch(args) -> int:
     console.print(rich_table(analyses))
     for analysis in analyses:
         if "rounds" in analysis.extra:
-            console.print(f"  {analysis.label} rounds {analysis.extra['rounds']}")
+            console.print(f"  {analysis.label} rounds {analysis.extra['rounds']}", highlight=False)
+    console.print(rich_length_table(analyses))
     advice = _print_advice(console, analyses, sources)
     if args.out:
         print(f"wrote {write_report(analyses, args.out, ' '.join([*command, '--out', args.out]), advice)}")
@@ -156,7 +161,8 @@ def _print_advice(console, analyses, sources):
     for item in advice:
         console.print(f"[bold cyan]{item.label}[/bold cyan]: " + " ".join(item.recommendation.lines()))
     header, rows = advice_rows(advice)
-    table = Table(title="what each trust region does with these tokens at the recommended delta")
+    table = Table(title="what each trust region does with these tokens at the recommended delta (pi against mu; "
+                  "pi_old against mu for a source without pi)")
     for i, name in enumerate(header):
         table.add_column(name, justify="left" if i == 0 else "right")
     for row in rows:
@@ -207,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "seeds (default: drpo, else the first method on the drpo loss, else the first method)")
     report.set_defaults(func=cmd_report)
     from drpo.mismatch import format as mismatch_format
-    from drpo.mismatch.model import DEFAULT_PRECISIONS
+    from drpo.mismatch.model import DEFAULT_ROLLOUTS, rollout_choices
 
     mismatch = sub.add_parser("mismatch", help="training-inference mismatch of log-prob files, or of a model's "
                               "rollouts per precision", description=mismatch_format.__doc__,
@@ -218,8 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     mismatch.add_argument("--out", help="directory for mismatch.md, mismatch.png and mismatch.json")
     mismatch.add_argument("--delta", type=float, help="DRPO's delta for the weight figures (default: the loss's "
                           "default); set it to the delta you train with")
-    mismatch.add_argument("--precisions", nargs="+", default=list(DEFAULT_PRECISIONS),
-                          help="model mode: rollout precisions to compare with the fp32 trainer")
+    mismatch.add_argument("--rollouts", "--precisions", nargs="+", default=list(DEFAULT_ROLLOUTS),
+                          metavar="[ENGINE:]MODE",
+                          help="model mode: rollouts to compare with the fp32 trainer, ENGINE:MODE or a bare MODE "
+                          f"(its first engine): {rollout_choices()} (llamacpp: llama-architecture models, "
+                          "model=smollm2-135m or model.arch=llama; vllm: dump a run's log-probs instead); "
+                          "--precisions is the same option")
     mismatch.add_argument("--prompts", type=int, default=32, help="model mode: held-out prompts")
     mismatch.add_argument("--samples", type=int, default=4, help="model mode: responses per prompt")
     mismatch.set_defaults(func=cmd_mismatch)

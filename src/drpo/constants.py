@@ -4,10 +4,9 @@ The allowed values of the config keys that pick an implementation: drpo/config v
 value is an error naming the key and these values) and the implementing modules dispatch on them; and the
 math task's default prompt template, which is task.prompt_template's default too. This module imports
 nothing, so the config reads them without importing the implementations (torch, the task readers).
+rollout.engine and rollout.precision are drpo.behavior.modes' (ENGINES, ROLLOUT_MODES), which imports nothing either.
 """
 
-PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8", "fp8_all")  # rollout.precision (drpo/rollout.py)
-VLLM_PRECISIONS = ("fp32", "bf16", "fp16")  # rollout.precision with rollout.backend=vllm (drpo/rollout_vllm.py)
 HF_DTYPES = ("fp32", "bf16")  # model.dtype, the weights of an hf: model (drpo/models/hf.py)
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # those names as torch and vLLM spell them
 # loss.aggregation (drpo/losses/aggregate.py)

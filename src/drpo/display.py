@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich import get_console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -46,22 +48,45 @@ class StopRequests:
             signal.signal(sig, handler)
 
 
+PLAIN_EVERY_S = 30.0  # off a terminal, a progress line at least this often (and at every evaluation or check)
+
+
 @contextmanager
-def progress_display(console, total: int, completed: int) -> Iterator[Callable[[int, dict, float | None], None]]:
-    """A progress bar of RL steps; yields ``show(step, metrics, best_accuracy)``. On a console that is not a
-    terminal (a log file) each evaluated step also gets a line of its own."""
+def step_progress(console, total: int, completed: int, description: str,
+                  transient: bool = False) -> Iterator[Callable[..., None]]:
+    """Progress of ``total`` steps; yields ``update(done, status="", milestone=False)``.
+
+    On a terminal: a rich progress bar with ``status`` beside it. Elsewhere (a log file, CI) a bar's redraws come
+    out garbled, so each ``milestone`` (an evaluation, an accuracy check) and at least every PLAIN_EVERY_S seconds
+    prints one plain line: ``description step/total  elapsed  status``.
+    """
+    console = console if console is not None else get_console()
+    if not console.is_terminal:
+        started = last = time.monotonic()
+
+        def plain(done: int, status: str = "", milestone: bool = False) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if milestone or done == total or now - last >= PLAIN_EVERY_S:
+                last = now
+                console.print(f"{description} {done}/{total}  {now - started:.0f}s  {status}".rstrip(),
+                              highlight=False, soft_wrap=True)
+
+        yield plain
+        return
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                        console=console, transient=False)
+                        console=console, transient=transient)
     with progress:
-        task = progress.add_task("RL", total=total, completed=completed, status="")
+        task = progress.add_task(description, total=total, completed=completed, status="")
+        yield lambda done, status="", milestone=False: progress.update(task, completed=done, status=status)
 
-        def show(step: int, metrics: dict, best: float | None) -> None:
-            progress.update(task, completed=step, status=status_line(metrics, best))
-            if console is not None and not console.is_terminal and "eval/accuracy" in metrics:
-                console.print(f"step {step}/{total}  {status_line(metrics, best)}")
 
-        yield show
+@contextmanager
+def progress_display(console, total: int, completed: int) -> Iterator[Callable[[int, dict, float | None], None]]:
+    """The RL steps' progress (:func:`step_progress`); yields ``show(step, metrics, best_accuracy)``."""
+    with step_progress(console, total, completed, "RL") as update:
+        yield lambda step, metrics, best: update(step, status_line(metrics, best), "eval/accuracy" in metrics)
 
 
 def status_line(metrics: dict, best: float | None) -> str:

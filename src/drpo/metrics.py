@@ -1,4 +1,4 @@
-"""Metric keys (DESIGN.md) and where they go: metrics.jsonl, the trackers of ``report_to``, the console line.
+"""Metric keys and where they go: metrics.jsonl, the trackers of ``report_to``, the console line.
 
 Keys that reports and checks rely on:
     step, reward/mean, eval/accuracy, eval/sampled_accuracy, eval/prompts

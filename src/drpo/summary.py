@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from drpo.metrics import read_metrics
 from drpo.plots import plot_run
 
 
+@dataclass(frozen=True)
+class RunTimes:
+    """Where a run's time went, in seconds of wall-clock time."""
+
+    rl_s: float  # evaluations and RL steps, over every process of the run (a resumed run adds its earlier ones)
+    setup_s: float  # this process, before RL: the base model (warm-up, or the cache) and the behavior engine
+    process_s: float  # this process in all: its setup and its share of rl_s
+
+
 def write_summary(run_dir: str | Path, *, loss, steps: int, steps_planned: int, start_accuracy: float | None,
-                  best_accuracy: float | None, wall_s: float, base_model: dict | None, interrupted: bool = False,
+                  best_accuracy: float | None, times: RunTimes, base_model: dict | None, interrupted: bool = False,
                   stopped: str | None = None) -> dict:
     """OUT/summary.json of a run that ended: finished, ``interrupted`` (Ctrl-C, SIGTERM) or ``stopped`` (why the
     trainer gave up, e.g. on non-finite losses: finished, a rerun would repeat it); plots unless stopped.
@@ -39,14 +50,27 @@ def write_summary(run_dir: str | Path, *, loss, steps: int, steps_planned: int, 
         # a non-finite value is logged as a string ("nan"): no peak of its own
         "mismatch/abs_mean_peak": max((r["mismatch/abs_mean"] for r in records
                                        if isinstance(r.get("mismatch/abs_mean"), (int, float))), default=None),
-        "wall_time_s": round(wall_s, 1),
+        "wall_time_s": round(times.rl_s, 1),  # RL only: setup_time_s and base_model.warmup_s are apart
+        "setup_time_s": round(times.setup_s, 1),
+        "process_time_s": round(times.process_s, 1),
         "memory/peak_rss_gb": round(peak_rss_gb(), 3),
         "base_model": base_model,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = {key: _finite_or_none(value) for key, value in summary.items()}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     if records and stopped is None:
         plot_run(run_dir, records)
     return summary
+
+
+def _finite_or_none(value):
+    """A number of summary.json: None where it is not finite (NaN from the trainer, "nan" as metrics.jsonl logs
+    it), so the file is valid JSON with one spelling of "no value"."""
+    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def peak_rss_gb() -> float:

@@ -1,10 +1,10 @@
-"""The RL trainer: one step reads top to bottom as DESIGN.md's data flow.
+"""The RL trainer: one step reads top to bottom as the data flow.
 
     prompts (task) -> rollout with the behavior policy mu -> rewards (verifier) -> advantages (group)
     -> for each mini-batch: log pi, policy loss, aggregate, backward, clip, optimizer step
     -> sync weights to the behavior policy (possibly lagged) -> metrics
 
-Where the numbers come from: mu log-probs are recorded by the sampler (drpo/rollout.py) from the
+Where the numbers come from: mu log-probs are recorded by the behavior policy's engine (drpo/behavior/) from the
 distribution it sampled; pi log-probs are recomputed here by the trainer's model in fp32. Around the step:
 evaluation (drpo/evaluation.py), the optimizer and its schedule (drpo/optim.py), checkpoints and resuming
 (drpo/checkpoint.py), the progress display and stop signals (drpo/display.py), summary.json (drpo/summary.py).
@@ -12,6 +12,7 @@ evaluation (drpo/evaluation.py), the optimizer and its schedule (drpo/optim.py),
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -25,6 +26,7 @@ import torch
 from drpo.adaptive import DeltaTracker, boundary
 from drpo.advantages import group_advantages
 from drpo.backends import build_behavior, build_policy
+from drpo.behavior import SamplingParams
 from drpo.checkpoint import (
     copy_history,
     global_rng_state,
@@ -32,7 +34,7 @@ from drpo.checkpoint import (
     save_checkpoint,
     set_global_rng_state,
 )
-from drpo.config import RunConfig, check_out
+from drpo.config import RunConfig, check_out, check_steps
 from drpo.diagnostics import pull_gradient_norms
 from drpo.display import StopRequests, progress_display
 from drpo.evaluation import evaluate
@@ -94,8 +96,15 @@ class PiOld:
 
 class Trainer:
     def __init__(self, config: RunConfig, console=None, task=None):
+        created = time.perf_counter()
         self.config = config
         self.run_dir = Path(config.out)
+        # refusals before any work (the base model's warm-up takes minutes): an out that holds another run, or a
+        # resume that would not continue its run
+        check_out(config)
+        self.resumed = resume_state(config) if config.resume else None
+        if self.resumed is not None:
+            check_steps(self.resumed["step"], config)
         seed_everything(config.seed)
         # model, tokenizer, task (``task``: one built by the caller, drpo.api.train), base-model warm-up
         self.policy: Policy = build_policy(config, console=console, task=task)
@@ -121,6 +130,11 @@ class Trainer:
         adaptive = config.adaptive_delta  # experimental: the loss's boundary from the measured mismatch
         self.delta_tracker = DeltaTracker(adaptive.quantile, adaptive.multiple, adaptive.ema, adaptive.min_delta,
                                           adaptive.max_delta) if adaptive.enabled else None
+        self.rl_time_s = self.resumed_rl_s = 0.0  # evaluations and RL steps, over the run's processes (checkpointed)
+        self.setup_s = time.perf_counter() - created  # this process: base model (warm-up or cache), engine
+        if len(self.task.eval) < config.eval.prompts and console is not None:
+            console.print(f"eval.prompts={config.eval.prompts}, but the held-out split has {len(self.task.eval)} "
+                          f"prompts: each evaluation uses those {len(self.task.eval)}", highlight=False)
 
     # ----------------------------------------------------------------------------- one RL step
     def train_step(self) -> dict[str, float]:
@@ -181,11 +195,11 @@ class Trainer:
     def rollout(self, examples: list) -> RolloutBatch:
         """rollout.group_size responses to each prompt, sampled by the behavior policy mu with its log-probs."""
         cfg, tokenizer = self.config.rollout, self.policy.tokenizer
-        return self.behavior.generate(
-            [self.policy.encode_prompt(ex) for ex in examples], group_size=cfg.group_size,
-            max_new_tokens=self.task.max_response_len, temperature=cfg.temperature, top_p=cfg.top_p,
-            top_k_logprobs=self.config.top_k_logprobs, generator=self.sampler, eos_id=tokenizer.eos_id,
-            pad_id=tokenizer.pad_id, ignore_eos=cfg.ignore_eos, stop=self.policy.stopper())
+        sampling = SamplingParams(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=cfg.temperature,
+                                  top_p=cfg.top_p, top_k_logprobs=self.config.top_k_logprobs,
+                                  ignore_eos=cfg.ignore_eos, stop=self.policy.stopper(), generator=self.sampler)
+        return self.behavior.generate([self.policy.encode_prompt(ex) for ex in examples], group_size=cfg.group_size,
+                                      max_new_tokens=self.task.max_response_len, sampling=sampling)
 
     def score(self, examples: list, batch: RolloutBatch):
         """The task's verifier on each response (text and token ids) against its prompt's example: Scores."""
@@ -273,6 +287,7 @@ class Trainer:
             "sampler": self.sampler.get_state(), "prompt_rng": self.prompt_rng.bit_generator.state,
             **global_rng_state(),  # torch, Python, NumPy: plain values, so the checkpoint loads weights_only
             "bad_steps": self.bad_steps, "start_accuracy": self.start_accuracy, "best_accuracy": self.best_accuracy,
+            "rl_time_s": self.rl_time_s,
             "config": self.config.model_dump(mode="json"),
             **({"delta_tracker": self.delta_tracker.state_dict()} if self.delta_tracker is not None else {}),
         }
@@ -288,6 +303,8 @@ class Trainer:
         set_global_rng_state(state)
         self.bad_steps = state["bad_steps"]
         self.start_accuracy, self.best_accuracy = state["start_accuracy"], state["best_accuracy"]
+        self.rl_time_s = state.get("rl_time_s", 0.0)  # checkpoints before it was recorded: this process's only
+        self.resumed_rl_s = self.rl_time_s
         if self.delta_tracker is not None:
             self.delta_tracker.load_state_dict(state["delta_tracker"])
 
@@ -301,9 +318,11 @@ class Trainer:
         Stopped on non-finite losses (NonFiniteError), the run still gets its summary.json, saying so."""
         cfg = self.config
         resume_step = None
-        check_out(cfg)
-        if cfg.resume:  # before config.yaml is written: a refused resume leaves the run directory as it was
-            self.load_state(resume_state(cfg))
+        if self.resumed is not None:  # checked in __init__, before config.yaml is written: a refusal changes nothing
+            if self.resumed["step"] == cfg.steps and (finished := self.finished_summary(console)) is not None:
+                return finished
+            self.load_state(self.resumed)
+            self.resumed = None  # the checkpoint's tensors are the model's now
             resume_step = self.step
             copy_history(cfg.resume, self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +331,7 @@ class Trainer:
         if cfg.dump_log_probs:
             self.log_prob_dump = TrainerDump(self.run_dir, f"drpo {cfg.rollout.precision} rollout, lag "
                                              f"{cfg.rollout.lag}", resume_step)
-        started = time.perf_counter()
+        started = time.perf_counter() - self.rl_time_s
         try:
             with progress_display(console, cfg.steps, self.step) as show, StopRequests() as stop:
                 if self.step == 0:
@@ -327,6 +346,7 @@ class Trainer:
                         self.best_accuracy = max(self.best_accuracy, metrics["eval/accuracy"])
                     logger.log({"step": self.step, **metrics})
                     show(self.step, metrics, self.best_accuracy)
+                    self.rl_time_s = time.perf_counter() - started
                     if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                         self.checkpoint()
         except NonFiniteError as error:  # a finished run: a rerun would stop there again
@@ -335,6 +355,7 @@ class Trainer:
         finally:
             logger.close()
         interrupted = stop.requested and self.step < cfg.steps
+        self.rl_time_s = time.perf_counter() - started
         path = self.checkpoint()
         if interrupted:
             print(f"interrupted at step {self.step}: checkpoint {path}; continue with "
@@ -342,12 +363,28 @@ class Trainer:
         return self.summary(started, interrupted=interrupted)
 
     def summary(self, started: float, interrupted: bool = False, stopped: str | None = None) -> dict:
-        from drpo.summary import write_summary  # matplotlib: imported when a run ends, not with the trainer
+        # matplotlib: imported when a run ends, not with the trainer
+        from drpo.summary import RunTimes, write_summary
 
+        rl_s = time.perf_counter() - started
         return write_summary(self.run_dir, loss=self.loss, steps=self.step, steps_planned=self.config.steps,
                              start_accuracy=self.start_accuracy, best_accuracy=self.best_accuracy,
-                             wall_s=time.perf_counter() - started, base_model=self.policy.base_info,
-                             interrupted=interrupted, stopped=stopped)
+                             times=RunTimes(rl_s=rl_s, setup_s=self.setup_s,
+                                            process_s=self.setup_s + rl_s - self.resumed_rl_s),
+                             base_model=self.policy.base_info, interrupted=interrupted, stopped=stopped)
+
+    def finished_summary(self, console=None) -> dict | None:
+        """A resume of a run that already did its steps: nothing to do, and its record stays as it was. None when
+        the record is not whole (no summary.json, or one of an interruption after the last checkpoint): the resume
+        then writes it from the checkpoint, without training."""
+        path = Path(self.config.resume) / "summary.json"
+        summary = json.loads(path.read_text()) if path.exists() else None
+        if summary is None or summary.get("interrupted") or summary.get("steps") != self.config.steps:
+            return None
+        if console is not None:
+            console.print(f"{self.config.resume} already finished its {self.config.steps} steps; nothing to do "
+                          f"(give steps=N > {self.config.steps} to extend it)", highlight=False)
+        return summary
 
 
 def minibatches(batch: RolloutBatch, count: int, generator: torch.Generator) -> list[tuple[torch.Tensor, RolloutBatch]]:

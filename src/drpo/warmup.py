@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from drpo.checkpoint import load_state_file
+from drpo.display import step_progress
 from drpo.models.log_probs import sequence_log_probs
 from drpo.models.policy import Policy
 from drpo.models.sampling import make_batch
@@ -40,20 +41,42 @@ def build_builtin_policy(config, console=None, task=None) -> Policy:
     task = task or config.task.build(config.seed)
     tokenizer = CharTokenizer(extra_characters=getattr(task, "characters", ""))  # task=custom brings its alphabet
     model = build_model(config.model.name, tokenizer.vocab_size,
-                        block_size=task.max_prompt_len + task.max_response_len + 1, moe=config.model.moe)
+                        block_size=task.max_prompt_len + task.max_response_len + 1, moe=config.model.moe,
+                        arch=config.model.arch)
     policy = Policy(model, tokenizer, task)
     policy.base_info = load_or_warm_up(policy, config, console)
     return policy
 
 
 def base_model_key(config, task=None) -> str:
-    """Hash of everything the base model depends on: model, task, warm-up recipe, seed; and, for a task read from
-    data (task=custom), the rows themselves (``task.fingerprint``): the config names the file, not its content."""
-    recipe = {"version": WARMUP_VERSION, "model": config.model.model_dump(), "task": config.task.model_dump(),
-              "warmup": config.warmup.model_dump(), "seed": config.seed}
+    """Hash of everything the base model depends on: model, warm-up recipe, seed, and the task.
+
+    A generated task (arith, sort) is its config. A task read from data (task=custom) is its rows
+    (``task.fingerprint``: prompts and answers of both splits, which also fix the character vocabulary) and its
+    lengths, not the config that names them: the same rows from a file, a datasets directory or Python objects,
+    scored by any reward, make one base model (its warm-up probe compares with the reference answers,
+    :func:`probe_accuracy`, so the reward does not decide when it stops).
+    """
+    model = config.model.model_dump()
+    if model.get("arch") == "gpt":  # the default architecture keeps the key it had before model.arch existed
+        del model["arch"]
+    recipe = {"version": WARMUP_VERSION, "model": model, "warmup": config.warmup.model_dump(), "seed": config.seed}
     if getattr(task, "fingerprint", None) is not None:
-        recipe["data"] = task.fingerprint
+        recipe.update(data=task.fingerprint, lengths=[task.max_prompt_len, task.max_response_len])
+    else:
+        recipe["task"] = config.task.model_dump()
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def probe_accuracy(policy: Policy, examples: list) -> float:
+    """The warm-up's stopping measure: greedy accuracy on ``examples`` under the task's verifier; for a task read
+    from data, the share of greedy completions equal to the reference answer the warm-up imitates."""
+    if getattr(policy.task, "fingerprint", None) is None:
+        return policy.greedy_accuracy(examples)
+    completions = policy.generate_text([policy.encode_prompt(ex) for ex in examples], 1, policy.task.max_response_len,
+                                       temperature=0.0)
+    return sum(text.strip() == policy.task.target(ex).strip() for text, ex in zip(completions, examples, strict=True)
+               ) / len(examples)
 
 
 def load_or_warm_up(policy: Policy, config, console=None) -> dict:
@@ -86,6 +109,7 @@ def checked_target(info: dict, target: float | None) -> dict:
     return {**info, "warmup_target_accuracy": target, "missed_target": missed}
 
 
+@torch.enable_grad()  # callers may build the policy under no_grad (drpo mismatch measures without gradients)
 def warm_up(policy: Policy, config, console=None) -> dict:
     """Supervised fine-tuning on task targets: maximise log pi(target + EOS | prompt).
 
@@ -102,29 +126,27 @@ def warm_up(policy: Policy, config, console=None) -> dict:
     start = time.perf_counter()
     steps, accuracy = 0, None
     model.train()
-    for steps in _maybe_progress(range(1, cfg.steps + 1), console, "warm-up (base model)"):
-        examples = [task.train[int(i)] for i in rng.integers(0, len(task.train), cfg.batch_size)]
-        batch = make_batch([policy.encode_prompt(ex) for ex in examples],
-                           [tokenizer.encode(task.target(ex)) + [tokenizer.eos_id] for ex in examples],
-                           pad_id=tokenizer.pad_id)
-        log_prob, _, _ = sequence_log_probs(model, batch, temperature=1.0)
-        mask = batch.response_mask
-        loss = -(log_prob * mask).sum() / mask.sum() + 0.01 * model.aux_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if cfg.target_accuracy is not None and (steps % cfg.check_every == 0 or steps == cfg.steps):
-            accuracy = policy.greedy_accuracy(probe)  # generate_text restores train mode
-            if accuracy >= cfg.target_accuracy:
+    with step_progress(console, cfg.steps, 0, "warm-up (base model)", transient=True) as update:
+        for steps in range(1, cfg.steps + 1):
+            examples = [task.train[int(i)] for i in rng.integers(0, len(task.train), cfg.batch_size)]
+            batch = make_batch([policy.encode_prompt(ex) for ex in examples],
+                               [tokenizer.encode(task.target(ex)) + [tokenizer.eos_id] for ex in examples],
+                               pad_id=tokenizer.pad_id)
+            log_prob, _, _ = sequence_log_probs(model, batch, temperature=1.0)
+            mask = batch.response_mask
+            loss = -(log_prob * mask).sum() / mask.sum() + 0.01 * model.aux_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            checked = cfg.target_accuracy is not None and (steps % cfg.check_every == 0 or steps == cfg.steps)
+            if checked:
+                accuracy = probe_accuracy(policy, probe)  # generate_text restores train mode
+            update(steps, f"loss {loss.item():.3f}" + ("" if accuracy is None else
+                   f"  probe accuracy {accuracy:.3f} (target {cfg.target_accuracy})"), milestone=checked)
+            if checked and accuracy >= cfg.target_accuracy:
                 break
     model.eval()
     return {"warmup_steps": steps, "warmup_probe_accuracy": accuracy,
             "warmup_s": round(time.perf_counter() - start, 1), "parameters": sum(p.numel() for p in model.parameters())}
-
-
-def _maybe_progress(iterable, console, description: str):
-    from rich.progress import track
-
-    return track(iterable, description=description, console=console, transient=True)

@@ -16,7 +16,7 @@ help.py (``drpo train --help``).
 
 from drpo.config.help import help_text
 from drpo.config.load import ConfigError, apply_override, load_config, parse_value, validate
-from drpo.config.resume import check_out, check_resume, config_changes
+from drpo.config.resume import check_out, check_resume, check_steps, config_changes
 from drpo.config.run import RunConfig
 from drpo.config.sections import (
     TOPK_LOSS_LOGPROBS,
@@ -34,5 +34,5 @@ from drpo.config.task import TaskConfig
 __all__ = [
     "TOPK_LOSS_LOGPROBS", "AdaptiveDeltaConfig", "AdvantageConfig", "ConfigError", "EvalConfig", "LossConfig",
     "ModelConfig", "OptimConfig", "RolloutConfig", "RunConfig", "TaskConfig", "WarmupConfig", "apply_override",
-    "check_out", "check_resume", "config_changes", "help_text", "load_config", "parse_value", "validate",
+    "check_out", "check_resume", "check_steps", "config_changes", "help_text", "load_config", "parse_value", "validate",
 ]

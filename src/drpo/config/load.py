@@ -52,10 +52,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """YAML file (optional) then ``key=value`` overrides, validated into a RunConfig."""
     tree: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = read_yaml(Path(path))
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(tree).__name__}")
         for section in NAMED_SECTIONS:
@@ -67,6 +64,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"override '{item}' is not key=value (e.g. steps=100, loss.delta=0.2)")
         apply_override(tree, key.strip(), parse_value(text.strip()))
     return validate(tree)
+
+
+def read_yaml(path: Path) -> Any:
+    """The content of the YAML file ``path``; a missing file, a directory or invalid YAML is a ConfigError that says
+    which, with the line and column of a syntax error."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; --config takes a YAML file (e.g. {path}/config.yaml)")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not text (UTF-8): {error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"config file {path}{where}: invalid YAML: {problem}") from None
 
 
 def validate(tree: dict) -> RunConfig:
@@ -82,7 +97,8 @@ def _explain(error: pydantic.ValidationError) -> str:
         loc = [str(part) for part in problem["loc"]]
         section = _section_model(loc[:-1])
         if problem["type"] in ("value_error", "assertion_error"):
-            lines.append(f"config '{'.'.join(loc) or 'loss'}': {problem['msg'].removeprefix('Value error, ')}")
+            where = f" '{'.'.join(loc)}'" if loc else ""  # a rule across sections names its keys itself
+            lines.append(f"config{where}: {problem['msg'].removeprefix('Value error, ')}")
             continue
         single = pydantic.ValidationError.from_exception_data(error.title, [problem])
         lines.append(format_validation_error("config", single, section))

@@ -2,6 +2,7 @@
 
     check_out(config)                      # refuse an ``out`` that holds another run
     check_resume(saved_config, config)     # refuse to resume under other settings, naming them
+    check_steps(done, config)              # refuse a resume that would not continue the run
     config_changes(saved_config, config)   # {key: (saved, now)} for every setting that differs
 """
 
@@ -31,9 +32,22 @@ def check_resume(saved: dict, config: RunConfig) -> None:
                           f"change only steps (to extend it) and out. Changed: {'; '.join(changed)}")
 
 
+def check_steps(done: int, config: RunConfig) -> None:
+    """Refuse a resume that would not continue its run: ``steps`` below the ``done`` steps of the checkpoint (the
+    record would claim a shorter run), or equal to them into another directory (nothing to continue there)."""
+    if config.steps < done:
+        raise ConfigError(f"resume={config.resume}: the run already did {done} steps, more than steps={config.steps}; "
+                          f"give steps={done} or more (to extend it), or leave steps out")
+    if config.steps == done and Path(config.resume).resolve() != Path(config.out).resolve():
+        raise ConfigError(f"resume={config.resume} out={config.out}: the run already did its {done} steps, so there "
+                          f"is nothing to continue in {config.out}; give steps=N > {done} to extend it there")
+
+
 # Fields whose default changed what a run does when they were added: a run saved before them ran as this value
 # says, not as today's default (runs evaluated every eval.every steps only had no late evaluations).
 BEFORE_THE_FIELD: dict[str, Any] = {"eval.late_every": None}
+# Keys renamed since a run was saved: {old dotted key: new one}; a saved run is compared under the new names.
+RENAMED = {"rollout.backend": "rollout.engine"}
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")  # what makes a directory hold a run
 
 
@@ -41,6 +55,8 @@ def check_out(config: RunConfig) -> None:
     """Refuse a run into an ``out`` that holds another run (a new run, or one resumed from elsewhere), which it
     would overwrite: metrics.jsonl truncated, config.yaml replaced, TensorBoard's events mixed with the old ones."""
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={config.out} is a file; out names the run's directory: give a new directory")
     if config.resume is not None and Path(config.resume).resolve() == out.resolve():
         return
     found = [name for name in RUN_FILES if (out / name).exists()]
@@ -63,6 +79,7 @@ def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple[Any, Any]]
         warnings.warn(f"the saved run's loss settings {saved.get('loss')} do not validate with this drpo, so they "
                       f"are compared as written: {error}", stacklevel=2)
         before = _flatten(saved)
+    before = {RENAMED.get(key, key): value for key, value in before.items()}
     now = _flatten(config.recorded())
     saved_defaults = {**defaults, **BEFORE_THE_FIELD}
     pairs = {key: (before.get(key, saved_defaults.get(key)), now.get(key, defaults.get(key)))

@@ -102,6 +102,13 @@ class RunConfig(Section):
         return self
 
     @pydantic.model_validator(mode="after")
+    def _llamacpp_runs_llama_models(self):
+        if self.rollout.engine == "llamacpp" and not self.model.pretrained and self.model.arch != "llama":
+            raise ValueError("rollout.engine=llamacpp runs llama-architecture models; the built-in transformer's is "
+                             "model.arch=llama (its default arch=gpt has a GELU MLP that llama.cpp cannot run)")
+        return self
+
+    @pydantic.model_validator(mode="after")
     def _moe_aux_needs_moe(self):
         if self.optim.changed(("moe_aux_coef",)) and not self.model.moe:
             raise ValueError("optim.moe_aux_coef weighs the load-balancing loss of the built-in MoE model; set "

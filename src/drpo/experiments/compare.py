@@ -165,7 +165,8 @@ def describe_grid() -> str:
              "adaptive_delta.KEY sets the trainer's adaptive boundary for that method):"]
     for label, (loss, hyper) in METHODS.items():
         lines.append(f"  {label:<18} " + " ".join([f"loss={loss}", *(f"{k}={v}" for k, v in hyper.items())]))
-    lines.append("conditions (default: all):")
+    lines.append("conditions (default: all but those marked opt-in):")
     for name, spec in CONDITIONS.items():
-        lines.append(f"  {name:<18} {' '.join(spec['overrides']) or '(no overrides)':<40} {spec['about']}")
+        about = f"[opt-in] {spec['about']}" if spec.get("opt_in") else spec["about"]
+        lines.append(f"  {name:<18} {' '.join(spec['overrides']) or '(no overrides)':<40} {about}")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Named off-policy conditions of the stress test: each is a list of trainer overrides, i.e. a real
-mechanism of drpo.trainer / drpo.rollout (DESIGN.md, "Off-policy conditions"), never a simulation.
+mechanism of drpo.trainer / drpo.behavior (the rollout engine's numerics, its lag, updates per batch), never noise
+added to the numbers.
 
 A plain dict, meant to be edited: add a preset, tune one (e.g. a larger lag), and `drpo compare
 --conditions NAME ...` picks it up. Every preset sets the three off-policy knobs (rollout precision,
@@ -49,12 +50,25 @@ CONDITIONS: dict[str, dict] = {
                  "overrides": departing("model.moe=true", "rollout.precision=bf16")},
     "scale": {"about": "model scale: the medium transformer (~10.6M parameters), fp32 rollouts",
               "overrides": departing("model=medium")},
+    # A real inference engine's mismatch (drpo/behavior/llamacpp.py): llama.cpp's own kernels and quantized weights
+    # and activations, not a rounded copy of the trainer. Opt-in (not in the default list): they need the
+    # [llamacpp] extra and a llama-architecture model (smollm2-135m, or the built-in model.arch=llama).
+    "llamacpp_q8": {"about": "a real engine's mismatch: rollouts from llama.cpp with Q8_0 weights (activations "
+                             "quantized to Q8_0), one update per batch, no lag",
+                    "overrides": departing("rollout.engine=llamacpp", "rollout.precision=q8_0"), "opt_in": True},
+    "llamacpp_q4": {"about": "a real engine's harsher mismatch: llama.cpp with Q4_0 weights (activations Q8_0)",
+                    "overrides": departing("rollout.engine=llamacpp", "rollout.precision=q4_0"), "opt_in": True},
+    "llamacpp_q4_stale": {"about": "both sources with a real engine: llama.cpp Q4_0 rollouts and 4 optimizer steps "
+                                   "per rollout batch, all anchored on mu (fp8_stale's shape)",
+                          "overrides": departing("rollout.engine=llamacpp", "rollout.precision=q4_0",
+                                                 "updates_per_batch=4"), "opt_in": True},
 }
 
 
 def get_conditions(names: list[str] | None) -> dict[str, dict]:
-    """The named presets in the order given (default: all); an unknown name lists the valid ones."""
-    names = names or list(CONDITIONS)
+    """The named presets in the order given (default: all but the opt-in ones); an unknown name lists the valid
+    ones."""
+    names = names or [name for name, condition in CONDITIONS.items() if not condition.get("opt_in")]
     unknown = [n for n in names if n not in CONDITIONS]
     if unknown:
         raise ValueError(f"unknown condition(s) {', '.join(unknown)}. Valid conditions: {', '.join(CONDITIONS)}")

@@ -11,6 +11,12 @@ from drpo.experiments.outcomes import LATE_WINDOW
 from drpo.experiments.runs import Run, seed_mean_curve
 
 
+def fill_title(text: str, inches: float, points: float = 12) -> str:
+    """``text`` wrapped to a title ``inches`` wide at ``points`` (DejaVu Sans averages under 0.6 em a character), so
+    a long condition description is not cut at both edges of the figure (12 points: matplotlib's suptitle size)."""
+    return textwrap.fill(text, width=int(inches * 72 / (0.6 * points)))
+
+
 def plot_condition(path: Path, condition: str, about: str, runs_by_method: dict[str, list[Run]]) -> Path:
     """The DPPO sanity-test figure: reward, eval accuracy, mean abs(pi-mu), max/min of pi-mu against step."""
     import matplotlib.pyplot as plt
@@ -41,7 +47,7 @@ def plot_condition(path: Path, condition: str, about: str, runs_by_method: dict[
         ax.set_xlabel("step")
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{condition}: {about}\n(mean over seeds, band: min..max over seeds)")
+    fig.suptitle(fill_title(f"{condition}: {about}", 13) + "\n(mean over seeds, band: min..max over seeds)")
     return _save(fig, path)
 
 
@@ -74,7 +80,7 @@ def plot_trust_region(path: Path, condition: str, runs_by_method: dict[str, list
     labelled = next((ax for ax in axes.flat if ax.get_legend_handles_labels()[0]), None)
     if labelled is not None:
         labelled.legend(fontsize=8)
-    fig.suptitle(f"{condition}: how far each method's gradient weights depart from 1")
+    fig.suptitle(fill_title(f"{condition}: how far each method's gradient weights depart from 1", 18))
     return _save(fig, path)
 
 
@@ -92,8 +98,8 @@ def plot_outcome(path: Path, results: dict) -> Path:
     level = round(100 * results["level"])
     fig_width = max(6, 1.6 * len(conditions) * max(1, len(labels)) / 3)
     fig, (bars, paired) = plt.subplots(2, 1, sharex=True, figsize=(fig_width, 7.5), height_ratios=(1, 1))
-    # a one-condition figure is 6 inches wide: wrap the titles (about 13 characters an inch at 9 points) to fit it
-    wrap = functools.partial(textwrap.fill, width=int(13 * fig_width))
+    # a one-condition figure is 6 inches wide: wrap the titles to fit it
+    wrap = functools.partial(fill_title, inches=fig_width, points=9)
     top = 0.05
     for i, (color, label) in enumerate(zip(_colors(len(labels)), labels, strict=True)):
         xs, means, errors = [], [], [[], []]
@@ -184,7 +190,7 @@ def plot_hyper_sweep(path: Path, results: dict, condition: str) -> Path:
     axes[3].axhline(0, color="grey", lw=0.8)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8)
-    fig.suptitle(f"{condition}: trust-region width swept (each point: its seeds)")
+    fig.suptitle(fill_title(f"{condition}: trust-region width swept (each point: its seeds)", fig.get_figwidth()))
     return _save(fig, path)
 
 

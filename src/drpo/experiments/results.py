@@ -176,11 +176,12 @@ def hyper_sweeps(methods: dict) -> list[dict]:
 
 def _mechanism(runs: list[Run]) -> str:
     """What the condition's runs inject, from their own config.yaml: what mu rounds, updates, lag."""
-    from drpo.rollout import PRECISION_ROUNDS
+    from drpo.behavior.modes import ROLLOUT_MODES
 
     settings = sorted({(r.config["rollout"]["precision"], r.config["updates_per_batch"], r.config["rollout"]["lag"])
                        for r in runs if r.config})
-    return "; ".join(f"{precision} behavior policy (rounds {PRECISION_ROUNDS.get(precision, 'unknown')}), "
+    rounds = {name: mode.rounds for name, mode in ROLLOUT_MODES.items()}
+    return "; ".join(f"{precision} behavior policy (rounds {rounds.get(precision, 'unknown')}), "
                      f"{updates} update{'s' if updates > 1 else ''} per rollout batch, lag {lag}"
                      for precision, updates, lag in settings)
 

@@ -82,7 +82,9 @@ def verdict(results: dict) -> dict:
 def _leader_sentence(condition: str, leader: str, top: list[str], methods: dict, level: int) -> str:
     seeds = sorted({m["seeds"] for m in methods.values()})
     seed_text = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1 else "varying seeds"
-    text = (f"{condition}: highest mean {OUTCOME}: {leader}, {plus_minus(methods[leader][PRIMARY])} ({seed_text}; "
+    tied = [label for label, m in methods.items() if label != leader and m[PRIMARY]["mean"] == methods[leader][PRIMARY]["mean"]]
+    best = f"{leader} (tied with {_join(tied)})" if tied else leader
+    text = (f"{condition}: highest mean {OUTCOME}: {best}, {plus_minus(methods[leader][PRIMARY])} ({seed_text}; "
             f"final evaluation alone: {plus_minus(methods[leader]['final'])})")
     if len(methods) == 1:
         return text + "."

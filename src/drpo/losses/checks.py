@@ -26,14 +26,14 @@ def cannot_bind(loss: Loss) -> str | None:
 
     hyper = loss.hyper
     if loss.name in ("drpo", "drpo_clipped") and hyper.delta >= 1:
-        high = "1]" if loss.name == "drpo_clipped" else f"{1 + 1 / hyper.delta:.3g})"  # drpo_clipped: w <= 1
+        high = "1]" if loss.name == "drpo_clipped" else f"{_off_one(1 + 1 / hyper.delta)})"  # drpo_clipped: w <= 1
         return (f"{loss!r}: delta={hyper.delta:g} >= 1, so the trust region cannot bind. |pi - mu| < 1 for every "
-                f"sampled token, so the weight w = 1 - sign(A)(pi - mu)/delta stays within ({1 - 1 / hyper.delta:.3g}, "
+                f"sampled token, so the weight w = 1 - sign(A)(pi - mu)/delta stays within ({_off_one(1 - 1 / hyper.delta)}, "
                 f"{high} and never reaches 0: no token is stopped or pulled back, only reweighted. A delta below 1 "
                 f"binds (recommended: {DRPO_DELTA:g}; docs/method.md)")
     if loss.name == "spo" and hyper.eps >= 1:
         return (f"{loss!r}: eps={hyper.eps:g} >= 1, so the trust region cannot bind on tokens pushed down (A < 0): "
-                f"their ratio r > 0 keeps the weight w = 1 + (r - 1)/eps above {1 - 1 / hyper.eps:.3g}, never 0. It "
+                f"their ratio r > 0 keeps the weight w = 1 + (r - 1)/eps above {_off_one(1 - 1 / hyper.eps)}, never 0. It "
                 "binds only on tokens pushed up (w = 0 at r = 1 + eps). An eps below 1 binds both ways (docs/method.md)")
     return None
 
@@ -53,3 +53,12 @@ def resolved(loss: Loss, sources: dict[str, str]) -> str:
     origins = ", ".join(f"{key} from {sources[key]}" if key in sources else f"{key}: drpo's default"
                         for key in loss.hyper.model_dump())
     return f"{loss!r}: {origins}"
+
+
+def _off_one(bound: float) -> str:
+    """A bound near 1 with enough digits to show it is not 1 (delta=1e9: 0.999999999, not "1")."""
+    for digits in range(3, 18):
+        text = f"{bound:.{digits}g}"
+        if bound == 1 or float(text) != 1:
+            return text
+    return repr(bound)

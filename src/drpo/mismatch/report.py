@@ -1,4 +1,5 @@
-"""The mismatch report: a console table, markdown (mismatch.md) and a figure (mismatch.png).
+"""The mismatch report: console tables, markdown (mismatch.md), figures (mismatch.png, mismatch_by_length.png)
+and every number in mismatch.json.
 
 Every source (a file, a run, a rollout precision) is one column or row; every number comes from
 :func:`drpo.mismatch.stats.analyse`, so the console, the markdown and the figure always agree.
@@ -23,7 +24,7 @@ from drpo.mismatch.stats import (
     trend_baseline,
 )
 
-SHARE_KEYS = frozenset(BANDS) | {"share"}
+SHARE_KEYS = frozenset(BANDS) | {"share", "abs_s_gt_ln2", "rare_share"}
 STAT_ROWS = (  # (key, label) of the per-comparison tables
     *((f"abs_p_{q}", f"|Δp| {q}") for q in ("mean", *QUANTILES, "max")),
     *((f"abs_logp_{q}", f"|Δlog p| {q}") for q in ("mean", *QUANTILES, "max")),
@@ -41,6 +42,25 @@ SUMMARY_COLUMNS = (  # (key, header) of the one-line-per-source table: |pi - mu|
     ("kl_k3", "KL k3"),
 )
 SUMMARY_TITLE = "|pi - mu| of each source's main comparison (pi_old vs mu when the source has pi_old)"
+LENGTH_COLUMNS = (  # (key, header) of the by-length tables: token-level, then sequence-level
+    ("sequences", "sequences"), ("tokens", "tokens"), ("abs_p_mean", "mean |Δp|"), ("abs_p_p99", "p99 |Δp|"),
+    ("abs_p_max", "max |Δp|"), ("kl_k3", "token k3"), ("abs_s_mean", "mean |s|"), ("abs_s_p99", "p99 |s|"),
+    ("abs_s_max", "max |s|"), ("seq_k3", "seq k3"), ("abs_s_gt_ln2", "|s| > ln 2"),
+)
+POSITION_COLUMNS = (
+    ("tokens", "tokens"), ("sequences", "sequences reaching it"), ("abs_p_mean", "mean |Δp|"),
+    ("abs_p_p99", "p99 |Δp|"), ("abs_p_max", "max |Δp|"), ("kl_k3", "token k3"), ("rare_share", "mu < 0.1"),
+)
+TERMINAL_LENGTH_COLUMNS = ("sequences", "tokens", "abs_p_mean", "abs_p_p99", "kl_k3", "abs_s_mean", "abs_s_p99",
+                           "seq_k3", "abs_s_gt_ln2")
+LENGTH_TITLE = "by response length (main comparison): Δp = pi - mu per token; s = Σ log pi - log mu per response"
+PROFILE_TEXT = (
+    "Each source's main comparison: pi_old vs mu when it has pi_old (the engine mismatch), else pi vs mu; below, pi "
+    "stands for whichever it is. Δp = pi - mu per token. Per response, s = the sum over its tokens of log pi - log "
+    "mu, the log of the whole response's probability ratio. Token k3 = the mean over tokens of r - 1 - log r "
+    "(r = pi / mu); sequence k3 = the mean over responses of exp(s) - 1 - s: both estimate KL(mu || pi) from the "
+    "sampled tokens (per token and per whole response) and are >= 0. |s| > ln 2: the share of responses whose "
+    "probability ratio is beyond 2x either way.")
 
 
 def fmt(key: str, value) -> str:
@@ -79,6 +99,52 @@ def rich_table(analyses: list[Analysis]):
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def length_rows(analyses: list[Analysis]) -> tuple[list[str], list[list[str]]]:
+    """The compact by-length table of the terminal: one row per source and response-length bin."""
+    headers = dict(LENGTH_COLUMNS)
+    header = ["source", "length", *(headers[key] for key in TERMINAL_LENGTH_COLUMNS)]
+    rows = [[a.label, row["bin"], *(fmt(key, row.get(key)) for key in TERMINAL_LENGTH_COLUMNS)]
+            for a in analyses for row in a.by_length]
+    return header, rows
+
+
+def rich_length_table(analyses: list[Analysis]):
+    from rich.table import Table
+
+    header, rows = length_rows(analyses)
+    table = Table(title=LENGTH_TITLE)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < 2 else "right", style="bold cyan" if i == 0 else None,
+                         no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def profile_section(analyses: list[Analysis], figure: str | None = "mismatch_by_length.png") -> list[str]:
+    """Markdown: the by-length and by-position tables of every source, with what they compare."""
+    lines = ["## By response length", "", PROFILE_TEXT, "",
+             "Responses binned by their length in tokens; the token columns are over the tokens of those responses, "
+             "the s columns over the responses.", ""]
+    for a in analyses:
+        lines += [f"**{a.label}** ({PAIRS[a.profile_pair][2]})", ""] if a.profile_pair else []
+        lines += _md_table(["length", *(h for _, h in LENGTH_COLUMNS)],
+                           [[row["bin"], *(fmt(key, row.get(key)) for key, _ in LENGTH_COLUMNS)]
+                            for row in a.by_length])
+    lines += ["## By position in the response", "",
+              "Tokens binned by their position in the response (1: the first response token), whatever the response's "
+              "length; Δp, k3 as above; mu < 0.1: the share of the bin's tokens the engine found unlikely (the "
+              "rare-token tail, where ratios explode).", ""]
+    for a in analyses:
+        lines += [f"**{a.label}** ({PAIRS[a.profile_pair][2]})", ""] if a.profile_pair else []
+        lines += _md_table(["position", *(h for _, h in POSITION_COLUMNS)],
+                           [[row["bin"], *(fmt(key, row.get(key)) for key, _ in POSITION_COLUMNS)]
+                            for row in a.by_position])
+    if figure:
+        lines += [f"![mismatch by length and position]({figure})", ""]
+    return lines
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -124,6 +190,8 @@ def markdown(analyses: list[Analysis], command: str | None = None, figure: str |
                              fmt("", b.get("abs_p_mean")), fmt("", b.get("abs_p_max")),
                              fmt("ratio_outside_0.9_1.1", b.get("ratio_outside_0.9_1.1")),
                              fmt("abs_p_gt_0.05", b.get("abs_p_gt_0.05"))] for b in a.buckets[a.main_pair]])
+    if any(a.by_length for a in analyses):
+        lines += profile_section(analyses, figure and "mismatch_by_length.png")
     deltas = " / ".join(f"{delta:g}" for delta in sorted({a.trust["drpo/delta"] for a in analyses}))
     drpo = f"DRPO (delta {deltas})"
     lines += ["## What each trust region does with these tokens", "",
@@ -242,11 +310,53 @@ def plot(analyses: list[Analysis], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_profiles(analyses: list[Analysis], path: str | Path) -> Path:
+    """Two panels: mean (solid) and p99 (dashed) |pi - mu| against the response-length bin and against the
+    position bin, one colour per source, log y."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from drpo.plots import save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, attribute, xlabel in ((axes[0], "by_length", "response length (tokens)"),
+                                  (axes[1], "by_position", "position in the response (1: first token)")):
+        bins = _union_bins([getattr(a, attribute) for a in analyses])
+        where = {label: i for i, label in enumerate(bins)}
+        for i, a in enumerate(analyses):
+            rows = getattr(a, attribute)
+            x = [where[row["bin"]] for row in rows]
+            color = colors[i % len(colors)]
+            ax.plot(x, [max(row["abs_p_mean"], 1e-12) for row in rows], "o-", color=color, label=a.label)
+            ax.plot(x, [max(row["abs_p_p99"], 1e-12) for row in rows], "s--", color=color, alpha=0.7)
+        ax.plot([], [], "o-", color="grey", label="mean")  # the line styles, once
+        ax.plot([], [], "s--", color="grey", label="p99")
+        ax.set(xticks=range(len(bins)), xticklabels=bins, yscale="log", xlabel=xlabel, ylabel="|pi - mu|")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_title("|pi - mu| by response length (main comparison)")
+    axes[1].set_title("|pi - mu| by token position")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _union_bins(profiles: list[list[dict]]) -> list[str]:
+    """The bin labels of every source, in the order of their lower ends."""
+    low = {row["bin"]: row["low"] for rows in profiles for row in rows}
+    return sorted(low, key=low.__getitem__)
+
+
 def write_report(analyses: list[Analysis], out_dir: str | Path, command: str | None = None, advice=None) -> Path:
-    """OUT/mismatch.md, OUT/mismatch.png and OUT/mismatch.json (every statistic); returns the markdown's path."""
+    """OUT/mismatch.md, OUT/mismatch.png, OUT/mismatch_by_length.png and OUT/mismatch.json (every statistic);
+    returns the markdown's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot(analyses, out / "mismatch.png")
+    if any(a.by_length for a in analyses):
+        plot_profiles(analyses, out / "mismatch_by_length.png")
     # JSON has no NaN: a statistic with no tokens behind it (an empty bucket) is null
     payload = {"command": command, "sources": [asdict(a) for a in analyses]}
     (out / "mismatch.json").write_text(json.dumps(_finite(payload), indent=1))

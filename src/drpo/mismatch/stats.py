@@ -12,6 +12,11 @@ sampled tokens (k1 = E[log mu - log pi]; k3 = E[r - 1 - log r], r = pi / mu, alw
 region would do with exactly these tokens comes from drpo.losses itself (:func:`trust_region_stats`).
 The trainer's per-step mismatch/* metrics (:func:`step_metrics`) are the same numbers, so a `drpo train` run
 and a file from any engine are measured alike.
+
+Does the mismatch grow with the response? Per sequence, s = sum over its tokens of log pi_old - log mu (the log of
+the whole response's probability ratio; log pi - log mu without pi_old): :func:`sequence_stats` of |s| and the
+sequence-level k3 = mean(exp(s) - 1 - s), the KL estimate of whole responses; :func:`length_profile` bins
+sequences by response length, :func:`position_profile` bins tokens by their position in the response.
 """
 
 from __future__ import annotations
@@ -149,6 +154,10 @@ class Analysis:
     jumps: list[int]  # steps flagged by trend_jumps
     engines: list[str] = field(default_factory=list)
     extra: dict[str, str] = field(default_factory=dict)  # e.g. {"rounds": ...} in the model mode
+    profile_pair: str = ""  # the pair of sequence, by_length and by_position (the main pair)
+    sequence: dict[str, float] = field(default_factory=dict)  # sequence_stats of every response
+    by_length: list[dict] = field(default_factory=list)  # length_profile
+    by_position: list[dict] = field(default_factory=list)  # position_profile
 
 
 def analyse(data: TokenLogProbs, drpo_delta: float | None = None) -> Analysis:
@@ -165,10 +174,148 @@ def analyse(data: TokenLogProbs, drpo_delta: float | None = None) -> Analysis:
     target = data.log_prob if trust_pair == "total" else data.old_log_prob
     trust = trust_region_stats(target, data.rollout_log_prob, data.advantage, drpo_delta)
     trend = step_trend(getattr(data, PAIRS[main][0]), data.rollout_log_prob, data.step)
+    log_ratio = getattr(data, PAIRS[main][0]) - data.rollout_log_prob
     return Analysis(label=data.label, tokens=data.num_tokens, sequences=data.num_sequences,
                     steps=len(np.unique(data.step)), fields=data.fields(), pairs=pairs, buckets=buckets,
                     trust=trust, trust_pair=trust_pair, main_pair=main, trend=trend, jumps=trend_jumps(trend),
-                    engines=list(data.engines))
+                    engines=list(data.engines), profile_pair=main,
+                    sequence=sequence_stats(sequence_log_ratios(log_ratio, data.seq_index, data.num_sequences)),
+                    by_length=length_profile(data), by_position=position_profile(data))
+
+
+# ------------------------------------------------------------------ by response length and by position
+LENGTH_EDGES = (1, 9, 33, 129, 513)  # lower ends of the bins 1-8, 9-32, 33-128, 129-512, 513+ (tokens)
+POSITION_EDGES = LENGTH_EDGES  # positions count from 1: bin 1-8 holds the first eight tokens of each response
+PROFILE_TOKEN_KEYS = ("abs_p_mean", "abs_p_p99", "abs_p_max", "kl_k3")  # token-level, per bin
+RARE_MU = 0.1  # position_profile's rare-token tail: the share of tokens with mu below this
+
+
+def profile_pair(data: TokenLogProbs) -> str:
+    """The pair the length and position profiles compare: "engine" (pi_old vs mu) when the source has pi_old, else
+    "total" (pi vs mu), as :func:`analyse` picks its main pair."""
+    return "engine" if data.old_log_prob is not None else "total"
+
+
+def check_edges(edges) -> tuple[int, ...]:
+    """Bin edges: strictly increasing integer lower ends, the first 1 (every length and position is >= 1)."""
+    edges = tuple(int(e) for e in edges)
+    if not edges or edges[0] != 1 or any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=True)):
+        raise ValueError(f"bin edges must be increasing integers starting at 1 (lower ends: 1, 9, 33 gives 1-8, "
+                         f"9-32, 33+); got {list(edges)}")
+    return edges
+
+
+def bin_labels(edges) -> list[str]:
+    """'1-8', '9-32', ..., '513+' (a bin of one value: '7')."""
+    edges = check_edges(edges)
+    highs = [b - 1 for b in edges[1:]]
+    return [(f"{lo}" if hi == lo else f"{lo}-{hi}") for lo, hi in zip(edges[:-1], highs, strict=True)] + [f"{edges[-1]}+"]
+
+
+def token_positions(seq_index: np.ndarray) -> np.ndarray:
+    """Position of each token in its response, from 1 (the first response token). Tokens of a sequence are
+    stored in order (drpo.mismatch.format.from_records); they need not be contiguous.
+
+    >>> token_positions(np.array([0, 0, 0, 1, 2, 2])).tolist()
+    [1, 2, 3, 1, 1, 2]
+    """
+    seq_index = np.asarray(seq_index)
+    n = len(seq_index)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(seq_index, kind="stable")  # stable: a sequence's tokens keep their order
+    starts = np.flatnonzero(np.r_[True, np.diff(seq_index[order]) != 0])  # [S'] first sorted token of each sequence
+    run_start = np.repeat(starts, np.diff(np.r_[starts, n]))  # [N] per sorted token
+    positions = np.empty(n, dtype=np.int64)
+    positions[order] = np.arange(n) - run_start + 1
+    return positions
+
+
+def sequence_log_ratios(log_ratio: np.ndarray, seq_index: np.ndarray, num_sequences: int | None = None) -> np.ndarray:
+    """s per sequence [S]: the sum over its tokens of log target - log anchor (log pi_old(y) - log mu(y))."""
+    return np.bincount(np.asarray(seq_index), weights=np.asarray(log_ratio, np.float64),
+                       minlength=num_sequences or 0)
+
+
+def sequence_stats(s: np.ndarray) -> dict[str, float]:
+    """Statistics of sequence log-ratios s: mean, p99 and max of |s|, the share with |s| > ln 2 (the response's
+    probability ratio beyond 2x either way), the mean of s, and ``seq_k3`` = mean(exp(s) - 1 - s): the k3
+    estimate of KL(mu || pi) over whole responses (each term >= 0).
+
+    >>> st = sequence_stats(np.array([0.0, math.log(3)]))
+    >>> round(st["seq_k3"], 4), st["abs_s_gt_ln2"]
+    (0.4507, 0.5)
+    """
+    s = np.asarray(s, np.float64)
+    if len(s) == 0:
+        return {"sequences": 0}
+    abs_s = np.abs(s)
+    with np.errstate(over="ignore"):  # a huge s is an infinite k3, honestly
+        k3 = np.maximum(np.expm1(s) - s, 0.0)  # >= 0 exactly; the clamp only undoes rounding at |s| ~ 1e-16
+    return {"sequences": len(s), "abs_s_mean": float(abs_s.mean()), "abs_s_p99": float(np.quantile(abs_s, 0.99)),
+            "abs_s_max": float(abs_s.max()), "s_mean": float(s.mean()), "seq_k3": float(k3.mean()),
+            "abs_s_gt_ln2": float(np.mean(abs_s > math.log(2)))}
+
+
+def _bin_of(values: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
+    """Index of each value's bin (-1 below the first edge)."""
+    return np.searchsorted(np.asarray(edges), values, side="right") - 1
+
+
+def _profile_arrays(data: TokenLogProbs, pair: str | None) -> tuple[str, np.ndarray, np.ndarray]:
+    pair = pair or profile_pair(data)
+    target, anchor = (getattr(data, name) for name in PAIRS[pair][:2])
+    if target is None or anchor is None:
+        raise ValueError(f"source {data.label!r} has no {PAIRS[pair][2]}")
+    return pair, np.asarray(target, np.float64), np.asarray(anchor, np.float64)
+
+
+def _bin_row(edges: tuple[int, ...], labels: list[str], i: int) -> dict:
+    return {"bin": labels[i], "low": edges[i], "high": edges[i + 1] - 1 if i + 1 < len(edges) else None}
+
+
+def length_profile(data: TokenLogProbs, edges=LENGTH_EDGES, pair: str | None = None) -> list[dict]:
+    """Sequences binned by response length (tokens; ``edges``: lower ends, see :func:`check_edges`), empty bins
+    left out. Per bin: sequences, tokens, the token-level mean / p99 / max |pi - mu| and mean k3 of its tokens, and
+    the :func:`sequence_stats` of its sequences, for ``pair`` (default :func:`profile_pair`)."""
+    edges = check_edges(edges)
+    labels = bin_labels(edges)
+    _, target, anchor = _profile_arrays(data, pair)
+    lengths = np.bincount(data.seq_index, minlength=data.num_sequences)  # [S]
+    s = sequence_log_ratios(target - anchor, data.seq_index, data.num_sequences)  # [S]
+    seq_bin = _bin_of(lengths, edges)  # [S]
+    token_bin = seq_bin[data.seq_index]  # [N]
+    rows = []
+    for i in range(len(edges)):
+        sequences, tokens = seq_bin == i, token_bin == i
+        if not sequences.any():
+            continue
+        stats = pair_stats(target[tokens], anchor[tokens])
+        rows.append({**_bin_row(edges, labels, i), "sequences": int(sequences.sum()), "tokens": int(tokens.sum()),
+                     **{key: stats[key] for key in PROFILE_TOKEN_KEYS},
+                     **{k: v for k, v in sequence_stats(s[sequences]).items() if k != "sequences"}})
+    return rows
+
+
+def position_profile(data: TokenLogProbs, edges=POSITION_EDGES, pair: str | None = None) -> list[dict]:
+    """Tokens binned by their position in the response (from 1; ``edges`` as :func:`length_profile`'s), empty
+    bins left out. Per bin: tokens, the sequences reaching it, mean / p99 / max |pi - mu|, mean k3, and
+    ``rare_share``, the share of its tokens with mu < RARE_MU."""
+    edges = check_edges(edges)
+    labels = bin_labels(edges)
+    _, target, anchor = _profile_arrays(data, pair)
+    token_bin = _bin_of(token_positions(data.seq_index), edges)  # [N]
+    mu = np.exp(anchor)
+    rows = []
+    for i in range(len(edges)):
+        tokens = token_bin == i
+        if not tokens.any():
+            continue
+        stats = pair_stats(target[tokens], anchor[tokens])
+        rows.append({**_bin_row(edges, labels, i), "sequences": len(np.unique(data.seq_index[tokens])),
+                     "tokens": int(tokens.sum()), **{key: stats[key] for key in PROFILE_TOKEN_KEYS},
+                     "rare_share": float(np.mean(mu[tokens] < RARE_MU))})
+    return rows
 
 
 TREND_KEYS = ("abs_p_mean", "abs_p_p99", "abs_p_max", "ratio_outside_0.9_1.1", "kl_k3")

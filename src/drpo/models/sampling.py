@@ -5,7 +5,7 @@
 
 The log-prob recorded for a token is that of the distribution actually sampled from: softmax of
 logits / temperature, renormalised over the nucleus when top_p < 1 (:func:`sampling_log_probs`).
-The behavior policy (drpo/rollout.py) runs this sampler on its copy of the policy; evaluation runs it on
+The native behavior policy (drpo/behavior/native.py) runs this sampler on its copy of the policy; evaluation runs it on
 the policy itself; drpo/models/log_probs.py scores the :class:`RolloutBatch` it returns under pi.
 """
 

@@ -13,6 +13,10 @@ The forward contract, shared with the sampler and the trainer::
     # input_ids [B, T] long; attention_mask [B, T], 1 = real token, 0 = padding (left in prompts, right in
     # responses); logits [B, T, V] float32 whatever the model dtype; cache: pass KVCache() to start one.
 
+``arch="llama"`` swaps the GELU MLP for a SwiGLU one (gate/up/down, SiLU; :func:`llama_hidden` keeps the parameter
+count), everything else unchanged: the llama architecture that llama.cpp runs (drpo/models/llama_export.py gives the
+weights in Hugging Face LlamaForCausalLM names). The default ``arch="gpt"`` is the published base models' architecture.
+
 The MoE variant replaces each MLP by ``n_expert`` experts with top-k softmax routing; after every forward,
 ``model.aux_loss`` holds the Switch-Transformer load-balancing loss (a 0-d tensor, 0 for dense models).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +43,14 @@ class ModelConfig:
     n_expert: int = 0  # 0 = dense MLP; else experts per layer
     expert_top_k: int = 2  # experts each token is routed to
     rope_base: float = 10000.0
+    arch: Literal["gpt", "llama"] = "gpt"  # gpt: GELU MLP; llama: SwiGLU MLP (llama.cpp's llama architecture)
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; valid: {', '.join(ARCHS)}")
+        if self.arch == "llama" and self.n_expert:
+            raise ValueError("arch=llama has no mixture-of-experts variant: llama.cpp's llama architecture has no "
+                             "experts of this kind (use arch=gpt for MoE)")
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd={self.n_embd} must split into n_head={self.n_head} heads of even size (rotary)")
         if self.n_expert and not 1 <= self.expert_top_k <= self.n_expert:
@@ -52,13 +63,22 @@ SIZES: dict[str, dict] = {
     "medium": dict(n_layer=6, n_head=6, n_embd=384),  # ~10.6M
 }
 MOE = dict(n_expert=4, expert_top_k=2)
+ARCHS = ("gpt", "llama")
+LLAMA_MULTIPLE = 32  # llama.cpp's Q4_0/Q8_0 blocks: every weight row must be a multiple of 32 long
 
 
-def build_model(size: str, vocab_size: int, block_size: int, moe: bool = False) -> GPT:
-    """The named size of :data:`SIZES`, dense or (``moe``) with 4 experts, top-2 routing."""
+def build_model(size: str, vocab_size: int, block_size: int, moe: bool = False, arch: str = "gpt") -> GPT:
+    """The named size of :data:`SIZES`, dense or (``moe``) with 4 experts, top-2 routing; ``arch`` gpt or llama."""
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; valid sizes: {', '.join(SIZES)}")
-    return GPT(ModelConfig(vocab_size=vocab_size, block_size=block_size, **SIZES[size], **(MOE if moe else {})))
+    return GPT(ModelConfig(vocab_size=vocab_size, block_size=block_size, **SIZES[size], **(MOE if moe else {}),
+                           arch=arch))
+
+
+def llama_hidden(n_embd: int, mlp_ratio: int = 4) -> int:
+    """Hidden width of the SwiGLU MLP: 2/3 of the GELU MLP's, so its three matrices hold as many parameters as
+    the GELU MLP's two, rounded up to a multiple of 32 (llama.cpp's quantization blocks)."""
+    return math.ceil(2 * mlp_ratio * n_embd / (3 * LLAMA_MULTIPLE)) * LLAMA_MULTIPLE
 
 
 @dataclass
@@ -128,6 +148,19 @@ class MLP(nn.Module):
         return self.down(F.gelu(self.up(x)))
 
 
+class SwiGLU(nn.Module):
+    """The llama MLP: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, n_embd: int, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(n_embd, hidden, bias=False)
+        self.up = nn.Linear(n_embd, hidden, bias=False)
+        self.down = nn.Linear(hidden, n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
 class MoE(nn.Module):
     """Top-k routed experts. Each expert is ``1/top_k`` as wide as the dense MLP, so per-token compute matches it.
 
@@ -171,7 +204,12 @@ class Block(nn.Module):
         self.norm1 = nn.RMSNorm(cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
         self.norm2 = nn.RMSNorm(cfg.n_embd)
-        self.mlp = MoE(cfg) if cfg.n_expert else MLP(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd)
+        if cfg.n_expert:
+            self.mlp = MoE(cfg)
+        elif cfg.arch == "llama":
+            self.mlp = SwiGLU(cfg.n_embd, llama_hidden(cfg.n_embd, cfg.mlp_ratio))
+        else:
+            self.mlp = MLP(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd)
 
     def forward(self, x, cos, sin, attn_mask, token_mask, layer, cache):
         x = x + self.attn(self.norm1(x), cos, sin, attn_mask, layer, cache)  # [B, T, C]

@@ -47,6 +47,7 @@ import json
 import math
 import numbers
 import random
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ class RewardFunction:
                                   f"the data; it gets prompts, completions, completion_ids and the columns "
                                   f"{', '.join(columns) or '(none)'}")
             arguments = {k: v for k, v in arguments.items() if k in parameters}
-        return self._checked(self.fn(**arguments), len(completions))
+        return self._checked(self.fn(**arguments), completions)
 
     def _verl_one(self, text: str, example: Row, metrics: dict[str, float]) -> float:
         columns = example.columns
@@ -152,9 +153,14 @@ class RewardFunction:
                 if key != "score" and isinstance(value, numbers.Real):
                     metrics[f"reward/{self.name}/{key}"] = float(value)
             result = result["score"]
-        return self._checked([result], 1)[0]
+        return self._checked([result], [text])[0]
 
-    def _checked(self, scores, count: int) -> list[float]:
+    def _checked(self, scores, completions: list[str]) -> list[float]:
+        """``scores`` as floats (None -> NaN, "not scored"), once they are one finite number or None per completion.
+
+        NaN and infinity are refused rather than read as None: a NaN reward almost always is a bug (0/0 in the
+        function), and treating it as "not scored" would train on nothing while looking like a run."""
+        count = len(completions)
         if hasattr(scores, "tolist"):  # a NumPy array or tensor
             scores = scores.tolist()
         if not isinstance(scores, (list, tuple)) or len(scores) != count:
@@ -165,6 +171,11 @@ class RewardFunction:
         if bad:
             raise RewardError(f"reward function {self.name!r} returned {bad[0]!r} ({type(bad[0]).__name__}); each "
                               "score must be a number or None")
+        for i, score in enumerate(scores):
+            if score is not None and not math.isfinite(score):
+                raise RewardError(f"reward function {self.name!r} returned {score} for sample {i} (completion "
+                                  f"{completions[i][:80]!r}); a reward must be a finite number, or None for a sample "
+                                  "it cannot score")
         return [math.nan if s is None else float(s) for s in scores]
 
 
@@ -182,10 +193,14 @@ def load_function(reference: str) -> Callable:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         else:
-            module = importlib.import_module(module_name)
+            module = _import_beside_cwd(module_name)
     except Exception as error:
+        hint = ""
+        if isinstance(error, ModuleNotFoundError) and not module_name.endswith(".py"):
+            hint = (f" (drpo looked in the current directory {Path.cwd()} and on sys.path; for a file give its path, "
+                    f"task.reward={module_name.replace('.', '/')}.py:{attribute}, or add its directory to PYTHONPATH)")
         raise ValueError(f"task.reward {reference!r}: cannot import {module_name!r}: {type(error).__name__}: {error}"
-                         ) from error
+                         f"{hint}") from error
     target = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -196,6 +211,18 @@ def load_function(reference: str) -> Callable:
     if not callable(target):
         raise ValueError(f"task.reward {reference!r} is a {type(target).__name__}, not a function")
     return target
+
+
+def _import_beside_cwd(module_name: str):
+    """``module_name`` imported as ``python script.py`` would find it: the current directory is searched too.
+
+    A console script (``drpo``) does not put the current directory on sys.path, while TRL users keep their reward
+    module beside the script. It goes last, so a file of the current directory never shadows an installed module.
+    """
+    cwd = str(Path.cwd())
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    return importlib.import_module(module_name)
 
 
 def _parameters(fn: Callable) -> dict[str, inspect.Parameter]:

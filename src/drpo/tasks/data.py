@@ -46,7 +46,7 @@ def read_rows(path: Path, fields: tuple[str, ...] = ()):
         try:
             yield line_number, json.loads(line), None
         except json.JSONDecodeError as error:
-            yield line_number, None, f"is not valid JSON ({error.msg} at column {error.colno})"
+            yield line_number, None, f"is not valid JSON ({error.msg.removesuffix(' at')} at column {error.colno})"  # "... starting at"
 
 
 def _parquet_rows(path: Path, fields: tuple[str, ...]):

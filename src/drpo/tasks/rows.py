@@ -55,7 +55,14 @@ def read_source(source, what: str) -> tuple[str, list, list | None]:
                     f"{type(source).__name__}")
 
 
+SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")  # what datasets' save_to_disk writes at the top
+
+
 def _read_saved_dataset(path: Path):
+    if not any((path / name).is_file() for name in SAVED_DATASET_FILES):
+        raise DataError(f"{path} is a directory, not a data file, and not a datasets save_to_disk directory (it has "
+                        f"no {' or '.join(SAVED_DATASET_FILES)}); give a file ({', '.join(DATA_SUFFIXES)}) or a "
+                        "directory written by datasets' save_to_disk")
     try:
         import datasets
     except ImportError as error:
@@ -81,6 +88,10 @@ def _split_dict(splits, label: str):
 def parse_rows(rows: list, label: str, prompt_field: str, answer_field: str, need_answer: bool,
                skip_bad_rows: bool) -> tuple[list[Row], int]:
     """(the usable rows as Row, how many were skipped as bad); see the module docstring for what is bad."""
+    absent = _absent_column(rows, prompt_field, "task.prompt_field", taken=answer_field) or (
+        _absent_column(rows, answer_field, "task.answer_field", taken=prompt_field) if need_answer else None)
+    if absent:
+        raise DataError(f"{label}: {absent}")
     parsed, skipped = [], 0
     for number, row, reason in rows:
         try:
@@ -95,6 +106,20 @@ def parse_rows(rows: list, label: str, prompt_field: str, answer_field: str, nee
     if not parsed:
         raise DataError(f"{label} holds no usable rows" + (f" ({skipped} bad rows skipped)" if skipped else ""))
     return parsed, skipped
+
+
+def _absent_column(rows: list, name: str, option: str, taken: str) -> str | None:
+    """Why column ``name`` cannot be read, when no row has it (a mapping to fix, not rows to skip); else None.
+
+    The suggestion is the first text column that ``taken`` (the other field) does not already read."""
+    dicts = [row for _, row, reason in rows if reason is None and isinstance(row, dict)]
+    if not dicts or any(name in row for row in dicts):
+        return None
+    columns = list(dict.fromkeys(key for row in dicts for key in row))
+    text = [key for key in columns if isinstance(dicts[0].get(key), str) and key not in NOT_COLUMNS]
+    suggestion = next((key for key in text if key != taken), None)
+    return (f"no row has a column {name!r}; the rows have {', '.join(map(repr, columns))}"
+            + (f": name the column to read with {option}={suggestion}" if suggestion else f"; set {option}=COLUMN"))
 
 
 def _parse_row(row, number: int, prompt_field: str, answer_field: str, need_answer: bool) -> Row:

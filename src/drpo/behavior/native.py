@@ -1,7 +1,8 @@
-"""Where mu comes from: the behavior policy (precision, lag) that runs the sampler.
+"""The native engine (``rollout.engine=native``): mu sampled by the trainer's own model in another precision.
 
-    behavior = BehaviorPolicy(policy, precision="bf16", lag=1)
-    batch = behavior.generate(prompts, group_size=8, max_new_tokens=6, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    behavior = NativeBehavior(policy, mode="bf16", lag=1)
+    batch = behavior.generate(prompts, group_size=8, max_new_tokens=6,
+                              sampling=SamplingParams(eos_id=tok.eos_id, pad_id=tok.pad_id))
     ...                                     # rewards, advantages
     out = sequence_log_probs(policy, batch)  # log pi of the response tokens, with gradients (drpo.models.log_probs)
     loss(log_prob=out.log_prob, rollout_log_prob=batch.rollout_log_prob, ...)
@@ -9,7 +10,8 @@
 
 The behavior policy is a copy of the policy run the way an inference engine would run it: in another
 precision (the training-inference mismatch) and/or with weights some optimizer steps old (asynchronous
-RL). The mismatch is real arithmetic, not injected noise (``PRECISION_ROUNDS`` says what each rounds):
+RL). The mismatch is real arithmetic, not injected noise (``drpo.behavior.modes.ROLLOUT_MODES[mode].rounds``
+says what each mode rounds):
 
 - bf16 / fp16: the whole copy runs in that dtype.
 - fp8 / int8: as serving engines run W8A8 quantized models: the copy runs in bf16, and every Linear but the
@@ -23,33 +25,26 @@ actually sampled from: softmax of logits / temperature, renormalised over the nu
 :func:`drpo.models.log_probs.sequence_log_probs` computes pi with the same temperature but without the
 nucleus, as trainers do, so top_p < 1 is itself a source of mismatch.
 
-vLLM's behavior policy (``rollout.backend=vllm``, drpo/rollout_vllm.py) has the same interface and keeps its
-stale weights with the same :class:`LaggedWeights`; ``drpo.backends.build_behavior`` picks the one a run
-config asks for.
+The other engines (vLLM: drpo/behavior/vllm.py; llama.cpp: drpo/behavior/llamacpp.py) implement the same
+:class:`drpo.behavior.BehaviorPolicy` and keep their stale weights with the same :class:`LaggedWeights`;
+``drpo.backends.build_behavior`` picks the one a run config asks for (``rollout.engine``).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
-from collections import deque
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from drpo.constants import PRECISIONS
+from drpo.behavior.base import SamplingParams
+from drpo.behavior.lagged import LaggedWeights
+from drpo.behavior.modes import ROLLOUT_MODES, modes_of
 from drpo.models.sampling import RolloutBatch, generate
 
-PRECISION_ROUNDS = {
-    "fp32": "nothing: the trainer's own numerics",
-    "bf16": "every weight and activation to bfloat16 (8-bit mantissa)",
-    "fp16": "every weight and activation to float16 (11-bit mantissa)",
-    "fp8": "bf16 model; Linear weights (per tensor) and inputs (per token) to float8_e4m3, embedding and head bf16",
-    "int8": "bf16 model; Linear weights (per output channel) and inputs (per token) to int8, embedding and head bf16",
-    "fp8_all": "fp32 model; every Linear's weights (per tensor) and inputs (per token) to float8_e4m3, tied "
-               "embedding and output head included",
-}
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 INT8_MAX = 127
@@ -79,60 +74,27 @@ QUANTIZERS = {
 QUANTIZE_HEAD = ("fp8_all",)  # the other 8-bit modes keep the embedding and output head in bf16, as engines do
 
 
-def quantized_linears(model: nn.Module, precision: str) -> list[nn.Linear]:
-    """The Linear layers that ``precision`` rounds to 8 bits: all of them for fp8_all, else all but the output head.
+def quantized_linears(model: nn.Module, mode: str) -> list[nn.Linear]:
+    """The Linear layers that ``mode`` rounds to 8 bits: all of them for fp8_all, else all but the output head.
 
     The output head is the Linear whose output size is the vocabulary (an Embedding's row count): it is tied
     to the embedding in both model families we run, and engines keep both in bf16.
     """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if precision in QUANTIZE_HEAD:
+    if mode in QUANTIZE_HEAD:
         return linears
     vocab_sizes = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
     return [m for m in linears if m.out_features not in vocab_sizes]
 
 
-class LaggedWeights:
-    """The policy's weights of ``lag`` syncs ago, kept for a behavior policy of either backend (native, vLLM).
-
-    ``snapshot(policy)`` copies the policy's weights as the backend loads them (on the CPU, in the dtype loading
-    would round them to anyway). With lag > 0 each :meth:`sync` stores a snapshot in a queue of the last
-    ``lag + 1`` and :meth:`served` is the oldest; until ``lag`` syncs have happened that is the initial policy.
-    :meth:`state_dict` holds the queue, so a trainer checkpoint resumes with exactly the stale weights it had;
-    it costs (lag + 1) x parameters x 2 bytes in bf16, in memory and in each checkpoint file. With lag 0
-    nothing is stored and :meth:`served` is None: the backend serves the policy's current weights.
-    """
-
-    def __init__(self, policy: nn.Module, precision: str, lag: int,
-                 snapshot: Callable[[nn.Module], dict[str, torch.Tensor]]) -> None:
-        if lag < 0:
-            raise ValueError(f"lag must be >= 0, got {lag}")
-        self.precision, self.lag, self.snapshot = precision, lag, snapshot
-        self.states: deque[dict[str, torch.Tensor]] = deque([snapshot(policy)] if lag else [], maxlen=lag + 1)
-
-    def sync(self, policy: nn.Module) -> None:
-        """Record the policy's new weights (after an optimizer step)."""
-        if self.lag:
-            self.states.append(self.snapshot(policy))
-
-    def served(self) -> dict[str, torch.Tensor] | None:
-        """The weights to serve now: those of ``lag`` syncs ago; None with lag 0 (the policy's own)."""
-        return self.states[0] if self.lag else None
-
-    def state_dict(self) -> dict:
-        return {"precision": self.precision, "lag": self.lag, "states": [dict(s) for s in self.states]}
-
-    def load_state_dict(self, state: dict) -> None:
-        """The queue of a :meth:`state_dict`, once it is known to match ``precision`` and ``lag`` (a checkpoint
-        resumed under other rollout settings would serve the wrong weights)."""
-        if (state["precision"], state["lag"]) != (self.precision, self.lag):
-            raise ValueError(f"behavior state was saved with precision={state['precision']!r}, lag={state['lag']}; "
-                             f"this behavior policy has precision={self.precision!r}, lag={self.lag}")
-        self.states = deque((_clone_state(s) for s in state["states"]), maxlen=self.lag + 1)
+def sampler_keywords(sampling: SamplingParams) -> dict[str, Any]:
+    """``sampling`` as the keyword arguments of :func:`drpo.models.sampling.generate` (the fields share its names;
+    not ``dataclasses.asdict``, which would deep-copy the generator and the stop strings)."""
+    return {field.name: getattr(sampling, field.name) for field in dataclasses.fields(sampling)}
 
 
-class BehaviorPolicy:
-    """The policy run in ``precision``, serving the weights of ``lag`` syncs ago (:class:`LaggedWeights`).
+class NativeBehavior:
+    """The policy run in ``mode``, serving the weights of ``lag`` syncs ago (:class:`LaggedWeights`).
 
     In another precision, or with a lag, it is a copy of the policy (``copy.deepcopy``, made once); lagged
     weights are stored rounded to the copy's precision (bf16 for bf16/fp8/int8, fp16, fp32 for fp32/fp8_all).
@@ -141,25 +103,28 @@ class BehaviorPolicy:
     module, as a colocated engine shares the trainer's weights.
     """
 
-    def __init__(self, policy: nn.Module, precision: str = "fp32", lag: int = 0) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown rollout precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-        self.precision, self.lag = precision, lag
+    engine = "native"
+
+    def __init__(self, policy: nn.Module, mode: str = "fp32", lag: int = 0) -> None:
+        if mode not in modes_of(self.engine):
+            raise ValueError(f"rollout mode {mode!r} is not run by the native engine; it runs "
+                             f"{', '.join(modes_of(self.engine))}")
+        self.mode, self.lag = mode, lag
         self.policy = policy
         # the trainer's own numerics (fp32 means "as the policy runs": a bf16 policy stays bf16) and no lag: a
         # copy would equal the policy
         dtype = next(policy.parameters()).dtype
-        self.shares_weights = lag == 0 and (precision == "fp32" or HALF_DTYPES.get(precision) == dtype)
+        self.shares_weights = lag == 0 and (mode == "fp32" or HALF_DTYPES.get(mode) == dtype)
         self.model = policy if self.shares_weights else copy.deepcopy(policy).eval().requires_grad_(False)
-        if precision in ("bf16", "fp16", "fp8", "int8") and not self.shares_weights:
-            self.model.to(HALF_DTYPES.get(precision, torch.bfloat16))  # fp8/int8: a bf16 engine
+        if mode in ("bf16", "fp16", "fp8", "int8") and not self.shares_weights:
+            self.model.to(HALF_DTYPES.get(mode, torch.bfloat16))  # fp8/int8: a bf16 engine
         self._quantized: list[nn.Linear] = []
-        if precision in QUANTIZERS:
-            round_input = QUANTIZERS[precision][1]
-            self._quantized = quantized_linears(self.model, precision)
+        if mode in QUANTIZERS:
+            round_input = QUANTIZERS[mode][1]
+            self._quantized = quantized_linears(self.model, mode)
             for module in self._quantized:
                 module.register_forward_pre_hook(lambda _, args: (round_input(args[0]), *args[1:]))
-        self.weights = LaggedWeights(policy, precision, lag, functools.partial(_cpu_state, like=self.model))
+        self.weights = LaggedWeights(policy, mode, lag, functools.partial(_cpu_state, like=self.model))
         self._serve()
 
     def sync(self, policy: nn.Module) -> None:
@@ -177,12 +142,16 @@ class BehaviorPolicy:
 
     def _load(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)  # casts to the copy's dtype for bf16/fp16
-        if self.precision in QUANTIZERS:
-            round_weight = QUANTIZERS[self.precision][0]
+        if self.mode in QUANTIZERS:
+            round_weight = QUANTIZERS[self.mode][0]
             weights = {id(m.weight): m.weight for m in self._quantized}
             with torch.no_grad():
                 for weight in weights.values():  # tied weights are rounded once
                     weight.copy_(round_weight(weight))
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.engine, "mode": self.mode, "rounds": ROLLOUT_MODES[self.mode].rounds, "lag": self.lag,
+                "shares_weights": self.shares_weights}
 
     def state_dict(self) -> dict:
         return self.weights.state_dict()
@@ -192,19 +161,11 @@ class BehaviorPolicy:
         self.weights.load_state_dict(state)
         self._serve()
 
-    def generate(self, prompts: list[list[int]], group_size: int, max_new_tokens: int, **sampling) -> RolloutBatch:
-        """``group_size`` responses for each prompt sampled with the behavior weights; ``sampling``: the keyword
-        arguments of :func:`drpo.models.sampling.generate` (temperature, top_p, generator, eos_id, pad_id, ...)."""
-        return generate(self.model, prompts, group_size, max_new_tokens, **sampling)
-
-
-def _clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A copy of ``state`` in which a tensor stored under two names (a tied weight) stays one tensor."""
-    clones: dict[int, torch.Tensor] = {}
-    for value in state.values():
-        if id(value) not in clones:
-            clones[id(value)] = value.clone()
-    return {k: clones[id(v)] for k, v in state.items()}
+    def generate(self, prompts: list[list[int]], group_size: int, max_new_tokens: int,
+                 sampling: SamplingParams) -> RolloutBatch:
+        """``group_size`` responses for each prompt sampled with the behavior weights by
+        :func:`drpo.models.sampling.generate` (KV cache on)."""
+        return generate(self.model, prompts, group_size, max_new_tokens, **sampler_keywords(sampling))
 
 
 def _cpu_state(model: nn.Module, like: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,23 +1,26 @@
-"""Optional vLLM rollout backend (``rollout.backend=vllm``): mu sampled and scored by vLLM on a GPU.
+"""Optional vLLM engine (``rollout.engine=vllm``): mu sampled and scored by vLLM on a GPU.
 
-    behavior = build_behavior(config, policy)   # drpo.backends: rollout.BehaviorPolicy or this VLLMBehaviorPolicy
-    batch = behavior.generate(prompts, group_size=8, max_new_tokens=1024, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    behavior = build_behavior(config, policy)   # drpo.backends: this VLLMBehavior for rollout.engine=vllm
+    batch = behavior.generate(prompts, group_size=8, max_new_tokens=1024,
+                              sampling=SamplingParams(eos_id=tok.eos_id, pad_id=tok.pad_id))
     ...                                         # the trainer's step, unchanged
     behavior.sync(policy.model)                 # push the new weights (or those of `lag` syncs ago) into vLLM
 
-:class:`VLLMBehaviorPolicy` has the interface of :class:`drpo.rollout.BehaviorPolicy` (generate, sync,
-state_dict, load_state_dict) and returns the same :class:`RolloutBatch`. The mu log-probs are vLLM's own:
-the engine runs with ``logprobs_mode="processed_logprobs"``, so each token's log-prob is that of the
-distribution vLLM sampled from (after temperature and top-p), exactly what the native sampler records.
-The mismatch pi - mu is then the real one between vLLM's kernels and the trainer's forward.
+:class:`VLLMBehavior` implements :class:`drpo.behavior.BehaviorPolicy` (generate, sync, describe,
+state_dict, load_state_dict) and returns the same :class:`RolloutBatch` as the native engine. The mu
+log-probs are vLLM's own: the engine runs with ``logprobs_mode="processed_logprobs"``, so each token's
+log-prob is that of the distribution vLLM sampled from (after temperature and top-p), exactly what the
+native sampler records. The mismatch pi - mu is then the real one between vLLM's kernels and the
+trainer's forward.
 
 The engine lives in the training process (``distributed_executor_backend="external_launcher"``, as TRL's
 colocate mode), takes ``rollout.vllm_gpu_memory`` of the GPU, and receives weights by
-``model.load_weights`` after every optimizer step (LoRA adapters are merged first). Precisions: fp32, bf16,
-fp16 (vLLM's dtype). fp8/int8 are not offered: vLLM quantizes online at load time and a weight reload
-into a quantized engine is not a stable vLLM API; the native backend's simulated fp8/int8 covers them.
+``model.load_weights`` after every optimizer step (LoRA adapters are merged first). Modes: fp32, bf16,
+fp16 (vLLM's dtype; drpo.behavior.modes). fp8/int8 are not offered: vLLM quantizes online at load time and
+a weight reload into a quantized engine is not a stable vLLM API; the native engine's simulated fp8/int8
+covers them.
 
-vLLM is optional: nothing here imports it until a VLLMBehaviorPolicy is built, and the tests skip
+vLLM is optional: nothing here imports it until a VLLMBehavior is built, and the tests skip
 cleanly without it.
 """
 
@@ -28,14 +31,17 @@ import importlib.util
 import os
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from drpo.constants import TORCH_DTYPES, VLLM_PRECISIONS
+from drpo.behavior.base import SamplingParams
+from drpo.behavior.lagged import LaggedWeights
+from drpo.behavior.modes import ROLLOUT_MODES, modes_of
+from drpo.constants import TORCH_DTYPES
 from drpo.models.hf import hf_state
 from drpo.models.sampling import TOPK_LOG_PROB_FLOOR, RolloutBatch, left_pad
-from drpo.rollout import LaggedWeights
 
 
 def vllm_available() -> bool:
@@ -46,29 +52,32 @@ def _import_vllm():
     try:
         import vllm
     except ImportError as error:
-        raise ImportError("rollout.backend=vllm needs vLLM on a CUDA machine: pip install vllm (it brings its own "
-                          "torch build); or use rollout.backend=native") from error
+        raise ImportError("rollout.engine=vllm needs vLLM on a CUDA machine: pip install vllm (it brings its own "
+                          "torch build); or use rollout.engine=native") from error
     return vllm
 
 
-class VLLMBehaviorPolicy:
+class VLLMBehavior:
     """mu served by an in-process vLLM engine holding the policy's weights of ``lag`` syncs ago."""
 
-    def __init__(self, policy: nn.Module, path: str, precision: str = "bf16", lag: int = 0,
+    engine = "vllm"
+
+    def __init__(self, policy: nn.Module, path: str, mode: str = "bf16", lag: int = 0,
                  gpu_memory: float = 0.35, seed: int = 0, max_model_len: int | None = None) -> None:
-        if precision not in VLLM_PRECISIONS:
-            raise ValueError(f"rollout.backend=vllm supports rollout.precision {', '.join(VLLM_PRECISIONS)}; got "
-                             f"{precision!r} (use rollout.backend=native for simulated fp8/int8)")
+        if mode not in modes_of(self.engine):
+            raise ValueError(f"rollout.engine=vllm supports rollout.precision {', '.join(modes_of(self.engine))}; "
+                             f"got {mode!r} (use rollout.engine=native for simulated fp8/int8)")
         vllm = _import_vllm()
-        self.precision, self.lag = precision, lag
-        self.dtype = getattr(torch, TORCH_DTYPES[precision])  # the engine's: lagged copies are stored in it
+        self.mode, self.lag = mode, lag
+        self.dtype = getattr(torch, TORCH_DTYPES[mode])  # the engine's: lagged copies are stored in it
         self.policy = policy
-        self.weights = LaggedWeights(policy, precision, lag, functools.partial(hf_state, cpu=True, dtype=self.dtype))
+        self.gpu_memory, self.max_model_len = gpu_memory, max_model_len
+        self.weights = LaggedWeights(policy, mode, lag, functools.partial(hf_state, cpu=True, dtype=self.dtype))
         # a one-process "distributed" engine inside this process, so load_weights reaches the model directly
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "localhost")):
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        self.llm = vllm.LLM(model=str(path), dtype=TORCH_DTYPES[precision], gpu_memory_utilization=gpu_memory,
+        self.llm = vllm.LLM(model=str(path), dtype=TORCH_DTYPES[mode], gpu_memory_utilization=gpu_memory,
                             max_model_len=max_model_len, seed=seed, enable_prefix_caching=True,
                             logprobs_mode="processed_logprobs", distributed_executor_backend="external_launcher")
         self._serve()
@@ -89,44 +98,36 @@ class VLLMBehaviorPolicy:
         runner_model.load_weights(state.items())
         self.llm.reset_prefix_cache()  # cached prompt keys/values belong to the old weights
 
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.engine, "mode": self.mode, "rounds": ROLLOUT_MODES[self.mode].rounds, "lag": self.lag,
+                "gpu_memory": self.gpu_memory, "max_model_len": self.max_model_len}
+
     def state_dict(self) -> dict:
-        return {**self.weights.state_dict(), "backend": "vllm"}
+        return {**self.weights.state_dict(), "engine": self.engine}
 
     def load_state_dict(self, state: dict) -> None:
         self.weights.load_state_dict(state)
         self._serve()
 
     # ------------------------------------------------------------------------------------------- sampling
-    def generate(
-        self,
-        prompts: list[list[int]],
-        group_size: int,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k_logprobs: int = 0,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-        *,
-        eos_id: int,
-        pad_id: int,
-        ignore_eos: bool = False,
-        stop=None,
-    ) -> RolloutBatch:
-        """``group_size`` samples per prompt from vLLM, as :meth:`BehaviorPolicy.generate` (``use_cache`` is moot;
-        stop strings are the native sampler's only)."""
-        if stop is not None:
-            raise ValueError("rollout.stop applies to the native sampler, not to rollout.backend=vllm")
+    def generate(self, prompts: list[list[int]], group_size: int, max_new_tokens: int,
+                 sampling: SamplingParams) -> RolloutBatch:
+        """``group_size`` samples per prompt from vLLM, as :meth:`drpo.behavior.BehaviorPolicy.generate` (stop
+        strings are the native sampler's only); ``sampling.generator`` draws vLLM's seed."""
+        if sampling.stop is not None:
+            raise ValueError("rollout.stop applies to the native sampler, not to rollout.engine=vllm")
         vllm = _import_vllm()
+        generator = sampling.generator
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
                                  device=generator.device if generator is not None else "cpu"))
-        params = vllm.SamplingParams(n=group_size, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                     logprobs=top_k_logprobs, stop_token_ids=[] if ignore_eos else [eos_id],
-                                     ignore_eos=ignore_eos, seed=seed, detokenize=False)
+        params = vllm.SamplingParams(n=group_size, temperature=sampling.temperature, top_p=sampling.top_p,
+                                     max_tokens=max_new_tokens, logprobs=sampling.top_k_logprobs,
+                                     stop_token_ids=[] if sampling.ignore_eos else [sampling.eos_id],
+                                     ignore_eos=sampling.ignore_eos, seed=seed, detokenize=False)
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=params, use_tqdm=False)
         device = next(self.policy.parameters()).device
         return batch_from_outputs(prompts, [[(o.token_ids, o.logprobs) for o in out.outputs] for out in outputs],
-                                  top_k_logprobs, pad_id=pad_id, device=device)
+                                  sampling.top_k_logprobs, pad_id=sampling.pad_id, device=device)
 
 
 def batch_from_outputs(prompts: list[list[int]], samples: Sequence[Sequence[tuple]], top_k_logprobs: int,
