@@ -8,7 +8,7 @@ Keys that reports and checks rely on:
     loss/masked_frac (w = 0), loss/corrective_frac (w < 0), loss/amplified_frac (w > 1),
     ratio/max, shift/*                                               (from drpo.losses)
     diagnose/pg_grad_norm, diagnose/pull_grad_norm, diagnose/pull_to_pg   (diagnose_pull=true, drpo.diagnostics)
-    entropy, response_length/mean, grad_norm, time/rollout_s, time/update_s, throughput/tokens_per_s
+    entropy, response_length/mean, grad_norm, time/rollout_s, time/update_s, time/sync_s, throughput/tokens_per_s
     reward/NAME/mean, reward/NAME/errors, reward/unscored_frac       (task=custom, per reward function)
 
 Trackers (``report_to``, TRL's spelling): tensorboard writes OUT/tb; wandb starts a run in project

@@ -168,7 +168,9 @@ class Trainer:
         if self.log_prob_dump is not None:  # mu, pi_old and each row's pi at its update, policy version of mu
             self.log_prob_dump.write_step(self.step + 1, max(0, self.step - cfg.rollout.lag), batch, advantages,
                                           old_log_prob, log_prob)
-        self.behavior.sync(self.model)
+        start = time.perf_counter()
+        self.behavior.sync(self.model)  # the new weights reach the engine (llama.cpp: a GGUF rewrite and reload)
+        sync_s = time.perf_counter() - start
 
         metrics.update(mean_of([u.metrics for _, u in updates]))
         metrics.update(scores.metrics)
@@ -182,6 +184,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "time/rollout_s": rollout_s,
             "time/update_s": update_s,
+            "time/sync_s": sync_s,
             "throughput/tokens_per_s": float(batch.response_mask.sum()) / max(rollout_s + update_s, 1e-9),
         })
         return metrics
