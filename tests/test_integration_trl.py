@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -11,8 +13,15 @@ pytest.importorskip("trl", reason="TRL is not installed (pip install -e '.[trl]'
 
 from datasets import Dataset  # noqa: E402  (datasets and transformers come with TRL)
 from tiny_letters import letter_model, letter_tokenizer  # noqa: E402
+from trl import GRPOTrainer  # noqa: E402
 
-from drpo.integrations.trl import DRPOConfig, DRPOTrainer  # noqa: E402
+from drpo.integrations.trl import (  # noqa: E402
+    TRL_MIRRORED,
+    DRPOConfig,
+    DRPOTrainer,
+    forward_input_keys,
+    trl_drift,
+)
 from drpo.losses import aggregate, get_loss  # noqa: E402
 
 OUR_METRICS = ["loss/weight_mean", "loss/corrective_frac", "loss/masked_frac", "ratio/max", "shift/abs_mean"]
@@ -126,6 +135,171 @@ def test_respects_trl_loss_normalisation(tokenizer, tmp_path, loss_type, mode):
     assert abs(loss.item() - expected.item()) <= 1e-6
     grads = [torch.autograd.grad(x, log_prob, retain_graph=True)[0] for x in (loss, expected)]
     assert (grads[0] - grads[1]).abs().max().item() <= 1e-6
+
+
+def parity_inputs(batch: int = 4, prompt_len: int = 3, length: int = 6, seed: int = 5) -> dict:
+    """A batch as GRPOTrainer hands it to _compute_loss: ragged completions, advantages of both signs."""
+    g = torch.Generator().manual_seed(seed)
+
+    def log_probs():
+        return (torch.rand(batch, length, generator=g) * 0.98 + 0.01).log()
+
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, 4:] = 0
+    mask[2, 2:] = 0
+    return {
+        "prompt_ids": torch.zeros(batch, prompt_len, dtype=torch.long), "prompt_mask": torch.ones(batch, prompt_len),
+        "completion_ids": torch.zeros(batch, length, dtype=torch.long), "completion_mask": mask,
+        "advantages": torch.tensor([1.2, -0.7, 0.4, -1.5]), "num_items_in_batch": torch.tensor(30.0),
+        "old_per_token_logps": log_probs(), "ref_per_token_logps": log_probs(), "sampling_per_token_logps": log_probs(),
+    }
+
+
+def neutral(trainer: DRPOTrainer) -> None:
+    """Switch off every TRL feature the parity cases turn on."""
+    trainer.beta, trainer.top_entropy_quantile, trainer.off_policy_mask_threshold = 0.0, 1.0, None
+    trainer.use_vllm, trainer.aux_loss_enabled = False, False
+
+
+# Each case: DRPOConfig settings, trainer attributes set after start-up (vLLM is not installed here, the tiny model
+# is not a MoE, and beta > 0 would load a reference model by name), and what the batch carries besides
+# parity_inputs' tensors.
+PARITY_CASES = {
+    "grpo": ({"loss_type": "grpo"}, {}, {}),
+    "bnpo": ({"loss_type": "bnpo"}, {}, {}),
+    "dr_grpo": ({"loss_type": "dr_grpo"}, {}, {}),
+    "dapo": ({"loss_type": "dapo"}, {}, {}),
+    "on-policy": ({"loss_type": "dapo"}, {}, {"old_per_token_logps": None}),
+    "beta": ({"loss_type": "grpo"}, {"beta": 0.1}, {}),
+    "beta-no-bias-correction": ({"loss_type": "dapo", "use_bias_correction_kl": False}, {"beta": 0.1}, {}),
+    "entropy-mask": ({"loss_type": "bnpo", "top_entropy_quantile": 0.5}, {}, {}),
+    "off-policy-mask": ({"loss_type": "dr_grpo", "off_policy_mask_threshold": 0.05}, {}, {}),
+    "tool-mask": ({"loss_type": "grpo"}, {}, {"tool_mask": torch.tensor([[1, 1, 0, 1, 1, 1]] * 4)}),
+    "vllm-is-weight": ({"loss_type": "dapo", "drpo_loss_kwargs": {"anchor": "recompute"}}, {"use_vllm": True},
+                       {"importance_sampling_ratio": torch.tensor([[1.3], [0.0], [0.7], [2.2]])}),
+    "vllm-off-policy-mask": ({"loss_type": "bnpo", "drpo_loss_kwargs": {"anchor": "recompute"},
+                              "off_policy_mask_threshold": 0.05}, {"use_vllm": True},
+                             {"importance_sampling_ratio": torch.ones(4, 1)}),
+    "moe-aux-loss": ({"loss_type": "bnpo"}, {"aux_loss_enabled": True, "router_aux_loss_coef": 0.01}, {}),
+    "all": ({"loss_type": "dapo", "top_entropy_quantile": 0.7, "off_policy_mask_threshold": 0.05},
+            {"beta": 0.04, "aux_loss_enabled": True, "router_aux_loss_coef": 0.01},
+            {"tool_mask": torch.tensor([[1, 1, 1, 0, 1, 1]] * 4)}),
+}
+
+
+@pytest.mark.parametrize("case", PARITY_CASES)
+def test_matches_trls_own_grpo_loss(tokenizer, tmp_path, case):
+    """drpo_loss='ppo_clip' through DRPOTrainer._compute_loss == TRL's own GRPOTrainer._compute_loss on the same
+    trainer and tensors: value, gradient and TRL's metrics. The KL, masks, vLLM weight and normalisation are TRL's
+    (mirrored), so any drift between TRL's method and the mirror fails here."""
+    config, attributes, extra = PARITY_CASES[case]
+    trainer = make_trainer(tokenizer, tmp_path, **{"drpo_loss": "ppo_clip", "drpo_loss_kwargs": {},
+                                                   "gradient_accumulation_steps": 2, "steps_per_generation": 4,
+                                                   **config})
+    for name, value in attributes.items():
+        setattr(trainer, name, value)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 2  # set by the training loop in a real run
+    inputs = {key: value for key, value in {**parity_inputs(), **extra}.items() if value is not None}
+    if not trainer.use_vllm:
+        del inputs["sampling_per_token_logps"]  # TRL has sampling log-probs only from vLLM (or a rollout_func)
+    else:
+        inputs["sampling_per_token_logps"][1, 2] = float("nan")  # a token vLLM could not score
+    batch, length = inputs["completion_mask"].shape
+    g = torch.Generator().manual_seed(6)
+    log_prob = (torch.rand(batch, length, generator=g) * 0.98 + 0.01).log()
+    log_prob[3] -= 0.5  # pi well below pi_old on a negative-advantage sequence: the off-policy mask drops it
+    log_prob.requires_grad_()
+    entropies = torch.rand(batch, length, generator=g) * 2
+    aux_loss = torch.tensor(0.37)
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (log_prob, entropies, aux_loss)
+
+    def run(compute_loss):
+        trainer._metrics["train"].clear()
+        loss = compute_loss(trainer, trainer.model, inputs)
+        metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()}
+        return loss, torch.autograd.grad(loss, log_prob)[0], metrics
+
+    trl_loss, trl_grad, trl_metrics = run(GRPOTrainer._compute_loss)
+    our_loss, our_grad, our_metrics = run(DRPOTrainer._compute_loss)
+    assert abs(our_loss.item() - trl_loss.item()) <= 1e-6, f"TRL {trl_loss.item()}, ours {our_loss.item()}"
+    assert (our_grad - trl_grad).abs().max().item() <= 1e-6
+    shared = {"kl", "entropy", "aux_loss"} & trl_metrics.keys()
+    assert shared <= our_metrics.keys()
+    assert {key: our_metrics[key] for key in shared} == pytest.approx({key: trl_metrics[key] for key in shared})
+
+    if case not in ("grpo", "bnpo", "dr_grpo", "dapo", "on-policy"):  # the feature is exercised: TRL differs without
+        neutral(trainer)
+        plain = {key: value for key, value in inputs.items() if key != "tool_mask"}
+        assert abs(GRPOTrainer._compute_loss(trainer, trainer.model, plain).item() - trl_loss.item()) > 1e-6
+
+
+def test_forward_gets_the_model_inputs_trl_passes(tokenizer, tmp_path):
+    """Our forward call is TRL's: the same arguments, images and other model inputs included."""
+    trainer = make_trainer(tokenizer, tmp_path, drpo_loss="ppo_clip", drpo_loss_kwargs={})
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = parity_inputs()
+    del inputs["sampling_per_token_logps"]
+    inputs.update({key: f"<{key}>" for key in forward_input_keys()})  # stand-ins, checked by identity
+    assert {"pixel_values", "image_grid_thw", "token_type_ids"} <= set(forward_input_keys())
+    log_prob = torch.full(inputs["completion_mask"].shape, -1.0, requires_grad=True)
+    signature = inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(signature.bind(trainer, *args, **kwargs).arguments)
+        return log_prob, torch.zeros_like(log_prob), None
+
+    trainer._get_per_token_logps_and_entropies = spy
+    GRPOTrainer._compute_loss(trainer, trainer.model, inputs)
+    DRPOTrainer._compute_loss(trainer, trainer.model, inputs)
+    trl_call, our_call = calls
+    assert trl_call.keys() == our_call.keys()
+    for key, value in trl_call.items():
+        ours = our_call[key]
+        same = torch.equal(value, ours) if isinstance(value, torch.Tensor) else value is ours or value == ours
+        assert same, f"the forward's {key}: TRL passes {value!r}, DRPOTrainer {our_call[key]!r}"
+
+
+# What DRPOTrainer relies on in GRPOTrainer: the method it overrides, the one that calls it, and the TRL methods it
+# calls (parameter names, in order; for the forward, the leading ones, the model inputs after them being read from
+# its signature).
+TRL_SIGNATURES = {
+    "_compute_loss": ["self", "model", "inputs"],
+    "compute_loss": ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
+    "_get_per_token_logps_and_entropies": ["self", "model", "input_ids", "attention_mask", "logits_to_keep",
+                                           "batch_size", "compute_entropy", "compute_aux_loss"],
+    "get_off_policy_mask": ["advantages", "per_token_logps", "sampling_per_token_logps", "mask",
+                            "off_policy_threshold"],
+    "get_high_entropy_mask": ["self", "entropies", "mask", "threshold"],
+}
+
+
+@pytest.mark.parametrize("name", TRL_SIGNATURES)
+def test_trl_seam_signatures_unchanged(name):
+    import trl
+
+    expected = TRL_SIGNATURES[name]
+    params = list(inspect.signature(getattr(GRPOTrainer, name)).parameters)
+    got = params[:len(expected)] if name == "_get_per_token_logps_and_entropies" else params
+    assert got == expected, (
+        f"TRL {trl.__version__} changed GRPOTrainer.{name}{tuple(params)}; DRPOTrainer (src/drpo/integrations/trl.py) "
+        f"was written against TRL {TRL_MIRRORED}'s {tuple(expected)}: check the adapter against TRL {trl.__version__}")
+
+
+def test_trl_compute_loss_is_the_mirrored_one():
+    """GRPOTrainer._compute_loss is the TRL_MIRRORED one: any change to it, however small, fails here first."""
+    drift = trl_drift()
+    assert drift is None, drift
+
+
+def test_trainer_warns_when_trl_drifted(tokenizer, tmp_path, monkeypatch):
+    import drpo.integrations.trl as adapter
+
+    monkeypatch.setattr(adapter, "TRL_COMPUTE_LOSS_SHA256", "0" * 16)
+    with pytest.warns(UserWarning, match=rf"differs from TRL {re.escape(TRL_MIRRORED)}'s.*port the change"):
+        make_trainer(tokenizer, tmp_path)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -234,7 +234,8 @@ class LlamaCppBehavior:
 
     ``policy``: a drpo Policy (``.model`` a Llama: Hugging Face, possibly under peft LoRA, or the built-in model
     with arch=llama). ``seed`` seeds draws when :class:`SamplingParams` brings no generator. ``threads``: llama.cpp
-    threads (default: the CPUs this process may use). ``vocab``: a tokenizer to write into the GGUF files (only
+    threads (default: torch's, so OMP_NUM_THREADS and `drpo compare --threads` bound both engines alike; more
+    threads than free cores make llama.cpp's workers spin against each other, 10x slower on a busy machine). ``vocab``: a tokenizer to write into the GGUF files (only
     for using them with llama.cpp's tools; decoding is by token id). ``use_lora``: serve a peft policy as base +
     adapter (default: when only the LoRA matrices train) or as merged weights (False).
     """
@@ -251,9 +252,7 @@ class LlamaCppBehavior:
         self.source = llama_source(module, use_lora)  # before the import: an unsupported model fails the same way
         self.lib = import_llama_cpp()
         self.mode, self.lag, self.seed = mode, lag, seed
-        if threads is None:
-            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.threads = threads
+        self.threads = threads if threads is not None else torch.get_num_threads()
         self.vocab = vocab
         self.shape = self.source.shape
         self.logits_hook: Callable[[list[int], np.ndarray], None] | None = None  # tests: (rows, logits [n, V])

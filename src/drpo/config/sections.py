@@ -40,12 +40,8 @@ class LossConfig(Section):
     def hyper(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
-    @pydantic.model_validator(mode="after")
-    def _known_loss(self):
-        from drpo.losses import get_loss
-
-        get_loss(self.name, **self.hyper)  # raises ValueError naming the bad key and the allowed ones
-        return self
+    # the name and hyper-parameters are checked by RunConfig (config/run.py, _known_loss), once every other key
+    # validated: drpo.losses imports torch, which a config error elsewhere should not wait for
 
     def build(self):
         from drpo.losses import get_loss
@@ -158,7 +154,7 @@ class RolloutConfig(Section):
     vllm_gpu_memory: float = pydantic.Field(
         0.35, gt=0.0, lt=1.0, description="engine=vllm: fraction of GPU memory vLLM may take (the trainer needs the rest)")
     llamacpp_threads: int | None = pydantic.Field(
-        None, ge=1, description="engine=llamacpp: CPU threads llama.cpp uses (null: its default)")
+        None, ge=1, description="engine=llamacpp: CPU threads llama.cpp uses (null: as many as torch uses)")
     stop: list[str] = pydantic.Field(
         [], description="stop strings: a response ends with the token that completes one (kept, as is the text up "
         "to the string's end); rollouts and evaluation alike, e.g. [</answer>]")

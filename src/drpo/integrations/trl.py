@@ -6,7 +6,8 @@
 
 What changes against GRPOTrainer: only the per-token policy loss. Sampling, rewards, advantages,
 the KL term (``beta``), the masks (``top_entropy_quantile``, ``off_policy_mask_threshold``) and the
-loss normalisation stay TRL's, and ``loss_type`` picks that normalisation alone:
+loss normalisation stay TRL's (its own methods, or a mirror of its lines tested against them: see "Where it
+plugs into TRL" below), and ``loss_type`` picks that normalisation alone:
 ``grpo`` (per-sequence token mean), ``bnpo`` (local token mean), ``dr_grpo`` (token sum /
 max_completion_length), ``dapo`` (global token mean over the accumulated batch; TRL's default).
 
@@ -37,6 +38,23 @@ log-prob from vLLM and does not hand the loss its logits), ``importance_sampling
 TRL's clipping settings ``epsilon``, ``epsilon_high``, ``delta`` (the trust region is the loss's:
 ``drpo_loss_kwargs``).
 
+Where it plugs into TRL: ``DRPOTrainer._compute_loss`` overrides ``GRPOTrainer._compute_loss`` and mirrors it
+(TRL ``TRL_MIRRORED``) but for the per-token policy loss. TRL 1.16 has no smaller seam: the per-token loss is
+inline code in that private method, between the ratio ``coef_1`` and the masks; no method or hook computes it
+alone, and GRPOTrainer.compute_loss ignores Trainer's ``compute_loss_func``. Running TRL's method on rigged
+inputs instead (advantages, epsilon or old log-probs chosen so that its PPO term equals ours, or an intercepted
+``torch.min``) would depend on the same private lines, silently, and would feed the rigged tensors to TRL's KL
+bias correction and off-policy mask, which read them too. So the mirror is small and checked:
+
+- TRL's own methods: the forward ``_get_per_token_logps_and_entropies``, handed every model input its signature
+  names (images included, ``forward_input_keys``), and the masks ``get_off_policy_mask`` and ``get_high_entropy_mask``;
+- TRL's lines, copied: the k3 KL to the reference model (``beta``, ``use_bias_correction_kl``), the ``loss_type``
+  normalisations, the MoE aux loss, the ``kl`` / ``entropy`` / ``aux_loss`` metrics;
+- tests/test_integration_trl.py runs TRL's own ``GRPOTrainer._compute_loss`` beside ours on the same tensors
+  (``drpo_loss="ppo_clip"`` is TRL's GRPO loss) for each ``loss_type``, ``beta``, both masks, tool masks, the vLLM
+  weight and the aux loss, and fails when that method's source (``trl_drift``) or the signatures the adapter
+  relies on change; DRPOTrainer warns at start-up when the installed TRL's method is not the mirrored one.
+
 No silent defaults: TRL's PPO widths never reach our loss (set, they are refused above); DRPOConfig logs
 the bound loss with where each hyper-parameter came from (``drpo_loss_kwargs`` or drpo's own default,
 e.g. the recommended delta ``drpo.losses.DRPO_DELTA``) and warns when the trust region cannot bind
@@ -46,13 +64,18 @@ e.g. the recommended delta ``drpo.losses.DRPO_DELTA``) and warns when the trust 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import inspect
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import trl
 from trl import GRPOConfig, GRPOTrainer
 
 from drpo.losses import METRIC_KEYS, PRESETS, LossOutput, get_loss, resolved, warn_if_cannot_bind
@@ -64,6 +87,36 @@ NORMALISATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
 CLIPPING = ("epsilon", "epsilon_high", "delta")  # TRL's PPO trust region; ours is drpo_loss's
 VLLM_IS_SHAPE = ("vllm_importance_sampling_mode", "vllm_importance_sampling_clip_max",
                  "vllm_importance_sampling_clip_min")
+
+# The TRL release whose GRPOTrainer._compute_loss DRPOTrainer._compute_loss mirrors, and the first 16 hex digits of
+# the sha256 of that method's source (inspect.getsource). Port a TRL change into _compute_loss, then update both.
+TRL_MIRRORED = "1.16.0"
+TRL_COMPUTE_LOSS_SHA256 = "80295546bbdbf6f7"
+# The arguments of GRPOTrainer._get_per_token_logps_and_entropies that are not model inputs taken from the batch
+FORWARD_ARGS = ("self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy",
+                "compute_aux_loss")
+
+
+def trl_drift() -> str | None:
+    """None when the installed GRPOTrainer._compute_loss is the one DRPOTrainer mirrors, else what to check."""
+    try:
+        source = inspect.getsource(GRPOTrainer._compute_loss)
+    except (OSError, TypeError):  # no source installed: nothing to compare
+        return None
+    if hashlib.sha256(source.encode()).hexdigest()[:16] == TRL_COMPUTE_LOSS_SHA256:
+        return None
+    return (f"GRPOTrainer._compute_loss of the installed TRL {trl.__version__} differs from TRL {TRL_MIRRORED}'s, "
+            "which DRPOTrainer._compute_loss mirrors but for the per-token policy loss (KL, masks, normalisation): "
+            f"compare the two, port the change, then update TRL_MIRRORED and TRL_COMPUTE_LOSS_SHA256 in "
+            f"{__name__}, or install trl=={TRL_MIRRORED}")
+
+
+@functools.cache
+def forward_input_keys() -> tuple[str, ...]:
+    """The batch keys GRPOTrainer._compute_loss hands its forward (images and the like): the parameters of
+    _get_per_token_logps_and_entropies past its own arguments, so a model input TRL adds is passed too."""
+    params = inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters
+    return tuple(name for name in params if name not in FORWARD_ARGS)
 
 
 def _changed(config: GRPOConfig, names: tuple[str, ...]) -> list[str]:
@@ -153,6 +206,8 @@ class DRPOTrainer(GRPOTrainer):
     def __init__(self, *args_, args: DRPOConfig | None = None, **kwargs):
         if not isinstance(args, DRPOConfig):
             raise TypeError(f"DRPOTrainer needs args=DRPOConfig(...), got {type(args).__name__}")
+        if drift := trl_drift():
+            warnings.warn(drift, stacklevel=2)
         super().__init__(*args_, args=args, **kwargs)
         self.drpo_loss = get_loss(args.drpo_loss, **args.drpo_loss_kwargs)
         self.log_prob_dump = CallDump(args.drpo_dump_log_probs) if args.drpo_dump_log_probs else None
@@ -178,38 +233,32 @@ class DRPOTrainer(GRPOTrainer):
         return self.drpo_loss(log_prob=log_prob, rollout_log_prob=mu, old_log_prob=old,
                               advantages=advantages, response_mask=mask)
 
-    def _normalise(self, per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str,
-                   num_items_in_batch: torch.Tensor) -> torch.Tensor:
-        """TRL's reduction for args.loss_type, gradient-accumulation scaling included."""
-        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        masked = per_token_loss * mask  # [B, T]
-        if self.loss_type == "grpo":
-            return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accumulation
-        if self.loss_type == "bnpo":
-            return masked.sum() / mask.sum().clamp(min=1.0) / accumulation
-        if self.loss_type == "dr_grpo":
-            return masked.sum() / (masked.size(0) * self.max_completion_length) / accumulation
-        # dapo: num_items_in_batch spans the generation batch, rescaled to one accumulation window
-        normaliser = num_items_in_batch.clamp(min=1.0) / self.accelerator.num_processes
-        if mode == "train":
-            normaliser = normaliser * self.current_gradient_accumulation_steps / self.args.steps_per_generation
-        return masked.sum() / normaliser
-
     def _compute_loss(self, model, inputs):
+        """GRPOTrainer._compute_loss of TRL 1.16 with our per-token policy loss: the module docstring says why the
+        override is this method and what is mirrored; each block below is TRL's, in TRL's order."""
         mode = "train" if self.model.training else "eval"
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]  # [B, T]
-        multimodal = {key: inputs.get(key) for key in (
-            "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
-            "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")}
         per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model, torch.cat([prompt_ids, completion_ids], dim=1), torch.cat([prompt_mask, completion_mask], dim=1),
-            completion_ids.size(1), compute_entropy=True, compute_aux_loss=self.aux_loss_enabled, **multimodal,
+            completion_ids.size(1), compute_entropy=True, compute_aux_loss=self.aux_loss_enabled,
+            **{key: inputs.get(key) for key in forward_input_keys()},
         )  # [B, T] each
 
-        out = self.drpo_per_token(per_token_logps, inputs, mask)
+        out = self.drpo_per_token(per_token_logps, inputs, mask)  # ours: the per-token policy loss
         per_token_loss = out.per_token  # [B, T]
+
+        old = inputs.get("old_per_token_logps")
+        old = per_token_logps.detach() if old is None else old
+        if self.off_policy_mask_threshold is not None:  # TRL's off-policy sequence mask, on mu when it has one
+            advantages = inputs["advantages"]
+            per_token_loss = per_token_loss * self.get_off_policy_mask(
+                advantages=advantages.unsqueeze(1) if advantages.dim() == 1 else advantages,
+                per_token_logps=per_token_logps, sampling_per_token_logps=inputs.get("sampling_per_token_logps", old),
+                mask=mask, off_policy_threshold=self.off_policy_mask_threshold)
+        if self.top_entropy_quantile < 1.0:  # TRL's high-entropy token mask
+            per_token_loss = per_token_loss * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
         if getattr(self.drpo_loss.hyper, "anchor", "rollout") == "recompute" and "sampling_per_token_logps" in inputs:
             # r = pi / pi_old, so the sampler's own mismatch pi_old / mu is TRL's IS weight, applied as
             # GRPOTrainer applies it (verl's decoupled mode does the same with its rollout IS weights)
@@ -219,29 +268,33 @@ class DRPOTrainer(GRPOTrainer):
                     "importance-sampling weight, which TRL computes only with use_vllm=True and "
                     "vllm_importance_sampling_correction=True; use anchor='rollout' with this rollout")
             per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]  # [B, T] or [B, 1]
-        if self.off_policy_mask_threshold is not None:
-            sampling = inputs.get("sampling_per_token_logps", inputs.get("old_per_token_logps", per_token_logps.detach()))
-            advantages = inputs["advantages"]
-            per_token_loss = per_token_loss * self.get_off_policy_mask(
-                advantages=advantages.unsqueeze(1) if advantages.dim() == 1 else advantages,
-                per_token_logps=per_token_logps,
-                sampling_per_token_logps=sampling, mask=mask, off_policy_threshold=self.off_policy_mask_threshold)
-        if self.top_entropy_quantile < 1.0:
-            per_token_loss = per_token_loss * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
-        if self.beta != 0.0:  # TRL's k3 KL to the reference model, IS-corrected as TRL does
+        if self.beta != 0.0:  # TRL's k3 KL to the reference model, IS-corrected to pi_old as TRL does
             ref = inputs["ref_per_token_logps"]
             per_token_kl = torch.exp(ref - per_token_logps) - (ref - per_token_logps) - 1  # [B, T]
             if self.args.use_bias_correction_kl:
-                old = inputs.get("old_per_token_logps", per_token_logps.detach())
                 per_token_kl = per_token_kl * torch.exp(per_token_logps - old)
             per_token_loss = per_token_loss + self.beta * per_token_kl
-            self._metrics[mode]["kl"].append(self._global_mean(per_token_kl, mask))
 
-        loss = self._normalise(per_token_loss, mask, mode, inputs["num_items_in_batch"])
+        # TRL's loss_type normalisation; only dapo's is not scaled by the accumulation steps
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        masked = per_token_loss * mask  # [B, T]
+        if self.loss_type == "grpo":
+            loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accumulation
+        elif self.loss_type == "bnpo":
+            loss = masked.sum() / mask.sum().clamp(min=1.0) / accumulation
+        elif self.loss_type == "dr_grpo":
+            loss = masked.sum() / (masked.size(0) * self.max_completion_length) / accumulation
+        else:  # dapo: num_items_in_batch spans the generation batch, rescaled to one accumulation window
+            normaliser = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if mode == "train":
+                normaliser = normaliser * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            loss = masked.sum() / normaliser
         if self.aux_loss_enabled:  # MoE router loss, scaled for accumulation as TRL does
-            loss = loss + self.router_aux_loss_coef * aux_loss / (
-                self.current_gradient_accumulation_steps if mode == "train" else 1.0)
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
+        if self.beta != 0.0:
+            self._metrics[mode]["kl"].append(self._global_mean(per_token_kl, mask))
         self._metrics[mode]["entropy"].append(self._global_mean(entropies, mask))
         sampling = inputs.get("sampling_per_token_logps")
         nan_mu = torch.zeros((), device=mask.device) if sampling is None else (sampling.isnan() & (mask != 0)).sum()
