@@ -26,12 +26,23 @@ from __future__ import annotations
 
 import torch
 
-from drpo.losses import Loss
+from drpo.losses import LOSSES, Loss, LossSpec
 
-# the loss hyper-parameters the tracker sets, per loss it supports
-DELTA_FIELDS: dict[str, tuple[str, ...]] = {
-    "drpo": ("delta",), "drpo_clipped": ("delta",), "dppo_binary_tv": ("delta_low", "delta_high"),
-}
+# The hyper-parameters the tracker sets are each loss's ``boundary`` (its spec, drpo.losses.registry): DRPO's delta,
+# Binary-TV's delta_low and delta_high; a loss without one is not supported.
+
+
+def adaptive_losses() -> list[str]:
+    """The registered losses whose boundary the tracker can set."""
+    return [name for name, spec in LOSSES.items() if spec.boundary]
+
+
+def max_boundary(spec: LossSpec) -> float | None:
+    """The largest value every boundary hyper-parameter of ``spec`` accepts (its ``le`` constraint; Binary-TV's is a
+    probability shift, at most 1), or None when it has no upper bound."""
+    limits = [getattr(meta, "le", None) for key in spec.boundary for meta in spec.hyper.model_fields[key].metadata]
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
 
 
 class DeltaTracker:
@@ -63,7 +74,7 @@ class DeltaTracker:
         """``loss`` with its boundary set to :attr:`delta` (unchanged before the first measurement)."""
         if self.delta is None:
             return loss
-        return Loss(loss.spec, loss.hyper.model_copy(update=dict.fromkeys(DELTA_FIELDS[loss.name], self.delta)))
+        return Loss(loss.spec, loss.hyper.model_copy(update=dict.fromkeys(loss.spec.boundary, self.delta)))
 
     def state_dict(self) -> dict:
         return {"average": self.average}
@@ -73,5 +84,6 @@ class DeltaTracker:
 
 
 def boundary(loss: Loss) -> float:
-    """The boundary ``loss`` runs at: DRPO's delta, or Binary-TV's delta_high (= delta_low under the tracker)."""
-    return getattr(loss.hyper, DELTA_FIELDS[loss.name][-1])
+    """The boundary ``loss`` runs at, the last of its spec's ``boundary``: DRPO's delta, or Binary-TV's delta_high
+    (= delta_low under the tracker)."""
+    return getattr(loss.hyper, loss.spec.boundary[-1])

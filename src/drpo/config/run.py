@@ -85,6 +85,13 @@ class RunConfig(Section):
         return list(dict.fromkeys(value))
 
     @pydantic.model_validator(mode="after")
+    def _known_loss(self):
+        # here, not in LossConfig: pydantic runs a model's after-validators only once all its keys validated, so a
+        # bad key elsewhere is reported without importing torch (drpo.losses does); the first of the cross-checks
+        self.loss.build()  # raises ValueError naming the loss, the bad key and the allowed ones
+        return self
+
+    @pydantic.model_validator(mode="after")
     def _chat_phrasing_needs_a_pretrained_model(self):
         if self.task.phrasing == "chat" and not self.model.pretrained:
             raise ValueError("task.phrasing=chat asks questions in words, which the built-in character-level model "
@@ -117,16 +124,17 @@ class RunConfig(Section):
 
     @pydantic.model_validator(mode="after")
     def _adaptive_delta_needs_a_boundary_and_pi_old(self):
-        from drpo.adaptive import DELTA_FIELDS
+        from drpo.adaptive import adaptive_losses, max_boundary
 
         if not self.adaptive_delta.enabled:
             return self
         loss = self.loss.build()
-        if loss.name not in DELTA_FIELDS:
-            raise ValueError(f"adaptive_delta sets the boundary of {', '.join(DELTA_FIELDS)}; loss={self.loss.name} "
-                             "has none: choose one of them or set adaptive_delta.enabled=false")
-        if loss.name == "dppo_binary_tv" and self.adaptive_delta.max_delta > 1:
-            raise ValueError("adaptive_delta.max_delta must be <= 1 for dppo_binary_tv (a probability shift)")
+        if not loss.spec.boundary:  # the losses declare their boundary (drpo.losses.registry)
+            raise ValueError(f"adaptive_delta sets the boundary of {', '.join(adaptive_losses())}; "
+                             f"loss={self.loss.name} has none: choose one of them or set adaptive_delta.enabled=false")
+        if (limit := max_boundary(loss.spec)) is not None and self.adaptive_delta.max_delta > limit:
+            raise ValueError(f"adaptive_delta.max_delta must be <= {limit:g} for {loss.name} (its "
+                             f"{' and '.join(loss.spec.boundary)} accept at most {limit:g})")
         if not self.recompute_old_log_prob and loss.hyper.anchor != "recompute":
             raise ValueError("adaptive_delta measures |pi_old - mu|: set recompute_old_log_prob=true")
         return self

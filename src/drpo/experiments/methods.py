@@ -14,30 +14,34 @@ trainer setting the method carries (:data:`TRAINER_SECTIONS`), validated with th
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from drpo.losses.quadratic import DRPO_DELTA
+from drpo.losses.registry import lab_methods
 
-# label -> (loss registry name or preset, hyper-parameters). Edit freely: the order is the report's order.
-METHODS: dict[str, tuple[str, dict]] = {
-    "pg_is": ("pg_is", {}),  # no trust region
-    "cispo": ("cispo", {}),  # clipped stop-gradient IS weight, never drops a token
-    "ppo_clip_higher": ("ppo_clip", {"eps_low": 0.2, "eps_high": 0.28}),  # DAPO clip-higher
-    # clip-higher on pi/pi_old, nothing for mu (this label was "minirl" in sweeps published before MiniRL was corrected)
-    "ppo_clip_recompute": ("ppo_clip_recompute", {}),
-    # what verl and TRL users run against mismatch: decoupled PPO with a rollout correction pi_old/mu
-    "ppo_tis": ("ppo_tis", {}),  # token TIS at 2 (verl decoupled_token_is)
-    "ppo_mis": ("ppo_mis", {}),  # IcePop's two-sided token mask [0.5, 5] (verl decoupled_token_icepop)
-    "ppo_seq_tis": ("ppo_seq_tis", {}),  # sequence product truncated at 2 (verl decoupled_seq_is)
-    "ppo_seq_mis": ("ppo_seq_mis", {}),  # sequences whose product leaves [0.5, 2] rejected (decoupled_seq_is_rs)
-    "minirl": ("minirl", {}),  # MiniRL as published: clip-higher on pi/pi_old times pi_old/mu
-    "gspo": ("gspo", {}),  # sequence ratio clipped at 1 -3e-4/+4e-4, anchored on pi_old
-    "spo": ("spo", {}),
-    "dppo_binary_tv": ("dppo_binary_tv", {}),
-    "dppo_binary_kl": ("dppo_binary_kl", {}),
-    "drpo": ("drpo", {"delta": DRPO_DELTA}),  # the loss's default: best in the delta sweep (docs/results/delta)
-    "drpo_reference": ("drpo", {"delta": 12.5}),  # the public reference's value: a very weak regularizer
-}
+
+class _LabMethods(Mapping):
+    """label -> (loss registry name or preset, hyper-parameters): the lab's default methods, in the report's order.
+
+    Each loss declares its own entries where it is registered (``methods=`` of drpo.losses.register_loss, e.g.
+    ``drpo`` at the recommended delta and ``drpo_reference`` at the public reference's 12.5 in
+    drpo.losses.quadratic); this view reads them from the registry at each use, so a loss registered later
+    (a plugin's, a test's) is in the list."""
+
+    def __getitem__(self, label: str) -> tuple[str, dict]:
+        return lab_methods()[label]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(lab_methods())
+
+    def __len__(self) -> int:
+        return len(lab_methods())
+
+    def __repr__(self) -> str:
+        return f"METHODS({lab_methods()!r})"
+
+
+METHODS: Mapping[str, tuple[str, dict]] = _LabMethods()
 
 # The trainer settings a method may carry besides its loss: those that set the loss's boundary while it trains.
 # Everything else about a run (model, rollouts, optimizer, evaluation) is the condition's and the sweep's, the same

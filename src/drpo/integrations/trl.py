@@ -28,9 +28,11 @@ its clip bounds) depends on the anchor:
   vLLM ``vllm_importance_sampling_correction`` must stay True, and a rollout that reports mu without
   that weight (a rollout_func without vLLM) is refused.
 
-Mapped to TRL's own options, not run by DRPOTrainer (``TRL_EQUIVALENTS``): ``decoupled_ppo`` and its
-presets (ppo_tis, ppo_mis, ppo_seq_tis, ppo_seq_mis, ppo_geo_mis, minirl), whose pi_old / mu weight is
-TRL's ``vllm_importance_sampling_mode``, and ``gspo`` (``importance_sampling_level="sequence"``).
+Mapped to TRL's own options, not run by DRPOTrainer (each loss says so in its spec, ``trl=ConfigMap(refused=...)``
+at its ``register_loss``, drpo.losses.registry): ``decoupled_ppo`` and its presets (ppo_tis, ppo_mis,
+ppo_seq_tis, ppo_seq_mis, ppo_geo_mis, minirl), whose pi_old / mu weight is TRL's
+``vllm_importance_sampling_mode``, and ``gspo`` (``importance_sampling_level="sequence"``). Every other loss
+registered, a later one included, runs.
 
 Not supported (rejected by DRPOConfig): the Top-K DPPO variants (TRL keeps only the sampled token's
 log-prob from vLLM and does not hand the loss its logits), ``importance_sampling_level="sequence"``
@@ -78,7 +80,7 @@ import torch
 import trl
 from trl import GRPOConfig, GRPOTrainer
 
-from drpo.losses import METRIC_KEYS, PRESETS, LossOutput, get_loss, resolved, warn_if_cannot_bind
+from drpo.losses import LOSSES, METRIC_KEYS, PRESETS, LossOutput, get_loss, resolved, warn_if_cannot_bind
 from drpo.mismatch.dump import CallDump
 
 logger = logging.getLogger(__name__)
@@ -125,15 +127,14 @@ def _changed(config: GRPOConfig, names: tuple[str, ...]) -> list[str]:
     return [f"{name}={getattr(config, name)!r}" for name in names if getattr(config, name) != defaults[name]]
 
 
-# Losses TRL already has: decoupled PPO's pi_old / mu correction is TRL's vLLM importance-sampling weight
-# and GSPO is GRPOTrainer's sequence-level ratio. Ours beside TRL's would apply the correction twice.
-TRL_EQUIVALENTS: dict[str, str] = {
-    "decoupled_ppo": "decoupled PPO's IS weight pi_old / mu is TRL's vLLM correction: use drpo_loss="
-    "'ppo_clip_recompute' (or ppo_clip with anchor='recompute') and set vllm_importance_sampling_mode "
-    "(token_truncate = ppo_tis, token_mask = ppo_mis, sequence_truncate = ppo_seq_tis, sequence_mask = "
-    "ppo_seq_mis) with vllm_importance_sampling_clip_min / clip_max (the presets' is_low / is_high), or GRPOTrainer",
-    "gspo": "TRL has GSPO: GRPOTrainer with importance_sampling_level='sequence', epsilon=3e-4, epsilon_high=4e-4",
-}
+def clipping_equivalents() -> str:
+    """Which drpo_loss and drpo_loss_kwargs are TRL's own clipping fields (e.g. TRL's epsilon / epsilon_high / delta
+    are drpo_loss='ppo_clip' with its eps_low / eps_high / dual_clip): the losses whose specs map their
+    hyper-parameters to TRL's config fields (``trl=ConfigMap({...})``)."""
+    return "; ".join(
+        f"TRL's {' / '.join(spec.trl.fields.values())} are drpo_loss='{spec.name}' with drpo_loss_kwargs="
+        f"{{{', '.join(f'{key!r}: ...' for key in spec.trl.fields)}}}"
+        for spec in LOSSES.values() if spec.trl.fields and spec.trl.refused is None)
 
 
 @dataclass
@@ -166,8 +167,8 @@ class DRPOConfig(GRPOConfig):
                    **dict.fromkeys(self.drpo_loss_kwargs, "drpo_loss_kwargs")}
         logger.info("drpo: DRPOTrainer runs %s", resolved(loss, sources))
         warn_if_cannot_bind(loss)
-        if loss.name in TRL_EQUIVALENTS:
-            raise ValueError(f"drpo_loss='{self.drpo_loss}': {TRL_EQUIVALENTS[loss.name]}")
+        if loss.spec.trl.refused is not None:  # TRL's own version of it (the loss's spec)
+            raise ValueError(f"drpo_loss='{self.drpo_loss}': {loss.spec.trl.refused}")
         if loss.spec.needs_topk:
             raise ValueError(f"drpo_loss='{self.drpo_loss}' needs the rollout's top-k log-probs and the current "
                              "logits, which TRL does not provide; use dppo_binary_tv or dppo_binary_kl")
@@ -184,8 +185,7 @@ class DRPOConfig(GRPOConfig):
             raise ValueError(
                 f"DRPOTrainer does not use TRL's clipping ({', '.join(changed)}): the trust region is drpo_loss's, "
                 f"set in drpo_loss_kwargs ('{self.drpo_loss}' takes {', '.join(type(loss.hyper).model_fields)}). "
-                "TRL's epsilon / epsilon_high / delta are drpo_loss='ppo_clip' with drpo_loss_kwargs="
-                "{'eps_low': ..., 'eps_high': ..., 'dual_clip': ...}")
+                f"{clipping_equivalents()}")
         anchor = getattr(loss.hyper, "anchor", "rollout")
         if self.use_vllm and anchor == "rollout" and (changed := _changed(self, VLLM_IS_SHAPE)):
             raise ValueError(

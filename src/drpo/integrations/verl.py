@@ -2,8 +2,10 @@
 
 ``pip install drpo[verl]`` declares the entry point ``[project.entry-points."verl.plugins"]
 drpo = "drpo.integrations.verl"``; ``import verl`` loads every ``verl.plugins`` entry point, and
-importing this module registers the names of ``VERL_HYPER_FIELDS`` into verl's policy-loss registry.
-After that ``actor_rollout_ref.actor.policy_loss.loss_mode=drpo`` works like any built-in loss.
+importing this module registers into verl's policy-loss registry every loss whose spec maps it to verl's
+actor config (``verl=ConfigMap({...})`` at its ``register_loss``, drpo.losses.registry; gathered in
+``VERL_HYPER_FIELDS``). After that ``actor_rollout_ref.actor.policy_loss.loss_mode=drpo`` works like any
+built-in loss; a loss registered later is offered by calling :func:`register` again.
 
 Each registered function has verl's signature and reduction: it computes ``drpo.losses`` on the
 tensors verl passes, multiplies by ``rollout_is_weights`` when verl passes them (as verl's own
@@ -21,9 +23,10 @@ hyper-parameter came from, and warns for each field still at verl's own default,
 and the override that sets it (``hyper_from_config``), and when the trust region cannot bind
 (drpo.losses.checks).
 
-Not registered: the Top-K DPPO variants (verl's policy-loss call carries no logits and its rollout
+Not registered, each loss saying why in its spec (``verl=ConfigMap(refused=...)``, gathered in
+``NOT_REGISTERED``): the Top-K DPPO variants (verl's policy-loss call carries no logits and its rollout
 records no top-k log-probs, so they cannot work honestly), names verl already owns (``cispo``, ``gspo``),
-and ``decoupled_ppo`` with its presets, which is verl's own rollout correction (``NOT_REGISTERED``).
+and ``decoupled_ppo`` with its presets, which is verl's own rollout correction.
 
 TRL in the same environment breaks verl's engine (not our losses): see ``trl_conflict``, which this
 module reports as a warning whenever verl loads it.
@@ -43,41 +46,29 @@ from typing import Any
 import torch
 from verl.trainer.ppo import core_algos
 
-from drpo.losses import LOSSES, cannot_bind, get_loss, resolved
+from drpo.losses import LOSSES, LossSpec, cannot_bind, get_loss, resolved
 from drpo.mismatch.dump import env_dump
 
 logger = logging.getLogger(__name__)
 
-# Our loss name -> {our hyper-parameter: the verl ActorConfig field that carries it}.
-# verl's config schema is closed (unknown keys are rejected), so the hyper-parameters ride on its
-# existing trust-region fields, with the meaning verl's own dppo_tv / dppo_kl give them:
-# clip_ratio* hold the trust-region width (a probability shift for the TV losses, a KL for
-# Binary-KL) and clip_ratio_c holds the importance-ratio truncation C.
-VERL_HYPER_FIELDS: dict[str, dict[str, str]] = {
-    "drpo": {"delta": "clip_ratio"},
-    "spo": {"eps": "clip_ratio"},
-    "dppo_binary_tv": {"delta_low": "clip_ratio_low", "delta_high": "clip_ratio_high", "trunc": "clip_ratio_c"},
-    "dppo_binary_kl": {"delta": "clip_ratio", "trunc": "clip_ratio_c"},
-}
+# Our loss name -> {our hyper-parameter: the verl ActorConfig field that carries it}, and loss name -> why it is not
+# registered: both declared by the losses (their specs' ``verl``), gathered here by ``register``. verl's config
+# schema is closed (unknown keys are rejected), so the hyper-parameters ride on its existing trust-region fields,
+# with the meaning verl's own dppo_tv / dppo_kl give them: clip_ratio* hold the trust-region width (a probability
+# shift for the TV losses, a KL for Binary-KL) and clip_ratio_c holds the importance-ratio truncation C.
+VERL_HYPER_FIELDS: dict[str, dict[str, str]] = {}
+NOT_REGISTERED: dict[str, str] = {}
 
-NOT_REGISTERED: dict[str, str] = {
-    "dppo_topk_tv": "needs the rollout's top-k log-probs and the current logits; verl's policy-loss call passes "
-    "neither (its vLLM/SGLang rollout records only the sampled token's log-prob)",
-    "dppo_topk_kl": "same as dppo_topk_tv",
-    "cispo": "verl ships its own 'cispo'; we do not shadow it",
-    # verl's rollout correction is decoupled PPO: loss_mode=vanilla with the IS weight pi_old/mu that
-    # algorithm.rollout_correction computes (the README maps each preset to its options)
-    "decoupled_ppo": "verl's own rollout correction: loss_mode=vanilla with algorithm.rollout_correction.rollout_is "
-    "(token | sequence), rollout_is_threshold (C, or 'low_high' for a mask) and rollout_rs (rejection)",
-    "gspo": "verl ships its own 'gspo' (loss_mode=gspo, clip_ratio_low=3e-4, clip_ratio_high=4e-4)",
-}
+
+def _offered(spec: LossSpec) -> bool:
+    return spec.verl is not None and spec.verl.refused is None
 
 
 def hyper_from_config(name: str, config: Any) -> dict[str, Any]:
     """Read our hyper-parameters for loss ``name`` from a verl ActorConfig (or DictConfig); the first time a
     setting is read, log it with the verl field of each value and warn about verl defaults (:func:`check_hyper`)."""
     hyper = {}
-    for ours, field in VERL_HYPER_FIELDS[name].items():
+    for ours, field in LOSSES[name].verl.fields.items():
         value = config.get(field, None)
         if value is None:
             raise ValueError(f"verl loss_mode '{name}': {ours} comes from actor config field '{field}', which is "
@@ -96,14 +87,18 @@ def hyper_from_config(name: str, config: Any) -> dict[str, Any]:
 _ANNOUNCED: set[tuple] = set()
 
 
-@functools.cache
 def verl_defaults() -> dict[str, Any]:
     """verl's own ActorConfig defaults of the fields our hyper-parameters ride on (PPO's values, not ours)."""
-    from verl.workers.config import ActorConfig
-
-    defaults = {f.name: f.default for f in dataclasses.fields(ActorConfig)}
+    defaults = _actor_defaults()
     return {field: defaults[field] for spec in VERL_HYPER_FIELDS.values() for field in spec.values()
             if field in defaults}
+
+
+@functools.cache
+def _actor_defaults() -> dict[str, Any]:
+    from verl.workers.config import ActorConfig
+
+    return {f.name: f.default for f in dataclasses.fields(ActorConfig)}
 
 
 def check_hyper(name: str, hyper: dict[str, Any]) -> tuple[str, list[str]]:
@@ -111,12 +106,12 @@ def check_hyper(name: str, hyper: dict[str, Any]) -> tuple[str, list[str]]:
     verl's own default where ours differs, naming our recommended value and the override that sets it, and
     one when the trust region cannot bind."""
     loss = get_loss(name, **hyper)
-    fields = VERL_HYPER_FIELDS[name]
+    fields = LOSSES[name].verl.fields
     ours = LOSSES[name].hyper.model_fields
     found = []
     for key, field in fields.items():
         recommended = ours[key].default
-        if hyper[key] == verl_defaults().get(field) and hyper[key] != recommended:
+        if hyper[key] == _actor_defaults().get(field) and hyper[key] != recommended:
             found.append(f"loss_mode '{name}': {key}={hyper[key]} is verl's own default for actor.{field} (PPO's "
                          f"setting), not drpo's: the recommended {key} is {recommended}, set "
                          f"actor_rollout_ref.actor.{field}={recommended}")
@@ -185,10 +180,22 @@ def make_policy_loss(name: str):
 
 
 def register() -> list[str]:
-    """Register our losses into verl's policy-loss registry; returns the names now registered as ours.
+    """Register our losses into verl's policy-loss registry, as their specs map them (``verl=``); returns the names
+    now registered as ours, and refreshes ``VERL_HYPER_FIELDS`` and ``NOT_REGISTERED``.
 
-    A name verl (or another plugin) already owns is left alone, with a warning.
+    A name verl (or another plugin) already owns is left alone, with a warning. Called again, it registers the losses
+    registered since and drops ours whose loss is gone (unregistered, or no longer offered to verl).
     """
+    offered = sorted((spec for spec in LOSSES.values() if _offered(spec)), key=lambda spec: spec.verl.order)
+    VERL_HYPER_FIELDS.clear()
+    VERL_HYPER_FIELDS.update({spec.name: dict(spec.verl.fields) for spec in offered})
+    NOT_REGISTERED.clear()
+    NOT_REGISTERED.update({name: spec.verl.refused for name, spec in LOSSES.items()
+                           if spec.verl is not None and spec.verl.refused is not None})
+    for name, existing in list(core_algos.POLICY_LOSS_REGISTRY.items()):
+        if getattr(existing, "_drpo_loss_name", None) == name and name not in VERL_HYPER_FIELDS:
+            del core_algos.POLICY_LOSS_REGISTRY[name]
+    _bound_loss.cache_clear()  # a name may now be another loss
     registered = []
     for name in VERL_HYPER_FIELDS:
         existing = core_algos.POLICY_LOSS_REGISTRY.get(name)

@@ -23,7 +23,7 @@ import torch
 
 from drpo.losses.inputs import LOG_RATIO_CLAMP, LossInputs
 from drpo.losses.ratio import PpoClipHyper, ppo_clip
-from drpo.losses.registry import Hyper, register_loss
+from drpo.losses.registry import ConfigMap, Hyper, LabMethod, Preset, register_loss
 
 
 class DecoupledPpoHyper(PpoClipHyper):
@@ -58,8 +58,48 @@ def rollout_weight(x: LossInputs, level: str) -> torch.Tensor:
     return log_rho.clamp_(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp_()
 
 
-@register_loss("decoupled_ppo", DecoupledPpoHyper,
-               "decoupled PPO: clip on pi/pi_old times a truncated or masked IS weight pi_old/mu (token/sequence)")
+@register_loss(
+    "decoupled_ppo", DecoupledPpoHyper,
+    "decoupled PPO: clip on pi/pi_old times a truncated or masked IS weight pi_old/mu (token/sequence)",
+    # verl's rollout correction is decoupled PPO: loss_mode=vanilla with the IS weight pi_old/mu that
+    # algorithm.rollout_correction computes (drpo/integrations/README.md maps each preset to its options)
+    verl=ConfigMap(refused="verl's own rollout correction: loss_mode=vanilla with algorithm.rollout_correction."
+                   "rollout_is (token | sequence), rollout_is_threshold (C, or 'low_high' for a mask) and rollout_rs "
+                   "(rejection)"),
+    # TRL's too: its vLLM importance-sampling weight; ours beside TRL's would apply the correction twice
+    trl=ConfigMap(refused="decoupled PPO's IS weight pi_old / mu is TRL's vLLM correction: use drpo_loss="
+                  "'ppo_clip_recompute' (or ppo_clip with anchor='recompute') and set vllm_importance_sampling_mode "
+                  "(token_truncate = ppo_tis, token_mask = ppo_mis, sequence_truncate = ppo_seq_tis, sequence_mask = "
+                  "ppo_seq_mis) with vllm_importance_sampling_clip_min / clip_max (the presets' is_low / is_high), or "
+                  "GRPOTrainer"),
+    presets=(
+        # the thresholds as the sources ship them: verl RolloutCorrectionConfig.decoupled_token_is(threshold=2.0);
+        # TRL token_truncate
+        Preset("ppo_tis", {"level": "token", "mode": "truncate", "is_high": 2.0}, order=40),
+        # IcePop's two-sided token mask, verl decoupled_token_icepop(threshold=5.0, threshold_lower=0.5)
+        Preset("ppo_mis", {"level": "token", "mode": "mask", "is_low": 0.5, "is_high": 5.0}, order=50),
+        # verl decoupled_seq_is(threshold=2.0): the product of pi_old/mu over the response, truncated
+        Preset("ppo_seq_tis", {"level": "sequence", "mode": "truncate", "is_high": 2.0}, order=60),
+        # verl decoupled_seq_is_rs(rs_threshold="0.5_2.0"): sequences whose product leaves [0.5, 2] are rejected
+        Preset("ppo_seq_mis", {"level": "sequence", "mode": "mask", "is_low": 0.5, "is_high": 2.0}, order=70),
+        # verl decoupled_geo_rs(rs_threshold="0.999_1.001"): rejection by the geometric mean (no IS weight in
+        # verl's preset; here the kept sequences keep their weight, within 0.1% of 1)
+        Preset("ppo_geo_mis", {"level": "geometric", "mode": "mask", "is_low": 0.999, "is_high": 1.001}, order=80),
+        # MiniRL (Zheng et al. 2025, "Stabilizing Reinforcement Learning with LLMs: Formulation and Practices"):
+        # J = M_t * sg(pi/mu) * A * log pi, M_t the clip-higher mask on pi/pi_old; sg(pi/mu) = r * pi_old/mu,
+        # i.e. decoupled PPO with the token IS weight pi_old/mu, which the formulation does not truncate
+        Preset("minirl", {"eps_low": 0.2, "eps_high": 0.28, "level": "token", "mode": "truncate", "is_high": None},
+               order=90),
+    ),
+    # what verl and TRL users run against mismatch: decoupled PPO with a rollout correction pi_old/mu
+    methods=(
+        LabMethod("ppo_tis", loss="ppo_tis", order=50),  # token TIS at 2 (verl decoupled_token_is)
+        LabMethod("ppo_mis", loss="ppo_mis", order=60),  # IcePop's two-sided token mask [0.5, 5] (decoupled_token_icepop)
+        LabMethod("ppo_seq_tis", loss="ppo_seq_tis", order=70),  # sequence product truncated at 2 (decoupled_seq_is)
+        LabMethod("ppo_seq_mis", loss="ppo_seq_mis", order=80),  # product outside [0.5, 2] rejected (decoupled_seq_is_rs)
+        LabMethod("minirl", loss="minirl", order=90),  # MiniRL as published: clip-higher on pi/pi_old times pi_old/mu
+    ),
+)
 def decoupled_ppo(x: LossInputs, h: DecoupledPpoHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy optimization": the clip on pi_old,
     the behavior policy in an importance weight) with a rollout correction of that weight.
@@ -92,7 +132,13 @@ class GspoHyper(Hyper):
     eps_high: float = pydantic.Field(4e-4, gt=0.0, description="upper clip of the sequence ratio (paper: 4e-4)")
 
 
-@register_loss("gspo", GspoHyper, "GSPO: PPO clip on the length-normalised sequence ratio (pi/anchor)^(1/|y|)")
+@register_loss(
+    "gspo", GspoHyper, "GSPO: PPO clip on the length-normalised sequence ratio (pi/anchor)^(1/|y|)",
+    verl=ConfigMap(refused="verl ships its own 'gspo' (loss_mode=gspo, clip_ratio_low=3e-4, clip_ratio_high=4e-4)"),
+    trl=ConfigMap(refused="TRL has GSPO: GRPOTrainer with importance_sampling_level='sequence', epsilon=3e-4, "
+                  "epsilon_high=4e-4"),
+    methods=(LabMethod("gspo", order=100),),  # sequence ratio clipped at 1 -3e-4/+4e-4, anchored on pi_old
+)
 def gspo(x: LossInputs, h: GspoHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", Eqs. 5-7): PPO's clip on the sequence's
     length-normalised ratio s_i = exp(mean_t log(pi_t / anchor_t)), one value per response.

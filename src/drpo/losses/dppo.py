@@ -22,7 +22,7 @@ import pydantic
 import torch
 
 from drpo.losses.inputs import LossInputs
-from drpo.losses.registry import Hyper, register_loss
+from drpo.losses.registry import ConfigMap, Hyper, LabMethod, register_loss
 
 
 class DppoHyper(Hyper):
@@ -51,7 +51,15 @@ class BinaryTvHyper(DppoHyper):
     delta_high: float = pydantic.Field(0.15, gt=0.0, le=1.0, description="drop A>0 tokens with pi - mu > delta_high")
 
 
-@register_loss("dppo_binary_tv", BinaryTvHyper, "DPPO Binary-TV: drop tokens whose abs(pi-mu) crossed delta the harmful way")
+# verl's config schema is closed, so the Binary losses' hyper-parameters ride on its trust-region fields with the
+# meaning verl's own dppo_tv / dppo_kl give them: clip_ratio* hold the width (a probability shift for TV, a KL for
+# Binary-KL) and clip_ratio_c the importance-ratio truncation C
+@register_loss(
+    "dppo_binary_tv", BinaryTvHyper, "DPPO Binary-TV: drop tokens whose abs(pi-mu) crossed delta the harmful way",
+    boundary=("delta_low", "delta_high"),
+    verl=ConfigMap({"delta_low": "clip_ratio_low", "delta_high": "clip_ratio_high", "trunc": "clip_ratio_c"}, order=30),
+    methods=(LabMethod("dppo_binary_tv", order=120),),
+)
 def dppo_binary_tv(x: LossInputs, h: BinaryTvHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """DPPO Binary-TV (docs/method.md, Eq. 6): a bound on the probability shift pi - mu.
 
@@ -69,7 +77,9 @@ class BinaryKlHyper(DppoHyper):
     delta: float = pydantic.Field(0.05, gt=0.0, description="drop tokens with binary KL(mu || pi) > delta, harmful way")
 
 
-@register_loss("dppo_binary_kl", BinaryKlHyper, "DPPO Binary-KL: drop tokens whose Bernoulli KL(mu||pi) crossed delta")
+@register_loss("dppo_binary_kl", BinaryKlHyper, "DPPO Binary-KL: drop tokens whose Bernoulli KL(mu||pi) crossed delta",
+               verl=ConfigMap({"delta": "clip_ratio", "trunc": "clip_ratio_c"}, order=40),
+               methods=(LabMethod("dppo_binary_kl", order=130),))
 def dppo_binary_kl(x: LossInputs, h: BinaryKlHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """DPPO Binary-KL (docs/method.md, Eq. 7): a bound on the KL between Bernoulli(mu_t) and Bernoulli(pi_t).
 
@@ -159,7 +169,9 @@ def _kl_terms(mu: torch.Tensor, log_mu: torch.Tensor, log_pi: torch.Tensor) -> t
 
 
 @register_loss("dppo_topk_tv", TopkTvHyper, "DPPO Top-K TV: mask by TV over mu's top-k tokens plus a rest bucket",
-               needs_topk=True)
+               needs_topk=True, verl=ConfigMap(refused=(
+                   "needs the rollout's top-k log-probs and the current logits; verl's policy-loss call passes "
+                   "neither (its vLLM/SGLang rollout records only the sampled token's log-prob)")))
 def dppo_topk_tv(x: LossInputs, h: TopkTvHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """DPPO Top-K TV (docs/method.md, Eq. 8): a bound on the total variation over mu's top-k tokens.
 
@@ -173,7 +185,7 @@ def dppo_topk_tv(x: LossInputs, h: TopkTvHyper) -> tuple[torch.Tensor, torch.Ten
 
 
 @register_loss("dppo_topk_kl", TopkKlHyper, "DPPO Top-K KL: mask by KL(mu||pi) over mu's top-k plus a rest bucket",
-               needs_topk=True)
+               needs_topk=True, verl=ConfigMap(refused="same as dppo_topk_tv"))
 def dppo_topk_kl(x: LossInputs, h: TopkKlHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """DPPO Top-K KL (docs/method.md, Eq. 8): a bound on KL(mu || pi) over mu's top-k tokens.
 

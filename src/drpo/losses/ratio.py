@@ -11,14 +11,15 @@ import pydantic
 import torch
 
 from drpo.losses.inputs import LossInputs
-from drpo.losses.registry import Hyper, register_loss
+from drpo.losses.registry import ConfigMap, Hyper, LabMethod, Preset, register_loss
 
 
 class PgIsHyper(Hyper):
     trunc: float | None = pydantic.Field(None, gt=1.0, description="truncate the IS ratio at C (None: no truncation)")
 
 
-@register_loss("pg_is", PgIsHyper, "importance-sampled policy gradient, no trust region (optional ratio truncation)")
+@register_loss("pg_is", PgIsHyper, "importance-sampled policy gradient, no trust region (optional ratio truncation)",
+               methods=(LabMethod("pg_is", order=10),))  # no trust region
 def pg_is(x: LossInputs, h: PgIsHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """Importance-sampled policy gradient, no trust region (docs/method.md, Eq. 2); with C, truncated
     importance sampling (TIS: Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
@@ -41,8 +42,24 @@ class PpoClipHyper(Hyper):
     dual_clip: float | None = pydantic.Field(None, gt=1.0, description="dual-clip c: for A<0 bound J below by c*A")
 
 
-@register_loss("ppo_clip", PpoClipHyper, "PPO/GRPO ratio clipping (clip-higher via eps_high, optional dual-clip)",
-               aliases=("grpo",))
+@register_loss(
+    "ppo_clip", PpoClipHyper, "PPO/GRPO ratio clipping (clip-higher via eps_high, optional dual-clip)",
+    aliases=("grpo",),
+    # GRPOTrainer's own loss, its widths in TRL's names (DRPOConfig refuses them and names these)
+    trl=ConfigMap({"eps_low": "epsilon", "eps_high": "epsilon_high", "dual_clip": "delta"}),
+    presets=(
+        Preset("ppo_clip_higher", {"eps_low": 0.2, "eps_high": 0.28}, order=20),  # DAPO clip-higher
+        # clip-higher anchored on pi_old with no correction for mu at all (what `minirl` meant before it followed
+        # the paper): staleness is clipped, the sampler's mismatch is ignored
+        Preset("ppo_clip_recompute", {"eps_low": 0.2, "eps_high": 0.28, "anchor": "recompute"}, order=30),
+    ),
+    methods=(
+        LabMethod("ppo_clip_higher", {"eps_low": 0.2, "eps_high": 0.28}, order=30),  # DAPO clip-higher
+        # clip-higher on pi/pi_old, nothing for mu (this label was "minirl" in sweeps published before MiniRL was
+        # corrected)
+        LabMethod("ppo_clip_recompute", loss="ppo_clip_recompute", order=40),
+    ),
+)
 def ppo_clip(x: LossInputs, h: PpoClipHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped objective (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", Eq. 7), as GRPO
     uses it (Shao et al. 2024, "DeepSeekMath"), with DAPO's clip-higher eps_high > eps_low (Yu et al. 2025) and
@@ -69,7 +86,9 @@ class CispoHyper(Hyper):
     eps_high: float = pydantic.Field(0.28, gt=0.0, description="IS weight <= 1 + eps_high")
 
 
-@register_loss("cispo", CispoHyper, "CISPO: clipped, stop-gradient IS weight on every token (never drops a token)")
+@register_loss("cispo", CispoHyper, "CISPO: clipped, stop-gradient IS weight on every token (never drops a token)",
+               verl=ConfigMap(refused="verl ships its own 'cispo'; we do not shadow it"),
+               methods=(LabMethod("cispo", order=20),))  # clipped stop-gradient IS weight, never drops a token
 def cispo(x: LossInputs, h: CispoHyper) -> tuple[torch.Tensor, torch.Tensor]:
     """CISPO (MiniMax 2025, "MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning Attention"): the
     importance weight is clipped and detached, so no token loses its gradient; docs/method.md, Eq. 4.

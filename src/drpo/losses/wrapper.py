@@ -51,8 +51,7 @@ import torch
 from drpo.losses.input_checks import check_inputs
 from drpo.losses.inputs import LossInputs
 from drpo.losses.metrics import loss_metrics
-from drpo.losses.presets import PRESETS
-from drpo.losses.registry import ALIASES, LOSSES, Hyper, LossSpec
+from drpo.losses.registry import ALIASES, LOSSES, PRESETS, Hyper, LossSpec
 from drpo.validation import format_validation_error
 
 
