@@ -185,6 +185,25 @@ def mismatch_table(sweep: str) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- docs/results/engines
+def engines_table(setting: str) -> str:
+    """Per rollout engine and mode (docs/results/engines/SETTING/mismatch.json): the engine mismatch per token and
+    per response, and what the trust regions do with those tokens."""
+    lines = ["| rollout | mean tokens | mean \\|Δp\\| | p99 \\|Δp\\| | max \\|Δp\\| | token k3 | mean \\|s\\| | p99 \\|s\\| | "
+             "sequence k3 | \\|s\\| > ln 2 | PPO clip 0.2 masks | Binary-TV 0.15 masks | DRPO 0.3: w < 0 |",
+             "|---|" + "---:|" * 12]
+    data = json.loads((ROOT / "docs" / "results" / "engines" / setting / "mismatch.json").read_text())
+    for source in data["sources"]:
+        pair, seq, trust = source["pairs"]["engine"], source["sequence"], source["trust"]
+        lines.append(
+            f"| {source['label']} | {source['tokens'] / source['sequences']:.1f} | {pair['abs_p_mean']:.3g} | "
+            f"{pair['abs_p_p99']:.3g} | {pair['abs_p_max']:.3g} | {pair['kl_k3']:.3g} | {seq['abs_s_mean']:.3g} | "
+            f"{seq['abs_s_p99']:.3g} | {seq['seq_k3']:.3g} | {100 * seq['abs_s_gt_ln2']:.1f}% | "
+            f"{100 * trust['masked/ppo_clip 0.2']:.2f}% | {100 * trust['masked/dppo_binary_tv 0.15']:.2f}% | "
+            f"{100 * trust['drpo/w_lt_0']:.2f}% |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- docs/results/adaptive
 ADAPTIVE_RULES = [(q, m) for q in (0.99, 0.999) for m in (0.5, 2)]  # the protocol's grid: quantile x multiple
 DESIGN, VALIDATION = ("stale_strong", "fp8"), ("stale", "fp8_stale")
@@ -214,6 +233,12 @@ def adaptive_selected() -> tuple[float, float]:
 @cache
 def _archived(sweep: str) -> dict[str, bytes]:
     return RunArchive(ROOT / "docs" / "results" / sweep).archived()
+
+
+@cache
+def _run_archive(sweep_dir: Path) -> RunArchive:
+    """One RunArchive per sweep, so that its archive is decompressed once (seconds each time), not per key."""
+    return RunArchive(sweep_dir)
 
 
 def delta_set(sweep: str, condition: str, label: str) -> float | None:
@@ -306,13 +331,15 @@ def smollm2_comparison_table() -> str:
 
 
 TABLES = {
-    "README.md": (readme_delta_table, readme_offpolicy_table),
+    "docs/losses.md": (readme_delta_table,),
+    "docs/stress_test.md": (readme_offpolicy_table,),
     "docs/results/README.md": (lambda: mismatch_table("delta"), lambda: mismatch_table("offpolicy"),
                                lambda: results_delta_table("late"), lambda: results_delta_table("final"),
                                lambda: results_offpolicy_table("late"), lambda: results_offpolicy_table("final"),
                                mechanism_table),
     "docs/results/adaptive/README.md": (adaptive_design_table, adaptive_validation_table),
     "docs/results/smollm2/README.md": (smollm2_comparison_table,),
+    "docs/results/engines/README.md": (lambda: engines_table("short"), lambda: engines_table("long")),
 }
 
 D = "conditions.{}.methods.{}."  # prefix of one method's entry in one condition
@@ -344,9 +371,9 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      "{:.0f} s of them in the warm-up", "default/summary.json",
      ("wall_time_s", "setup_time_s", "base_model.warmup_s"), (".0f", ".0f", ".0f")),
     ("README.md", "process took {:.0f} s in all", "default/summary.json", ("process_time_s",), (".0f",)),
-    ("README.md", "0.3 against 0.5 under strong staleness: {}", "delta/results.json",
+    ("docs/losses.md", "0.3 against 0.5 under strong staleness: {}", "delta/results.json",
      (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline",), ("diff",)),
-    ("README.md", "the 13 comparisons made against 0.5 in that condition (Holm, adjusted p {:.3f})", "delta/results.json",
+    ("docs/losses.md", "the 13 comparisons made against 0.5 in that condition (Holm, adjusted p {:.3f})", "delta/results.json",
      (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline.p_holm",), (".3f",)),
     ("docs/results/README.md", "(Holm) the separation does not hold (adjusted p {:.3f})", "delta/results.json",
      (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline.p_holm",), (".3f",)),
@@ -360,24 +387,24 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
                                 "count:late:worse:stale_strong"), ("d", "d", "d", "d")),
     ("docs/results/README.md", "final-evaluation table said 9 ({:d} of the {:d} survive Holm's correction",
      "offpolicy/results.json", ("count_holm:stale_strong", "count:late:worse:stale_strong"), ("d", "d")),
-    ("README.md", "level with it under fp8: {}", "delta/results.json",
+    ("docs/losses.md", "level with it under fp8: {}", "delta/results.json",
      (D.format("fp8", "drpo:delta=0.3") + "vs_baseline",), ("diff",)),
-    ("README.md", "PPO clip-higher has the highest late mean ({}, {} against DRPO)", "offpolicy/results.json",
+    ("docs/stress_test.md", "PPO clip-higher has the highest late mean ({}, {} against DRPO)", "offpolicy/results.json",
      (D.format("stale_strong", "ppo_clip_higher") + "late.mean", D.format("stale_strong", "ppo_clip_higher")
       + "vs_baseline"), (".3f", "diff")),
-    ("README.md", "DPPO-TV {}, DPPO-KL {}", "offpolicy/results.json",
+    ("docs/stress_test.md", "DPPO-TV {}, DPPO-KL {}", "offpolicy/results.json",
      (D.format("stale_strong", "dppo_binary_tv") + "vs_baseline", D.format("stale_strong", "dppo_binary_kl")
       + "vs_baseline"), ("diff", "diff")),
-    ("README.md", "pg_is ({} and {})", "offpolicy/results.json",
+    ("docs/stress_test.md", "pg_is ({} and {})", "offpolicy/results.json",
      (D.format("fp8", "pg_is") + "vs_baseline", D.format("moe_bf16", "pg_is") + "vs_baseline"), ("diff", "diff")),
-    ("README.md", "0.15 by {} under moderate staleness", "offpolicy/results.json",
+    ("docs/stress_test.md", "0.15 by {} under moderate staleness", "offpolicy/results.json",
      (D.format("stale", "drpo:delta=0.15") + "vs_baseline",), ("diff",)),
-    ("README.md", "pull part's gradient norm was {}x the policy gradient's under fp8 and {}x under strong staleness "
+    ("docs/stress_test.md", "pull part's gradient norm was {}x the policy gradient's under fp8 and {}x under strong staleness "
      "at delta 0.15, against {}x and {}x at 0.5", "delta/results.json",
      (D.format("fp8", "drpo:delta=0.15") + "pull_to_pg.mean", D.format("stale_strong", "drpo:delta=0.15")
       + "pull_to_pg.mean", D.format("fp8", "drpo") + "pull_to_pg.mean", D.format("stale_strong", "drpo")
       + "pull_to_pg.mean"), (".2f", ".2f", ".2f", ".2f")),
-    ("README.md", "changed late accuracy by {} (fp8) and {} (staleness)", "delta/results.json",
+    ("docs/stress_test.md", "changed late accuracy by {} (fp8) and {} (staleness)", "delta/results.json",
      ("clipped_vs_0.15:fp8", "clipped_vs_0.15:stale_strong"), ("diff", "diff")),
     ("docs/results/README.md", "DRPO at 0.3 against 0.5: {} under strong staleness and {} under fp8",
      "delta/results.json", (D.format("stale_strong", "drpo:delta=0.3") + "vs_baseline",
@@ -400,11 +427,11 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      "delta/results.json", ("conditions.stale_strong.sweep_best.1.vs_first",), ("-diff",)),
     ("docs/results/README.md", "seed 0: {:.3f} at step 40, {:.3f} at step 100", "offpolicy/runs/stale_strong/drpo/seed0",
      ("eval@40", "eval@100"), (".3f", ".3f")),
-    ("README.md", "fp8 rollouts (mean |pi - mu| {}, p99 {:.3f}, max {:.2f}) and strong staleness (8 updates per batch on "
+    ("docs/losses.md", "fp8 rollouts (mean |pi - mu| {}, p99 {:.3f}, max {:.2f}) and strong staleness (8 updates per batch on "
      "rollouts 4 steps old: mean {:.3f}, p99 {:.2f}, max {:.2f})", "delta/results.json",
      tuple(f"conditions.{c}.mismatch.{k}" for c in ("fp8", "stale_strong") for k in ("abs_mean", "p99", "max")),
      ("sci", ".3f", ".2f", ".3f", ".2f", ".2f")),
-    ("README.md", "start {:.3f};", "delta/results.json", (D.format("fp8", "drpo") + "start.mean",), (".3f",)),
+    ("docs/losses.md", "start {:.3f};", "delta/results.json", (D.format("fp8", "drpo") + "start.mean",), (".3f",)),
     ("docs/results/README.md", "(start {:.3f} ± {:.3f} for every method)", "delta/results.json",
      (D.format("fp8", "drpo") + "start.mean", D.format("fp8", "drpo") + "start.std"), (".3f", ".3f")),
     ("docs/results/README.md", "(start {:.3f} ± {:.3f} in the dense conditions, {:.3f} under moe_bf16", "offpolicy/results.json",
@@ -417,21 +444,21 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      ("count:late:worse:stale_strong", "count:final:worse:stale_strong"), ("d", "d")),
     ("docs/results/README.md", "DRPO at 0.5 has the highest late mean and is separably ahead of {:.0f} of 10",
      "offpolicy/results.json", ("count:late:worse:stale",), ("d",)),
-    *[("README.md", "| " + name + " | {:.3g} | {:.3g} | {:.3g} | {:.3g} | {:.2f}% | {:.2f}% | {:.2f}% | {:.3g} |",
+    *[("docs/mismatch.md", "| " + name + " | {:.3g} | {:.3g} | {:.3g} | {:.3g} | {:.2f}% | {:.2f}% | {:.2f}% | {:.3g} |",
         "mismatch/mismatch.json", tuple(f"sources.{i}.pairs.engine.{k}" for k in (
             "abs_p_mean", "abs_p_p99", "abs_p_p99.9", "abs_p_max", "abs_p_gt_0.05", "abs_p_gt_0.15",
             "ratio_outside_0.9_1.1", "kl_k3")), (".3g",) * 4 + ("%.2f",) * 3 + (".3g",))
       for i, name in enumerate(("bf16", "fp8 (W8A8)"))],
-    ("README.md", "under fp8, {:.1f}% of the sampled tokens have a ratio outside [0.9, 1.1]", "mismatch/mismatch.json",
+    ("docs/mismatch.md", "under fp8, {:.1f}% of the sampled tokens have a ratio outside [0.9, 1.1]", "mismatch/mismatch.json",
      ("sources.1.pairs.engine.ratio_outside_0.9_1.1",), ("%.1f",)),
-    ("README.md", "On this mismatch alone ppo_clip (0.2) masks {:.2f}% of the tokens; the divergence masks "
+    ("docs/mismatch.md", "On this mismatch alone ppo_clip (0.2) masks {:.2f}% of the tokens; the divergence masks "
      "(dppo_binary_tv 0.15, dppo_binary_kl 0.05) mask {:.2f}%", "mismatch/mismatch.json",
      ("sources.1.trust.masked/ppo_clip 0.2", "sources.1.trust.masked/dppo_binary_tv 0.15"), ("%.2f", "%.2f")),
-    ("README.md", "give mean |pi - mu| {:.2g} (bf16), {:.1g} (fp16), {:.2g} (fp8 W8A8) and {:.2g} (int8 W8A8), with "
+    ("docs/mismatch.md", "give mean |pi - mu| {:.2g} (bf16), {:.1g} (fp16), {:.2g} (fp8 W8A8) and {:.2g} (int8 W8A8), with "
      "{:.1f}% and {:.1f}% of the tokens past 0.15", "smollm2/mismatch/mismatch.json",
      tuple(f"sources.{i}.pairs.engine.abs_p_mean" for i in range(4)) + tuple(
          f"sources.{i}.pairs.engine.abs_p_gt_0.15" for i in (2, 3)), (".2g", ".1g", ".2g", ".2g", "%.1f", "%.1f")),
-    ("README.md", "DRPO's step-100 value ({:.3f}) was a high draw, after {:.3f} at step 80",
+    ("docs/stress_test.md", "DRPO's step-100 value ({:.3f}) was a high draw, after {:.3f} at step 80",
      "offpolicy/runs/stale_strong/drpo", ("seedmean@100", "seedmean@80"), (".3f", ".3f")),
     ("docs/results/README.md", "seed-mean {:.3f} at step 40, {:.3f} at step 80 (below the start, {:.3f}) and {:.3f} "
      "at step 100", "offpolicy/runs/stale_strong/drpo", ("seedmean@40", "seedmean@80", "seedmean@0", "seedmean@100"),
@@ -450,12 +477,12 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      "against {:.2f}", "smollm2/benchmark_malloc.json", ("default.step_cpu_s", "mmap_threshold_131072.step_cpu_s",
                                                          "default.peak_rss_gb", "mmap_threshold_131072.peak_rss_gb"),
      (".1f", ".1f", ".2f", ".2f")),
-    ("README.md", "The recipe at the recommended delta goes from {:.3f} to {:.3f} held-out greedy accuracy in 10 steps",
+    ("docs/training.md", "The recipe at the recommended delta goes from {:.3f} to {:.3f} held-out greedy accuracy in 10 steps",
      "smollm2/metrics.jsonl.gz", ("@0:eval/accuracy", "@10:eval/accuracy"), (".3f", ".3f")),
     *[(document, "late mean is the lowest of the five ({:.3f} against {:.3f} to {:.3f}", "smollm2/comparison/results.json",
        tuple(D.format("fp8_stale", m) + "late.mean" for m in ("drpo", "dppo_binary_tv", "ppo_tis")), (".3f",) * 3)
-      for document in ("README.md", "docs/results/smollm2/README.md")],
-    ("README.md", "DRPO at 0.15 is behind 0.3 by {} on its own interval but not after the correction (adjusted p "
+      for document in ("docs/training.md", "docs/results/smollm2/README.md")],
+    ("docs/training.md", "DRPO at 0.15 is behind 0.3 by {} on its own interval but not after the correction (adjusted p "
      "{:.3f})", "smollm2/comparison/results.json",
      tuple(D.format("fp8_stale", "drpo:delta=0.15") + k for k in ("vs_baseline", "vs_baseline.p_holm")), ("diff", ".3f")),
     ("docs/results/smollm2/README.md", "**DRPO at 0.15 against 0.3: {}** on its own interval (p {:.3f}), but Holm's "
@@ -512,11 +539,11 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      (".2f", ".2f", "%.1f")),
     ("docs/results/smollm2/README.md", "{:.2f}% had w < 0 (past the 0.3 boundary, pulled back), up to {:.1f}% in a step",
      "smollm2/metrics.jsonl.gz", ("mean:loss/corrective_frac", "max:loss/corrective_frac"), ("%.2f", "%.1f")),
-    ("README.md", "gain {:.1f} to {:.0f} points of greedy accuracy (the least: ppo_clip_higher's seed 0, {:.1f})",
+    ("docs/training.md", "gain {:.1f} to {:.0f} points of greedy accuracy (the least: ppo_clip_higher's seed 0, {:.1f})",
      "smollm2/compare/results.json", ("gain.*.min", "gain.*.max", "gain.ppo_clip_higher.min"), (".1f", ".0f", ".1f")),
     ("docs/results/smollm2/README.md", "Every method gains {:.1f} to {:.0f} points in 12 steps",
      "smollm2/compare/results.json", ("gain.*.min", "gain.*.max"), (".1f", ".0f")),
-    ("README.md", "the selected rule is not separable from fixed 0.3: {} under staleness and {} under fp8 with "
+    ("docs/losses.md", "the selected rule is not separable from fixed 0.3: {} under staleness and {} under fp8 with "
      "staleness", "adaptive/validation/results.json", ("adaptive:vs_0.3:stale", "adaptive:vs_0.3:fp8_stale"),
      ("diff", "diff")),
     ("docs/results/adaptive/README.md", "rule - fixed 0.3: {} under stale and {} under fp8_stale",
@@ -552,13 +579,13 @@ def value(file: str, key: str):
     path = ROOT / "docs" / "results" / file
     if key.startswith("seedmean@"):  # a method's directory of seed runs: the seed-mean eval accuracy at one step
         step = int(key[9:])
-        seeds = sorted({name.split("/")[3] for name in RunArchive(_sweep_dir(path)).archived()
+        seeds = sorted({name.split("/")[3] for name in _run_archive(_sweep_dir(path)).archived()
                         if name.startswith(f"{path.relative_to(_sweep_dir(path)).as_posix()}/seed")})
         values = [value(f"{file}/{seed}", f"eval@{step}") for seed in seeds]
         return sum(values) / len(values)
     if key.startswith("eval@"):  # a run directory (read from its sweep's archive): its eval accuracy at one step
         step = int(key[5:])
-        text = RunArchive(_sweep_dir(path)).files(path)["metrics.jsonl"]
+        text = _run_archive(_sweep_dir(path)).files(path)["metrics.jsonl"]
         records = [json.loads(line) for line in text.splitlines() if line.strip()]
         return next(r["eval/accuracy"] for r in records if r["step"] == step and "eval/accuracy" in r)
     if path.suffix == ".gz":  # a run's compressed metrics: the extreme of one key over its steps
@@ -616,6 +643,32 @@ def value(file: str, key: str):
 
 
 def render_claim(text: str, file: str, keys: tuple[str, ...], formats: tuple[str, ...]) -> str:
+    """The claim's sentence with its numbers from the results file (what `python tests/doc_claims.py` prints)."""
+    return re.sub(r"\{:[^}]*\}", "{}", text).format(*render_values(file, keys, formats))
+
+
+def paragraphs(document: str) -> list[str]:
+    """The document's paragraphs (blocks between blank lines), each with its whitespace collapsed."""
+    return [" ".join(block.split()) for block in re.split(r"\n\s*\n", document)]
+
+
+def claim_holds(document: str, file: str, keys: tuple[str, ...], formats: tuple[str, ...]) -> bool:
+    """Whether one paragraph of ``document`` quotes the claim's numbers, in order: the numbers are checked against
+    the results file, the words around them are the writer's (a reworded sentence keeps its test)."""
+    values = render_values(file, keys, formats)
+    for paragraph in paragraphs(document):
+        at = 0
+        for value in values:
+            at = paragraph.find(value, at)
+            if at < 0:
+                break
+            at += len(value)
+        else:
+            return True
+    return False
+
+
+def render_values(file: str, keys: tuple[str, ...], formats: tuple[str, ...]) -> list[str]:
     values = []
     for key, fmt in zip(keys, formats, strict=True):
         v = value(file, key)
@@ -629,7 +682,7 @@ def render_claim(text: str, file: str, keys: tuple[str, ...], formats: tuple[str
             values.append(diff({"mean": -v["mean"], "low": -v["high"], "high": -v["low"]}))
         else:
             values.append(format(v, fmt))
-    return re.sub(r"\{:[^}]*\}", "{}", text).format(*values)
+    return values
 
 
 if __name__ == "__main__":
