@@ -13,7 +13,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from drpo.experiments.archive import RunArchive
+from drpo.lab.archive import RunArchive
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEPT = (0.05, 0.1, 0.15, 0.3, 0.5, 1, 12.5)  # the delta sweep's values, in the table's order
@@ -280,8 +280,8 @@ def adaptive_design_table() -> str:
 def adaptive_validation() -> dict[str, dict]:
     """Per validation condition: the selected rule's entry, the fixed deltas', the best fixed delta (highest mean
     late accuracy, picked after looking) and the rule's paired differences to fixed 0.3 and to that best."""
-    from drpo.experiments.stats import paired_difference
-    from drpo.experiments.verdict import per_seed_values
+    from drpo.lab.stats import paired_difference
+    from drpo.lab.verdict import per_seed_values
 
     r = results("adaptive/validation")
     label = adaptive_label(*adaptive_selected())
@@ -595,7 +595,7 @@ def value(file: str, key: str):
         extreme, metric = key.split(":", 1)  # min, max, mean, median over the steps, or @STEP: at one step
         records = [r for r in map(json.loads, gzip.decompress(path.read_bytes()).decode().splitlines()) if metric in r]
         if extreme == "late":  # the primary outcome of a run: mean eval accuracy over its last 30% of steps
-            from drpo.experiments.outcomes import late_accuracy
+            from drpo.lab.outcomes import late_accuracy
 
             return late_accuracy([(r["step"], r[metric]) for r in records])
         if extreme.startswith("@"):
@@ -612,7 +612,7 @@ def value(file: str, key: str):
             return delta_set("adaptive/design", condition, adaptive_label(*adaptive_selected()))
         return adaptive_validation()[condition][what]
     if path.name == "runs.tar.xz":  # a sweep's own runs: how many, and their wall time summed, in minutes
-        from drpo.experiments.archive import read_archive
+        from drpo.lab.archive import read_archive
 
         summaries = [json.loads(data) for name, data in read_archive(path).items() if name.endswith("/summary.json")]
         return len(summaries) if key == "count" else sum(s["wall_time_s"] for s in summaries) / 60
@@ -633,8 +633,8 @@ def value(file: str, key: str):
         return sum(1 for m in methods if m["vs_baseline"] is not None and m["vs_baseline"]["verdict"] != "not separable"
                    and m["vs_baseline"]["p_holm"] < 0.05)
     if key.startswith("clipped_vs_0.15:"):  # drpo_clipped against DRPO at 0.15 in one condition, on late accuracy
-        from drpo.experiments.stats import paired_difference
-        from drpo.experiments.verdict import per_seed_values
+        from drpo.lab.stats import paired_difference
+        from drpo.lab.verdict import per_seed_values
 
         methods = data["conditions"][key.split(":", 1)[1]]["methods"]
         return paired_difference(per_seed_values(methods["drpo_clipped:delta=0.15"]),

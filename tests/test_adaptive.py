@@ -71,7 +71,6 @@ def test_switched_off_its_constants_change_nothing_a_run_does():
     assert set(config_changes(on, load_config(None, []))) == {"adaptive_delta.enabled", "adaptive_delta.multiple"}
 
 
-@pytest.mark.slow
 def test_trainer_logs_the_delta_it_sets(tmp_path, monkeypatch):
     """loss/delta every step: the loss's own at step 1, then 3 x the moving p99 of the steps before, which the
     trainer also logs (mismatch/abs_p_p99, the same linear-interpolation quantile)."""

@@ -1,4 +1,4 @@
-"""A sweep's runs archive (drpo.experiments.archive): every finished run's files byte for byte, bytes that
+"""A sweep's runs archive (drpo.lab.archive): every finished run's files byte for byte, bytes that
 depend only on the runs, runs a shared sweep holds stored once, and the reader's order of places."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import tarfile
 
-from drpo.experiments.archive import RunArchive, pack, read_archive
+from drpo.lab.archive import RunArchive, pack, read_archive
 
 
 def make_run(sweep, condition, method, seed, final=0.5, interrupted=False):

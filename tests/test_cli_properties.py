@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from drpo import trainer as trainer_module
 from drpo.cli import main
-from drpo.experiments import compare as compare_module
+from drpo.lab import compare as compare_module
 from drpo.mismatch import model as mismatch_model
 
 

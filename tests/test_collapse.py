@@ -1,11 +1,11 @@
-"""The collapse definition (drpo.experiments.collapse) on synthetic curves: each rule fires when it should
+"""The collapse definition (drpo.lab.collapse) on synthetic curves: each rule fires when it should
 and only then."""
 
 from __future__ import annotations
 
 import pytest
 
-from drpo.experiments.collapse import detect_collapse
+from drpo.lab.collapse import detect_collapse
 
 
 def evals(*points):

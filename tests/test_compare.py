@@ -17,26 +17,23 @@ import yaml
 
 from drpo.cli import main
 from drpo.config import load_config
-from drpo.experiments.archive import read_archive
-from drpo.experiments.collapse import detect_collapse
-from drpo.experiments.compare import run_sweep, split_cli_lists
-from drpo.experiments.conditions import CONDITIONS, SWEEP_OVERRIDES, get_conditions
-from drpo.experiments.methods import METHODS, parse_method, parse_methods
-from drpo.experiments.outcomes import accuracy_area, late_accuracy
-from drpo.experiments.report import TABLE_HEADER, parse_table
-from drpo.experiments.results import hyper_sweeps, summarize
-from drpo.experiments.runs import Run
+from drpo.lab.archive import read_archive
+from drpo.lab.collapse import detect_collapse
+from drpo.lab.compare import run_sweep, split_cli_lists
+from drpo.lab.conditions import CONDITIONS, SWEEP_OVERRIDES, get_conditions
+from drpo.lab.methods import METHODS, parse_method, parse_methods
+from drpo.lab.outcomes import accuracy_area, late_accuracy
+from drpo.lab.report import TABLE_HEADER, parse_table
+from drpo.lab.results import hyper_sweeps, summarize
+from drpo.lab.runs import Run
 from drpo.losses import DRPO_DELTA
 from drpo.metrics import TIMING_PREFIXES
 from drpo.trainer import Trainer
 
+# not configs.CHEAP: a sweep's own settings (4 steps, an evaluation every 2), every run of it starting from one
+# tiny base model warmed up for 40 steps (cached for the session)
 TINY = ["steps=4", "rollout.prompts=4", "rollout.group_size=4", "eval.every=2", "eval.prompts=16", "eval.samples=1",
         "warmup.steps=40", "warmup.target_accuracy=null", "model=tiny", "tensorboard=false"]
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DRPO_CACHE", str(tmp_path_factory.getbasetemp() / "drpo-cache"))
 
 
 # ----------------------------------------------------------------------------- methods and conditions
@@ -73,9 +70,9 @@ ADAPTIVE = "drpo:adaptive_delta.enabled=true,adaptive_delta.quantile=0.999,adapt
 def test_a_method_may_carry_adaptive_delta_settings(tmp_path):
     """They reach each job's config after the sweep's own, sweep.yaml and the report's method table; the method is
     no point of a delta sweep (its delta moves) and gets no weight curve; any other trainer key is refused."""
-    from drpo.experiments.figures import weight_figure_losses
-    from drpo.experiments.jobs import plan, write_grid
-    from drpo.experiments.report import render_markdown
+    from drpo.lab.figures import weight_figure_losses
+    from drpo.lab.jobs import plan, write_grid
+    from drpo.lab.report import render_markdown
 
     method = parse_method(ADAPTIVE)
     assert (method.label, method.loss, method.hyper) == (ADAPTIVE, "drpo", {"delta": DRPO_DELTA})
@@ -161,7 +158,7 @@ def test_cli_lists_give_key_value_items_back_to_the_overrides():
 def test_a_finished_run_made_before_a_config_field_existed_is_reused(tmp_path):
     """A sweep resumes across versions: a key missing from a run's config.yaml counts as its default, while a
     real difference (or a new field set away from its default) still refuses to reuse the run."""
-    from drpo.experiments.jobs import _action
+    from drpo.lab.jobs import _action
 
     config = load_config(None, [*TINY, "loss=drpo", f"out={tmp_path}"])
     saved = config.model_dump(mode="json")
@@ -177,19 +174,20 @@ def test_a_finished_run_made_before_a_config_field_existed_is_reused(tmp_path):
 
 def _report_threads(path: str) -> None:
     """A worker target: what a run would compute with (torch's threads, the OpenMP setting its children inherit)."""
-    from drpo.experiments.workers import _child_setup
+    from drpo.lab.workers import _child_setup
 
     _child_setup(None)
     Path(path).write_text(json.dumps({"torch": torch.get_num_threads(), "omp": os.environ["OMP_NUM_THREADS"],
                                       "mkl": os.environ["MKL_NUM_THREADS"]}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
 def test_each_worker_runs_the_threads_it_is_given(tmp_path, threads):
     """`drpo compare --workers 1 --threads 1` leaves the other cores free: the worker's torch and OpenMP threads."""
     from rich.console import Console
 
-    from drpo.experiments.workers import THREAD_ENV, run_processes
+    from drpo.lab.workers import THREAD_ENV, run_processes
 
     parent_env = {key: os.environ.get(key) for key in THREAD_ENV}
     probe = tmp_path / "threads.json"
@@ -365,7 +363,7 @@ def test_each_swept_loss_at_its_best_setting_is_paired_against_the_first():
     assert d["verdict"] == "better" and d["mean"] == pytest.approx(0.11)
     assert (d["low"], d["high"]) == pytest.approx((0.11 - 4.303 * 0.01 / 3 ** 0.5, 0.11 + 4.303 * 0.01 / 3 ** 0.5),
                                                    abs=1e-4)
-    from drpo.experiments.report import best_table
+    from drpo.lab.report import best_table
     rows = best_table(results, 95)  # 0.51 -+ 4.303 * 0.0954 / sqrt(3)
     assert "| c | drpo | delta=0.15 | 0.400 [0.152, 0.648] | reference |" in rows
     assert "| c | dppo_binary_tv | delta_low=delta_high=0.2 | 0.510 [0.273, 0.747] | +0.110 [+0.085, +0.135] better |" in rows
@@ -448,6 +446,7 @@ def sweep_copy(tiny_sweep, tmp_path):
     return Path(shutil.copytree(tiny_sweep, tmp_path / "sweep"))
 
 
+@pytest.mark.slow
 def test_a_sweep_writes_its_runs_report_and_archive(tiny_sweep):
     for name in ("report.md", "results.json", "sweep.yaml", "figures/fp32_curves.png", "figures/fp32_trust_region.png",
                  "figures/late_accuracy.png", "figures/weights.png", "runs.tar.xz"):
@@ -464,6 +463,7 @@ def test_a_sweep_writes_its_runs_report_and_archive(tiny_sweep):
     check_report(tiny_sweep, ["drpo", "pg_is"])
 
 
+@pytest.mark.slow
 def test_a_worker_run_is_the_run_drpo_train_makes(tiny_sweep, tmp_path):
     """Same base model, same numbers as `drpo train` with the same overrides."""
     threads = torch.get_num_threads()
@@ -481,6 +481,7 @@ def test_a_worker_run_is_the_run_drpo_train_makes(tiny_sweep, tmp_path):
         read_jsonl(tiny_sweep / "runs" / "fp32" / "drpo" / "seed0" / "metrics.jsonl"))
 
 
+@pytest.mark.slow
 def test_the_verdict_names_the_highest_late_accuracy_and_one_seed_separates_nothing(tiny_sweep):
     report, _, _ = check_report(tiny_sweep, ["drpo", "pg_is"])
     results = json.loads((tiny_sweep / "results.json").read_text())
@@ -493,6 +494,7 @@ def test_the_verdict_names_the_highest_late_accuracy_and_one_seed_separates_noth
     assert first.endswith("No method wins.") and first in report
 
 
+@pytest.mark.slow
 def test_a_second_call_reuses_finished_runs_and_resumes_interrupted_ones(sweep_copy):
     kept = sweep_copy / "runs" / "fp32" / "drpo" / "seed0"
     before = {p.name: p.stat().st_mtime_ns for p in (kept / "metrics.jsonl", kept / "checkpoints" / "latest.pt")}
@@ -506,6 +508,7 @@ def test_a_second_call_reuses_finished_runs_and_resumes_interrupted_ones(sweep_c
     check_report(sweep_copy, ["drpo", "pg_is"])
 
 
+@pytest.mark.slow
 def test_a_sweep_continues_from_its_archive_alone(sweep_copy):
     """What a published sweep's checkout holds (.gitignore drops the run directories): every run is reused, the
     report comes out the same, and the archive is not rewritten."""
@@ -517,6 +520,7 @@ def test_a_sweep_continues_from_its_archive_alone(sweep_copy):
     assert (sweep_copy / "report.md").read_text() == report and (sweep_copy / "runs.tar.xz").read_bytes() == archive
 
 
+@pytest.mark.slow
 def test_a_different_config_in_the_same_directory_is_an_error_not_a_reuse(tiny_sweep):
     with pytest.raises(ValueError, match=r"(?s)different config.*eval.prompts"):
         run_sweep(tiny_sweep, ["drpo", "pg_is"], 1, ["fp32"], [*TINY, "eval.prompts=8"], workers=1)
@@ -524,6 +528,7 @@ def test_a_different_config_in_the_same_directory_is_an_error_not_a_reuse(tiny_s
         run_sweep(tiny_sweep, ["drpo"], 1, ["fp32"], [*TINY, "loss.delta=0.3"], workers=1)
 
 
+@pytest.mark.slow
 def test_drpo_report_rebuilds_from_the_run_files_alone(sweep_copy):
     """Change pg_is's metrics and the table, the collapse verdict and the paired difference follow."""
     _, _, finals = check_report(sweep_copy, ["drpo", "pg_is"])
@@ -548,12 +553,13 @@ def test_drpo_report_rebuilds_from_the_run_files_alone(sweep_copy):
     assert table["drpo"]["final - baseline"] == "baseline"
 
 
+@pytest.mark.slow
 def test_report_of_a_delta_sweep_from_files_alone(tmp_path):
     """A sweep directory written by hand: the conditions table states what mu rounds and the measured mismatch,
     and a loss swept over 3 values gets its table and figure."""
-    from drpo.experiments.jobs import write_grid
-    from drpo.experiments.report import write_report
-    from drpo.experiments.runs import run_dir
+    from drpo.lab.jobs import write_grid
+    from drpo.lab.report import write_report
+    from drpo.lab.runs import run_dir
 
     methods = parse_methods(["drpo:delta=0.05", "drpo", "drpo:delta=0.15"])
     conditions = get_conditions(["fp8"])
@@ -591,7 +597,7 @@ def test_report_of_a_delta_sweep_from_files_alone(tmp_path):
 
 def test_the_report_shows_the_overrides_that_take_effect():
     """The sweep's evaluation size comes first and the command line may override it: the report shows the last."""
-    from drpo.experiments.report import effective
+    from drpo.lab.report import effective
 
     assert effective(["task.n_eval=1200", "eval.prompts=1200", "eval.samples=0", "task.n_eval=640", "steps=20",
                       "eval.prompts=640"]) == ["eval.samples=0", "task.n_eval=640", "steps=20", "eval.prompts=640"]

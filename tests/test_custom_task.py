@@ -25,11 +25,6 @@ ROWS = [{"prompt": f"{w}=", "answer": w[::-1], "level": i % 3} for i, w in enume
     ["abc", "bca", "cab", "acb", "bac", "cba", "aab", "abb", "bba", "baa"])]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DRPO_CACHE", str(tmp_path_factory.getbasetemp() / "drpo-cache"))
-
-
 def exact(completions, answer, **kwargs):
     return [1.0 if c == a else 0.0 for c, a in zip(completions, answer, strict=True)]
 
@@ -355,10 +350,12 @@ def _read_wandb_history(path: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ end to end
+# not configs.CHEAP: a warm-up of 4 steps that the examples' summaries are checked on, one step of 2 x 2 responses
 TINY_RUN = ["model=tiny", "warmup.steps=4", "warmup.target_accuracy=null", "steps=1", "rollout.prompts=2",
             "rollout.group_size=2", "updates_per_batch=1", "eval.prompts=4", "eval.samples=0"]
 
 
+@pytest.mark.slow
 def test_the_cli_trains_a_jsonl_file_with_a_trl_reward_module_and_logs_to_wandb(tmp_path, monkeypatch):
     from drpo.cli import main
 
@@ -425,6 +422,7 @@ def test_the_python_api_takes_a_reward_object_and_reads_the_metrics(tmp_path):
         train({"task": {"name": "sort"}}, reward=counted, dataset=ROWS)
 
 
+@pytest.mark.slow
 def test_the_smollm2_example_runs_one_step_on_a_tiny_chat_model(tmp_path):
     pytest.importorskip("gguf")
     from test_gguf import write_gguf

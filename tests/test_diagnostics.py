@@ -15,11 +15,6 @@ from drpo.metrics import read_metrics
 from drpo.trainer import Trainer
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DRPO_CACHE", str(tmp_path_factory.getbasetemp() / "drpo-cache"))
-
-
 def test_parts_by_hand_with_log_pi_as_the_parameter():
     """mu = 0.5, 0.5; pi = 0.6, 0.4; A = +1; delta = 0.2; token-mean over 2 tokens.
 
@@ -61,6 +56,7 @@ def test_no_reward_variance_no_ratio():
     assert norms == {"diagnose/pg_grad_norm": 0.0, "diagnose/pull_grad_norm": 0.0}
 
 
+@pytest.mark.slow
 def test_the_trainer_logs_both_parts_once_per_step(tmp_path):
     config = load_config(None, ["model=tiny", "warmup.steps=20", "warmup.target_accuracy=null", "steps=2",
                                 "rollout.prompts=4", "rollout.group_size=4", "updates_per_batch=2",

@@ -71,7 +71,7 @@ def test_every_entry_point_reads_the_recommended_delta():
     import yaml
 
     from drpo.config import load_config
-    from drpo.experiments.methods import parse_method
+    from drpo.lab.methods import parse_method
     from drpo.losses import DRPO_DELTA, get_loss
     from drpo.losses.quadratic import DrpoHyper
 

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from configs import CHEAP
 from rich.console import Console
 
 from drpo import trainer as trainer_module
 from drpo.cli import main
 from drpo.config import ConfigError, load_config
 from drpo.display import step_progress
-from drpo.experiments.figures import fill_title
-from drpo.experiments.verdict import _leader_sentence
+from drpo.lab.figures import fill_title
+from drpo.lab.verdict import _leader_sentence
 from drpo.losses import get_loss
 from drpo.losses.checks import cannot_bind
 from drpo.summary import RunTimes, write_summary
@@ -31,14 +32,7 @@ from drpo.tasks.data import DataError, read_rows
 from drpo.trainer import Trainer
 from drpo.warmup import base_model_key, build_builtin_policy
 
-TINY = ["rollout.prompts=4", "rollout.group_size=4", "eval.prompts=8", "eval.samples=0", "eval.every=2",
-        "tensorboard=false", "model=tiny", "warmup.steps=0", "warmup.target_accuracy=null"]
 ROWS = [{"prompt": f"{a}+{a}=", "solution": str(2 * a)} for a in range(40)]
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DRPO_CACHE", str(tmp_path_factory.getbasetemp() / "drpo-cache"))
 
 
 def exact(completions, solution, **kwargs):
@@ -102,7 +96,7 @@ def test_4_a_reward_error_while_the_base_model_is_built_stops_cleanly(tmp_path, 
         raise RewardError("reward function 'r' failed on 4 of 4 samples")
 
     monkeypatch.setattr(trainer_module, "build_policy", failing_build)
-    assert main(["train", *TINY, f"out={tmp_path / 'run'}"]) == 3
+    assert main(["train", *CHEAP, f"out={tmp_path / 'run'}"]) == 3
     err = capsys.readouterr().err
     assert "stopped: reward function 'r' failed" in err and "Traceback" not in err
 
@@ -134,9 +128,10 @@ def test_5_the_base_model_is_keyed_by_the_rows_not_by_how_the_config_names_them(
 
 
 # 6, 7 ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_6_7_resuming_a_finished_run_leaves_its_record_and_timings_say_what_they_cover(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", *TINY, "steps=2", f"out={run}"]) == 0
+    assert main(["train", *CHEAP, "steps=2", f"out={run}"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert {"wall_time_s", "setup_time_s", "process_time_s"} <= set(summary)
     assert summary["process_time_s"] >= summary["setup_time_s"] + summary["wall_time_s"] - 0.2
@@ -174,12 +169,12 @@ def test_9_out_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(trainer_module, "build_policy", never_build)
     existing = tmp_path / "file.txt"
     existing.write_text("keep me")
-    assert main(["train", *TINY, f"out={existing}"]) == 2
+    assert main(["train", *CHEAP, f"out={existing}"]) == 2
     assert "is a file" in capsys.readouterr().err and existing.read_text() == "keep me"
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.yaml").write_text("steps: 1\n")
     with pytest.raises(ConfigError, match="already holds a run"):  # the Python API too, not only the CLI
-        Trainer(load_config(None, [*TINY, f"out={tmp_path / 'old'}"]))
+        Trainer(load_config(None, [*CHEAP, f"out={tmp_path / 'old'}"]))
 
 
 # 10, 11 ----------------------------------------------------------------------------------------------------
@@ -209,7 +204,7 @@ def test_11_messages_say_what_is_wrong_and_what_to_do(tmp_path, capsys):
 def test_12_an_evaluation_larger_than_the_held_out_split_says_so_at_start(tmp_path):
     out = io.StringIO()
     task = CustomTask(data=ROWS, reward=exact, answer_field="solution")
-    config = load_config(None, [*TINY, "task=custom", "task.answer_field=solution", "eval.prompts=256",
+    config = load_config(None, [*CHEAP, "task=custom", "task.answer_field=solution", "eval.prompts=256",
                                 f"out={tmp_path / 'run'}"])
     Trainer(config, console=Console(file=out, width=200), task=task)
     assert f"eval.prompts=256, but the held-out split has {len(task.eval)} prompts" in out.getvalue()
@@ -245,7 +240,7 @@ def test_14_the_published_default_run_shows_rls_gain_not_the_warm_ups():
     import yaml
 
     from drpo.config import RunConfig
-    from drpo.experiments.outcomes import late_accuracy
+    from drpo.lab.outcomes import late_accuracy
 
     published = Path(__file__).parents[1] / "docs" / "results" / "default"
     summary = json.loads((published / "summary.json").read_text())

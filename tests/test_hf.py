@@ -275,6 +275,7 @@ def test_config_errors(qwen_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_drpo_train_on_an_hf_model_and_math_data(qwen_dir, data_file, tmp_path):
     out = tmp_path / "run"
     argv = ["train", f"model=hf:{qwen_dir}", "task=math", f"data={data_file}", "steps=2", f"out={out}",

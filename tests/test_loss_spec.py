@@ -137,7 +137,7 @@ def test_drpo_losses_lists_it_with_its_preset_and_warning(capsys):
 
 def test_drpo_compare_lists_and_runs_its_methods(capsys):
     from drpo.cli import main
-    from drpo.experiments.methods import METHODS, parse_method, parse_methods
+    from drpo.lab.methods import METHODS, parse_method, parse_methods
 
     assert main(["compare", "--list"]) == 0
     listing = capsys.readouterr().out

@@ -125,7 +125,7 @@ def test_dapo_style_parquet_prompt_pattern_and_duplicates(tmp_path):
     rows.append({"prompt": [{"role": "user", "content": "no instructions here"}], "reward_model": {"ground_truth": "5"}})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "dapo.parquet")
     options = dict(answer_field="reward_model.ground_truth", prompt_pattern=DAPO_PATTERN)
-    with pytest.raises(DataError, match="row 7: field 'prompt' does not match task.prompt_pattern"):
+    with pytest.raises(DataError, match="row 7: column 'prompt' does not match task.prompt_pattern"):
         load_examples(tmp_path / "dapo.parquet", **options)
     examples, counts = load_examples(tmp_path / "dapo.parquet", skip_bad_rows=True, **options)
     assert [e.prompt for e in examples] == problems  # the problem only; blank lines inside it kept
@@ -157,12 +157,12 @@ def test_eval_file_and_held_out_split(tmp_path):
 
 
 @pytest.mark.parametrize("rows, message", [
-    ([{"prompt": "a", "answer": "1"}, {"prompt": "b"}], "row 2: field 'answer' is missing"),
+    ([{"prompt": "a", "answer": "1"}, {"prompt": "b"}], r"row 2: column 'answer' \(the reference answer\) is missing"),
     ([{"prompt": "a", "answer": "1"}, "{not json"], "row 2: is not valid JSON"),
-    ([{"prompt": "a", "answer": "1"}, {"prompt": "", "answer": "1"}], "row 2: field 'prompt' is empty"),
-    ([{"prompt": "a", "answer": None}], "row 1: field 'answer' is null"),
-    ([{"prompt": "a", "answer": [1]}], "row 1: field 'answer' must be text or a number"),
-    ([{"prompt": {"x": 1}, "answer": "1"}], "row 1: field 'prompt' must be text or chat messages"),
+    ([{"prompt": "a", "answer": "1"}, {"prompt": "", "answer": "1"}], "row 2: column 'prompt' is empty"),
+    ([{"prompt": "a", "answer": None}], r"row 1: column 'answer' \(the reference answer\) is null"),
+    ([{"prompt": "a", "answer": [1]}], r"row 1: column 'answer' \(the reference answer\) must be text or a number"),
+    ([{"prompt": {"x": 1}, "answer": "1"}], "row 1: column 'prompt' must be text or chat messages"),
     (["[1, 2]"], "row 1: is a list"),
 ])
 def test_bad_rows_name_the_file_row_and_field(tmp_path, rows, message):
@@ -202,6 +202,16 @@ def test_parquet_missing_column_is_named(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"problem": "a", "answer": "1"}]), tmp_path / "d.parquet")
     with pytest.raises(DataError, match=r"d.parquet has no column 'prompt' \(field 'prompt'\); columns: problem, answer"):
         load_examples(tmp_path / "d.parquet")
+
+
+def test_a_nested_reference_missing_names_where_its_path_stops(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "reward_model": {"ground_truth": 1}},
+                                              {"prompt": "b", "reward_model": {"style": "rule"}}])
+    with pytest.raises(DataError, match=r"row 2: column 'reward_model.ground_truth' \(the reference answer\) is "
+                                        r"missing \(reward_model has 'style'\)"):
+        load_examples(data, answer_field="reward_model.ground_truth")
+    examples, counts = load_examples(data, answer_field="reward_model.ground_truth", skip_bad_rows=True)
+    assert examples == [Example("a", "1")] and counts == {"bad_rows": 1, "duplicates": 0}
 
 
 # ------------------------------------------------------------------------------------------------ config

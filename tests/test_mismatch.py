@@ -12,10 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drpo.cli import main
+from drpo.lab.evidence import COMMAND, RESULTS, build_evidence, evidence
+from drpo.lab.mismatch_references import REFERENCES
 from drpo.losses.quadratic import DrpoHyper
 from drpo.mismatch import LogProbFileError, analyse, pair_stats, read_log_probs, step_metrics, write_log_probs
 from drpo.mismatch.format import records_from_batch
-from drpo.mismatch.references import REFERENCES
+from drpo.mismatch.recommend import load_evidence, read_evidence, recommend
 from drpo.mismatch.stats import BANDS, bucket_stats, trend_jumps, trust_region_stats
 
 # five tokens worked out by hand: pi - mu = [0, .08, .2, 0, -.2], ratio = [1, 1.16, 3, 1, 7/9]
@@ -139,6 +141,7 @@ def test_bad_input_names_sequence_and_field(tmp_path):
     bad(tmp_path, [record(), record(log_prob=[-1.0])], "'line 2'")  # no id: the line number names it
 
 
+@pytest.mark.slow
 def test_cli_reports_files_and_errors(tmp_path, capsys):
     write_log_probs(tmp_path / "a" / "log_probs.jsonl", [record(step=s) for s in range(3)])
     write_log_probs(tmp_path / "b.jsonl", [record(log_prob=np.log(PI).tolist())])
@@ -159,6 +162,7 @@ def test_cli_reports_files_and_errors(tmp_path, capsys):
     assert main(["mismatch", str(tmp_path / "a"), "model=tiny"]) == 2
 
 
+@pytest.mark.slow
 def test_runs_named_alike_get_distinct_labels(tmp_path):
     """A sweep's runs share their last directory names: the report keeps the parts that differ."""
     for condition in ("bf16", "fp8"):
@@ -215,8 +219,6 @@ def sweep_results(late: dict[str, dict[float, list[float]]], p99: dict[str, floa
 
 
 def test_recommendation_by_hand():
-    from drpo.mismatch.recommend import evidence, recommend
-
     # low: 0.05 is worse than the best (0.5) on every seed by 0.2 +- 0.01; 2.0 differs from 0.5 by +-0.01 only
     # high: only 0.05 is the best; 0.5 and 2.0 are worse by 0.1 +- 0.01 on each seed
     results = sweep_results({"low": {0.05: [0.30, 0.31, 0.29], 0.5: [0.50, 0.50, 0.50], 2.0: [0.51, 0.49, 0.50]},
@@ -245,8 +247,6 @@ def test_recommendation_by_hand():
 
 def test_committed_delta_sweep_supports_the_loss_default():
     """The evidence `drpo mismatch` cites: both conditions of docs/results/delta hold DRPO's default delta."""
-    from drpo.mismatch.recommend import load_evidence
-
     conditions = {e.condition: e for e in load_evidence()}
     assert set(conditions) == {"fp8", "stale_strong"}
     default = DrpoHyper().delta
@@ -256,6 +256,18 @@ def test_committed_delta_sweep_supports_the_loss_default():
     assert all(e.runs == "model small, task arith, 100 steps per run" for e in conditions.values())
 
 
+def test_the_shipped_evidence_is_the_committed_sweeps():
+    """drpo/mismatch/evidence.json (package data: what `drpo mismatch` recommends from, in a wheel too) is what
+    the lab computes from the committed delta sweep; a sweep re-run without regenerating it fails here."""
+    shipped = read_evidence()
+    assert shipped == build_evidence(RESULTS), (
+        "src/drpo/mismatch/evidence.json is not the committed sweep's (docs/results/delta/results.json): "
+        f"regenerate it with `{COMMAND}`")
+    assert shipped["source"] == "docs/results/delta/results.json"
+    assert load_evidence(shipped) == evidence(json.loads(RESULTS.read_text()), RESULTS.parent)
+
+
+@pytest.mark.slow
 def test_cli_recommends_a_delta_with_its_evidence(tmp_path, capsys):
     write_log_probs(tmp_path / "a.jsonl", [record(step=s) for s in range(3)])
     assert main(["mismatch", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "out")]) == 0
@@ -379,6 +391,7 @@ def test_profiles_use_pi_without_pi_old_and_refuse_bad_edges():
             check_edges(bad)
 
 
+@pytest.mark.slow
 def test_report_shows_the_profiles(tmp_path, capsys):
     path = write_log_probs(tmp_path / "hand.jsonl", [{"id": name, "rollout_log_prob": np.log(mu).tolist(),
                                                      "old_log_prob": np.log(pi).tolist()}

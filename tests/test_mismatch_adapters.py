@@ -21,6 +21,7 @@ def env_dump_file(tmp_path, monkeypatch):
     return path
 
 
+@pytest.mark.slow
 def test_verl_writer_through_verls_ppo_loss(env_dump_file, tmp_path):
     """verl.workers.utils.losses.ppo_loss calls our registered loss; with $DRPO_DUMP_LOG_PROBS the call is written."""
     pytest.importorskip("verl", reason="verl is not installed (pip install -e '.[verl]' -c constraints.txt)")
@@ -68,6 +69,7 @@ def test_verl_writer_through_verls_ppo_loss(env_dump_file, tmp_path):
     assert "total: pi vs mu" in (tmp_path / "report" / "mismatch.md").read_text()
 
 
+@pytest.mark.slow
 def test_trl_writer_through_a_training_run(tmp_path):
     """Two real DRPOTrainer steps with drpo_dump_log_probs: every loss call's mu, pi_old and pi, by global step."""
     pytest.importorskip("trl", reason="TRL is not installed (pip install -e '.[trl]' -c constraints.txt)")

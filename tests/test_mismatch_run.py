@@ -13,15 +13,12 @@ from drpo.metrics import read_metrics
 from drpo.mismatch import pair_stats, read_log_probs
 from drpo.trainer import Trainer
 
+# not configs.CHEAP: 2 prompts x 2 samples per step, the sizes the dump's row counts below are checked against
 TINY = ["model=tiny", "warmup.steps=5", "rollout.prompts=2", "rollout.group_size=2", "eval.prompts=4",
         "eval.samples=1", "tensorboard=false"]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DRPO_CACHE", str(tmp_path_factory.getbasetemp() / "drpo-cache"))
-
-
+@pytest.mark.slow
 def test_trainer_dump_then_drpo_mismatch(tmp_path):
     run = tmp_path / "bf16"
     config = load_config(None, [*TINY, "steps=3", "updates_per_batch=2", "rollout.precision=bf16", "rollout.lag=1",
@@ -47,6 +44,7 @@ def test_trainer_dump_then_drpo_mismatch(tmp_path):
     assert "## Policy drift: pi vs pi_old" in (out / "mismatch.md").read_text()
 
 
+@pytest.mark.slow
 def test_first_mini_batch_pi_is_pi_old_and_resume_keeps_the_dump(tmp_path):
     run = tmp_path / "fp32"
     args = [*TINY, "steps=2", "rollout.precision=fp32", "updates_per_batch=1", "dump_log_probs=true",
@@ -62,6 +60,7 @@ def test_first_mini_batch_pi_is_pi_old_and_resume_keeps_the_dump(tmp_path):
     assert np.array_equal(resumed.rollout_log_prob[resumed.step <= 2], data.rollout_log_prob)
 
 
+@pytest.mark.slow
 def test_model_mode_per_precision(tmp_path, capsys):
     out = tmp_path / "model"
     assert main(["mismatch", "model=tiny", "warmup.steps=5", "--precisions", "fp32", "bf16", "native:fp8",
@@ -111,6 +110,7 @@ def test_model_mode_refuses_unknown_rollouts_and_vllm_in_one_line(capsys):
                               else f"drpo mismatch: error: {message}") and err.count("\n") == 1, err
 
 
+@pytest.mark.slow
 def test_model_mode_native_and_llamacpp(tmp_path, capsys):
     """The tiny llama-architecture model's rollouts by the native bf16 copy and by llama.cpp in q8_0, one seed."""
     pytest.importorskip("llama_cpp")

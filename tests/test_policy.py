@@ -11,16 +11,20 @@ from drpo.config import load_config
 from drpo.paths import cache_dir
 from drpo.warmup import base_model_key
 
-CHEAP = ["model=tiny", "warmup.steps=2", "warmup.target_accuracy=null"]
+# not configs.CHEAP: two steps of warm-up, so the cached weights differ from a freshly built model's and a round
+# trip that rebuilt the model instead of loading it would fail
+WARMED = ["model=tiny", "warmup.steps=2", "warmup.target_accuracy=null"]
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
+    # overrides conftest.py's session-wide cache: these tests need an empty one each (a first build that warms up,
+    # a cache file planted by hand)
     monkeypatch.setenv("DRPO_CACHE", str(tmp_path / "cache"))
 
 
 def test_a_cached_base_model_that_needs_unpickling_is_refused():
-    config = load_config(None, CHEAP)
+    config = load_config(None, WARMED)
     path = cache_dir() / "base" / f"{base_model_key(config)}.pt"
     path.parent.mkdir(parents=True)
     torch.save({"model": {}, "info": {}, "evil": Payload()}, path)
@@ -30,8 +34,8 @@ def test_a_cached_base_model_that_needs_unpickling_is_refused():
 
 
 def test_the_cache_round_trips_through_weights_only():
-    first = build_policy(load_config(None, CHEAP))
-    again = build_policy(load_config(None, CHEAP))
+    first = build_policy(load_config(None, WARMED))
+    again = build_policy(load_config(None, WARMED))
     assert again.base_info["cached"] and not first.base_info["cached"]
     for key, value in first.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[key]), key

@@ -1,4 +1,4 @@
-"""The statistics of the report (drpo.experiments.stats) against hand computations and printed t tables."""
+"""The statistics of the report (drpo.lab.stats) against hand computations and printed t tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drpo.experiments.stats import (
+from drpo.lab.stats import (
     eval_standard_error,
     holm,
     mean_interval,
@@ -121,6 +121,6 @@ def test_the_docstring_examples_hold():
     """The worked examples in stats.py's docstrings are checked, not only read."""
     import doctest
 
-    from drpo.experiments import stats
+    from drpo.lab import stats
 
     assert doctest.testmod(stats).failed == 0

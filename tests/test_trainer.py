@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+from configs import CHEAP
 
 from drpo import trainer as trainer_module
 from drpo.backends import build_policy
@@ -19,17 +20,11 @@ from drpo.models import policy as policy_module
 from drpo.tasks import Arith
 from drpo.trainer import NonFiniteError, Trainer, in_batch_order, minibatches
 
-# the default base model (small, 2-digit addition, ~30 s of warm-up to 30% accuracy, cached for the session) with small batches
+# the default base model (small, 2-digit addition, ~30 s of warm-up to 30% accuracy, cached for the session, see
+# conftest.py) with small batches: not configs.CHEAP, since the run that must learn needs a competent model.
+# Every key of TINY is also in CHEAP, so run(tmp_path, *CHEAP, ...) runs CHEAP's settings.
 TINY = ["rollout.prompts=8", "rollout.group_size=4", "eval.prompts=32", "eval.samples=2", "eval.every=4",
         "tensorboard=false"]
-# for what needs no competent model (determinism, resuming, guards, plumbing): the tiny model, no warm-up
-CHEAP = ["model=tiny", "warmup.steps=0", "warmup.target_accuracy=null", "eval.prompts=8", "rollout.prompts=4"]
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # one base-model cache for the whole session: later tests reuse the first warm-up
-    monkeypatch.setenv("DRPO_CACHE", str(tmp_path_factory.getbasetemp() / "drpo-cache"))
 
 
 @pytest.fixture
@@ -49,6 +44,8 @@ def comparable(records):
     return [{k: v for k, v in r.items() if not k.startswith(TIMING_PREFIXES)} for r in records]
 
 
+# slow: 24 steps, after the warm-up of the default base model (minutes on 2 cores)
+@pytest.mark.slow
 def test_short_run_learns_and_writes_the_run_directory(tmp_path):
     # on-policy (the default run is off-policy): fp32 rollouts, one update per batch
     summary, records = run(tmp_path, "steps=24", "rollout.prompts=16", "rollout.group_size=8",
@@ -68,6 +65,7 @@ def test_short_run_learns_and_writes_the_run_directory(tmp_path):
     assert records[1]["mismatch/abs_mean"] < 1e-5  # fp32 rollout: mu is what the trainer recomputes
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path, parity_reward):
     _, first = run(tmp_path, *CHEAP, "steps=4", "updates_per_batch=2", name="a")
     _, second = run(tmp_path, *CHEAP, "steps=4", "updates_per_batch=2", name="b")
@@ -75,6 +73,7 @@ def test_same_seed_same_metrics(tmp_path, parity_reward):
     assert all(r["grad_norm"] > 0 for r in first[1:])  # every step updated the weights: no trivial equality
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_equals_uninterrupted(tmp_path, parity_reward):
     args = (*CHEAP, "steps=6", "rollout.lag=1", "updates_per_batch=2", "checkpoint_every=2", "rollout.precision=bf16")
     _, full = run(tmp_path, *args, name="full")
@@ -96,7 +95,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, parity_reward):
 
 
 def test_non_finite_loss_skips_the_update_and_stops(tmp_path, monkeypatch):
-    config = load_config(None, [*TINY, *CHEAP, f"out={tmp_path / 'nan'}", "steps=5", "max_bad_steps=2",
+    config = load_config(None, [*CHEAP, f"out={tmp_path / 'nan'}", "steps=5", "max_bad_steps=2",
                                 "updates_per_batch=1"])
     trainer = Trainer(config)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -110,7 +109,7 @@ def test_non_finite_loss_skips_the_update_and_stops(tmp_path, monkeypatch):
 
 def test_a_run_stopped_on_non_finite_losses_writes_a_summary_saying_so(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module, "aggregate", lambda *args, **kwargs: torch.tensor(float("nan")))
-    config = load_config(None, [*TINY, *CHEAP, f"out={tmp_path}", "steps=5", "max_bad_steps=2", "updates_per_batch=1"])
+    config = load_config(None, [*CHEAP, f"out={tmp_path}", "steps=5", "max_bad_steps=2", "updates_per_batch=1"])
     with pytest.raises(NonFiniteError):
         Trainer(config).train()
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -120,7 +119,7 @@ def test_a_run_stopped_on_non_finite_losses_writes_a_summary_saying_so(tmp_path,
 
 
 def test_cli_train_and_config_error(tmp_path, capsys):
-    assert main(["train", *TINY, *CHEAP, "steps=2", f"out={tmp_path / 'cli'}"]) == 0
+    assert main(["train", *CHEAP, "steps=2", f"out={tmp_path / 'cli'}"]) == 0
     assert (tmp_path / "cli" / "summary.json").exists()
     assert main(["train", "rollout.precision=fp4"]) == 2
     assert "'rollout.precision' got 'fp4'" in capsys.readouterr().err
@@ -144,6 +143,8 @@ def test_warm_up_without_a_target_runs_every_step(monkeypatch):
     assert build_policy(config).base_info["warmup_steps"] == 12
 
 
+# slow: the default base model's warm-up, unless the run above cached it
+@pytest.mark.slow
 def test_default_base_model_is_right_sometimes_far_from_always():
     policy = build_policy(load_config(None, []))  # the session's cached default base model
     assert 0.3 <= policy.base_info["warmup_probe_accuracy"] <= 0.7
@@ -183,7 +184,7 @@ def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_r
     from drpo.mismatch.stats import step_metrics
     from drpo.models.log_probs import sequence_log_probs
 
-    config = load_config(None, [*TINY, *CHEAP, f"out={tmp_path}", "rollout.precision=bf16",
+    config = load_config(None, [*CHEAP, f"out={tmp_path}", "rollout.precision=bf16",
                                 f"updates_per_batch={updates_per_batch}"])
     trainer = Trainer(config)
     before = copy.deepcopy(trainer.model)
@@ -204,24 +205,25 @@ def test_mismatch_metrics_measure_pi_old_against_mu_with_or_without_a_separate_r
 
 def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path):
     run_dir = tmp_path / "r"
-    Trainer(load_config(None, [*TINY, *CHEAP, f"out={run_dir}", "steps=1"])).train()
+    Trainer(load_config(None, [*CHEAP, f"out={run_dir}", "steps=1"])).train()
     assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["step"] == 1  # no pickled code
     written = (run_dir / "config.yaml").read_text()
-    changed = load_config(None, [*TINY, *CHEAP, f"out={run_dir}", "steps=2", f"resume={run_dir}", "optim.lr=0.002",
+    changed = load_config(None, [*CHEAP, f"out={run_dir}", "steps=2", f"resume={run_dir}", "optim.lr=0.002",
                                  "loss.delta=0.15"])
     with pytest.raises(ConfigError, match=rf"only steps .* and out.*loss.delta: {DRPO_DELTA} -> 0.15; optim.lr: 0.0001 -> 0.002"):
         Trainer(changed).train()
     assert (run_dir / "config.yaml").read_text() == written  # a refused resume leaves the run as it was
-    extended = load_config(None, [*TINY, *CHEAP, f"out={tmp_path / 'r2'}", "steps=2", f"resume={run_dir}"])
+    extended = load_config(None, [*CHEAP, f"out={tmp_path / 'r2'}", "steps=2", f"resume={run_dir}"])
     assert Trainer(extended).train()["steps"] == 2  # steps and out may change
 
 
+@pytest.mark.slow
 def test_cli_resume_into_a_new_directory_continues_there_and_leaves_the_old_run(tmp_path):
     """`drpo train resume=OLD out=NEW steps=N`: NEW holds the whole run (OLD's steps, then the new ones, the same
     numbers as one uninterrupted run), OLD is left exactly as it was."""
     from drpo.cli import main
 
-    common = [*TINY, *CHEAP, "eval.every=1", "dump_log_probs=true", "tensorboard=true"]
+    common = [*CHEAP, "eval.every=1", "dump_log_probs=true", "tensorboard=true"]
     old, new, straight = tmp_path / "old", tmp_path / "new", tmp_path / "straight"
     assert main(["train", *common, f"out={old}", "steps=2"]) == 0
     before = {path.relative_to(old): path.read_bytes() for path in old.rglob("*") if path.is_file()}
@@ -239,7 +241,7 @@ def test_cli_resume_into_a_new_directory_continues_there_and_leaves_the_old_run(
 @pytest.mark.parametrize("coef", [0.0, 0.05])
 def test_moe_load_balancing_loss_is_part_of_the_rl_loss(tmp_path, monkeypatch, coef):
     """With the policy loss zeroed, an RL update moves the weights through the balancing term alone."""
-    config = load_config(None, [*TINY, *CHEAP, "model.moe=true", f"optim.moe_aux_coef={coef}", f"out={tmp_path}"])
+    config = load_config(None, [*CHEAP, "model.moe=true", f"optim.moe_aux_coef={coef}", f"out={tmp_path}"])
     trainer = Trainer(config)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     monkeypatch.setattr(trainer_module, "aggregate", lambda per_token, *args, **kwargs: per_token.sum() * 0)
@@ -257,7 +259,7 @@ def test_moe_aux_coef_applies_only_to_moe_models():
 
 def test_top_p_below_one_warns_and_the_gap_it_warns_of_is_real(tmp_path):
     """fp32 rollout, same weights: with the nucleus, mu = pi / Z on its tokens (Z < 1), so pi - mu <= 0 everywhere."""
-    config = load_config(None, [*TINY, *CHEAP, "rollout.top_p=0.7", "rollout.precision=fp32", f"out={tmp_path}"])
+    config = load_config(None, [*CHEAP, "rollout.top_p=0.7", "rollout.precision=fp32", f"out={tmp_path}"])
     with pytest.warns(UserWarning, match=r"rollout.top_p=0.7 < 1: .* pi < mu"):
         trainer = Trainer(config)
     metrics = trainer.train_step()
@@ -267,7 +269,7 @@ def test_top_p_below_one_warns_and_the_gap_it_warns_of_is_real(tmp_path):
 @pytest.mark.parametrize("loss", ["ppo_tis", "ppo_mis", "ppo_seq_tis", "ppo_seq_mis", "ppo_geo_mis", "minirl", "gspo"])
 def test_framework_baselines_train_on_pi_old_and_mu(tmp_path, loss):
     """The decoupled losses need both pi_old (recomputed) and mu (the sampler's); a bf16 sampler makes them differ."""
-    trainer = Trainer(load_config(None, [*TINY, *CHEAP, f"out={tmp_path}", f"loss={loss}", "steps=2",
+    trainer = Trainer(load_config(None, [*CHEAP, f"out={tmp_path}", f"loss={loss}", "steps=2",
                                          "rollout.precision=bf16"]))
     original, seen = trainer.loss, []
 
@@ -286,6 +288,7 @@ def test_framework_baselines_train_on_pi_old_and_mu(tmp_path, loss):
         assert gap.max() > 0, "pi_old must be the trainer's recompute, not mu"
 
 
+@pytest.mark.slow
 def test_resume_into_a_new_directory_carries_the_start_and_best_accuracy(tmp_path):
     run(tmp_path, *CHEAP, "steps=2", name="first")
     checkpoint = tmp_path / "first" / "checkpoints" / "latest.pt"

@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # lazily, so that `import drpo` (e.g. for its version) does not import torch
+    # lazy: so that `import drpo` (e.g. for its version) does not import torch
     if name in ("train", "TrainResult"):
         from drpo import api
 

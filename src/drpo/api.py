@@ -21,6 +21,7 @@ from pathlib import Path
 
 from drpo.config import RunConfig, apply_override, load_config, parse_value, validate
 from drpo.metrics import read_metrics
+from drpo.trainer import Trainer
 
 
 @dataclass
@@ -41,8 +42,6 @@ def train(config: RunConfig | dict | str | Path | None = None, *, reward=None, d
     ``config``: a RunConfig, a dict of its keys (``{"task": {"name": "custom"}, "steps": 20}``), a YAML file,
     or None (the defaults); ``overrides`` are ``key=value`` strings applied on top, as on the command line.
     """
-    from drpo.trainer import Trainer
-
     objects = {k: v for k, v in (("reward", reward), ("dataset", dataset), ("eval_dataset", eval_dataset))
                if v is not None}
     config = _resolve(config, overrides, custom=bool(objects))

@@ -40,7 +40,7 @@ def build_behavior(config, policy: Policy) -> BehaviorPolicy:
     if rollout.engine == "native":
         return NativeBehavior(policy.model, mode=rollout.precision, lag=rollout.lag)
     if rollout.engine == "llamacpp":
-        # an optional dependency (llama-cpp-python): imported only when a run asks for it
+        # lazy: an optional dependency (llama-cpp-python), imported only when a run asks for it
         from drpo.behavior.llamacpp import LlamaCppBehavior
 
         return LlamaCppBehavior(policy, mode=rollout.precision, lag=rollout.lag, seed=config.seed,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from drpo.config import check_resume
 from drpo.mismatch.dump import DUMP_FILE
 
 LATEST = "latest.pt"
@@ -55,8 +56,6 @@ def load_checkpoint(directory: str | Path) -> dict:
 def resume_state(config) -> dict:
     """The state a run resumed with ``config`` (``config.resume``: a run directory) continues from, refused before
     anything is written when the checkpoint was made with other settings (drpo.config.check_resume names them)."""
-    from drpo.config import check_resume
-
     state = load_checkpoint(Path(config.resume) / "checkpoints")
     check_resume(state["config"], config)
     return state

@@ -7,12 +7,20 @@
     drpo report SWEEP_DIR           rebuild a sweep's report from its run directories
     drpo mismatch FILE... [--out DIR]            how off-policy is an engine: log-prob files or run directories
     drpo mismatch model=NAME [key=value ...] [--precisions ...]   mu per rollout precision vs the fp32 trainer
+
+The command layer: the one module that imports both the core (drpo.config, drpo.trainer, drpo.losses,
+drpo.mismatch, ...) and the lab (drpo.lab: sweeps, reports, verdicts, figures, the mismatch report). Every other
+module outside drpo/lab/ imports the core only (tests/test_imports.py checks it). Each command imports what it
+runs inside its function, so that `drpo --help` and a config error import no torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -20,15 +28,16 @@ from rich.table import Table
 
 def cmd_train(args) -> int:
     from drpo.config import load_config
-    from drpo.tasks.custom import RewardError
-    from drpo.trainer import NonFiniteError, Trainer
 
     overrides = list(args.overrides)
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides)  # a config error stops here, before torch is imported
     if config.resume:
         # continue the run as it was configured, in its own directory unless out= names another; overrides given
         # now still apply (e.g. a larger steps=)
         config = load_config(f"{config.resume}/config.yaml", [f"out={config.resume}", *overrides])
+    from drpo.tasks.custom import RewardError
+    from drpo.trainer import NonFiniteError, Trainer
+
     console = Console(stderr=True)
     _warn_if_cannot_bind(console, config.loss.build())
     console.print(f"[bold]drpo train[/]: loss {config.loss.build()!r}, model {config.model.name}"
@@ -86,7 +95,7 @@ def cmd_weights(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from drpo.experiments.compare import describe_grid, run_sweep, split_cli_lists
+    from drpo.lab.compare import describe_grid, run_sweep, split_cli_lists
 
     if args.list:
         print(describe_grid())
@@ -97,14 +106,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from drpo.experiments.report import write_report
+    from drpo.lab.report import write_report
 
     print(f"wrote {write_report(args.sweep_dir, args.target, args.baseline)}")
     return 0
 
 
 def cmd_mismatch(args) -> int:
-    from drpo.mismatch.report import rich_length_table, rich_table, write_report
+    from drpo.lab.mismatch_report import rich_length_table, rich_table, write_report
     from drpo.mismatch.stats import analyse
 
     overrides = [item for item in args.inputs if "=" in item]
@@ -145,12 +154,10 @@ def cmd_mismatch(args) -> int:
 
 
 def _print_advice(console, analyses, sources):
-    """The delta the committed sweep supports for each source's mismatch (drpo.mismatch.recommend); returns the
-    advice, or the reason there is none (the evidence ships with the repository only)."""
-    from rich.table import Table
-
+    """The delta the committed sweep supports for each source's mismatch (drpo.mismatch.recommend, from the
+    evidence.json it ships with); returns the advice, or the reason there is none."""
+    from drpo.lab.mismatch_report import advice_rows
     from drpo.mismatch.recommend import advise
-    from drpo.mismatch.report import advice_rows
 
     try:
         advice = advise(analyses, sources)
@@ -171,7 +178,17 @@ def _print_advice(console, analyses, sources):
     return advice
 
 
+def module_doc(name: str) -> str | None:
+    """The docstring of module ``name``, read from its source without running it: `drpo compare --help` shows
+    drpo.lab.compare's, and importing that module imports torch, scipy and matplotlib."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `drpo` argument parser; building it (and so `drpo --help`, or a config error) imports no torch."""
     parser = argparse.ArgumentParser(prog="drpo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,10 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--losses", nargs="+", default=["ppo_clip", "spo", "dppo_binary_tv", "drpo"],
                          help="registry names or presets to draw")
     weights.set_defaults(func=cmd_weights)
-    from drpo.experiments import compare as compare_module
-
     compare = sub.add_parser("compare", help="off-policy stress test: methods x seeds x conditions, then a report",
-                             description=compare_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                             description=module_doc("drpo.lab.compare"),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     compare.add_argument("--methods", nargs="+", metavar="METHOD",
                          help="labels of the default list, registry names or presets, NAME:key=value,... (default: all)")
     compare.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method and condition")
@@ -212,11 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", metavar="METHOD", help="the method every other is compared with, paired over "
                         "seeds (default: drpo, else the first method on the drpo loss, else the first method)")
     report.set_defaults(func=cmd_report)
-    from drpo.mismatch import format as mismatch_format
-    from drpo.mismatch.model import DEFAULT_ROLLOUTS, rollout_choices
+    from drpo.mismatch.model import DEFAULT_ROLLOUTS, rollout_choices  # torch only once a model is measured
 
     mismatch = sub.add_parser("mismatch", help="training-inference mismatch of log-prob files, or of a model's "
-                              "rollouts per precision", description=mismatch_format.__doc__,
+                              "rollouts per precision", description=module_doc("drpo.mismatch.format"),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     mismatch.add_argument("inputs", nargs="+", metavar="FILE|key=value",
                           help="log-prob files (.jsonl, .parquet) or run directories with log_probs.jsonl; or, "

@@ -61,6 +61,7 @@ class MetricsLogger:
         self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = self.wandb_run = None
         if "tensorboard" in report_to:
+            # lazy: tensorboard, imported only when report_to names it
             from torch.utils.tensorboard import SummaryWriter
 
             # a resumed run hides the events of the steps after its checkpoint, which it logs again
@@ -88,7 +89,7 @@ class MetricsLogger:
 
 def _start_wandb(run_dir: Path, config: dict | None):
     try:
-        import wandb
+        import wandb  # lazy: optional dependency (drpo[wandb])
     except ImportError as error:
         raise ImportError("report_to=wandb needs wandb: pip install 'drpo[wandb]' (or report_to=tensorboard, "
                           "report_to=none)") from error

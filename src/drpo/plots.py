@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from drpo.losses import get_loss, weight_curve  # noqa: E402
 
@@ -20,10 +22,6 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` as a 256-colour PNG and close it. Line plots need no more colours, and the published figures
     take a third of the bytes of matplotlib's RGBA files (every clone of the repository carries them); the
     quantization is deterministic, so a rebuilt report's figures are byte-identical."""
-    import io
-
-    from PIL import Image
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()

@@ -366,7 +366,7 @@ class Trainer:
         return self.summary(started, interrupted=interrupted)
 
     def summary(self, started: float, interrupted: bool = False, stopped: str | None = None) -> dict:
-        # matplotlib: imported when a run ends, not with the trainer
+        # lazy: matplotlib (the summary's figures), imported when a run ends, not with the trainer
         from drpo.summary import RunTimes, write_summary
 
         rl_s = time.perf_counter() - started

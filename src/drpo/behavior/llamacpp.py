@@ -41,6 +41,7 @@ engine being measured.
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 import os
 import shutil
 import sys
@@ -71,6 +72,7 @@ from drpo.models.gguf_export import (
     write_llama_gguf,
     write_lora_gguf,
 )
+from drpo.models.llama_export import llama_tensors
 from drpo.models.sampling import TOPK_LOG_PROB_FLOOR, RolloutBatch, left_pad
 
 ENGINE = "llamacpp"
@@ -96,7 +98,7 @@ def import_llama_cpp():
         if _lib is not None:
             return _lib
         try:
-            from llama_cpp import llama_cpp as lib
+            from llama_cpp import llama_cpp as lib  # lazy: optional dependency (drpo[llamacpp])
         except ImportError as error:
             raise ImportError(f"rollout.engine=llamacpp needs llama-cpp-python, which is not installed: {INSTALL_HINT}"
                               ) from error
@@ -157,8 +159,6 @@ def llama_source(module: nn.Module, use_lora: bool | None = None) -> LlamaSource
         return LlamaSource(shape, lambda m: hf_llama_tensors(m)[0], lora)
     config = getattr(module, "config", None)
     if config is not None and getattr(config, "arch", None) == "llama" and not getattr(config, "n_expert", 0):
-        from drpo.models.llama_export import llama_tensors
-
         _, shape = llama_tensors(module)
         return LlamaSource(shape, lambda m: llama_tensors(m)[0])
     what = (f"the built-in model with arch={getattr(config, 'arch', '?')!r}"
@@ -661,8 +661,6 @@ def _c_string(value) -> str:
 
 def _package_version() -> str:
     try:
-        from importlib.metadata import version
-
-        return version("llama_cpp_python")
+        return importlib.metadata.version("llama_cpp_python")
     except Exception:  # noqa: BLE001  (metadata is informative only)
         return "unknown"

@@ -50,7 +50,7 @@ def vllm_available() -> bool:
 
 def _import_vllm():
     try:
-        import vllm
+        import vllm  # lazy: optional dependency (vLLM, on a CUDA machine)
     except ImportError as error:
         raise ImportError("rollout.engine=vllm needs vLLM on a CUDA machine: pip install vllm (it brings its own "
                           "torch build); or use rollout.engine=native") from error

@@ -124,6 +124,7 @@ class RunConfig(Section):
 
     @pydantic.model_validator(mode="after")
     def _adaptive_delta_needs_a_boundary_and_pi_old(self):
+        # lazy: drpo.adaptive imports torch, which a config error need not wait for
         from drpo.adaptive import adaptive_losses, max_boundary
 
         if not self.adaptive_delta.enabled:

@@ -13,6 +13,7 @@ import yaml
 
 from drpo.behavior.modes import ENGINES, ROLLOUT_MODES, default_mode, modes_of
 from drpo.constants import AGGREGATIONS, ESTIMATORS, HF_DTYPES
+from drpo.models.gguf import is_pretrained_name
 
 TOPK_LOSS_LOGPROBS = 8  # mu's top-k log-probs recorded for a top-k loss when rollout.top_k_logprobs is 0
 
@@ -44,7 +45,7 @@ class LossConfig(Section):
     # validated: drpo.losses imports torch, which a config error elsewhere should not wait for
 
     def build(self):
-        from drpo.losses import get_loss
+        from drpo.losses import get_loss  # lazy: torch (see above)
 
         return get_loss(self.name, **self.hyper)
 
@@ -83,8 +84,6 @@ class ModelConfig(Section):
     @property
     def pretrained(self) -> bool:
         """A Hugging Face model (hf:, gguf:, packaged name) rather than the built-in transformer."""
-        from drpo.models.gguf import is_pretrained_name
-
         return is_pretrained_name(self.name)
 
     @pydantic.model_validator(mode="after")
@@ -229,7 +228,7 @@ class EvalConfig(Section):
     late_every: int | None = pydantic.Field(
         10, ge=1, description="also evaluate every N steps, counted back from the last step, over the last "
         "late_fraction of the run (null: only every), so the primary outcome of `drpo compare` (mean accuracy over "
-        "the last 20% of steps, drpo.experiments.outcomes) averages several evaluations")
+        "the last 20% of steps, drpo.lab.outcomes) averages several evaluations")
     late_fraction: float = pydantic.Field(
         0.3, gt=0.0, le=1.0, description="the share of the run, at its end, where late_every applies")
     prompts: int = pydantic.Field(256, ge=1, description="held-out prompts per evaluation")

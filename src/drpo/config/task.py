@@ -84,9 +84,10 @@ class TaskConfig(Section):
                 raise ValueError("digits applies to arith and sort, not to task=math")
             if "{prompt}" not in self.prompt_template:
                 raise ValueError(f"prompt_template {self.prompt_template!r} must contain {{prompt}}")
-            from drpo.tasks.math import compile_prompt_pattern  # the task checks its own regex
+            # lazy: reading a config imports no task (the values they share are in drpo.constants)
+            from drpo.tasks.math import compile_prompt_pattern
 
-            compile_prompt_pattern(self.prompt_pattern)  # a bad regex fails here, naming it
+            compile_prompt_pattern(self.prompt_pattern)  # the task checks its own regex: a bad one fails here, named
             if self.phrasing != "auto":
                 raise ValueError("phrasing applies to arith and sort; task=math takes prompt_template")
         return self
@@ -100,7 +101,7 @@ class TaskConfig(Section):
 
         ``objects``: what a Python caller passes to task=custom instead of references (drpo.api.train):
         ``reward`` (functions), ``dataset`` and ``eval_dataset`` (rows, a ``datasets.Dataset``, a path)."""
-        from drpo.tasks import get_task
+        from drpo.tasks import get_task  # lazy: reading a config imports no task (as in the checks above)
 
         if self.name == "custom":
             options = {k: getattr(self, k) for k in CUSTOM_TASK_FIELDS if k not in ("data", "eval_data", "reward")}

@@ -96,7 +96,7 @@ def verl_defaults() -> dict[str, Any]:
 
 @functools.cache
 def _actor_defaults() -> dict[str, Any]:
-    from verl.workers.config import ActorConfig
+    from verl.workers.config import ActorConfig  # lazy: verl, read only when its defaults are compared
 
     return {f.name: f.default for f in dataclasses.fields(ActorConfig)}
 

@@ -12,7 +12,7 @@ A spec is the one place a loss's facts live; every entry point reads them from i
   bound on the weight, or None (drpo.losses.checks; ``drpo train``, ``drpo compare``, ``drpo losses``, the adapters);
 - ``verl``, ``trl``: how it meets each framework's config (:class:`ConfigMap`; drpo.integrations);
 - ``presets``: its named settings, names ``get_loss`` accepts (:class:`Preset`, gathered in ``PRESETS``);
-- ``methods``: its entries in the lab's default method list (:class:`LabMethod`; drpo.experiments.methods).
+- ``methods``: its entries in the lab's default method list (:class:`LabMethod`; drpo.lab.methods).
 
 Adding a loss is one file: register it with its spec (tests/test_loss_spec.py does, from a test file), and
 ``drpo losses``, ``drpo compare``, the adaptive boundary, the verl registry and the TRL adapter find it.
@@ -81,7 +81,7 @@ class Preset:
 
 @dataclass(frozen=True)
 class LabMethod:
-    """An entry of the lab's default method list (drpo.experiments.methods.METHODS): ``label`` runs
+    """An entry of the lab's default method list (drpo.lab.methods.METHODS): ``label`` runs
     ``loss`` (the declaring loss's name by default, or one of its aliases or presets) with ``hyper``.
     ``order``: its place in the list, the report's order; ties in registration order."""
 

@@ -265,7 +265,7 @@ def _read_parquet(path: Path):
 
 def _pyarrow_parquet():
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: optional dependency (parquet files; drpo[hf])
     except ImportError:
         raise LogProbFileError("parquet needs pyarrow: pip install pyarrow (or drpo[hf]); JSONL needs nothing") \
             from None
@@ -300,7 +300,7 @@ class LogProbWriter:
             with self.path.open("a") as handle:
                 handle.writelines(json.dumps(record, allow_nan=False) + "\n" for record in records)
             return
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: optional dependency (parquet files; drpo[hf])
 
         table = pa.Table.from_pylist(records)
         if self._parquet is None:

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from drpo.behavior import ENGINES, ROLLOUT_MODES, SamplingParams, modes_of
-from drpo.mismatch.format import TokenLogProbs, from_records, records_from_batch
+from drpo.config import validate
+from drpo.config.load import apply_override
+
+if TYPE_CHECKING:
+    from drpo.mismatch.format import TokenLogProbs
 
 MODEL_ENGINES = tuple(engine for engine in ENGINES if engine != "vllm")  # what the model mode runs
 DEFAULT_ROLLOUTS = ("native:bf16", "native:fp16", "native:fp8", "native:int8")
@@ -89,9 +92,6 @@ def parse_rollouts(items) -> list[Rollout]:
 def rollout_config(config, rollout: Rollout):
     """``config`` with ``rollout.engine`` and ``rollout.precision`` set to the rollout's, validated again (an
     engine's own settings, such as rollout.llamacpp_threads, stay with that engine)."""
-    from drpo.config import validate
-    from drpo.config.load import apply_override
-
     tree = config.model_dump(exclude_unset=True)
     section = tree.setdefault("rollout", {})
     section.pop("backend", None)
@@ -103,7 +103,6 @@ def rollout_config(config, rollout: Rollout):
     return validate(tree)
 
 
-@torch.no_grad()
 def measure_precisions(config, rollouts=DEFAULT_ROLLOUTS, prompts: int = 32, samples: int = 4,
                        rows_per_forward: int = 16, console=None) -> list[TokenLogProbs]:
     """One TokenLogProbs per rollout (labelled ``engine:mode``): mu from that engine's rollouts, pi_old from the
@@ -114,47 +113,53 @@ def measure_precisions(config, rollouts=DEFAULT_ROLLOUTS, prompts: int = 32, sam
     responses each, from the same seed for every rollout; ``rows_per_forward`` bounds the memory of the fp32
     recomputation (rows x tokens x vocabulary logits). One engine lives at a time.
     """
-    from drpo.backends import build_behavior, build_policy
+    # lazy: imported here, not at the top: `drpo mismatch --help` reads DEFAULT_ROLLOUTS and rollout_choices() from
+    # this module without torch or numpy
+    import torch
 
-    rollouts = parse_rollouts(rollouts)
-    if prompts < 1 or samples < 1 or rows_per_forward < 1:
-        raise ValueError(f"need prompts, samples and rows per forward >= 1; got {prompts}, {samples}, "
-                         f"{rows_per_forward}")
-    configs = [rollout_config(config, rollout) for rollout in rollouts]  # a bad combination stops before any work
-    policy = build_policy(config, console=console)
-    policy.model.eval()
-    if any(rollout.engine == "llamacpp" for rollout in rollouts):
-        _check_llamacpp(policy)
-    task = policy.task
-    examples = list(task.eval[:prompts])
-    encoded = [policy.encode_prompt(example) for example in examples]
-    device = next(policy.model.parameters()).device
-    cfg = config.rollout
-    sources = []
-    for rollout, rollout_cfg in zip(rollouts, configs, strict=True):
-        behavior = build_behavior(rollout_cfg, policy)
-        generator = torch.Generator(device).manual_seed(config.seed)  # every rollout samples from one seed
-        sampling = SamplingParams(eos_id=policy.tokenizer.eos_id, pad_id=policy.tokenizer.pad_id,
-                                  temperature=cfg.temperature, top_p=cfg.top_p, ignore_eos=cfg.ignore_eos,
-                                  stop=policy.stopper(), generator=generator)
-        try:
-            batch = behavior.generate(encoded, group_size=samples, max_new_tokens=task.max_response_len,
-                                      sampling=sampling)
-            engine = describe_engine(behavior.describe())
-        finally:
-            _free(behavior)  # one engine (a low-precision copy, a llama.cpp model) at a time
-            del behavior
-            gc.collect()
-        old_log_prob = torch.cat([policy.log_probs(batch.select(slice(start, start + rows_per_forward)),
-                                                   cfg.temperature).log_prob
-                                  for start in range(0, len(batch), rows_per_forward)])  # [N, T] fp32 pi_old
-        records = records_from_batch(batch.rollout_log_prob, batch.response_mask, old_log_prob=old_log_prob,
-                                     engine=engine)
-        sources.append(from_records(records, label=rollout.label,
-                                    where=f"{config.model.name} rollouts by {rollout.label}"))
-        if console is not None:
-            console.print(f"  {rollout.label}: {len(records)} responses, {sources[-1].num_tokens} tokens")
-    return sources
+    from drpo.backends import build_behavior, build_policy
+    from drpo.mismatch.format import from_records, records_from_batch
+
+    with torch.no_grad():
+        rollouts = parse_rollouts(rollouts)
+        if prompts < 1 or samples < 1 or rows_per_forward < 1:
+            raise ValueError(f"need prompts, samples and rows per forward >= 1; got {prompts}, {samples}, "
+                             f"{rows_per_forward}")
+        configs = [rollout_config(config, rollout) for rollout in rollouts]  # a bad combination stops before any work
+        policy = build_policy(config, console=console)
+        policy.model.eval()
+        if any(rollout.engine == "llamacpp" for rollout in rollouts):
+            _check_llamacpp(policy)
+        task = policy.task
+        examples = list(task.eval[:prompts])
+        encoded = [policy.encode_prompt(example) for example in examples]
+        device = next(policy.model.parameters()).device
+        cfg = config.rollout
+        sources = []
+        for rollout, rollout_cfg in zip(rollouts, configs, strict=True):
+            behavior = build_behavior(rollout_cfg, policy)
+            generator = torch.Generator(device).manual_seed(config.seed)  # every rollout samples from one seed
+            sampling = SamplingParams(eos_id=policy.tokenizer.eos_id, pad_id=policy.tokenizer.pad_id,
+                                      temperature=cfg.temperature, top_p=cfg.top_p, ignore_eos=cfg.ignore_eos,
+                                      stop=policy.stopper(), generator=generator)
+            try:
+                batch = behavior.generate(encoded, group_size=samples, max_new_tokens=task.max_response_len,
+                                          sampling=sampling)
+                engine = describe_engine(behavior.describe())
+            finally:
+                _free(behavior)  # one engine (a low-precision copy, a llama.cpp model) at a time
+                del behavior
+                gc.collect()
+            old_log_prob = torch.cat([policy.log_probs(batch.select(slice(start, start + rows_per_forward)),
+                                                       cfg.temperature).log_prob
+                                      for start in range(0, len(batch), rows_per_forward)])  # [N, T] fp32 pi_old
+            records = records_from_batch(batch.rollout_log_prob, batch.response_mask, old_log_prob=old_log_prob,
+                                         engine=engine)
+            sources.append(from_records(records, label=rollout.label,
+                                        where=f"{config.model.name} rollouts by {rollout.label}"))
+            if console is not None:
+                console.print(f"  {rollout.label}: {len(records)} responses, {sources[-1].num_tokens} tokens")
+        return sources
 
 
 measure_rollouts = measure_precisions
@@ -163,6 +168,7 @@ measure_rollouts = measure_precisions
 def _check_llamacpp(policy) -> None:
     """Before any rollout: llama.cpp is installed and serves this model (ValueError saying why not)."""
     try:
+        # lazy: the engine needs llama-cpp-python, an optional dependency (drpo[llamacpp])
         from drpo.behavior.llamacpp import import_llama_cpp, llama_source
     except ImportError as error:
         raise ValueError(f"llamacpp rollouts need the llama.cpp engine: {error}") from None

@@ -4,30 +4,30 @@ The evidence is the committed delta sweep (docs/results/delta/results.json): DRP
 conditions whose mismatch differs by an order of magnitude (fp8 rollouts; rollouts 4 optimizer steps
 stale), 5 seeds each, every run's p99 of |pi_old - mu| recorded. For a user's mismatch (the p99 of
 |pi_old - mu| of their dump) the nearest condition, on a log scale, answers: the deltas whose late
-accuracy (the sweep's primary outcome, drpo.experiments.outcomes) is not separably worse than the best
+accuracy (the sweep's primary outcome, drpo.lab.outcomes) is not separably worse than the best
 delta's (paired 95% t interval over seeds, as the sweep's report computes it; per comparison, so the range
 errs on the narrow side, and the deltas still worse after Holm's correction for the several comparisons are
 named beside it), and the recommended delta: the loss's default when that range holds it, else the
 supported delta nearest to it. Outside the measured mismatch the answer is the nearest condition's,
 said to be an extrapolation.
+
+The sweep itself stays in the repository; what this module reads is its summary per condition, the package
+data file evidence.json next to it, which the lab computes from the sweep (``python -m drpo.lab.evidence``,
+drpo/lab/evidence.py; a test checks the file against the committed sweep). So the recommendation works from
+an installed wheel, and nothing here reads the lab's statistics or the checkout.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import statistics
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, fields
+from importlib.resources import files
 
-import yaml
+from drpo.losses import get_loss
+from drpo.mismatch.stats import trust_region_stats
 
-from drpo.experiments.outcomes import PRIMARY
-from drpo.experiments.stats import holm, paired_difference
-from drpo.experiments.verdict import OUTCOME, per_seed_values
-
-# the committed sweep, read from the repository this package sits in (absent from an installed wheel)
-EVIDENCE = Path(__file__).resolve().parents[3] / "docs" / "results" / "delta" / "results.json"
+EVIDENCE_FILE = "evidence.json"  # package data of drpo.mismatch
 SWEEP_LOSS = "drpo"  # the loss whose delta the sweep varies
 
 
@@ -46,6 +46,15 @@ class Evidence:
     compared: int  # how many deltas were compared with the best
     seeds: int
     runs: str  # what ran: model, task, steps
+    outcome: str  # the outcome the deltas are compared in, in words (the sweep's primary outcome)
+
+    @classmethod
+    def from_json(cls, record: dict) -> Evidence:
+        """An Evidence from its record in evidence.json (lists back to tuples)."""
+        names = {f.name for f in fields(cls)}
+        if set(record) != names:
+            raise ValueError(f"an evidence record has the keys {sorted(record)}, expected {sorted(names)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ class Recommendation:
     delta: float
     evidence: Evidence
     placement: str  # "within" the nearest condition's measured range, "between" conditions, or "outside" all
-    source: str  # the results file
+    source: str  # the sweep's results file, as the evidence names it
 
     def lines(self) -> list[str]:
         """The recommendation in plain sentences (console and markdown)."""
@@ -63,7 +72,7 @@ class Recommendation:
         lines = [f"p99 |pi_old - mu| = {self.mismatch:.3g}: nearest measured condition '{e.condition}' ({e.about}; "
                  f"p99 {e.p99:.3g}, {e.p99_range[0]:.3g} to {e.p99_range[1]:.3g} across its runs).",
                  f"Supported delta: {min(e.supported):g} to {max(e.supported):g} (not separably worse than the best, "
-                 f"{e.best:g}, in {OUTCOME}: paired 95% t interval over {e.seeds} seeds; tried and supported: "
+                 f"{e.best:g}, in {e.outcome}: paired 95% t interval over {e.seeds} seeds; tried and supported: "
                  f"{supported}" + (f"; worse: {_listed(e.worse)}; still worse after Holm's correction for the "
                                    f"{e.compared} comparisons: {_listed(e.worse_corrected) or 'none'}" if e.worse else "")
                  + ").",
@@ -74,31 +83,6 @@ class Recommendation:
             lines.append(f"This mismatch lies {where}: the nearest one's answer is an extrapolation; a delta sweep "
                          "on your task (`drpo compare --methods drpo:delta=...`) would settle it.")
         return lines
-
-
-def evidence(results: dict, sweep_dir: Path | None = None) -> list[Evidence]:
-    """The conditions of a delta sweep's results.json (as `drpo report` writes it), DRPO's points only."""
-    points = next((s["points"] for s in results["sweeps"] if s["loss"] == SWEEP_LOSS), None)
-    if not points:
-        raise ValueError(f"the results have no delta sweep of '{SWEEP_LOSS}'")
-    out = []
-    for name, condition in results["conditions"].items():
-        methods = {p["value"]: condition["methods"][p["label"]] for p in points if p["label"] in condition["methods"]}
-        outcome = {delta: per_seed_values(m, PRIMARY) for delta, m in methods.items()}
-        best = max(methods, key=lambda d: methods[d][PRIMARY]["mean"])
-        to_best = {d: paired_difference(outcome[d], outcome[best], results["level"]) for d in sorted(methods) if d != best}
-        adjusted = holm({d: diff["p"] for d, diff in to_best.items()})
-        worse = tuple(d for d, diff in to_best.items() if diff["verdict"] == "worse")
-        worse_corrected = tuple(d for d in worse if adjusted[d] < 1 - results["level"])
-        p99s = [_mean([run["mismatch"]["p99"] for run in m["per_seed"].values()]) for m in methods.values()]
-        out.append(Evidence(
-            condition=name, about=condition["about"].split(":")[0], p99=_mean(p99s),
-            p99_range=(min(p99s), max(p99s)), best=best,
-            supported=tuple(d for d in sorted(methods) if d not in worse), worse=worse, worse_corrected=worse_corrected,
-            compared=len(to_best),
-            seeds=min(m["seeds"] for m in methods.values()),
-            runs=_describe_runs(results, sweep_dir, name, points[0]["label"])))
-    return out
 
 
 def recommend(mismatch: float, default_delta: float, conditions: list[Evidence], source: str) -> Recommendation:
@@ -116,36 +100,22 @@ def recommend(mismatch: float, default_delta: float, conditions: list[Evidence],
     return Recommendation(mismatch, delta, nearest, placement, source)
 
 
-def load_evidence(path: Path = EVIDENCE) -> list[Evidence]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: the committed delta sweep is not here (it ships with the repository, "
-                                "not with an installed package); run `drpo mismatch` from a clone")
-    return evidence(json.loads(path.read_text()), path.parent)
+def read_evidence() -> dict:
+    """evidence.json, the package data this module recommends from: {"source", "command", "conditions", ...}."""
+    return json.loads(files("drpo.mismatch").joinpath(EVIDENCE_FILE).read_text(encoding="utf-8"))
+
+
+def load_evidence(document: dict | None = None) -> list[Evidence]:
+    """The conditions of the delta sweep, from evidence.json (or ``document``, read from it already)."""
+    document = read_evidence() if document is None else document
+    conditions = [Evidence.from_json(record) for record in document["conditions"]]
+    if not conditions:
+        raise ValueError(f"{EVIDENCE_FILE} holds no condition of a delta sweep")
+    return conditions
 
 
 def _listed(deltas: tuple[float, ...]) -> str:
     return ", ".join(f"{d:g}" for d in deltas)
-
-
-def _mean(values: list[float | None]) -> float:
-    return statistics.fmean(v for v in values if v is not None)
-
-
-def _describe_runs(results: dict, sweep_dir: Path | None, condition: str, label: str) -> str:
-    """'model small, task arith, 100 steps per run' from one run's config.yaml (on disk or in the sweep's archive)."""
-    from drpo.experiments.archive import RunArchive
-    from drpo.experiments.methods import parse_method
-    from drpo.experiments.runs import run_dir
-
-    steps = next((o.split("=", 1)[1] for o in results.get("overrides", []) if o.startswith("steps=")), "?")
-    files = {}
-    if sweep_dir is not None and results.get("seeds"):
-        path = run_dir(sweep_dir, condition, parse_method(label).slug, results["seeds"][0])
-        files = RunArchive(sweep_dir).files(path)
-    if "config.yaml" not in files:
-        return f"{steps} steps per run"
-    config = yaml.safe_load(files["config.yaml"])
-    return f"model {config['model']['name']}, task {config['task']['name']}, {steps} steps per run"
 
 
 @dataclass(frozen=True)
@@ -157,23 +127,17 @@ class Advice:
     trust: dict[str, float]  # trust_region_stats at the recommended delta, Binary-TV at it too
 
 
-def advise(analyses, sources, path: Path = EVIDENCE) -> list[Advice]:
+def advise(analyses, sources) -> list[Advice]:
     """A recommendation for each analysed source (its main comparison's p99 |pi - mu|), the trust regions at it.
 
     The default it prefers is DRPO's, read from the loss (``get_loss("drpo").hyper.delta``).
     """
-    from drpo.losses import get_loss
-    from drpo.mismatch.stats import trust_region_stats
-
-    conditions = load_evidence(path)
+    document = read_evidence()
+    conditions = load_evidence(document)
     default = get_loss(SWEEP_LOSS).hyper.delta
-    try:
-        shown = path.relative_to(EVIDENCE.parents[3])
-    except ValueError:
-        shown = path
     advice = []
     for analysis, data in zip(analyses, sources, strict=True):
-        rec = recommend(analysis.pairs[analysis.main_pair]["abs_p_p99"], default, conditions, str(shown))
+        rec = recommend(analysis.pairs[analysis.main_pair]["abs_p_p99"], default, conditions, document["source"])
         target = data.log_prob if analysis.trust_pair == "total" else data.old_log_prob
         trust = trust_region_stats(target, data.rollout_log_prob, data.advantage, rec.delta,
                                    tv_delta=rec.delta if rec.delta <= 1 else None)

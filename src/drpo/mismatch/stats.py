@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from drpo.losses import get_loss
 from drpo.mismatch.format import TokenLogProbs
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99.9": 0.999}
@@ -110,8 +111,6 @@ def trust_region_stats(log_prob: np.ndarray, rollout_log_prob: np.ndarray, advan
     sign (a token is dropped only when it moved the way its advantage pushes); without advantages each
     figure is the mean over A = +1 and A = -1, i.e. advantages of random sign.
     """
-    from drpo.losses import get_loss
-
     pi = torch.as_tensor(log_prob, dtype=torch.float64).unsqueeze(0)  # [1, N]
     mu = torch.as_tensor(rollout_log_prob, dtype=torch.float64).unsqueeze(0)  # [1, N]
     mask = torch.ones_like(pi)

@@ -98,7 +98,8 @@ def convert_gguf(path: Path, console=None) -> Path:
     if (out / "config.json").is_file():
         return out
     try:
-        import gguf  # noqa: F401  (transformers needs it to read the file; fail here with the install command)
+        # lazy: optional dependencies (drpo[smollm2]); transformers needs gguf to read the file
+        import gguf  # noqa: F401  (fail here with the install command)
         import transformers
     except ImportError as error:
         raise ImportError(f"reading a GGUF model needs transformers and gguf: {INSTALL_HINT}") from error
@@ -130,7 +131,7 @@ def convert_gguf(path: Path, console=None) -> Path:
 
 def special_token_ids(path: Path) -> tuple[int | None, int | None]:
     """(EOS id, PAD id) as the GGUF file's tokenizer metadata gives them (None where absent)."""
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # lazy: optional dependency (drpo[smollm2])
 
     fields = GGUFReader(path).fields
 

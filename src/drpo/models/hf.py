@@ -33,7 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from drpo.checkpoint import load_checkpoint
+from drpo.config import RunConfig
 from drpo.constants import HF_DTYPES, TORCH_DTYPES
+from drpo.models.gguf import is_pretrained_name, resolve_model_dir
 from drpo.models.transformer import KVCache
 
 DTYPES = {name: getattr(torch, TORCH_DTYPES[name]) for name in HF_DTYPES}  # model.dtype
@@ -47,7 +50,7 @@ DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "dropout", "attn_pd
 
 def require_transformers():
     try:
-        import transformers
+        import transformers  # lazy: optional dependency (drpo[hf])
     except ImportError as error:
         raise ImportError("model=hf:PATH needs transformers: pip install 'drpo[hf]'") from error
     return transformers
@@ -167,7 +170,7 @@ def _conv1d_to_linear(model: nn.Module) -> None:
     The behavior policy's fp8/int8 modes round the weights and inputs of every ``nn.Linear``; without
     this, a GPT-2 model would be quantized in its output head only.
     """
-    from transformers.pytorch_utils import Conv1D
+    from transformers.pytorch_utils import Conv1D  # lazy: optional dependency (drpo[hf])
 
     converted = []
     for name, module in list(model.named_modules()):
@@ -186,7 +189,7 @@ def _conv1d_to_linear(model: nn.Module) -> None:
 
 def _linear_to_conv1d(model: nn.Module) -> None:
     """Undo :func:`_conv1d_to_linear` (before ``save_pretrained``, so GPT-2 checkpoints keep their layout)."""
-    from transformers.pytorch_utils import Conv1D
+    from transformers.pytorch_utils import Conv1D  # lazy: optional dependency (drpo[hf])
 
     for name in getattr(model, "drpo_conv1d_modules", ()):
         linear = model.get_submodule(name)
@@ -201,7 +204,7 @@ def _linear_to_conv1d(model: nn.Module) -> None:
 def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> nn.Module:
     """LoRA adapters on every Linear but the output head (peft ``all-linear``); only they are trained."""
     try:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # lazy: optional dependency (drpo[hf])
     except ImportError as error:
         raise ImportError("model.lora_rank > 0 needs peft: pip install peft") from error
     lora = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else 2 * rank, lora_dropout=0.0,
@@ -241,7 +244,7 @@ def hf_state(model: nn.Module, cpu: bool = False, dtype: torch.dtype | None = No
 def _merged_lora_weights(base: nn.Module) -> dict[str, torch.Tensor]:
     """{state-dict name of a LoRA layer's base weight: base weight + its active adapters' delta}, new tensors
     (what peft's merge would write into the weight, rounded the same way)."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: optional dependency (drpo[hf])
 
     merged = {}
     for name, module in base.named_modules():
@@ -265,13 +268,8 @@ def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
     The result (weights, config, tokenizer; LoRA adapters merged) loads with ``from_pretrained`` or as
     ``model=hf:OUT_DIR`` for another run or an evaluation.
     """
-    from drpo.checkpoint import load_checkpoint
-    from drpo.config import RunConfig
-
     state = load_checkpoint(Path(run_dir) / "checkpoints")
     cfg = RunConfig.model_validate(state["config"]).model
-    from drpo.models.gguf import is_pretrained_name, resolve_model_dir
-
     if not is_pretrained_name(cfg.name):
         raise ValueError(f"run {run_dir} trained the built-in model {cfg.name!r}, not a Hugging Face model")
     path = resolve_model_dir(cfg.name)

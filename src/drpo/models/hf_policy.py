@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from drpo.models.gguf import resolve_model_dir
 from drpo.models.hf import HFCausalLM, add_lora, load_hf_model, require_transformers
 from drpo.models.log_probs import SequenceLogProbs, sequence_log_probs
 from drpo.models.policy import Policy
@@ -147,8 +148,6 @@ def resolve_device(device: str) -> torch.device:
 def build_hf_policy(config, console=None, task=None) -> HFPolicy:
     """The Policy of a pretrained ``config.model.name`` (hf:PATH, gguf:FILE, smollm2-135m): model, tokenizer, task
     (``task`` when given, else config.task's)."""
-    from drpo.models.gguf import resolve_model_dir
-
     cfg = config.model
     path = resolve_model_dir(cfg.name, console)
     if not (path / "config.json").is_file():

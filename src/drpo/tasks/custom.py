@@ -277,7 +277,7 @@ class CustomTask(DataTask):
             if names.count(f.name) > 1:
                 f.name = f"{f.name}_{names[:i].count(names[i])}"
         self.seed = seed
-        need_answer = not pretrained_model
+        need_answer = None if pretrained_model else "the built-in model's warm-up imitates it"
         options = dict(prompt_field=prompt_field, answer_field=answer_field, need_answer=need_answer,
                        skip_bad_rows=skip_bad_rows)
         label, rows, held_out = read_source(data, "data")

@@ -3,8 +3,8 @@
     for number, row, reason in read_rows(Path("train.jsonl")):   # reason: why the row cannot be decoded, or None
         ...
 
-Shared by the tasks that read data (math.py, custom.py); each parses its rows its own way and raises
-:class:`DataError` naming the file, the row and the field.
+Read through rows.py, the one parser of the tasks that read data (math.py, custom.py), which raises
+:class:`DataError` naming the file, the row and the column.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def read_rows(path: Path, fields: tuple[str, ...] = ()):
 
 def _parquet_rows(path: Path, fields: tuple[str, ...]):
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: optional dependency (Parquet files)
     except ImportError as error:
         raise DataError(f"data file {path}: reading Parquet needs pyarrow (pip install pyarrow)") from error
     try:

@@ -11,8 +11,9 @@ equal to the reference according to math-verify (``1/2``, ``0.5`` and ``\\frac{1
 or a check that runs past ``verify_timeout`` seconds. It never raises; any other error of the verifier also
 gives 0.0 but is counted (``reward/verifier_errors``), and a batch where most answers fail stops the run.
 
-Data: JSON lines (``.jsonl``), a JSON list (``.json``) or Parquet (``.parquet``); one problem per row.
-``prompt_field`` and ``answer_field`` name the fields, dotted for nested ones
+Data: JSON lines (``.jsonl``), a JSON list (``.json``) or Parquet (``.parquet``) (or a ``datasets``
+save_to_disk directory: its train split); one problem per row, read and parsed by rows.py as task=custom's
+rows are. ``prompt_field`` and ``answer_field`` name the fields, dotted for nested ones
 (``reward_model.ground_truth`` in verl-style files). A prompt is a string, or a list of chat messages
 (``{"role": ..., "content": ...}``: the last user message is the problem). ``prompt_pattern``, a regular
 expression, optionally cuts the problem out of a dataset's own instructions (its first group is kept).
@@ -35,7 +36,8 @@ from pathlib import Path
 
 from drpo.constants import MATH_PROMPT_TEMPLATE
 from drpo.tasks.base import DataTask, Example
-from drpo.tasks.data import DATA_SUFFIXES, DataError, read_rows
+from drpo.tasks.data import DataError
+from drpo.tasks.rows import parse_rows, read_source
 
 logger = logging.getLogger(__name__)
 _BOXED = re.compile(r"\\boxed\s*\{")
@@ -111,7 +113,7 @@ class _NoTimeoutWarning(logging.Filter):
 @functools.cache
 def _math_verify():
     try:
-        import math_verify
+        import math_verify  # lazy: optional dependency (drpo[hf])
     except ImportError as error:
         raise ImportError("task=math needs math-verify: pip install 'math-verify>=0.7' "
                           "(or the project's extra: pip install 'drpo[hf]')") from error
@@ -155,49 +157,30 @@ def answers_match(predicted: str, reference: str, timeout: float = 5.0) -> bool:
 
 @functools.cache
 def _sympy_errors() -> tuple[type[BaseException], ...]:
-    import sympy
+    import sympy  # lazy: math-verify's dependency, optional (drpo[hf])
 
     return (sympy.SympifyError,)
 
 
 # --------------------------------------------------------------------------------------------- the data
+NEED_ANSWER = "the reward compares the boxed answer with it"  # what a row without a reference is told
+
+
 def load_examples(path: str | Path, prompt_field: str = "prompt", answer_field: str = "answer",
                   prompt_template: str = "{prompt}", skip_bad_rows: bool = False,
                   prompt_pattern: str | None = None) -> tuple[list[Example], dict[str, int]]:
-    """(examples, {"bad_rows": skipped, "duplicates": dropped}) of a data file (see the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    if path.suffix not in DATA_SUFFIXES:
-        raise DataError(f"data file {path}: unknown format {path.suffix!r}; use {', '.join(DATA_SUFFIXES)}")
+    """(examples, {"bad_rows": skipped, "duplicates": dropped}) of a data file (see the module docstring).
+
+    The rows are read and parsed by rows.py, as task=custom's are; math's own rules are the prompt pattern and
+    template (:func:`prompt_rule`), the answer stripped, and repeated problems kept once (:func:`unique`)."""
     if "{prompt}" not in prompt_template:
         raise DataError(f"prompt_template {prompt_template!r} must contain '{{prompt}}'")
-    pattern = compile_prompt_pattern(prompt_pattern)
-    examples, seen, counts = [], set(), {"bad_rows": 0, "duplicates": 0}
-    for row_number, row, reason in read_rows(path, (prompt_field, answer_field)):
-        try:
-            if reason is not None:
-                raise DataError(reason)
-            if not isinstance(row, dict):
-                raise DataError(f"is a {type(row).__name__}, not an object of fields")
-            prompt = _prompt_text(_field(row, prompt_field), prompt_field, pattern)
-            answer = _answer_text(_field(row, answer_field), answer_field)
-        except DataError as error:
-            if not skip_bad_rows:
-                raise DataError(f"data file {path} row {row_number}: {error} (set task.skip_bad_rows=true "
-                                "to skip and count such rows)") from None
-            counts["bad_rows"] += 1
-            continue
-        example = Example(prompt=prompt_template.replace("{prompt}", prompt), answer=answer)
-        if example in seen:
-            counts["duplicates"] += 1
-            continue
-        seen.add(example)
-        examples.append(example)
-    if not examples:
-        raise DataError(f"data file {path} holds no usable rows"
-                        + (f" ({counts['bad_rows']} bad rows skipped)" if counts["bad_rows"] else ""))
-    return examples, counts
+    rule = prompt_rule(prompt_field, prompt_template, compile_prompt_pattern(prompt_pattern))
+    label, rows, _ = read_source(Path(path), "data file", fields=(prompt_field, answer_field))
+    parsed, bad_rows = parse_rows(rows, label, prompt_field, answer_field, need_answer=NEED_ANSWER,
+                                  skip_bad_rows=skip_bad_rows, prompt_rule=rule)
+    examples, duplicates = unique(Example(prompt=row.prompt, answer=row.answer.strip()) for row in parsed)
+    return examples, {"bad_rows": bad_rows, "duplicates": duplicates}
 
 
 def compile_prompt_pattern(prompt_pattern: str | None) -> re.Pattern | None:
@@ -212,44 +195,32 @@ def compile_prompt_pattern(prompt_pattern: str | None) -> re.Pattern | None:
     return pattern
 
 
-def _field(row: dict, dotted: str):
-    node = row
-    for depth, key in enumerate(dotted.split(".")):
-        if not isinstance(node, dict) or key not in node:
-            where = ".".join(dotted.split(".")[:depth]) or "the row"
-            present = ", ".join(map(repr, node)) if isinstance(node, dict) else type(node).__name__
-            raise DataError(f"field {dotted!r} is missing ({where} has {present or 'no fields'})")
-        node = node[key]
-    if node is None:
-        raise DataError(f"field {dotted!r} is null")
-    return node
+def prompt_rule(field: str, template: str, pattern: re.Pattern | None):
+    """The problem text of a row's prompt (cut out by ``pattern``'s first group, when given) in ``template``; a
+    :class:`DataError` for a prompt the pattern does not match or cuts down to nothing (a bad row)."""
+    def rule(text: str) -> str:
+        if pattern is not None:
+            match = pattern.search(text)
+            if match is None or match.group(1) is None:
+                raise DataError(f"column {field!r} does not match task.prompt_pattern {pattern.pattern!r}")
+            text = match.group(1)
+            if not text.strip():
+                raise DataError(f"column {field!r} is empty once task.prompt_pattern cut it")
+        return template.replace("{prompt}", text)  # braces elsewhere are literal: LaTeX is safe
+
+    return rule
 
 
-def _prompt_text(value, field: str, pattern: re.Pattern | None = None) -> str:
-    if isinstance(value, list):  # chat messages: the problem is the last user turn
-        users = [m for m in value if isinstance(m, dict) and m.get("role", "user") == "user"]
-        if not users or not isinstance(users[-1].get("content"), str):
-            raise DataError(f"field {field!r} is a list without a user message holding 'content' text")
-        value = users[-1]["content"]
-    if not isinstance(value, str):
-        raise DataError(f"field {field!r} must be text or chat messages, got {type(value).__name__}")
-    if pattern is not None:
-        match = pattern.search(value)
-        if match is None or match.group(1) is None:
-            raise DataError(f"field {field!r} does not match task.prompt_pattern {pattern.pattern!r}")
-        value = match.group(1)
-    if not value.strip():
-        raise DataError(f"field {field!r} is empty")
-    return value
-
-
-def _answer_text(value, field: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise DataError(f"field {field!r} must be text or a number, got {type(value).__name__}")
-    text = str(value).strip()
-    if not text:
-        raise DataError(f"field {field!r} is empty")
-    return text
+def unique(examples) -> tuple[list[Example], int]:
+    """(the examples, each (prompt, answer) once, in order; how many repeats were dropped)."""
+    kept, seen, repeats = [], set(), 0
+    for example in examples:
+        if example in seen:
+            repeats += 1
+        else:
+            seen.add(example)
+            kept.append(example)
+    return kept, repeats
 
 
 # --------------------------------------------------------------------------------------------- the task

@@ -1,14 +1,18 @@
-"""The rows of task=custom: from a file, a ``datasets`` directory or Python objects, parsed into :class:`Row`.
+"""The rows of the data tasks (custom, math): from a file, a ``datasets`` directory or Python objects, parsed
+into :class:`Row`. The one parser of rows; each task adds its own rules on top (math.py: a prompt pattern and
+template, stripped answers, duplicates dropped).
 
     label, rows, held_out = read_source("train.jsonl", "data")   # numbered raw rows (and a held-out split)
-    parsed, skipped = parse_rows(rows, label, "prompt", "answer", need_answer=False, skip_bad_rows=True)
+    parsed, skipped = parse_rows(rows, label, "prompt", "answer", need_answer=None, skip_bad_rows=True)
 
-What a row must hold, and what a bad row is, is in custom.py's docstring; errors are :class:`DataError`
+What a row must hold, and what a bad row is, is in custom.py's docstring; a column name may be dotted for a
+nested one (``reward_model.ground_truth``, as verl's files keep the reference). Errors are :class:`DataError`
 naming the source, the row and the column.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +37,10 @@ class Row(Example):
         return self.prompt if self.messages is None else list(self.messages)
 
 
-def read_source(source, what: str) -> tuple[str, list, list | None]:
-    """(label for messages, [(row number, row, why it cannot be decoded or None)], held-out rows or None)."""
+def read_source(source, what: str, fields: tuple[str, ...] = ()) -> tuple[str, list, list | None]:
+    """(label for messages, [(row number, row, why it cannot be decoded or None)], held-out rows or None).
+
+    ``fields``: the (dotted) columns the caller reads; of a Parquet file only those are read (all when empty)."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():
@@ -44,7 +50,7 @@ def read_source(source, what: str) -> tuple[str, list, list | None]:
         if path.suffix not in DATA_SUFFIXES:
             raise DataError(f"{what} {path}: unknown format {path.suffix!r}; use {', '.join(DATA_SUFFIXES)} or a "
                             "directory written by datasets' save_to_disk")
-        return f"{what} {path}", list(read_rows(path)), None
+        return f"{what} {path}", list(read_rows(path, fields)), None
     if isinstance(source, dict) and source and all(hasattr(split, "to_list") for split in source.values()):
         return _split_dict(source, f"{what} (DatasetDict)")  # a DatasetDict: {split name: Dataset}
     if hasattr(source, "to_list"):  # a datasets.Dataset
@@ -64,7 +70,7 @@ def _read_saved_dataset(path: Path):
                         f"no {' or '.join(SAVED_DATASET_FILES)}); give a file ({', '.join(DATA_SUFFIXES)}) or a "
                         "directory written by datasets' save_to_disk")
     try:
-        import datasets
+        import datasets  # lazy: optional dependency (drpo[datasets])
     except ImportError as error:
         raise DataError(f"{path} is a directory: reading a datasets save_to_disk directory needs datasets "
                         "(pip install datasets)") from error
@@ -85,9 +91,14 @@ def _split_dict(splits, label: str):
     return f"{label} split train", rows, None if held_out is None else held_out.to_list()
 
 
-def parse_rows(rows: list, label: str, prompt_field: str, answer_field: str, need_answer: bool,
-               skip_bad_rows: bool) -> tuple[list[Row], int]:
-    """(the usable rows as Row, how many were skipped as bad); see the module docstring for what is bad."""
+def parse_rows(rows: list, label: str, prompt_field: str, answer_field: str, need_answer: str | None,
+               skip_bad_rows: bool, prompt_rule: Callable[[str], str] | None = None) -> tuple[list[Row], int]:
+    """(the usable rows as Row, how many were skipped as bad); see the module docstring for what is bad.
+
+    ``need_answer``: why every row needs a reference answer (said in the error of a row without one), or None
+    where a row may have none (its ``answer`` is then ''). ``prompt_rule``: the task's own rule for a prompt's
+    text, returning the prompt to keep; a :class:`DataError` it raises makes the row bad (stop, or skip and count).
+    """
     absent = _absent_column(rows, prompt_field, "task.prompt_field", taken=answer_field) or (
         _absent_column(rows, answer_field, "task.answer_field", taken=prompt_field) if need_answer else None)
     if absent:
@@ -97,7 +108,7 @@ def parse_rows(rows: list, label: str, prompt_field: str, answer_field: str, nee
         try:
             if reason is not None:
                 raise DataError(reason)
-            parsed.append(_parse_row(row, number, prompt_field, answer_field, need_answer))
+            parsed.append(_parse_row(row, number, prompt_field, answer_field, need_answer, prompt_rule))
         except DataError as error:
             if not skip_bad_rows:
                 raise DataError(f"{label} row {number}: {error} (set task.skip_bad_rows=true to skip and count "
@@ -113,7 +124,7 @@ def _absent_column(rows: list, name: str, option: str, taken: str) -> str | None
 
     The suggestion is the first text column that ``taken`` (the other field) does not already read."""
     dicts = [row for _, row, reason in rows if reason is None and isinstance(row, dict)]
-    if not dicts or any(name in row for row in dicts):
+    if not dicts or any(_lookup(row, name)[1] is None for row in dicts):
         return None
     columns = list(dict.fromkeys(key for row in dicts for key in row))
     text = [key for key in columns if isinstance(dicts[0].get(key), str) and key not in NOT_COLUMNS]
@@ -122,13 +133,32 @@ def _absent_column(rows: list, name: str, option: str, taken: str) -> str | None
             + (f": name the column to read with {option}={suggestion}" if suggestion else f"; set {option}=COLUMN"))
 
 
-def _parse_row(row, number: int, prompt_field: str, answer_field: str, need_answer: bool) -> Row:
+def _lookup(row: dict, name: str):
+    """(the value of column ``name``, None), or (None, where the column is missing: 'the row has ...').
+
+    A dotted name reads a nested column (``reward_model.ground_truth``) unless the row has it as one key."""
+    if name in row:
+        return row[name], None
+    node, path = row, []
+    for key in name.split("."):
+        if not isinstance(node, dict) or key not in node:
+            present = ", ".join(map(repr, node)) if isinstance(node, dict) else f"a {type(node).__name__}"
+            return None, f"{'.'.join(path) or 'the row'} has {present or 'no columns'}"
+        node = node[key]
+        path.append(key)
+    return node, None
+
+
+def _parse_row(row, number: int, prompt_field: str, answer_field: str, need_answer: str | None,
+               prompt_rule: Callable[[str], str] | None) -> Row:
     if not isinstance(row, dict):
         raise DataError(f"is a {type(row).__name__}, not an object of columns")
-    if row.get(prompt_field) is None:
-        raise DataError(f"column {prompt_field!r} is missing or null (the row has {', '.join(map(repr, row)) or 'no columns'}); "
-                        "task.prompt_field names the prompt column")
-    value, messages = row[prompt_field], None
+    value, missing = _lookup(row, prompt_field)
+    if value is None:
+        where = missing or f"the row has {', '.join(map(repr, row))}"
+        raise DataError(f"column {prompt_field!r} is missing or null ({where}); task.prompt_field names the prompt "
+                        "column")
+    messages = None
     if isinstance(value, list):
         if not value or not all(isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
                                 for m in value):
@@ -140,12 +170,18 @@ def _parse_row(row, number: int, prompt_field: str, answer_field: str, need_answ
         raise DataError(f"column {prompt_field!r} must be text or chat messages, got {type(value).__name__}")
     if not value.strip():
         raise DataError(f"column {prompt_field!r} is empty")
-    answer = row.get(answer_field)
-    if isinstance(answer, str | int | float) and not isinstance(answer, bool) and str(answer).strip():
+    if prompt_rule is not None:
+        value = prompt_rule(value)
+    answer, missing = _lookup(row, answer_field)
+    problem = (f"is missing ({missing})" if missing else "is null" if answer is None
+               else f"must be text or a number, got {type(answer).__name__}"
+               if isinstance(answer, bool) or not isinstance(answer, str | int | float)
+               else "is empty" if not str(answer).strip() else None)
+    if problem is None:
         answer = str(answer)
     elif need_answer:
-        raise DataError(f"column {answer_field!r} (the reference answer) is missing, empty or not text; the built-in "
-                        "model's warm-up imitates it (task.answer_field names the column)")
+        raise DataError(f"column {answer_field!r} (the reference answer) {problem}; {need_answer} "
+                        "(task.answer_field names the column)")
     else:
         answer = ""
     columns = {k: v for k, v in row.items() if k not in NOT_COLUMNS}

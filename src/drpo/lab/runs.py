@@ -1,6 +1,6 @@
 """Reading a sweep's files: the grid (sweep.yaml) and each finished run's metrics.jsonl, summary.json and
 config.yaml, under SWEEP_DIR/runs/{condition}/{method}/seed{k}/ or in the sweep's runs archive
-(drpo.experiments.archive). Nothing here imports the trainer."""
+(drpo.lab.archive). Nothing here imports the trainer."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from drpo.experiments.archive import RunArchive, is_finished
-from drpo.experiments.collapse import as_number
+from drpo.lab.archive import RunArchive, is_finished
+from drpo.lab.collapse import as_number
 
 
 @dataclass

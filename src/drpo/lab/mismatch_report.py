@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from drpo.mismatch.references import REFERENCES, sources
+from drpo.lab.mismatch_references import REFERENCES, sources
 from drpo.mismatch.stats import (
     BANDS,
     JUMP_FACTOR,

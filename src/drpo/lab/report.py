@@ -3,7 +3,7 @@
     drpo report runs/compare            # rebuild from the run directories (e.g. after tuning --target)
 
 Inputs: SWEEP_DIR/sweep.yaml (the grid compare resolved) and, per run, metrics.jsonl, summary.json and
-config.yaml under SWEEP_DIR/runs/{condition}/{method}/seed{k}/ (drpo.experiments.runs). Nothing here
+config.yaml under SWEEP_DIR/runs/{condition}/{method}/seed{k}/ (drpo.lab.runs). Nothing here
 imports the trainer: a report can be rebuilt anywhere the files are. Only finished runs count
 (summary.json present, not interrupted); the report lists the others as missing.
 
@@ -21,20 +21,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from drpo.experiments.collapse import __doc__ as COLLAPSE_DOC
-from drpo.experiments.figures import (
+from drpo.lab.collapse import __doc__ as COLLAPSE_DOC
+from drpo.lab.figures import (
     plot_condition,
     plot_hyper_sweep,
     plot_outcome,
     plot_trust_region,
     weight_figure_losses,
 )
-from drpo.experiments.outcomes import LATE_WINDOW
-from drpo.experiments.outcomes import __doc__ as OUTCOMES_DOC
-from drpo.experiments.results import summarize
-from drpo.experiments.runs import load_grid, load_runs
-from drpo.experiments.stats import __doc__ as STATS_DOC
-from drpo.experiments.verdict import format_difference, plus_minus
+from drpo.lab.outcomes import LATE_WINDOW
+from drpo.lab.outcomes import __doc__ as OUTCOMES_DOC
+from drpo.lab.results import summarize
+from drpo.lab.runs import load_grid, load_runs
+from drpo.lab.stats import __doc__ as STATS_DOC
+from drpo.lab.verdict import format_difference, plus_minus
 
 
 def write_report(sweep_dir: str | Path, target: float | None = None, baseline: str | None = None) -> Path:
@@ -79,7 +79,7 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
     if results.get("missing"):
         lines += [f"**Missing or unfinished runs ({len(results['missing'])})**, left out of every number below: "
                   + ", ".join(results["missing"]), ""]
-    lines += ["## Verdict", "", f"Generated from the numbers in results.json (drpo.experiments.verdict). Every "
+    lines += ["## Verdict", "", f"Generated from the numbers in results.json (drpo.lab.verdict). Every "
               f"comparison is a paired difference over seeds (a seed fixes the base model and the prompts) of the "
               f"primary outcome, *late accuracy*: the mean eval accuracy over the evaluations in the last "
               f"{round(100 * LATE_WINDOW)}% of a run's steps (definition at the end), with its two-sided {level}% "
@@ -128,9 +128,9 @@ def render_markdown(sweep_dir: Path, results: dict, drawn: list[str], not_drawn:
         why = "custom hyper-parameters or top-k losses" + (
             ", or a boundary the trainer sets" if any(methods[label].get("trainer") for label in not_drawn) else "")
         lines += [f"Not drawn ({why}): {', '.join(not_drawn)}.", ""]
-    lines += ["## Outcomes", "", "From drpo.experiments.outcomes:", "", OUTCOMES_DOC.strip(), "",
-              "## Statistics", "", "From drpo.experiments.stats:", "", STATS_DOC.strip(), "",
-              "## Collapse definition", "", "From drpo.experiments.collapse:", "", COLLAPSE_DOC.strip(), ""]
+    lines += ["## Outcomes", "", "From drpo.lab.outcomes:", "", OUTCOMES_DOC.strip(), "",
+              "## Statistics", "", "From drpo.lab.stats:", "", STATS_DOC.strip(), "",
+              "## Collapse definition", "", "From drpo.lab.collapse:", "", COLLAPSE_DOC.strip(), ""]
     return "\n".join(lines)
 
 

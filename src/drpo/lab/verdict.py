@@ -1,14 +1,14 @@
 """The verdict of a sweep: sentences generated from results.json's numbers, nothing written by hand.
 
-Every comparison is a paired difference over seeds (drpo.experiments.stats), with its two-sided t interval,
+Every comparison is a paired difference over seeds (drpo.lab.stats), with its two-sided t interval,
 of the primary outcome: late accuracy, the mean eval accuracy over the last 20% of a run's steps
-(drpo.experiments.outcomes); wins and losses are decided by the interval alone:
+(drpo.lab.outcomes); wins and losses are decided by the interval alone:
 
 - *better* / *worse*: the interval of (method - reference) lies above / below 0;
 - *not separable*: it contains 0, or fewer than 2 seeds are paired (no interval).
 
 Every method against the baseline is one family of tests: the baseline sentence also says which of its
-separations survive Holm's correction for that family (drpo.experiments.stats.holm).
+separations survive Holm's correction for that family (drpo.lab.stats.holm).
 
 Per condition: the method with the highest mean late accuracy and which methods are not separable from
 it (the top group; a method *wins* the condition only when it is better than every other), the collapses,
@@ -20,8 +20,8 @@ every method has some but not all of its planned seeds is read as *interim*, sai
 
 from __future__ import annotations
 
-from drpo.experiments.outcomes import LATE_WINDOW, PRIMARY
-from drpo.experiments.stats import paired_difference
+from drpo.lab.outcomes import LATE_WINDOW, PRIMARY
+from drpo.lab.stats import paired_difference
 
 OUTCOME = f"late accuracy (mean eval accuracy over the last {round(100 * LATE_WINDOW)}% of steps)"
 

@@ -2,18 +2,18 @@
 
 Per run (:func:`run_numbers`): eval accuracy at the start, its best and final values, the primary outcome
 (late accuracy: mean over the last evaluations) and the area under the accuracy curve
-(drpo.experiments.outcomes), the trust-region
+(drpo.lab.outcomes), the trust-region
 metrics averaged over steps (masked w = 0, corrective w < 0, amplified w > 1, mean |w - 1|, and with
 diagnose_pull=true the gradient-norm ratio of the pull part to the policy-gradient part), the extremes of
 the weight over steps, the mismatch
 the run measured (mean, p99 and max of |pi - mu| at rollout time), rollout + update seconds, the collapse
 verdict. Per condition and method: mean and sample std over seeds, steps to target (seed-mean curve), and
 the paired differences of late accuracy (the verdict's, with its Holm-adjusted p over the family of every
-method against the baseline), area and final accuracy against the baseline (drpo.experiments.stats).
+method against the baseline), area and final accuracy against the baseline (drpo.lab.stats).
 Per condition: the
 mechanism it injects (what the behavior policy rounds, updates per batch, lag), the mismatch measured by
 its runs, the evaluation size. Per sweep of one loss hyper-parameter (:func:`hyper_sweeps`): one point per
-value. The verdict (drpo.experiments.verdict) is generated from these numbers.
+value. The verdict (drpo.lab.verdict) is generated from these numbers.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 import statistics
 
-from drpo.experiments.collapse import as_number, detect_collapse
-from drpo.experiments.methods import HEADLINE_LOSS
-from drpo.experiments.outcomes import PRIMARY, accuracy_area, late_accuracy
-from drpo.experiments.runs import Run, seed_mean_curve, series
-from drpo.experiments.stats import LEVEL, holm, mean_interval, mean_std, paired_difference
-from drpo.experiments.verdict import per_seed_values, verdict
+from drpo.lab.collapse import as_number, detect_collapse
+from drpo.lab.methods import HEADLINE_LOSS
+from drpo.lab.outcomes import PRIMARY, accuracy_area, late_accuracy
+from drpo.lab.runs import Run, seed_mean_curve, series
+from drpo.lab.stats import LEVEL, holm, mean_interval, mean_std, paired_difference
+from drpo.lab.verdict import per_seed_values, verdict
 
 TARGET_MARGIN = 0.15  # default target: start accuracy + this
 MIN_SWEEP_POINTS = 3  # a loss hyper-parameter taking this many values in one sweep gets its own figure

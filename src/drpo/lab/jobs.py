@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from drpo.experiments.archive import RunArchive, is_finished
-from drpo.experiments.methods import Method
-from drpo.experiments.runs import run_dir
+from drpo.lab.archive import RunArchive, is_finished
+from drpo.lab.methods import Method
+from drpo.lab.runs import run_dir
 
 RESERVED = ("out", "resume", "seed", "loss")  # set by compare itself, per run
 SHARED_LOSS_KEYS = ("loss.aggregation", "loss.horizon")  # loss settings that are not the method's

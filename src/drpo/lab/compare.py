@@ -20,8 +20,8 @@ How a sweep runs, top to bottom:
    its own spawned process (cpu_count // workers torch threads each, or ``--threads``), ``workers`` at a
    time. Ctrl-C stops the workers politely (they checkpoint); the same command continues where it stopped.
 4. pack: the finished runs' config.yaml, metrics.jsonl and summary.json go into SWEEP_DIR/runs.tar.xz
-   (drpo.experiments.archive; also when interrupted). The run directories stay.
-5. report: drpo.experiments.report reads the run files and writes report.md, figures/, results.json.
+   (drpo.lab.archive; also when interrupted). The run directories stay.
+5. report: drpo.lab.report reads the run files and writes report.md, figures/, results.json.
 
 Layout: SWEEP_DIR/sweep.yaml (the grid), SWEEP_DIR/runs/{condition}/{method}/seed{k}/ (normal run
 directories, plus worker.log), SWEEP_DIR/runs.tar.xz, SWEEP_DIR/report.md, SWEEP_DIR/figures/,
@@ -37,12 +37,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drpo.experiments.archive import pack
-from drpo.experiments.conditions import SWEEP_OVERRIDES, get_conditions
-from drpo.experiments.jobs import base_models_to_warm, plan, reset_run_dir, write_grid
-from drpo.experiments.methods import parse_methods
-from drpo.experiments.report import write_report
-from drpo.experiments.workers import EXIT_NON_FINITE, run_processes, run_worker, warm_up_worker
+from drpo.lab.archive import pack
+from drpo.lab.conditions import CONDITIONS, SWEEP_OVERRIDES, get_conditions
+from drpo.lab.jobs import base_models_to_warm, plan, reset_run_dir, write_grid
+from drpo.lab.methods import METHODS, parse_methods
+from drpo.lab.report import write_report
+from drpo.lab.workers import EXIT_NON_FINITE, run_processes, run_worker, warm_up_worker
 from drpo.losses import cannot_bind
 
 
@@ -158,9 +158,6 @@ def split_cli_lists(methods: list[str] | None, conditions: list[str] | None,
 
 def describe_grid() -> str:
     """The default methods and the condition presets, for `drpo compare --list`."""
-    from drpo.experiments.conditions import CONDITIONS
-    from drpo.experiments.methods import METHODS
-
     lines = ["methods (default: all; any registry name or preset, or NAME:key=value,... also works; a key "
              "adaptive_delta.KEY sets the trainer's adaptive boundary for that method):"]
     for label, (loss, hyper) in METHODS.items():

@@ -7,8 +7,8 @@ import math
 import textwrap
 from pathlib import Path
 
-from drpo.experiments.outcomes import LATE_WINDOW
-from drpo.experiments.runs import Run, seed_mean_curve
+from drpo.lab.outcomes import LATE_WINDOW
+from drpo.lab.runs import Run, seed_mean_curve
 
 
 def fill_title(text: str, inches: float, points: float = 12) -> str:

@@ -7,12 +7,12 @@
    100 steps that is the evaluations at steps 80 and 100; with the late schedule `drpo train` and `drpo
    compare` use by default (`eval.late_every=10` over the last `eval.late_fraction=0.3` of the steps),
    steps 80, 90 and 100. Every verdict sentence, "better / worse / not separable" and each table's
-   "- baseline" column compares this number, paired over seeds (drpo.experiments.stats).
+   "- baseline" column compares this number, paired over seeds (drpo.lab.stats).
 2. **Learning speed: area under the accuracy curve**, the trapezoid integral of eval accuracy over
    steps from the first evaluation (step 0) to the last, divided by that span: the run's time-averaged
    accuracy, in accuracy units (a run that sat at its start accuracy scores its start accuracy; one that
    jumped at once to 0.6 and stayed scores 0.6).
-3. **Stability: collapse**, as drpo.experiments.collapse defines it.
+3. **Stability: collapse**, as drpo.lab.collapse defines it.
 
 The final evaluation alone (the last step's accuracy) stays a column of every table, for comparison.
 """
