@@ -204,6 +204,20 @@ def engines_table(setting: str) -> str:
     return "\n".join(lines)
 
 
+def engines_benchmark_table() -> str:
+    """benchmarks/bench_engines.py's figures (docs/results/engines/benchmark.json) as docs/benchmarks.md shows them."""
+    data = json.loads((ROOT / "docs" / "results" / "engines" / "benchmark.json").read_text())
+    lengths = list(next(iter(data.values()))["sampling_tokens_per_s"])
+    lines = ["| rollout | rollout s | response tokens | rollout tokens/s | sync s | update s | step s | "
+             + " | ".join(f"sampling tokens/s, {n} tokens" for n in lengths) + " |",
+             "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(lengths)]
+    for name, r in data.items():
+        lines.append(f"| {name} | {r['rollout_s']:.2f} | {r['response_tokens']:.0f} | "
+                     f"{r['response_tokens'] / r['rollout_s']:.0f} | {r['sync_s']:.2f} | {r['update_s']:.2f} | "
+                     f"{r['step_s']:.2f} | " + " | ".join(f"{r['sampling_tokens_per_s'][n]:.0f}" for n in lengths) + " |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- docs/results/adaptive
 ADAPTIVE_RULES = [(q, m) for q in (0.99, 0.999) for m in (0.5, 2)]  # the protocol's grid: quantile x multiple
 DESIGN, VALIDATION = ("stale_strong", "fp8"), ("stale", "fp8_stale")
@@ -340,6 +354,7 @@ TABLES = {
     "docs/results/adaptive/README.md": (adaptive_design_table, adaptive_validation_table),
     "docs/results/smollm2/README.md": (smollm2_comparison_table,),
     "docs/results/engines/README.md": (lambda: engines_table("short"), lambda: engines_table("long")),
+    "docs/benchmarks.md": (engines_benchmark_table,),
 }
 
 D = "conditions.{}.methods.{}."  # prefix of one method's entry in one condition
@@ -353,6 +368,8 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
                                 D.format("stale_strong", "gspo") + "vs_baseline"), ("diff", "diff")),
     ("docs/results/README.md", "whose area is {} behind", "baselines/results.json",
      (D.format("stale_strong", "ppo_clip_higher") + "auc_vs_baseline",), ("diff",)),
+    ("docs/benchmarks.md", "each sync writes and loads a GGUF ({:.2f}-{:.2f} s against {:.2f} s", "engines/benchmark.json",
+     ("llamacpp:f16.sync_s", "llamacpp:q4_0.sync_s", "native:bf16.sync_s"), (".2f", ".2f", ".2f")),
     ("README.md", "the warm-up stopped at greedy probe accuracy {:.3f} (target {}) after {} supervised steps",
      "default/summary.json", ("base_model.warmup_probe_accuracy", "base_model.warmup_target_accuracy",
                               "base_model.warmup_steps"), (".3f", "g", "d")),
