@@ -57,3 +57,35 @@ def _clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if id(value) not in clones:
             clones[id(value)] = value.clone()
     return {k: clones[id(v)] for k, v in state.items()}
+
+
+class ServesLaggedWeights:
+    """What every engine does with its :class:`LaggedWeights` ``weights``: record a sync, save and restore the queue
+    (marked with the engine that saved it), then serve the weights of ``lag`` syncs ago through the engine's own
+    ``_serve()`` (a copy into a torch model, vLLM's load_weights, a GGUF written and loaded)."""
+
+    engine: str
+    weights: LaggedWeights
+    policy: nn.Module
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+    def sync(self, policy: nn.Module) -> None:
+        """Record the policy's new weights (after an optimizer step) and serve those of ``lag`` syncs ago."""
+        self.policy = policy
+        self.weights.sync(policy)
+        self._serve()
+
+    def state_dict(self) -> dict:
+        return {"engine": self.engine, **self.weights.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the queue of stale weights with lag > 0; with lag 0, the weights of the (restored) policy. A state
+        saved by another engine is refused (states saved before the marker existed have none, or `backend`)."""
+        saved_by = state.get("engine", state.get("backend", self.engine))
+        if saved_by != self.engine:
+            raise ValueError(f"behavior state was saved by the {saved_by!r} engine, not {self.engine!r}")
+        self.weights.load_state_dict({key: value for key, value in state.items() if key not in ("engine", "backend")})
+        self._serve()
+

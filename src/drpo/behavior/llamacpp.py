@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from drpo.behavior.base import SamplingParams
-from drpo.behavior.lagged import LaggedWeights
+from drpo.behavior.lagged import LaggedWeights, ServesLaggedWeights
 from drpo.behavior.modes import ROLLOUT_MODES, modes_of
 from drpo.models.gguf_export import (
     GGUFVocab,
@@ -73,7 +73,7 @@ from drpo.models.gguf_export import (
     write_lora_gguf,
 )
 from drpo.models.llama_export import llama_tensors
-from drpo.models.sampling import TOPK_LOG_PROB_FLOOR, RolloutBatch, left_pad
+from drpo.models.sampling import TOPK_LOG_PROB_FLOOR, RolloutBatch, check_generate_args, left_pad
 
 ENGINE = "llamacpp"
 MODES = modes_of(ENGINE)  # f32, f16, q8_0, q4_0
@@ -229,7 +229,7 @@ def load_model(path: str | Path):
     return model
 
 
-class LlamaCppBehavior:
+class LlamaCppBehavior(ServesLaggedWeights):
     """mu: llama.cpp serving the policy's weights of ``lag`` syncs ago in ``mode`` (f32|f16|q8_0|q4_0).
 
     ``policy``: a drpo Policy (``.model`` a Llama: Hugging Face, possibly under peft LoRA, or the built-in model
@@ -263,7 +263,7 @@ class LlamaCppBehavior:
         self._handles = _Handles(Path(tempfile.mkdtemp(prefix="drpo-llamacpp-")))
         self._finalizer = weakref.finalize(self, self._handles.close)
         self._ctx_size = (0, 0, 0)  # (cells per sequence, n_seq_max, n_batch) of the live context
-        self.module = module
+        self.policy = module
         dtype_2d = torch.float16 if mode == "f16" else torch.float32  # what the GGUF would round 2-D weights to
         if self.source.lora:
             self.lora_alpha = peft_lora_tensors(module)[1]
@@ -290,25 +290,19 @@ class LlamaCppBehavior:
             out[f"{name}.lora_B"] = b.detach().to("cpu", torch.float32, copy=True)
         return out
 
-    def sync(self, policy: nn.Module) -> None:
-        """Record the policy's new weights and serve those of ``lag`` syncs ago (with lag 0: these)."""
-        self.module = policy
-        self.weights.sync(policy)
-        self._serve()
-
     def _serve(self) -> None:
         start = time.perf_counter()
         state = self.weights.served()
         if self.source.lora:
             if state is None:
-                state = self._lora_snapshot(self.module)
+                state = self._lora_snapshot(self.policy)
             lora = {name.removesuffix(".lora_A"): (state[name], state[name.removesuffix(".lora_A") + ".lora_B"])
                     for name in state if name.endswith(".lora_A")}
             path = write_lora_gguf(self._new_file("lora"), lora, self.lora_alpha, self.shape,
                                    "f32" if self.mode == "f32" else "f16")
             self._load_adapter(path)
         else:
-            tensors = state if state is not None else self.source.tensors(self.module)
+            tensors = state if state is not None else self.source.tensors(self.policy)
             self._load_model(write_llama_gguf(self._new_file("model"), tensors, self.shape, self.mode, self.vocab))
         self.sync_seconds = time.perf_counter() - start
 
@@ -421,13 +415,7 @@ class LlamaCppBehavior:
         """``group_size`` responses per prompt sampled by llama.cpp, rows of a group consecutive, with log mu of
         every sampled token (see the module docstring)."""
         temperature, top_p, k = sampling.temperature, sampling.top_p, sampling.top_k_logprobs
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
-        if group_size < 1 or max_new_tokens < 1 or k < 0:
-            raise ValueError(f"need group_size >= 1, max_new_tokens >= 1, top_k_logprobs >= 0; got "
-                             f"{group_size}, {max_new_tokens}, {k}")
-        if not temperature >= 0 or not 0 < top_p <= 1:
-            raise ValueError(f"need temperature >= 0 (0: greedy) and 0 < top_p <= 1; got {temperature}, {top_p}")
+        check_generate_args(prompts, group_size, max_new_tokens, temperature, top_p, k)
         if k > self.n_vocab:
             raise ValueError(f"top_k_logprobs={k} exceeds the vocabulary size {self.n_vocab}")
         self._check_lengths(prompts, max_new_tokens)
@@ -614,16 +602,6 @@ class LlamaCppBehavior:
             "kv_cache": "f32" if self.mode == "f32" else "f16", "weights": "base + LoRA adapter" if self.source.lora
             else "full GGUF per sync",
         }
-
-    def state_dict(self) -> dict:
-        return {"engine": ENGINE, **self.weights.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Resume: the queue of stale weights with lag > 0; with lag 0, the weights of the (restored) policy."""
-        if state.get("engine", ENGINE) != ENGINE:
-            raise ValueError(f"behavior state was saved by the {state.get('engine')!r} engine, not llamacpp")
-        self.weights.load_state_dict({key: value for key, value in state.items() if key != "engine"})
-        self._serve()
 
     def close(self) -> None:
         """Free llama.cpp's model, context and adapter and delete the GGUF files (also done when collected)."""

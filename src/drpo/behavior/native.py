@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from drpo.behavior.base import SamplingParams
-from drpo.behavior.lagged import LaggedWeights
+from drpo.behavior.lagged import LaggedWeights, ServesLaggedWeights
 from drpo.behavior.modes import ROLLOUT_MODES, modes_of
 from drpo.models.sampling import RolloutBatch, generate
 
@@ -93,7 +93,7 @@ def sampler_keywords(sampling: SamplingParams) -> dict[str, Any]:
     return {field.name: getattr(sampling, field.name) for field in dataclasses.fields(sampling)}
 
 
-class NativeBehavior:
+class NativeBehavior(ServesLaggedWeights):
     """The policy run in ``mode``, serving the weights of ``lag`` syncs ago (:class:`LaggedWeights`).
 
     In another precision, or with a lag, it is a copy of the policy (``copy.deepcopy``, made once); lagged
@@ -127,12 +127,6 @@ class NativeBehavior:
         self.weights = LaggedWeights(policy, mode, lag, functools.partial(_cpu_state, like=self.model))
         self._serve()
 
-    def sync(self, policy: nn.Module) -> None:
-        """Record the policy's new weights (after an optimizer step) and serve those of ``lag`` syncs ago."""
-        self.policy = policy
-        self.weights.sync(policy)
-        self._serve()
-
     def _serve(self) -> None:
         state = self.weights.served()
         if state is not None:
@@ -152,14 +146,6 @@ class NativeBehavior:
     def describe(self) -> dict[str, Any]:
         return {"engine": self.engine, "mode": self.mode, "rounds": ROLLOUT_MODES[self.mode].rounds, "lag": self.lag,
                 "shares_weights": self.shares_weights}
-
-    def state_dict(self) -> dict:
-        return self.weights.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        """Resume: the queue of stale weights with lag > 0; with lag 0, the weights of the (already restored) policy."""
-        self.weights.load_state_dict(state)
-        self._serve()
 
     def generate(self, prompts: list[list[int]], group_size: int, max_new_tokens: int,
                  sampling: SamplingParams) -> RolloutBatch:

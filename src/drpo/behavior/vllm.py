@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from drpo.behavior.base import SamplingParams
-from drpo.behavior.lagged import LaggedWeights
+from drpo.behavior.lagged import LaggedWeights, ServesLaggedWeights
 from drpo.behavior.modes import ROLLOUT_MODES, modes_of
 from drpo.constants import TORCH_DTYPES
 from drpo.models.hf import hf_state
@@ -57,7 +57,7 @@ def _import_vllm():
     return vllm
 
 
-class VLLMBehavior:
+class VLLMBehavior(ServesLaggedWeights):
     """mu served by an in-process vLLM engine holding the policy's weights of ``lag`` syncs ago."""
 
     engine = "vllm"
@@ -83,12 +83,6 @@ class VLLMBehavior:
         self._serve()
 
     # ------------------------------------------------------------------------------------------- weights
-    def sync(self, policy: nn.Module) -> None:
-        """Record the policy's new weights and serve those of ``lag`` syncs ago (with lag 0: push them now)."""
-        self.policy = policy
-        self.weights.sync(policy)
-        self._serve()
-
     def _serve(self) -> None:
         state = self.weights.served()
         self._push(state if state is not None else hf_state(self.policy))
@@ -101,13 +95,6 @@ class VLLMBehavior:
     def describe(self) -> dict[str, Any]:
         return {"engine": self.engine, "mode": self.mode, "rounds": ROLLOUT_MODES[self.mode].rounds, "lag": self.lag,
                 "gpu_memory": self.gpu_memory, "max_model_len": self.max_model_len}
-
-    def state_dict(self) -> dict:
-        return {**self.weights.state_dict(), "engine": self.engine}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.weights.load_state_dict(state)
-        self._serve()
 
     # ------------------------------------------------------------------------------------------- sampling
     def generate(self, prompts: list[list[int]], group_size: int, max_new_tokens: int,

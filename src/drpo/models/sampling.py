@@ -121,13 +121,7 @@ def generate(
     benchmarks that need equal lengths). ``stop`` ends a row at the token completing a stop string
     (:class:`StopStrings`). ``generator`` must live on the model's device.
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
-    if group_size < 1 or max_new_tokens < 1 or top_k_logprobs < 0:
-        raise ValueError(f"need group_size >= 1, max_new_tokens >= 1, top_k_logprobs >= 0; got "
-                         f"{group_size}, {max_new_tokens}, {top_k_logprobs}")
-    if not temperature >= 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0 (0: greedy) and 0 < top_p <= 1; got {temperature}, {top_p}")
+    check_generate_args(prompts, group_size, max_new_tokens, temperature, top_p, top_k_logprobs)
     device = next(model.parameters()).device
     N = len(prompts) * group_size
     unique_ids, unique_mask = left_pad(prompts, pad_id, device)  # [n, P]
@@ -184,6 +178,18 @@ def generate(
         rollout_topk_ids=torch.stack(topk_ids, dim=1) if top_k_logprobs else None,  # [N, T, K]
         rollout_topk_log_probs=torch.stack(topk_log_probs, dim=1) if top_k_logprobs else None,  # [N, T, K]
     )
+
+
+def check_generate_args(prompts: list[list[int]], group_size: int, max_new_tokens: int, temperature: float,
+                        top_p: float, top_k_logprobs: int) -> None:
+    """The arguments every engine's generate refuses, with the same message (ValueError)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
+    if group_size < 1 or max_new_tokens < 1 or top_k_logprobs < 0:
+        raise ValueError(f"need group_size >= 1, max_new_tokens >= 1, top_k_logprobs >= 0; got "
+                         f"{group_size}, {max_new_tokens}, {top_k_logprobs}")
+    if not temperature >= 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 (0: greedy) and 0 < top_p <= 1; got {temperature}, {top_p}")
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
