@@ -81,7 +81,7 @@ def run_cli(argv: list[str]) -> tuple[str, str]:
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
             mock.patch.object(trainer_module, "build_policy", side_effect=Reached), \
             mock.patch.object(compare_module, "run_processes", side_effect=Reached), \
-            mock.patch.object(mismatch_model, "measure_precisions", side_effect=Reached):
+            mock.patch.object(mismatch_model, "measure_rollouts", side_effect=Reached):
         try:
             code = main(argv)
         except Reached:

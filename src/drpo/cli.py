@@ -127,7 +127,7 @@ def cmd_mismatch(args) -> int:
 
         rollouts = mismatch_model.parse_rollouts(args.rollouts)  # an unknown rollout stops before any work
         config = load_config(None, overrides)
-        sources = mismatch_model.measure_precisions(config, rollouts, args.prompts, args.samples,
+        sources = mismatch_model.measure_rollouts(config, rollouts, args.prompts, args.samples,
                                                     console=Console(stderr=True))
         analyses = [analyse(source, args.delta) for source in sources]
         for analysis, rollout in zip(analyses, rollouts, strict=True):

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 MODEL_ENGINES = tuple(engine for engine in ENGINES if engine != "vllm")  # what the model mode runs
 DEFAULT_ROLLOUTS = ("native:bf16", "native:fp16", "native:fp8", "native:int8")
-DEFAULT_PRECISIONS = DEFAULT_ROLLOUTS  # the name before --rollouts took engines
 
 
 @dataclass(frozen=True)
@@ -103,8 +102,8 @@ def rollout_config(config, rollout: Rollout):
     return validate(tree)
 
 
-def measure_precisions(config, rollouts=DEFAULT_ROLLOUTS, prompts: int = 32, samples: int = 4,
-                       rows_per_forward: int = 16, console=None) -> list[TokenLogProbs]:
+def measure_rollouts(config, rollouts=DEFAULT_ROLLOUTS, prompts: int = 32, samples: int = 4,
+                     rows_per_forward: int = 16, console=None) -> list[TokenLogProbs]:
     """One TokenLogProbs per rollout (labelled ``engine:mode``): mu from that engine's rollouts, pi_old from the
     fp32 policy.
 
@@ -160,9 +159,6 @@ def measure_precisions(config, rollouts=DEFAULT_ROLLOUTS, prompts: int = 32, sam
             if console is not None:
                 console.print(f"  {rollout.label}: {len(records)} responses, {sources[-1].num_tokens} tokens")
         return sources
-
-
-measure_rollouts = measure_precisions
 
 
 def _check_llamacpp(policy) -> None:

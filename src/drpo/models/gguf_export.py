@@ -245,13 +245,7 @@ def write_llama_gguf(path: str | Path, tensors: dict[str, torch.Tensor], shape: 
         name_ = gguf_name(key)
         encoded, qtype = encode_tensor(data, tensor_type(name_, data.ndim, weight_type, shape))
         writer.add_tensor(name_, encoded, raw_dtype=qtype)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    return path
+    return _write(writer, path)
 
 
 def write_lora_gguf(path: str | Path, lora_tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], alpha: float,
@@ -285,6 +279,11 @@ def write_lora_gguf(path: str | Path, lora_tensors: dict[str, tuple[torch.Tensor
         name = gguf_name(key)
         writer.add_tensor(f"{name}.lora_a", gguf.quants.quantize(a, qtype), raw_dtype=qtype)
         writer.add_tensor(f"{name}.lora_b", gguf.quants.quantize(b, qtype), raw_dtype=qtype)
+    return _write(writer, path)
+
+
+def _write(writer, path: Path) -> Path:
+    """Header, key-values and tensors of a GGUFWriter to its file, closed whatever happens."""
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
