@@ -73,7 +73,13 @@ from drpo.models.gguf_export import (
     write_lora_gguf,
 )
 from drpo.models.llama_export import llama_tensors
-from drpo.models.sampling import TOPK_LOG_PROB_FLOOR, RolloutBatch, check_generate_args, left_pad
+from drpo.models.sampling import (
+    TOPK_LOG_PROB_FLOOR,
+    RolloutBatch,
+    check_generate_args,
+    left_pad,
+    sampling_log_probs,
+)
 
 ENGINE = "llamacpp"
 MODES = modes_of(ENGINE)  # f32, f16, q8_0, q4_0
@@ -514,7 +520,8 @@ class LlamaCppBehavior(ServesLaggedWeights):
         for step in range(max_new_tokens):
             if self.logits_hook is not None:
                 self.logits_hook(list(alive_rows), logits.copy())
-            log_p = sampling_log_probs64(logits, temperature, top_p)  # [n_alive, V] float64
+            # [n_alive, V] float64; greedy (temperature 0) reports the log-probs at temperature 1, as the native sampler
+            log_p = sampling_log_probs(torch.from_numpy(logits).double(), *((temperature, top_p) if temperature else ()))
             if forced is not None:
                 token_alive = torch.tensor([forced[r][step] for r in alive_rows], dtype=torch.long)
             elif temperature == 0:
@@ -609,22 +616,6 @@ class LlamaCppBehavior(ServesLaggedWeights):
 
 
 # ------------------------------------------------------------------------------------------- the sampler
-def sampling_log_probs64(logits: np.ndarray, temperature: float, top_p: float) -> torch.Tensor:
-    """Log-probs [n, V] float64 of the distribution drawn from: logits / temperature (raw logits when greedy,
-    temperature 0), log-softmax over the full vocabulary, then :func:`drpo.models.sampling.sampling_log_probs`'s
-    nucleus (the most likely tokens until their mass reaches top_p, renormalised; the rest -inf)."""
-    x = torch.from_numpy(logits).double()
-    if temperature == 0:
-        return x.log_softmax(-1)
-    log_p = (x / temperature).log_softmax(-1)
-    if top_p < 1.0:
-        sorted_log_p, order = log_p.sort(-1, descending=True)
-        sorted_p = sorted_log_p.exp()
-        outside = (sorted_p.cumsum(-1) - sorted_p) >= top_p
-        log_p = log_p.masked_fill(outside.scatter(-1, order, outside), float("-inf")).log_softmax(-1)
-    return log_p
-
-
 def sample_inverse_cdf(log_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """One token per row of ``log_p`` [n, V]: the first whose CDF exceeds ``uniform`` [n] times the total mass
     (a token of probability 0 is never drawn)."""

@@ -57,7 +57,8 @@ def sampling_log_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: fl
     The nucleus keeps the most likely tokens until their mass reaches top_p (always at least one) and
     renormalises; tokens outside it get -inf.
     """
-    log_p = (logits.float() / temperature).log_softmax(-1)  # [..., V]
+    # float32 at least; float64 logits (llama.cpp's engine, which records mu in float64) stay float64
+    log_p = (logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature).log_softmax(-1)  # [..., V]
     if top_p < 1.0:
         sorted_log_p, order = log_p.sort(-1, descending=True)
         sorted_p = sorted_log_p.exp()
