@@ -26,14 +26,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench_smollm2 import RESULT_PREFIX, run_in_child
+
 RECIPE = Path(__file__).resolve().parents[1] / "examples" / "smollm2" / "drpo_arith.yaml"
-RESULT_PREFIX = "RESULT "
 DEFAULT_ROLLOUTS = ["native:bf16", "llamacpp:f16", "llamacpp:q8_0", "llamacpp:q4_0"]
 
 
@@ -83,17 +82,10 @@ def child(rollout: str, args, out: str) -> dict:
 
 
 def run_child(rollout: str, args, out: Path) -> dict:
-    env = {**os.environ, **{key: str(args.threads) for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
-    command = [sys.executable, __file__, "--child", rollout, "--out", str(out), "--steps", str(args.steps),
-               "--prompts", str(args.prompts), "--group", str(args.group), "--threads", str(args.threads),
-               "--repeats", str(args.repeats), "--new-tokens", *map(str, args.new_tokens)]
-    print(f"[{rollout}] load average before: {os.getloadavg()[0]:.2f}", flush=True)
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    print(f"[{rollout}] load average after: {os.getloadavg()[0]:.2f}", flush=True)
-    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if result.returncode != 0 or not lines:
-        sys.exit(f"{rollout} child failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
-    return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+    return run_in_child(__file__, rollout, args.threads, [
+        "--child", rollout, "--out", str(out), "--steps", str(args.steps), "--prompts", str(args.prompts), "--group",
+        str(args.group), "--threads", str(args.threads), "--repeats", str(args.repeats), "--new-tokens",
+        *map(str, args.new_tokens)])
 
 
 def main() -> None:

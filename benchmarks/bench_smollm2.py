@@ -124,15 +124,21 @@ def child(precision: str, steps: int, eval_prompts: int, seed: int, out: str) ->
 
 
 def run_child(precision: str, args, out: Path) -> dict:
-    env = {**os.environ, **{key: str(args.threads) for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
-    command = [sys.executable, __file__, "--child", precision, "--steps", str(args.steps), "--eval-prompts",
-               str(args.eval_prompts), "--seed", str(args.seed), "--out", str(out)]
-    print(f"[{precision}] load average before: {os.getloadavg()[0]:.2f}", flush=True)
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    print(f"[{precision}] load average after: {os.getloadavg()[0]:.2f}", flush=True)
+    return run_in_child(__file__, precision, args.threads, ["--child", precision, "--steps", str(args.steps),
+                                                            "--eval-prompts", str(args.eval_prompts), "--seed",
+                                                            str(args.seed), "--out", str(out)])
+
+
+def run_in_child(script: str, label: str, threads: int, arguments: list[str]) -> dict:
+    """``python SCRIPT ARGUMENTS`` with ``threads`` OpenMP/MKL threads, the load average printed before and after;
+    the JSON the child printed after RESULT_PREFIX (a failed child ends the benchmark with its stderr)."""
+    env = {**os.environ, **{key: str(threads) for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+    print(f"[{label}] load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    result = subprocess.run([sys.executable, script, *arguments], env=env, capture_output=True, text=True)
+    print(f"[{label}] load average after: {os.getloadavg()[0]:.2f}", flush=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if result.returncode != 0 or not lines:
-        sys.exit(f"{precision} child failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+        sys.exit(f"{label} child failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
     return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
 
 
