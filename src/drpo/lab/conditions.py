@@ -62,6 +62,17 @@ CONDITIONS: dict[str, dict] = {
                                    "per rollout batch, all anchored on mu (fp8_stale's shape)",
                           "overrides": departing("rollout.engine=llamacpp", "rollout.precision=q4_0",
                                                  "updates_per_batch=4"), "opt_in": True},
+    # The off-policy sweep's staleness conditions with the engine's mismatch on top. Q4_0 because on the built-in
+    # model it measures as fp8 does (mean |pi - mu| 0.0085 against 0.0073; Q8_0: 0.0017), so llamacpp_q4 stands
+    # where fp8 stood and these where stale and stale_strong stood.
+    "llamacpp_q4_lag": {"about": "staleness with a real engine: llama.cpp Q4_0 rollouts, 4 optimizer steps per "
+                                 "rollout batch, rollouts from weights 2 steps old (stale's shape)",
+                        "overrides": departing("rollout.engine=llamacpp", "rollout.precision=q4_0",
+                                               "updates_per_batch=4", "rollout.lag=2"), "opt_in": True},
+    "llamacpp_q4_lag_strong": {"about": "strong staleness with a real engine: llama.cpp Q4_0 rollouts, 8 optimizer "
+                                        "steps per rollout batch, rollouts 4 steps old (stale_strong's shape)",
+                               "overrides": departing("rollout.engine=llamacpp", "rollout.precision=q4_0",
+                                                      "updates_per_batch=8", "rollout.lag=4"), "opt_in": True},
 }
 
 
