@@ -1,5 +1,5 @@
-"""The mismatch report: console tables, markdown (mismatch.md), figures (mismatch.png, mismatch_by_length.png)
-and every number in mismatch.json.
+"""The mismatch report: console tables, markdown (mismatch.md), figures (mismatch.png, mismatch_by_length.png,
+mismatch_by_position.png) and every number in mismatch.json.
 
 Every source (a file, a run, a rollout precision) is one column or row; every number comes from
 :func:`drpo.mismatch.stats.analyse`, so the console, the markdown and the figure always agree.
@@ -18,7 +18,9 @@ from drpo.mismatch.stats import (
     JUMP_FACTOR,
     JUMP_FLOOR,
     PAIRS,
+    PROFILE_TRUST,
     QUANTILES,
+    TIS_TRUNCATED,
     TRUST_REGIONS,
     Analysis,
     trend_baseline,
@@ -42,14 +44,16 @@ SUMMARY_COLUMNS = (  # (key, header) of the one-line-per-source table: |pi - mu|
     ("kl_k3", "KL k3"),
 )
 SUMMARY_TITLE = "|pi - mu| of each source's main comparison (pi_old vs mu when the source has pi_old)"
-LENGTH_COLUMNS = (  # (key, header) of the by-length tables: token-level, then sequence-level
+LENGTH_COLUMNS = (  # (key, header) of the by-length tables: token-level, then sequence-level, then trust regions
     ("sequences", "sequences"), ("tokens", "tokens"), ("abs_p_mean", "mean |Δp|"), ("abs_p_p99", "p99 |Δp|"),
-    ("abs_p_max", "max |Δp|"), ("kl_k3", "token k3"), ("abs_s_mean", "mean |s|"), ("abs_s_p99", "p99 |s|"),
-    ("abs_s_max", "max |s|"), ("seq_k3", "seq k3"), ("abs_s_gt_ln2", "|s| > ln 2"),
+    ("abs_p_max", "max |Δp|"), ("logp_std", "sd log(pi/mu)"), ("kl_k3", "token k3"), ("abs_s_mean", "mean |s|"),
+    ("abs_s_p99", "p99 |s|"), ("abs_s_max", "max |s|"), ("seq_k3", "seq k3"), ("abs_s_gt_ln2", "|s| > ln 2"),
+    *PROFILE_TRUST,
 )
 POSITION_COLUMNS = (
     ("tokens", "tokens"), ("sequences", "sequences reaching it"), ("abs_p_mean", "mean |Δp|"),
-    ("abs_p_p99", "p99 |Δp|"), ("abs_p_max", "max |Δp|"), ("kl_k3", "token k3"), ("rare_share", "mu < 0.1"),
+    ("abs_p_p99", "p99 |Δp|"), ("abs_p_max", "max |Δp|"), ("logp_std", "sd log(pi/mu)"), ("kl_k3", "token k3"),
+    ("rare_share", "mu < 0.1"), *PROFILE_TRUST,
 )
 TERMINAL_LENGTH_COLUMNS = ("sequences", "tokens", "abs_p_mean", "abs_p_p99", "kl_k3", "abs_s_mean", "abs_s_p99",
                            "seq_k3", "abs_s_gt_ln2")
@@ -60,13 +64,14 @@ PROFILE_TEXT = (
     "mu, the log of the whole response's probability ratio. Token k3 = the mean over tokens of r - 1 - log r "
     "(r = pi / mu); sequence k3 = the mean over responses of exp(s) - 1 - s: both estimate KL(mu || pi) from the "
     "sampled tokens (per token and per whole response) and are >= 0. |s| > ln 2: the share of responses whose "
-    "probability ratio is beyond 2x either way.")
+    "probability ratio is beyond 2x either way. sd log(pi/mu): the standard deviation over the bin's tokens of "
+    "log pi - log mu, the spread of the ratio.")
 
 
 def fmt(key: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if key in SHARE_KEYS or key.startswith(("masked/", "drpo/w_gt", "drpo/w_lt")):
+    if key in SHARE_KEYS or key.startswith(("masked/", "truncated/", "drpo/w_gt", "drpo/w_lt")):
         return f"{100 * value:.2f}%"
     if key == "tokens":
         return f"{int(value):,}"
@@ -123,9 +128,22 @@ def rich_length_table(analyses: list[Analysis]):
     return table
 
 
-def profile_section(analyses: list[Analysis], figure: str | None = "mismatch_by_length.png") -> list[str]:
+def profile_trust_text(analyses: list[Analysis]) -> str:
+    """The paragraph saying what the trust-region columns of the profiles count, DRPO's delta included."""
+    deltas = " / ".join(f"{delta:g}" for delta in sorted({row["drpo/delta"] for a in analyses for row in a.by_length}))
+    return ("The last four columns: the share of the bin's tokens each trust region acts on, computed by "
+            "`drpo.losses` on the comparison above (pi_old against mu when the source has pi_old: the tokens before "
+            f"any update) at its registered defaults: DRPO pull-back, gradient weight w < 0 at delta {deltas} "
+            "(`--delta` sets it); DPPO mask and PPO clip, weight 0; TIS truncation, the importance weight pi/mu "
+            "above ppo_tis's cap. DRPO, DPPO and PPO act only on a token that moved the way its advantage pushes: "
+            "without advantages in the file each of their shares is the mean over A = +1 and A = -1. Weighted by "
+            "the bins' token counts, the shares add up to the source's over all its tokens.")
+
+
+def profile_section(analyses: list[Analysis], figure: str | None = "mismatch_by_length.png",
+                    position_figure: str | None = "mismatch_by_position.png") -> list[str]:
     """Markdown: the by-length and by-position tables of every source, with what they compare."""
-    lines = ["## By response length", "", PROFILE_TEXT, "",
+    lines = ["## By response length", "", PROFILE_TEXT, "", profile_trust_text(analyses), "",
              "Responses binned by their length in tokens; the token columns are over the tokens of those responses, "
              "the s columns over the responses.", ""]
     for a in analyses:
@@ -135,8 +153,8 @@ def profile_section(analyses: list[Analysis], figure: str | None = "mismatch_by_
                             for row in a.by_length])
     lines += ["## By position in the response", "",
               "Tokens binned by their position in the response (1: the first response token), whatever the response's "
-              "length; Δp, k3 as above; mu < 0.1: the share of the bin's tokens the engine found unlikely (the "
-              "rare-token tail, where ratios explode).", ""]
+              "length; Δp, k3 and the trust regions as above; mu < 0.1: the share of the bin's tokens the engine found "
+              "unlikely (the rare-token tail, where ratios explode).", ""]
     for a in analyses:
         lines += [f"**{a.label}** ({PAIRS[a.profile_pair][2]})", ""] if a.profile_pair else []
         lines += _md_table(["position", *(h for _, h in POSITION_COLUMNS)],
@@ -144,6 +162,8 @@ def profile_section(analyses: list[Analysis], figure: str | None = "mismatch_by_
                             for row in a.by_position])
     if figure:
         lines += [f"![mismatch by length and position]({figure})", ""]
+    if position_figure:
+        lines += [f"![trust regions by position]({position_figure})", ""]
     return lines
 
 
@@ -191,15 +211,18 @@ def markdown(analyses: list[Analysis], command: str | None = None, figure: str |
                              fmt("ratio_outside_0.9_1.1", b.get("ratio_outside_0.9_1.1")),
                              fmt("abs_p_gt_0.05", b.get("abs_p_gt_0.05"))] for b in a.buckets[a.main_pair]])
     if any(a.by_length for a in analyses):
-        lines += profile_section(analyses, figure and "mismatch_by_length.png")
+        lines += profile_section(analyses, figure and "mismatch_by_length.png", figure and "mismatch_by_position.png")
     deltas = " / ".join(f"{delta:g}" for delta in sorted({a.trust["drpo/delta"] for a in analyses}))
     drpo = f"DRPO (delta {deltas})"
     lines += ["## What each trust region does with these tokens", "",
               "Computed by `drpo.losses` on the tokens as they are (pi, or pi_old when the file has no pi, against "
-              f"mu): the share of tokens whose gradient weight is 0, and DRPO's weight at delta {deltas} (`--delta` "
-              "sets it). Without advantages in the file, each share is the mean over A = +1 and A = -1.", ""]
+              f"mu): the share of tokens whose gradient weight is 0, DRPO's weight at delta {deltas} (`--delta` "
+              "sets it), and the share whose importance weight pi/mu ppo_tis truncates. Without advantages in the "
+              "file, each share is the mean over A = +1 and A = -1.", ""]
     trust_rows = [[f"masked by {label}", *(fmt(f"masked/{label}", a.trust[f"masked/{label}"]) for a in analyses)]
                   for label, _, _ in TRUST_REGIONS]
+    trust_rows.append([dict(PROFILE_TRUST)[TIS_TRUNCATED], *(fmt(TIS_TRUNCATED, a.trust[TIS_TRUNCATED])
+                                                             for a in analyses)])
     trust_rows += [[f"{drpo}: share w > 1", *(fmt("drpo/w_gt_1", a.trust["drpo/w_gt_1"]) for a in analyses)],
                    [f"{drpo}: share w < 0", *(fmt("drpo/w_lt_0", a.trust["drpo/w_lt_0"]) for a in analyses)],
                    [f"{drpo}: w min / max",
@@ -343,6 +366,39 @@ def plot_profiles(analyses: list[Analysis], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_trust_by_position(analyses: list[Analysis], path: str | Path) -> Path:
+    """One panel per source: the share of tokens each trust region of PROFILE_TRUST acts on (one line each)
+    against the position bin, a shared y axis (symlog: a share of 0 stays on the plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from drpo.plots import save_figure
+
+    columns = min(len(analyses), 3)
+    rows = -(-len(analyses) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), sharey=True, squeeze=False)
+    bins = _union_bins([a.by_position for a in analyses])
+    where = {label: i for i, label in enumerate(bins)}
+    for ax, a in zip(axes.ravel(), analyses, strict=False):
+        x = [where[row["bin"]] for row in a.by_position]
+        for key, name in PROFILE_TRUST:
+            ax.plot(x, [100 * row[key] for row in a.by_position], "o-", label=name)
+        ax.set(xticks=range(len(bins)), xticklabels=bins, xlabel="position in the response",
+               title=f"{a.label} ({PAIRS[a.profile_pair][2].split(': ')[1]})")
+        ax.set_yscale("symlog", linthresh=0.01)  # linear below 0.01%: rare shares are visible, 0 is a floor
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("% tokens")
+    axes[0, 0].legend(fontsize=7)  # the same colours in every panel
+    for ax in axes.ravel()[len(analyses):]:
+        ax.set_visible(False)
+    fig.suptitle("Share of tokens each trust region acts on, by token position (before any update, against mu)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def _union_bins(profiles: list[list[dict]]) -> list[str]:
     """The bin labels of every source, in the order of their lower ends."""
     low = {row["bin"]: row["low"] for rows in profiles for row in rows}
@@ -350,13 +406,14 @@ def _union_bins(profiles: list[list[dict]]) -> list[str]:
 
 
 def write_report(analyses: list[Analysis], out_dir: str | Path, command: str | None = None, advice=None) -> Path:
-    """OUT/mismatch.md, OUT/mismatch.png, OUT/mismatch_by_length.png and OUT/mismatch.json (every statistic);
-    returns the markdown's path."""
+    """OUT/mismatch.md, OUT/mismatch.png, OUT/mismatch_by_length.png, OUT/mismatch_by_position.png and
+    OUT/mismatch.json (every statistic); returns the markdown's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot(analyses, out / "mismatch.png")
     if any(a.by_length for a in analyses):
         plot_profiles(analyses, out / "mismatch_by_length.png")
+        plot_trust_by_position(analyses, out / "mismatch_by_position.png")
     # JSON has no NaN: a statistic with no tokens behind it (an empty bucket) is null
     payload = {"command": command, "sources": [asdict(a) for a in analyses]}
     (out / "mismatch.json").write_text(json.dumps(_finite(payload), indent=1))

@@ -16,7 +16,9 @@ and a file from any engine are measured alike.
 Does the mismatch grow with the response? Per sequence, s = sum over its tokens of log pi_old - log mu (the log of
 the whole response's probability ratio; log pi - log mu without pi_old): :func:`sequence_stats` of |s| and the
 sequence-level k3 = mean(exp(s) - 1 - s), the KL estimate of whole responses; :func:`length_profile` bins
-sequences by response length, :func:`position_profile` bins tokens by their position in the response.
+sequences by response length, :func:`position_profile` bins tokens by their position in the response. Each bin
+also carries the ratio's spread (the sd of log pi_old - log mu) and :func:`trust_region_stats` of its tokens alone,
+so the bins' shares, weighted by their token counts, add up to the whole source's.
 """
 
 from __future__ import annotations
@@ -44,12 +46,33 @@ PAIRS = {  # name: (target field, anchor field, title)
     "drift": ("log_prob", "old_log_prob", "policy drift: pi vs pi_old"),
     "total": ("log_prob", "rollout_log_prob", "total: pi vs mu"),
 }
+
+
+def _ppo_label(name: str) -> str:
+    """'ppo_clip 0.2' (eps_low = eps_high) or 'ppo_clip 0.2/0.28': the clip widths registered under ``name``."""
+    h = get_loss(name).hyper
+    return f"ppo_clip {h.eps_low:g}" + ("" if h.eps_high == h.eps_low else f"/{h.eps_high:g}")
+
+
+# the labels carry the registered defaults, so a changed default renames the column instead of hiding behind it
+PPO_CLIP_HIGHER = _ppo_label("ppo_clip_higher")
+DPPO_TV = f"dppo_binary_tv {get_loss('dppo_binary_tv').hyper.delta_high:g}"
 # (label, registry name, hyper-parameters): the trust regions whose masks the report applies
 TRUST_REGIONS = (
-    ("ppo_clip 0.2", "ppo_clip", {}),
-    ("ppo_clip 0.2/0.28", "ppo_clip", {"eps_high": 0.28}),
-    ("dppo_binary_tv 0.15", "dppo_binary_tv", {}),
-    ("dppo_binary_kl 0.05", "dppo_binary_kl", {}),
+    (_ppo_label("ppo_clip"), "ppo_clip", {}),
+    (PPO_CLIP_HIGHER, "ppo_clip_higher", {}),
+    (DPPO_TV, "dppo_binary_tv", {}),
+    (f"dppo_binary_kl {get_loss('dppo_binary_kl').hyper.delta:g}", "dppo_binary_kl", {}),
+)
+TIS_CAP = get_loss("ppo_tis").hyper.is_high  # ppo_tis clamps the importance weight pi_old / mu to at most this
+TIS_TRUNCATED = f"truncated/ppo_tis {TIS_CAP:g}"
+# (trust_region_stats key, name with its setting): the share of tokens each trust region acts on, shown per length
+# and position bin
+PROFILE_TRUST = (
+    ("drpo/w_lt_0", "DRPO pull-back (w < 0)"),
+    (f"masked/{DPPO_TV}", f"DPPO mask ({DPPO_TV})"),
+    (f"masked/{PPO_CLIP_HIGHER}", f"PPO clip ({PPO_CLIP_HIGHER})"),
+    (TIS_TRUNCATED, f"TIS truncation (pi/mu > {TIS_CAP:g})"),
 )
 JUMP_FACTOR = 2.0  # a step's mean |pi - mu| above this multiple of the first steps' median is flagged
 JUMP_FLOOR = 1e-4  # ... and above it by at least this much (fp32 noise doubling is not a jump)
@@ -103,13 +126,16 @@ def bucket_stats(target: np.ndarray, anchor: np.ndarray) -> list[dict[str, float
 @torch.no_grad()
 def trust_region_stats(log_prob: np.ndarray, rollout_log_prob: np.ndarray, advantage: np.ndarray | None,
                        drpo_delta: float | None = None, tv_delta: float | None = None) -> dict[str, float]:
-    """What each trust region does with these tokens, computed by drpo.losses on them.
+    """What each trust region does with these tokens, computed by drpo.losses on them; every share is a mean over
+    the tokens, so the shares of a partition of the tokens, weighted by their token counts, add up to these.
 
     ``masked/<label>``: the share of tokens whose gradient weight is 0; ``drpo/...``: DRPO's weight at
     ``drpo_delta`` (default: the loss's default), its share above 1, share below 0 (corrective), min, max, and
     ``drpo/delta`` the delta used; ``tv_delta`` adds DPPO Binary-TV at that boundary. The masks depend on the advantage's
     sign (a token is dropped only when it moved the way its advantage pushes); without advantages each
-    figure is the mean over A = +1 and A = -1, i.e. advantages of random sign.
+    figure is the mean over A = +1 and A = -1, i.e. advantages of random sign. ``truncated/ppo_tis <C>``: the share
+    whose importance weight exp(log_prob - rollout_log_prob) exceeds ppo_tis's cap C, whatever the advantage: TIS's
+    pi_old / mu when ``log_prob`` is pi_old.
     """
     pi = torch.as_tensor(log_prob, dtype=torch.float64).unsqueeze(0)  # [1, N]
     mu = torch.as_tensor(rollout_log_prob, dtype=torch.float64).unsqueeze(0)  # [1, N]
@@ -132,6 +158,7 @@ def trust_region_stats(log_prob: np.ndarray, rollout_log_prob: np.ndarray, advan
     out["drpo/w_gt_1"] = (weights > 1).double().mean().item()
     out["drpo/w_lt_0"] = (weights < 0).double().mean().item()
     out["drpo/w_min"], out["drpo/w_max"] = weights.min().item(), weights.max().item()
+    out[TIS_TRUNCATED] = (pi - mu).exp().gt(TIS_CAP).double().mean().item()
     return out
 
 
@@ -179,13 +206,14 @@ def analyse(data: TokenLogProbs, drpo_delta: float | None = None) -> Analysis:
                     trust=trust, trust_pair=trust_pair, main_pair=main, trend=trend, jumps=trend_jumps(trend),
                     engines=list(data.engines), profile_pair=main,
                     sequence=sequence_stats(sequence_log_ratios(log_ratio, data.seq_index, data.num_sequences)),
-                    by_length=length_profile(data), by_position=position_profile(data))
+                    by_length=length_profile(data, drpo_delta=drpo_delta),
+                    by_position=position_profile(data, drpo_delta=drpo_delta))
 
 
 # ------------------------------------------------------------------ by response length and by position
 LENGTH_EDGES = (1, 9, 33, 129, 513)  # lower ends of the bins 1-8, 9-32, 33-128, 129-512, 513+ (tokens)
 POSITION_EDGES = LENGTH_EDGES  # positions count from 1: bin 1-8 holds the first eight tokens of each response
-PROFILE_TOKEN_KEYS = ("abs_p_mean", "abs_p_p99", "abs_p_max", "kl_k3")  # token-level, per bin
+PROFILE_TOKEN_KEYS = ("abs_p_mean", "abs_p_p99", "abs_p_max", "logp_std", "kl_k3")  # token-level, per bin
 RARE_MU = 0.1  # position_profile's rare-token tail: the share of tokens with mu below this
 
 
@@ -273,10 +301,22 @@ def _bin_row(edges: tuple[int, ...], labels: list[str], i: int) -> dict:
     return {"bin": labels[i], "low": edges[i], "high": edges[i + 1] - 1 if i + 1 < len(edges) else None}
 
 
-def length_profile(data: TokenLogProbs, edges=LENGTH_EDGES, pair: str | None = None) -> list[dict]:
+def _token_columns(target: np.ndarray, anchor: np.ndarray, advantage: np.ndarray | None, tokens: np.ndarray,
+                   drpo_delta: float | None) -> dict[str, float]:
+    """The PROFILE_TOKEN_KEYS of ``pair_stats`` and every :func:`trust_region_stats` number of the ``tokens`` (a
+    boolean mask) alone: the trust regions see target as pi before any update."""
+    stats = pair_stats(target[tokens], anchor[tokens])
+    trust = trust_region_stats(target[tokens], anchor[tokens], None if advantage is None else advantage[tokens],
+                               drpo_delta)
+    return {**{key: stats[key] for key in PROFILE_TOKEN_KEYS}, **trust}
+
+
+def length_profile(data: TokenLogProbs, edges=LENGTH_EDGES, pair: str | None = None,
+                   drpo_delta: float | None = None) -> list[dict]:
     """Sequences binned by response length (tokens; ``edges``: lower ends, see :func:`check_edges`), empty bins
-    left out. Per bin: sequences, tokens, the token-level mean / p99 / max |pi - mu| and mean k3 of its tokens, and
-    the :func:`sequence_stats` of its sequences, for ``pair`` (default :func:`profile_pair`)."""
+    left out. Per bin: sequences, tokens, the token-level mean / p99 / max |pi - mu|, sd of log pi - log mu, mean
+    k3 and the :func:`trust_region_stats` (DRPO at ``drpo_delta``) of its tokens, and the :func:`sequence_stats` of
+    its sequences, for ``pair`` (default :func:`profile_pair`)."""
     edges = check_edges(edges)
     labels = bin_labels(edges)
     _, target, anchor = _profile_arrays(data, pair)
@@ -289,17 +329,18 @@ def length_profile(data: TokenLogProbs, edges=LENGTH_EDGES, pair: str | None = N
         sequences, tokens = seq_bin == i, token_bin == i
         if not sequences.any():
             continue
-        stats = pair_stats(target[tokens], anchor[tokens])
         rows.append({**_bin_row(edges, labels, i), "sequences": int(sequences.sum()), "tokens": int(tokens.sum()),
-                     **{key: stats[key] for key in PROFILE_TOKEN_KEYS},
+                     **_token_columns(target, anchor, data.advantage, tokens, drpo_delta),
                      **{k: v for k, v in sequence_stats(s[sequences]).items() if k != "sequences"}})
     return rows
 
 
-def position_profile(data: TokenLogProbs, edges=POSITION_EDGES, pair: str | None = None) -> list[dict]:
+def position_profile(data: TokenLogProbs, edges=POSITION_EDGES, pair: str | None = None,
+                     drpo_delta: float | None = None) -> list[dict]:
     """Tokens binned by their position in the response (from 1; ``edges`` as :func:`length_profile`'s), empty
-    bins left out. Per bin: tokens, the sequences reaching it, mean / p99 / max |pi - mu|, mean k3, and
-    ``rare_share``, the share of its tokens with mu < RARE_MU."""
+    bins left out. Per bin: tokens, the sequences reaching it, mean / p99 / max |pi - mu|, sd of log pi - log mu,
+    mean k3, the :func:`trust_region_stats` (DRPO at ``drpo_delta``) of its tokens, and ``rare_share``, the share of
+    its tokens with mu < RARE_MU."""
     edges = check_edges(edges)
     labels = bin_labels(edges)
     _, target, anchor = _profile_arrays(data, pair)
@@ -310,9 +351,8 @@ def position_profile(data: TokenLogProbs, edges=POSITION_EDGES, pair: str | None
         tokens = token_bin == i
         if not tokens.any():
             continue
-        stats = pair_stats(target[tokens], anchor[tokens])
         rows.append({**_bin_row(edges, labels, i), "sequences": len(np.unique(data.seq_index[tokens])),
-                     "tokens": int(tokens.sum()), **{key: stats[key] for key in PROFILE_TOKEN_KEYS},
+                     "tokens": int(tokens.sum()), **_token_columns(target, anchor, data.advantage, tokens, drpo_delta),
                      "rare_share": float(np.mean(mu[tokens] < RARE_MU))})
     return rows
 
