@@ -139,12 +139,11 @@ def test_conditions_are_trainer_overrides():
 
 def test_the_sweep_evaluates_on_enough_held_out_prompts():
     """One eval's standard error sqrt(p(1-p)/n) <= 0.015 at any accuracy, on prompts the warm-up never probes."""
-    from drpo.warmup import WARMUP_PROBE_PROMPTS
 
     config = load_config(None, [*CONDITIONS["stale"]["overrides"], *SWEEP_OVERRIDES])
     task = config.task.build(config.seed)
     assert config.eval.prompts <= len(task.eval) and 0.5 / config.eval.prompts ** 0.5 <= 0.015
-    probe = {ex.prompt for ex in task.train[:WARMUP_PROBE_PROMPTS]}
+    probe = {ex.prompt for ex in task.train[:config.warmup.probe_prompts]}
     assert not probe & {ex.prompt for ex in task.eval[:config.eval.prompts]}
     assert config.rollout.precision == "fp32" and config.updates_per_batch == 4  # the condition's, untouched
 

@@ -6,7 +6,8 @@ RL should start from a policy that is right sometimes but far from always, so :f
 the freshly initialised transformer on the task's targets until its greedy accuracy reaches
 ``warmup.target_accuracy``. The result is cached under ``$DRPO_CACHE/base/`` (drpo/paths.py) by a hash of
 everything it depends on (:func:`base_model_key`), so every run and every method of a sweep starts from
-the same weights. Pretrained models skip all of this (drpo/models/hf.py): they are their own base model.
+the same weights. A pretrained model is its own base model (drpo/models/hf_policy.py), unless
+``warmup.pretrained`` asks for the same fine-tuning on a task whose reply format it does not know (task=chain).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from drpo.models.transformer import build_model
 from drpo.paths import cache_dir
 
 WARMUP_VERSION = 2  # bump when the warm-up recipe changes, so stale cached base models are not reused
-WARMUP_PROBE_PROMPTS = 256  # training prompts whose greedy accuracy ends the warm-up
 
 
 def build_builtin_policy(config, console=None, task=None) -> Policy:
@@ -43,7 +43,7 @@ def build_builtin_policy(config, console=None, task=None) -> Policy:
     model = build_model(config.model.name, tokenizer.vocab_size,
                         block_size=task.max_prompt_len + task.max_response_len + 1, moe=config.model.moe,
                         arch=config.model.arch)
-    policy = Policy(model, tokenizer, task)
+    policy = Policy(model, tokenizer, task, text_engine=config.eval.engine)
     policy.base_info = load_or_warm_up(policy, config, console)
     return policy
 
@@ -60,12 +60,27 @@ def base_model_key(config, task=None) -> str:
     model = config.model.model_dump()
     if model.get("arch") == "gpt":  # the default architecture keeps the key it had before model.arch existed
         del model["arch"]
-    recipe = {"version": WARMUP_VERSION, "model": model, "warmup": config.warmup.model_dump(), "seed": config.seed}
+    recipe = {"version": WARMUP_VERSION, "model": model, "warmup": _without_later_defaults(config.warmup, "warmup"),
+              "seed": config.seed}
+    if config.model.autocast == "bf16":  # the warm-up runs under it since it serves pretrained models too
+        recipe["autocast_warmup"] = True
+    if config.eval.engine != "trainer":  # the probe that stops the warm-up runs on it
+        recipe["probe_engine"] = config.eval.engine
     if getattr(task, "fingerprint", None) is not None:
         recipe.update(data=task.fingerprint, lengths=[task.max_prompt_len, task.max_response_len])
     else:
-        recipe["task"] = config.task.model_dump()
+        recipe["task"] = _without_later_defaults(config.task, "task")
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# config keys added after base models were published, with their defaults: at the default they leave out of the
+# hash, so every base model made before they existed keeps its key
+KEYS_ADDED_LATER = {"warmup": {"probe_prompts": 256, "pretrained": False}, "task": {"terms": None}}
+
+
+def _without_later_defaults(section, name: str) -> dict:
+    later = KEYS_ADDED_LATER[name]
+    return {key: value for key, value in section.model_dump().items() if key not in later or value != later[key]}
 
 
 def probe_accuracy(policy: Policy, examples: list) -> float:
@@ -122,7 +137,9 @@ def warm_up(policy: Policy, config, console=None) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 20))
     rng = np.random.default_rng(config.seed + 1)
-    probe = task.train[:WARMUP_PROBE_PROMPTS]
+    probe = task.train[:cfg.probe_prompts]
+    numerics = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16,
+                              enabled=config.model.autocast == "bf16")
     start = time.perf_counter()
     steps, accuracy = 0, None
     model.train()
@@ -132,7 +149,8 @@ def warm_up(policy: Policy, config, console=None) -> dict:
             batch = make_batch([policy.encode_prompt(ex) for ex in examples],
                                [tokenizer.encode(task.target(ex)) + [tokenizer.eos_id] for ex in examples],
                                pad_id=tokenizer.pad_id)
-            log_prob, _, _ = sequence_log_probs(model, batch, temperature=1.0)
+            with numerics:
+                log_prob, _, _ = sequence_log_probs(model, batch, temperature=1.0)
             mask = batch.response_mask
             loss = -(log_prob * mask).sum() / mask.sum() + 0.01 * model.aux_loss
             optimizer.zero_grad(set_to_none=True)

@@ -96,6 +96,11 @@ class RunConfig(Section):
         if self.task.phrasing == "chat" and not self.model.pretrained:
             raise ValueError("task.phrasing=chat asks questions in words, which the built-in character-level model "
                              "cannot read: use a pretrained model (model=smollm2-135m, hf:DIR) or phrasing=compact")
+        if self.task.name == "chain" and not self.model.pretrained:
+            raise ValueError("task=chain works its answer out in words, which the built-in character-level model "
+                             "cannot write: use a pretrained model (model=smollm2-135m, hf:DIR)")
+        if self.task.name == "chain" and self.task.phrasing == "compact":
+            raise ValueError("task=chain has no compact phrasing: leave task.phrasing at auto (or chat)")
         return self
 
     @pydantic.model_validator(mode="after")
@@ -110,9 +115,10 @@ class RunConfig(Section):
 
     @pydantic.model_validator(mode="after")
     def _llamacpp_runs_llama_models(self):
-        if self.rollout.engine == "llamacpp" and not self.model.pretrained and self.model.arch != "llama":
-            raise ValueError("rollout.engine=llamacpp runs llama-architecture models; the built-in transformer's is "
-                             "model.arch=llama (its default arch=gpt has a GELU MLP that llama.cpp cannot run)")
+        for key, engine in (("rollout.engine", self.rollout.engine), ("eval.engine", self.eval.engine)):
+            if engine == "llamacpp" and not self.model.pretrained and self.model.arch != "llama":
+                raise ValueError(f"{key}=llamacpp runs llama-architecture models; the built-in transformer's is "
+                                 "model.arch=llama (its default arch=gpt has a GELU MLP that llama.cpp cannot run)")
         return self
 
     @pydantic.model_validator(mode="after")

@@ -221,10 +221,19 @@ class WarmupConfig(Section):
     check_every: int = pydantic.Field(
         5, ge=1, description="warm-up steps between two accuracy checks (near the target the probe accuracy rises by "
         "several points in 25 steps: checking every 5 stops near the target, not well past it)")
+    probe_prompts: int = pydantic.Field(
+        256, ge=1, description="training prompts of the accuracy check (fewer for a slow model with long replies)")
+    pretrained: bool = pydantic.Field(
+        False, description="also fine-tune a pretrained model on the task's reference solutions first (a task whose "
+        "reply format the model does not know, e.g. task=chain); the result is cached as the built-in model's is")
 
 
 class EvalConfig(Section):
     every: int = pydantic.Field(20, ge=1, description="evaluate every N RL steps (and at the start and end)")
+    engine: Literal["trainer", "llamacpp"] = pydantic.Field(
+        "trainer", description="what writes the evaluation's (and the warm-up probe's) replies: the trainer's own "
+        "torch forward, or llama.cpp serving pi's current weights in F32 (the same replies up to float rounding, "
+        "several times faster for long replies on a CPU; llama-architecture models, needs drpo[llamacpp])")
     late_every: int | None = pydantic.Field(
         10, ge=1, description="also evaluate every N steps, counted back from the last step, over the last "
         "late_fraction of the run (null: only every), so the primary outcome of `drpo compare` (mean accuracy over "

@@ -12,9 +12,11 @@ from drpo.constants import MATH_PROMPT_TEMPLATE
 
 class TaskConfig(Section):
     name: str = pydantic.Field(
-        "arith", description="verifiable task: arith (addition), sort, math (data file), or custom (your data and "
-        "reward functions)")
+        "arith", description="verifiable task: arith (addition), sort, chain (a chain of additions and subtractions "
+        "worked step by step: long replies), math (data file), or custom (your data and reward functions)")
     digits: int | None = pydantic.Field(None, ge=1, le=12, description="operand digits (task default if unset)")
+    terms: int | None = pydantic.Field(
+        None, ge=1, le=64, description="chain: operations after the start number (default 8)")
     phrasing: Literal["auto", "compact", "chat"] = pydantic.Field(
         "auto", description="arith/sort prompts: compact ('47+38=', the built-in model's) or chat ('What is 47 + 38? "
         "...', final answer read out of the reply); auto: chat for pretrained models")
@@ -117,7 +119,9 @@ class TaskConfig(Section):
         if self.name == "math":
             options = {k: getattr(self, k) for k in MATH_TASK_FIELDS}
         else:
-            options = {"chat": self.chat(pretrained_model)} if self.name in ("arith", "sort") else {}
+            options = {"chat": self.chat(pretrained_model)} if self.name in ("arith", "sort", "chain") else {}
+            if self.terms is not None:
+                options["terms"] = self.terms
             if self.digits is not None:
                 options["digits"] = self.digits
         if self.max_response_len is not None:
@@ -131,6 +135,7 @@ MATH_TASK_FIELDS = ("data", "eval_data", "prompt_field", "answer_field", "prompt
                     "skip_bad_rows", "max_prompt_len", "verify_timeout")
 CUSTOM_TASK_FIELDS = ("data", "eval_data", "prompt_field", "answer_field", "skip_bad_rows", "max_prompt_len",
                       "reward", "reward_weights", "reward_style", "eval_fraction")
-TASK_FIELDS = {"math": MATH_TASK_FIELDS, "custom": CUSTOM_TASK_FIELDS}
-TASK_SPECIFIC_FIELDS = tuple(dict.fromkeys(MATH_TASK_FIELDS + CUSTOM_TASK_FIELDS))
+CHAIN_TASK_FIELDS = ("terms",)
+TASK_FIELDS = {"math": MATH_TASK_FIELDS, "custom": CUSTOM_TASK_FIELDS, "chain": CHAIN_TASK_FIELDS}
+TASK_SPECIFIC_FIELDS = tuple(dict.fromkeys(MATH_TASK_FIELDS + CUSTOM_TASK_FIELDS + CHAIN_TASK_FIELDS))
 DEFAULT_CUSTOM_RESPONSE_LEN = 256  # tokens a pretrained model may write on task=custom unless max_response_len says

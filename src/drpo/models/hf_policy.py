@@ -22,6 +22,7 @@ from drpo.models.hf import HFCausalLM, add_lora, load_hf_model, require_transfor
 from drpo.models.log_probs import SequenceLogProbs, sequence_log_probs
 from drpo.models.policy import Policy
 from drpo.models.sampling import RolloutBatch
+from drpo.warmup import load_or_warm_up
 
 
 # --------------------------------------------------------------------------------------------- the tokenizer
@@ -131,6 +132,8 @@ class HFPolicy(Policy):
     @torch.no_grad()
     def generate_text(self, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float,
                       generator: torch.Generator | None = None) -> list[str]:
+        if self.text_engine != "trainer":  # the engine batches within its own context
+            return super().generate_text(prompts, samples, max_new_tokens, temperature, generator)
         per_call = len(prompts) if self.sample_rows is None else max(1, self.sample_rows // samples)
         texts: list[str] = []
         for start in range(0, len(prompts), per_call):
@@ -167,7 +170,8 @@ def build_hf_policy(config, console=None, task=None) -> HFPolicy:
     model = HFCausalLM(model).to(resolve_device(cfg.device))
 
     task = task or config.task.build(config.seed, pretrained_model=True)
-    policy = HFPolicy(model, tokenizer, task, micro_batch=cfg.micro_batch, sample_rows=cfg.sample_rows)
+    policy = HFPolicy(model, tokenizer, task, micro_batch=cfg.micro_batch, sample_rows=cfg.sample_rows,
+                      text_engine=config.eval.engine)
     dropped = drop_long_prompts(policy) if task.name in ("math", "custom") else {}  # arith/sort count characters
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -179,6 +183,8 @@ def build_hf_policy(config, console=None, task=None) -> HFPolicy:
         "skipped_rows": dict(getattr(task, "skipped", {})), "duplicate_rows": dict(getattr(task, "duplicates", {})),
         "dropped_long_prompts": dropped,
     }
+    if config.warmup.pretrained:
+        policy.base_info.update(load_or_warm_up(policy, config, console))  # fine-tuned on the task: base_model says so
     if console is not None:
         console.print(f"hf model {path.name}: {parameters / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trained), "
                       f"{len(task.train)} train / {len(task.eval)} eval problems"

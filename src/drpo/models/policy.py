@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from drpo.behavior.base import SamplingParams
 from drpo.models.log_probs import SequenceLogProbs, sequence_log_probs
 from drpo.models.sampling import RolloutBatch, StopStrings, generate
 from drpo.models.tokenizer import CharTokenizer
@@ -29,6 +30,8 @@ class Policy:
     task: object
     base_info: dict = field(default_factory=dict)
     stop: tuple[str, ...] = ()  # rollout.stop: strings that end a response, in rollouts and evaluation alike
+    text_engine: str = "trainer"  # eval.engine: what generate_text runs on (llamacpp: pi's weights served in F32)
+    _served: object = field(default=None, repr=False)  # that engine, built on first use
 
     def encode_prompt(self, example) -> list[int]:
         return self.tokenizer.encode(example.prompt, bos=True)
@@ -59,10 +62,26 @@ class Policy:
     @torch.no_grad()
     def generate_text(self, prompts: list[list[int]], samples: int, max_new_tokens: int, temperature: float,
                       generator: torch.Generator | None = None) -> list[str]:
-        """``samples`` completions per prompt from the trained policy itself (fp32); temperature 0 is greedy."""
+        """``samples`` completions per prompt from the trained policy itself (fp32, or its current weights served by
+        llama.cpp in F32 with ``text_engine="llamacpp"``); temperature 0 is greedy."""
+        if self.text_engine == "llamacpp":
+            return self.decode_responses(self._llamacpp().generate(prompts, samples, max_new_tokens, SamplingParams(
+                eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id, temperature=temperature,
+                stop=self.stopper(), generator=generator)))
         was_training = self.model.training
         self.model.eval()
         batch = generate(self.model, prompts, samples, max_new_tokens, temperature, generator=generator,
                          eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id, stop=self.stopper())
         self.model.train(was_training)
         return self.decode_responses(batch)
+
+    def _llamacpp(self):
+        """llama.cpp serving the model's weights as they are now (rewritten each call: they change between calls)."""
+        if self._served is None:
+            # lazy: an optional dependency (llama-cpp-python), imported only when eval.engine asks for it
+            from drpo.behavior.llamacpp import LlamaCppBehavior
+
+            self._served = LlamaCppBehavior(self.model, mode="f32")
+        else:
+            self._served.sync(self.model)
+        return self._served

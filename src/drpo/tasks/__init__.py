@@ -11,13 +11,14 @@ import inspect
 
 from drpo.tasks.arith import Arith
 from drpo.tasks.base import Example, Scores, Task
+from drpo.tasks.chain import Chain
 from drpo.tasks.custom import CustomTask
 from drpo.tasks.math import MathTask
 from drpo.tasks.sort import Sort
 
-_REGISTRY: dict[str, type[Task]] = {"arith": Arith, "sort": Sort, "math": MathTask, "custom": CustomTask}
+_REGISTRY: dict[str, type[Task]] = {"arith": Arith, "sort": Sort, "chain": Chain, "math": MathTask, "custom": CustomTask}
 TASKS: tuple[str, ...] = tuple(_REGISTRY)
-SYNTHETIC_TASKS: tuple[str, ...] = ("arith", "sort")  # generated from a seed; math and custom read data
+SYNTHETIC_TASKS: tuple[str, ...] = ("arith", "sort")  # generated, with the built-in model's compact phrasing (chain: chat only)
 
 
 def get_task(name: str, seed: int = 0, **options) -> Task:
@@ -32,4 +33,4 @@ def get_task(name: str, seed: int = 0, **options) -> Task:
     return cls(seed=seed, **options)
 
 
-__all__ = ["SYNTHETIC_TASKS", "TASKS", "Arith", "CustomTask", "Example", "Scores", "Sort", "Task", "get_task"]
+__all__ = ["SYNTHETIC_TASKS", "TASKS", "Arith", "Chain", "CustomTask", "Example", "Scores", "Sort", "Task", "get_task"]

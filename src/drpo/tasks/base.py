@@ -23,6 +23,17 @@ class Scores(NamedTuple):
     metrics: dict[str, float]  # e.g. reward/NAME/mean per reward function of task=custom
 
 
+def distinct_indices(rng: random.Random, universe: int, k: int) -> list[int]:
+    """``k`` distinct numbers of ``range(universe)`` in the order drawn: ``rng.sample`` where the universe fits a
+    machine integer, else draws with rejection of repeats (a universe past 2**62 repeats one almost never)."""
+    if universe < 2**62:
+        return rng.sample(range(universe), k)
+    seen: dict[int, None] = {}
+    while len(seen) < k:
+        seen.setdefault(rng.randrange(universe))
+    return list(seen)
+
+
 class Task:
     """Base of the verifiable tasks. Subclasses set ``name`` and implement ``universe_size`` and ``example``.
 
@@ -41,7 +52,7 @@ class Task:
             raise ValueError(f"{self.name}: n_train + n_eval = {n_train + n_eval} exceeds the "
                              f"{self.universe_size} distinct problems of these options")
         self.seed = seed
-        indices = random.Random(seed).sample(range(self.universe_size), n_eval + n_train)
+        indices = distinct_indices(random.Random(seed), self.universe_size, n_eval + n_train)
         self.eval: list[Example] = [self.example(i) for i in indices[:n_eval]]
         self.train: list[Example] = [self.example(i) for i in indices[n_eval:]]
 
