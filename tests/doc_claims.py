@@ -326,22 +326,27 @@ def adaptive_validation_table() -> str:
 
 
 # ----------------------------------------------------------------------------- docs/results/smollm2/README.md
-def smollm2_comparison_table() -> str:
-    """Per method of the SmolLM2 comparison: late accuracy, its paired difference to drpo with Holm's adjusted p,
-    the area under the curve's paired difference (learning speed), the collapses."""
-    r = results("smollm2/comparison")
-    methods = r["conditions"]["fp8_stale"]["methods"]
-    lines = ["| method | seeds | late accuracy | late - drpo (paired, 95% t interval) | p (Holm-adjusted) "
-             "| area - drpo | collapsed |", "|---|---|---|---|---|---|---|"]
+def comparison_table(sweep: str, condition: str) -> str:
+    """Per method of a comparison against one baseline in one condition: late accuracy, its paired difference to
+    the baseline with Holm's adjusted p, the area under the curve's paired difference (learning speed), the
+    collapses (the SmolLM2 comparison, the built-in model under llama.cpp)."""
+    r = results(sweep)
+    methods = r["conditions"][condition]["methods"]
+    baseline = r["baseline"]
+    lines = [f"| method | seeds | late accuracy | late - {baseline} (paired, 95% t interval) | p (Holm-adjusted) "
+             f"| area - {baseline} | collapsed |", "|---|---|---|---|---|---|---|"]
     for label, m in methods.items():
         late = f"{m['late']['mean']:.3f} ± {m['late']['std']:.3f}"
-        if label == r["baseline"]:
+        if label == baseline:
             lines.append(f"| {label} | {m['seeds']} | {late} | baseline | - | baseline | {m['collapsed']} |")
             continue
         v, a = m["vs_baseline"], m["auc_vs_baseline"]
         lines.append(f"| {label} | {m['seeds']} | {late} | {diff(v)} {v['verdict']}{_holm_mark(v)} "
                      f"| {v['p']:.3f} ({v['p_holm']:.3f}) | {diff(a)} {a['verdict']} | {m['collapsed']} |")
     return "\n".join(lines)
+
+
+ENGINE_SWEEP_CONDITIONS = ("llamacpp_q4", "llamacpp_q4_lag", "llamacpp_q4_lag_strong")
 
 
 TABLES = {
@@ -352,7 +357,7 @@ TABLES = {
                                lambda: results_offpolicy_table("late"), lambda: results_offpolicy_table("final"),
                                mechanism_table),
     "docs/results/adaptive/README.md": (adaptive_design_table, adaptive_validation_table),
-    "docs/results/smollm2/README.md": (smollm2_comparison_table,),
+    "docs/results/smollm2/README.md": (lambda: comparison_table("smollm2/comparison", "fp8_stale"),),
     "docs/results/engines/README.md": (lambda: engines_table("short"), lambda: engines_table("long")),
     "docs/benchmarks.md": (engines_benchmark_table,),
 }
@@ -581,6 +586,29 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = [
      (".2f", ".3f")),
     ("docs/results/adaptive/README.md", "multiple 2 runs stale_strong near max_delta ({:.2f} on average",
      "adaptive/design/results.json", ("adaptive:design_delta:stale_strong",), (".2f",)),
+    ("docs/results/long/README.md", "| mean training reward (4 prompts x 8 samples a step) | {:.3f} | {:.3f} | "
+     "mean reply length (tokens) | {:.1f} | {:.1f} | entropy of pi per token (nats) | {:.3f} | {:.3f} | "
+     "mean \\|pi - mu\\| per token | {} | {} |", "long/pilot/metrics.jsonl.gz",
+     tuple(f"mean@{steps}:{metric}" for metric in ("reward/mean", "response_length/mean", "entropy",
+                                                     "mismatch/abs_mean") for steps in ("1-7", "8-14")),
+     (".3f", ".3f", ".1f", ".1f", ".3f", ".3f", "sci", "sci")),
+    ("docs/results/long/README.md", "Greedy held-out accuracy fell, {:.3f} to {:.3f} at step 10",
+     "long/pilot/metrics.jsonl.gz", ("@0:eval/accuracy", "@10:eval/accuracy"), (".3f", ".3f")),
+    ("docs/results/long/README.md", "DRPO's pull-back (w < 0) touched at most {:.2f}% of a step's tokens",
+     "long/pilot/metrics.jsonl.gz", ("max:loss/corrective_frac",), ("%.2f",)),
+    ("docs/results/long/README.md", "A step took a median {:.0f} s to sample its rollouts and {:.0f} s for its four "
+     "updates", "long/pilot/metrics.jsonl.gz", ("median:time/rollout_s", "median:time/update_s"), (".0f", ".0f")),
+    ("docs/results/long/README.md", "the process peaked at {:.1f} GiB resident", "long/pilot/summary.json",
+     ("memory/peak_rss_gb",), (".1f",)),
+    ("docs/results/long/README.md", "For seed 0 that took {:d} steps ({:.0f} s on one core; probe {:.3f}). Its "
+     "greedy accuracy on the first 128 held-out problems is then {:.3f}", "long/pilot/summary.json",
+     ("base_model.warmup_steps", "base_model.warmup_s", "base_model.warmup_probe_accuracy", "eval/accuracy_start"),
+     ("d", ".0f", ".3f", ".3f")),
+    ("docs/results/long/README.md", "its sampled replies (temperature 1) were right {:.3f} of the time at the first "
+     "RL step", "long/pilot/metrics.jsonl.gz", ("@1:reward/mean",), (".3f",)),
+    ("docs/training.md", "after {:d} steps of 8 problems (lr 1e-4; {:.0f} s on one core) its probe read {:.3f}",
+     "long/pilot/summary.json", ("base_model.warmup_steps", "base_model.warmup_s", "base_model.warmup_probe_accuracy"),
+     ("d", ".0f", ".3f")),
     ("docs/results/adaptive/README.md", "Design: {:d} new runs, {:.0f} minutes of run time summed over runs",
      "adaptive/design/runs.tar.xz", ("count", "minutes"), ("d", ".0f")),
 ]
@@ -609,8 +637,12 @@ def value(file: str, key: str):
         import gzip
         import statistics
 
-        extreme, metric = key.split(":", 1)  # min, max, mean, median over the steps, or @STEP: at one step
+        # min, max, mean, median over the steps (or over steps A-B: mean@A-B), or @STEP: at one step
+        extreme, metric = key.split(":", 1)
         records = [r for r in map(json.loads, gzip.decompress(path.read_bytes()).decode().splitlines()) if metric in r]
+        if re.fullmatch(r"\w+@\d+-\d+", extreme):
+            extreme, first, last = re.split(r"[@-]", extreme)
+            records = [r for r in records if int(first) <= r["step"] <= int(last)]
         if extreme == "late":  # the primary outcome of a run: mean eval accuracy over its last 30% of steps
             from drpo.lab.outcomes import late_accuracy
 

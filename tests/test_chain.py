@@ -177,3 +177,16 @@ def test_eval_engine_llamacpp_writes_the_trainers_greedy_replies_and_follows_its
                 b.add_(noise)
     with pytest.raises(ConfigError, match="eval.engine=llamacpp"):
         load_config(None, ["eval.engine=llamacpp"])  # the built-in model's default arch=gpt
+
+
+def test_keys_added_since_leave_the_published_base_models_key_unchanged():
+    """warmup.probe_prompts, warmup.pretrained, task.terms and eval.engine at their defaults: the default run's base
+    model, recorded in docs/results/default/summary.json, is still the one the cache finds."""
+    import json
+    from pathlib import Path
+
+    from drpo.warmup import base_model_key
+
+    summary = json.loads((Path(__file__).parents[1] / "docs/results/default/summary.json").read_text())
+    config = load_config(None, [])
+    assert summary["base_model"]["path"].endswith(f"/{base_model_key(config, config.task.build(config.seed))}.pt")
