@@ -66,14 +66,16 @@ def test_the_base_model_cache_key_tells_the_architectures_apart():
     import json
 
     from drpo.config import load_config
-    from drpo.warmup import WARMUP_VERSION, base_model_key
+    from drpo.warmup import KEYS_ADDED_LATER, WARMUP_VERSION, base_model_key
 
     gpt, llama = load_config(None, ["model=tiny"]), load_config(None, ["model=tiny", "model.arch=llama"])
     assert base_model_key(gpt) != base_model_key(llama)
-    # the gpt key is the one from before model.arch existed: the model section without the arch field
+    # the gpt key is the one from before model.arch existed: the model section without the arch field (and the
+    # task and warm-up sections without the keys added since, at their defaults)
     model = {k: v for k, v in gpt.model.model_dump().items() if k != "arch"}
-    recipe = {"version": WARMUP_VERSION, "model": model, "task": gpt.task.model_dump(),
-              "warmup": gpt.warmup.model_dump(), "seed": gpt.seed}
+    task, warmup = ({k: v for k, v in section.model_dump().items() if k not in KEYS_ADDED_LATER[name]}
+                    for name, section in (("task", gpt.task), ("warmup", gpt.warmup)))
+    recipe = {"version": WARMUP_VERSION, "model": model, "task": task, "warmup": warmup, "seed": gpt.seed}
     assert base_model_key(gpt) == hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
