@@ -186,13 +186,13 @@ def mismatch_table(sweep: str) -> str:
 
 
 # ----------------------------------------------------------------------------- docs/results/engines
-def engines_table(setting: str) -> str:
-    """Per rollout engine and mode (docs/results/engines/SETTING/mismatch.json): the engine mismatch per token and
-    per response, and what the trust regions do with those tokens."""
+def engines_table(directory: str) -> str:
+    """Per rollout engine and mode (docs/results/DIRECTORY/mismatch.json): the engine mismatch per token and per
+    response, and what the trust regions do with those tokens."""
     lines = ["| rollout | mean tokens | mean \\|Δp\\| | p99 \\|Δp\\| | max \\|Δp\\| | token k3 | mean \\|s\\| | p99 \\|s\\| | "
              "sequence k3 | \\|s\\| > ln 2 | PPO clip 0.2 masks | Binary-TV 0.15 masks | DRPO 0.3: w < 0 |",
              "|---|" + "---:|" * 12]
-    data = json.loads((ROOT / "docs" / "results" / "engines" / setting / "mismatch.json").read_text())
+    data = json.loads((ROOT / "docs" / "results" / directory / "mismatch.json").read_text())
     for source in data["sources"]:
         pair, seq, trust = source["pairs"]["engine"], source["sequence"], source["trust"]
         lines.append(
@@ -358,7 +358,7 @@ TABLES = {
                                mechanism_table),
     "docs/results/adaptive/README.md": (adaptive_design_table, adaptive_validation_table),
     "docs/results/smollm2/README.md": (lambda: comparison_table("smollm2/comparison", "fp8_stale"),),
-    "docs/results/engines/README.md": (lambda: engines_table("short"), lambda: engines_table("long")),
+    "docs/results/engines/README.md": (lambda: engines_table("engines/short"), lambda: engines_table("engines/long")),
     "docs/benchmarks.md": (engines_benchmark_table,),
 }
 
