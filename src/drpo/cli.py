@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     mismatch.add_argument("inputs", nargs="+", metavar="FILE|key=value",
                           help="log-prob files (.jsonl, .parquet) or run directories with log_probs.jsonl; or, "
                           "for the model mode, run-config overrides such as model=tiny task=arith")
-    mismatch.add_argument("--out", help="directory for mismatch.md, mismatch.png and mismatch.json")
+    mismatch.add_argument("--out", help="directory for mismatch.md, mismatch.json and the figures (mismatch.png, "
+                          "mismatch_by_length.png, mismatch_by_position.png)")
     mismatch.add_argument("--delta", type=float, help="DRPO's delta for the weight figures (default: the loss's "
                           "default); set it to the delta you train with")
     mismatch.add_argument("--rollouts", "--precisions", nargs="+", default=list(DEFAULT_ROLLOUTS),
