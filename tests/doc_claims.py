@@ -204,6 +204,25 @@ def engines_table(directory: str) -> str:
     return "\n".join(lines)
 
 
+def tail_table(source: str = "llamacpp:q8_0") -> str:
+    """The rare-token tail the paper's argument is about, per setting, for one rollout source: reply length, the
+    share of sampled tokens with mu < 0.1 (token-weighted over the position bins), the mismatch per token and per
+    response, and the share DRPO pulls back."""
+    settings = (("arith, \"Answer with the number only\" (instruct model)", "engines/short"),
+                ("arith, asked to explain (instruct model)", "engines/long"),
+                ("chain, worked step by step (task fine-tune)", "long/mismatch"))
+    lines = ["| task (SmolLM2-135M) | mean tokens | mu < 0.1 | mean \\|Δp\\| | mean \\|s\\| | DRPO 0.3: w < 0 |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, directory in settings:
+        data = json.loads((ROOT / "docs" / "results" / directory / "mismatch.json").read_text())
+        s = next(x for x in data["sources"] if x["label"] == source)
+        rare = sum(r["rare_share"] * r["tokens"] for r in s["by_position"]) / sum(r["tokens"] for r in s["by_position"])
+        lines.append(f"| {name} | {s['tokens'] / s['sequences']:.1f} | {100 * rare:.1f}% | "
+                     f"{s['pairs']['engine']['abs_p_mean']:.3g} | {s['sequence']['abs_s_mean']:.3g} | "
+                     f"{100 * s['trust']['drpo/w_lt_0']:.2f}% |")
+    return "\n".join(lines)
+
+
 def engines_benchmark_table() -> str:
     """benchmarks/bench_engines.py's figures (docs/results/engines/benchmark.json) as docs/benchmarks.md shows them."""
     data = json.loads((ROOT / "docs" / "results" / "engines" / "benchmark.json").read_text())
@@ -360,6 +379,7 @@ TABLES = {
     "docs/results/smollm2/README.md": (lambda: comparison_table("smollm2/comparison", "fp8_stale"),),
     "docs/results/engines/README.md": (lambda: engines_table("engines/short"), lambda: engines_table("engines/long")),
     "docs/benchmarks.md": (engines_benchmark_table,),
+    "docs/results/long/README.md": (lambda: engines_table("long/mismatch"), tail_table),
 }
 
 D = "conditions.{}.methods.{}."  # prefix of one method's entry in one condition
