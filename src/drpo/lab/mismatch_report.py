@@ -93,17 +93,21 @@ def summary_rows(analyses: list[Analysis], extras: bool = True) -> tuple[list[st
     return header, rows
 
 
-def rich_table(analyses: list[Analysis]):
+def _rich(title: str, header: list[str], rows: list[list[str]]):
+    """A terminal table: the first two columns are names (left), the rest numbers (right)."""
     from rich.table import Table
 
-    header, rows = summary_rows(analyses, extras=False)
-    table = Table(title=SUMMARY_TITLE)
+    table = Table(title=title)
     for i, name in enumerate(header):
         table.add_column(name, justify="left" if i < 2 else "right", style="bold cyan" if i == 0 else None,
                          no_wrap=True)
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def rich_table(analyses: list[Analysis]):
+    return _rich(SUMMARY_TITLE, *summary_rows(analyses, extras=False))
 
 
 def length_rows(analyses: list[Analysis]) -> tuple[list[str], list[list[str]]]:
@@ -116,16 +120,7 @@ def length_rows(analyses: list[Analysis]) -> tuple[list[str], list[list[str]]]:
 
 
 def rich_length_table(analyses: list[Analysis]):
-    from rich.table import Table
-
-    header, rows = length_rows(analyses)
-    table = Table(title=LENGTH_TITLE)
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i < 2 else "right", style="bold cyan" if i == 0 else None,
-                         no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    return table
+    return _rich(LENGTH_TITLE, *length_rows(analyses))
 
 
 def profile_trust_text(analyses: list[Analysis]) -> str:
